@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything xfrmctl needs on a fresh Debian 12 machine: the Debian packages
+# (iproute2, strongSwan as the interop peer, the real kernel and qemu for the lab VM)
+# and a virtualenv in .venv with the project and its development tools.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 iputils-ping kmod tcpdump nftables procps
+  linux-image-amd64 qemu-system-x86
+  strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+  postgresql
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # strongSwan's and PostgreSQL's services must not run on the host: the tests start
+  # their own instances inside network namespaces.
+  systemctl disable --now strongswan-starter strongswan postgresql >/dev/null 2>&1 || true
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.xfrmctl-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "setup: installing xfrmctl and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+echo "setup: ready"
