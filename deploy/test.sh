@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, type check, unit and netns tests on the host kernel, then the
+# lab tests (ESP, XFRM interfaces, strongSwan interop) inside the real-kernel VM.
+# Any failure, including "no tests collected" (pytest exit 5), fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "ruff"
+.venv/bin/ruff check .
+step "mypy"
+.venv/bin/mypy
+step "host tests (unit + netns)"
+"$PY" -m pytest -m "not lab" -p no:cacheprovider
+if [[ -x deploy/lab/run ]]; then
+  step "lab tests (real kernel VM)"
+  deploy/lab/run
+fi
