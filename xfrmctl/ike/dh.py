@@ -27,6 +27,7 @@ with warnings.catch_warnings():
     from cryptography.hazmat.primitives.asymmetric.dh import (
         DHParameterNumbers,
         DHParameters,
+        DHPrivateNumbers,
         DHPublicNumbers,
     )
 
@@ -148,15 +149,21 @@ def _check_length(group: int, peer: bytes) -> None:
 class _Montgomery:
     """X25519 (RFC 7748, RFC 8031) and X448."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
-        self._x448 = group == DhId.CURVE448
-        if self._x448:
-            self._private: x25519.X25519PrivateKey | x448.X448PrivateKey = (
+        self._private: x25519.X25519PrivateKey | x448.X448PrivateKey
+        if group == DhId.CURVE448:
+            self._private = (
                 x448.X448PrivateKey.generate()
+                if private is None
+                else x448.X448PrivateKey.from_private_bytes(private)
             )
         else:
-            self._private = x25519.X25519PrivateKey.generate()
+            self._private = (
+                x25519.X25519PrivateKey.generate()
+                if private is None
+                else x25519.X25519PrivateKey.from_private_bytes(private)
+            )
         self.public_key = self._private.public_key().public_bytes_raw()
 
     def shared_secret(self, peer: bytes) -> bytes:
@@ -176,10 +183,14 @@ class _Montgomery:
 class _Ecp:
     """NIST prime curves with the RFC 5903 encoding."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
         self._curve = _CURVES[group]
-        self._private = ec.generate_private_key(self._curve)
+        self._private = (
+            ec.generate_private_key(self._curve)
+            if private is None
+            else ec.derive_private_key(int.from_bytes(private, "big"), self._curve)
+        )
         self._size = DH[DhId(group)].public_size // 2
         numbers = self._private.public_key().public_numbers()
         self.public_key = numbers.x.to_bytes(self._size, "big") + numbers.y.to_bytes(
@@ -198,13 +209,19 @@ class _Ecp:
 class _Modp:
     """Finite-field groups (RFC 2409, RFC 3526)."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
         parameters = _MODP_PARAMETERS[group]
         self._p = MODP_PRIMES[group]
         self._size = DH[DhId(group)].public_size
-        self._private = parameters.generate_private_key()
         self._parameter_numbers = parameters.parameter_numbers()
+        if private is None:
+            self._private = parameters.generate_private_key()
+        else:
+            x = int.from_bytes(private, "big")
+            y = pow(MODP_GENERATOR, x, self._p)
+            public = DHPublicNumbers(y, self._parameter_numbers)
+            self._private = DHPrivateNumbers(x, public).private_key()
         y = self._private.public_key().public_numbers().y
         self.public_key = y.to_bytes(self._size, "big")
 
@@ -223,10 +240,17 @@ class _Modp:
 
 def new_key_exchange(group: int) -> KeyExchange:
     """A fresh key pair for `group` (a DhId value)."""
+    return key_exchange_from_private(group, None)
+
+
+def key_exchange_from_private(group: int, private: bytes | None) -> KeyExchange:
+    """A key pair from a known private value (big-endian scalar or exponent; raw
+    RFC 7748 bytes for X25519/X448). Meant for known-answer tests and replaying
+    captured exchanges; `None` generates a fresh key."""
     if group not in SUPPORTED_GROUPS:
         raise LocalError(f"unsupported key exchange method {group}")
     if group in (DhId.CURVE25519, DhId.CURVE448):
-        return _Montgomery(group)
+        return _Montgomery(group, private)
     if group in _CURVES:
-        return _Ecp(group)
-    return _Modp(group)
+        return _Ecp(group, private)
+    return _Modp(group, private)
