@@ -1,0 +1,460 @@
+"""Message codec: header, chain, SK protection with AEAD and CBC+HMAC ciphers, rules."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from hashlib import sha256
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from xfrmctl.ike import message as message_module
+from xfrmctl.ike.constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
+from xfrmctl.ike.errors import IntegrityError, LocalError, ProtocolError
+from xfrmctl.ike.message import Message, decode, encode, parse_header
+from xfrmctl.ike.payloads import (
+    AuthPayload,
+    CertReqPayload,
+    CpPayload,
+    DeletePayload,
+    EapPayload,
+    IdiPayload,
+    IdrPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TsiPayload,
+    TsrPayload,
+    UnknownPayload,
+    VendorPayload,
+    push_chain,
+)
+from xfrmctl.ike.sk import SkCipher
+
+from .test_payloads import KNOWN, SA
+
+H = bytes.fromhex
+SPI_I, SPI_R = H("0102030405060708"), H("a1a2a3a4a5a6a7a8")
+
+
+# --- test ciphers (the real ones live in xfrmctl/ike/crypto.py) ---------------------------
+
+
+class GcmTestCipher:
+    """RFC 5282 AES-GCM with a 16-octet ICV: key || 4-octet salt, 8-octet explicit IV."""
+
+    iv_size, icv_size, block_size = 8, 16, 1
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key[:-4])
+        self._salt = key[-4:]
+
+    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
+        iv = os.urandom(8)
+        return iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
+
+    def open(self, aad: bytes, body: bytes) -> bytes:
+        iv = body[:8]
+        try:
+            return self._aead.decrypt(self._salt + iv, body[8:], aad)
+        except InvalidTag:
+            raise IntegrityError() from None
+
+
+class CbcHmacTestCipher:
+    """AES-CBC with HMAC-SHA2-256-128 over aad || IV || ciphertext (RFC 7296 3.14)."""
+
+    iv_size, icv_size, block_size = 16, 16, 16
+
+    def __init__(self, enc_key: bytes, integ_key: bytes) -> None:
+        self._algorithm = algorithms.AES(enc_key)
+        self._integ_key = integ_key
+
+    def _icv(self, data: bytes) -> bytes:
+        mac = crypto_hmac.HMAC(self._integ_key, hashes.SHA256())
+        mac.update(data)
+        return mac.finalize()[:16]
+
+    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
+        iv = os.urandom(16)
+        encryptor = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
+        ct = encryptor.update(plaintext) + encryptor.finalize()
+        return iv + ct + self._icv(aad + iv + ct)
+
+    def open(self, aad: bytes, body: bytes) -> bytes:
+        iv, ct, icv = body[:16], body[16:-16], body[-16:]
+        if not hmac.compare_digest(icv, self._icv(aad + iv + ct)):
+            raise IntegrityError()
+        decryptor = Cipher(self._algorithm, modes.CBC(iv)).decryptor()
+        return decryptor.update(ct) + decryptor.finalize()
+
+
+def gcm() -> SkCipher:
+    return GcmTestCipher(sha256(b"gcm key").digest()[:20])
+
+
+def cbc() -> SkCipher:
+    return CbcHmacTestCipher(sha256(b"enc").digest()[:16], sha256(b"integ").digest())
+
+
+CIPHERS: list[Callable[[], SkCipher]] = [gcm, cbc]
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def nonce() -> NoncePayload:
+    return NoncePayload(b"N" * 32)
+
+
+def sa_init_request() -> Message:
+    return Message(
+        ExchangeType.IKE_SA_INIT, SPI_I, bytes(8), 0, True, False,
+        [SA, KePayload(19, b"k" * 64), nonce(),
+         NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=b"s" * 20),
+         VendorPayload(b"xfrmctl")],
+    )  # fmt: skip
+
+
+def auth_request() -> Message:
+    payloads: list[Payload] = [
+        IdiPayload(2, b"left.example"),
+        NotifyPayload(NotifyType.INITIAL_CONTACT),
+        IdrPayload(2, b"right.example"),
+        AuthPayload(2, b"a" * 32),
+        SA,
+        KNOWN[13][0],  # TSi
+        KNOWN[14][0],  # TSr
+        CertReqPayload(4, b"\x11" * 20),
+    ]
+    return Message(ExchangeType.IKE_AUTH, SPI_I, SPI_R, 1, True, False, [], payloads)
+
+
+def test_ike_sa_init_known_bytes() -> None:
+    m = Message(
+        ExchangeType.IKE_SA_INIT,
+        SPI_I,
+        bytes(8),
+        0,
+        True,
+        False,
+        [SA, nonce()],
+    )
+    m.payloads.insert(1, KePayload(31, b"\xaa" * 32))
+    data = encode(m)
+    sa_body = push_chain([SA])[4:]
+    expected = (
+        SPI_I + bytes(8) + H("21" "20" "22" "08" "00000000")
+        + (28 + 4 + len(sa_body) + 40 + 36).to_bytes(4, "big")
+        + H("22") + H("00") + (4 + len(sa_body)).to_bytes(2, "big") + sa_body
+        + H("2800" "0028" "001f0000") + b"\xaa" * 32
+        + H("0000" "0024") + b"N" * 32
+    )  # fmt: skip
+    assert data == expected
+    assert decode(data) == m
+
+
+def test_header_fields() -> None:
+    data = encode(sa_init_request())
+    h = parse_header(data)
+    assert (h.spi_i, h.spi_r, h.major, h.minor) == (SPI_I, bytes(8), 2, 0)
+    assert (h.exchange, h.message_id, h.length) == (ExchangeType.IKE_SA_INIT, 0, len(data))
+    assert h.next_payload == PayloadType.SA
+    assert h.is_initiator and not h.is_response
+    assert h.flags == HeaderFlag.INITIATOR
+
+
+@pytest.mark.parametrize("make_cipher", CIPHERS, ids=["gcm", "cbc"])
+def test_sk_round_trip(make_cipher: Callable[[], SkCipher]) -> None:
+    cipher = make_cipher()
+    m = auth_request()
+    data = encode(m, cipher)
+    assert parse_header(data).next_payload == PayloadType.SK
+    assert b"left.example" not in data
+    decoded = decode(data, cipher)
+    assert decoded == m
+    assert decoded.find(IdiPayload) == IdiPayload(2, b"left.example")
+    assert decoded.notify(NotifyType.INITIAL_CONTACT) is not None
+    # SK header: next = IDi, length = rest of datagram; padding fills whole blocks.
+    assert data[28] == PayloadType.IDI
+    sk_length = int.from_bytes(data[30:32], "big")
+    assert 28 + sk_length == len(data)
+    ct_size = sk_length - 4 - cipher.iv_size - cipher.icv_size
+    assert ct_size % cipher.block_size == 0
+
+
+@pytest.mark.parametrize("make_cipher", CIPHERS, ids=["gcm", "cbc"])
+def test_sk_aad_covers_header_and_ciphertext(make_cipher: Callable[[], SkCipher]) -> None:
+    cipher = make_cipher()
+    data = encode(auth_request(), cipher)
+    for position in (3, 20, 29, 40, len(data) - 20, len(data) - 1):
+        tampered = bytearray(data)
+        tampered[position] ^= 0x01
+        with pytest.raises(IntegrityError):
+            decode(bytes(tampered), cipher)
+
+
+def test_sk_wrong_key_fails_integrity() -> None:
+    data = encode(auth_request(), gcm())
+    with pytest.raises(IntegrityError):
+        decode(data, GcmTestCipher(bytes(20)))
+
+
+def test_sk_without_cipher_is_protocol_error() -> None:
+    data = encode(auth_request(), gcm())
+    with pytest.raises(ProtocolError):
+        decode(data)
+    with pytest.raises(LocalError):
+        encode(auth_request())
+
+
+class ManualCipher:
+    """Null cipher (identity, zero ICV): lets a test write the decrypted bytes itself."""
+
+    iv_size, icv_size, block_size = 4, 0, 4
+
+    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
+        return b"IVIV" + plaintext
+
+    def open(self, aad: bytes, body: bytes) -> bytes:
+        return body[4:]
+
+
+def _informational(inner_plaintext: bytes, first: int) -> bytes:
+    sk_length = 4 + 4 + len(inner_plaintext)
+    header = SPI_I + SPI_R + H("2e2025080000000a") + (28 + sk_length).to_bytes(4, "big")
+    return header + bytes([first, 0]) + sk_length.to_bytes(2, "big") + b"IVIV" + inner_plaintext
+
+
+def test_manual_sk_plaintext_parses() -> None:
+    inner = push_chain([DeletePayload(ProtocolId.IKE)]) + H("00000003")  # 3 pad + pad length
+    m = decode(_informational(inner, PayloadType.DELETE), ManualCipher())
+    assert m.protected == [DeletePayload(ProtocolId.IKE)]
+    assert (m.exchange, m.message_id, m.is_initiator, m.is_response) == (
+        ExchangeType.INFORMATIONAL, 10, True, False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "plaintext", "first"),
+    [
+        ("pad length past start", H("000000ff"), PayloadType.DELETE),
+        ("inner chain past pad", H("2a0000080100000000000003"), PayloadType.DELETE),
+        ("SK inside SK", H("00000000"), PayloadType.SK),
+        ("empty plaintext", b"", PayloadType.DELETE),
+        ("bad block size", H("0100000000"), PayloadType.DELETE),
+    ],
+)
+def test_malformed_sk_contents(what: str, plaintext: bytes, first: int) -> None:
+    with pytest.raises(ProtocolError):
+        decode(_informational(plaintext, first), ManualCipher())
+
+
+def test_sk_must_be_last_payload() -> None:
+    data = _informational(H("00000003"), PayloadType.NONE)
+    longer = _mutate(data + b"xxxx", 24, (len(data) + 4).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError, match="not the rest"):
+        decode(longer, ManualCipher())
+    assert decode(data, ManualCipher()).protected == []
+
+
+def test_critical_unknown_inside_sk_keeps_notify() -> None:
+    inner = message_module.pad(H("00800008") + b"abcd", 4)
+    with pytest.raises(ProtocolError) as err:
+        decode(_informational(inner, 201), ManualCipher())
+    assert err.value.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD
+    assert err.value.notify_data == bytes([201])
+
+
+# --- header and chain malformations -------------------------------------------------------
+
+
+def _valid() -> bytes:
+    return encode(sa_init_request())
+
+
+def _mutate(data: bytes, at: int, value: bytes) -> bytes:
+    return data[:at] + value + data[at + len(value) :]
+
+
+HEADER_CASES: list[tuple[str, Callable[[bytes], bytes]]] = [
+    ("empty", lambda d: b""),
+    ("short header", lambda d: d[:27]),
+    ("length too long", lambda d: _mutate(d, 24, (len(d) + 1).to_bytes(4, "big"))),
+    ("length too short", lambda d: _mutate(d, 24, (len(d) - 1).to_bytes(4, "big"))),
+    ("truncated datagram", lambda d: d[:-1]),
+    ("unknown exchange", lambda d: _mutate(d, 18, b"\x63")),
+    ("payload length past end", lambda d: _mutate(d, 30, b"\xff\xff")),
+    ("chain past end", lambda d: _mutate(d, d.rindex(b"xfrmctl") - 4, b"\x2b")),
+    ("SK not last", lambda d: _mutate(d, d.rindex(b"xfrmctl") - 4, b"\x2e")),
+    ("SKF with no header", lambda d: _mutate(d, d.rindex(b"xfrmctl") - 4, b"\x35")),
+]
+
+
+@pytest.mark.parametrize(("what", "mutate"), HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_header_and_chain_malformations(what: str, mutate: Callable[[bytes], bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        decode(mutate(_valid()), gcm())
+
+
+def test_major_version_mismatch_answers_invalid_major_version() -> None:
+    data = _mutate(_valid(), 17, b"\x30")
+    with pytest.raises(ProtocolError) as err:
+        decode(data)
+    assert err.value.notify == NotifyType.INVALID_MAJOR_VERSION
+    assert decode(_mutate(_valid(), 17, b"\x21")) == sa_init_request()  # minor is ignored
+
+
+def test_reserved_header_flags_are_ignored() -> None:
+    data = _mutate(_valid(), 19, bytes([0x08 | 0x01 | 0x40]))
+    assert decode(data) == sa_init_request()
+
+
+def test_encode_rejects_bad_header_values() -> None:
+    for spi_i, mid in ((b"short", 0), (SPI_I, -1), (SPI_I, 1 << 32)):
+        m = Message(ExchangeType.IKE_SA_INIT, spi_i, bytes(8), mid, True, False, [SA])
+        with pytest.raises(LocalError):
+            encode(m)
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+
+def _sa_init(response: bool, *payloads: Payload) -> bytes:
+    m = Message(ExchangeType.IKE_SA_INIT, SPI_I, SPI_R, 0, not response, response, list(payloads))
+    return encode(m)
+
+
+def test_sa_init_request_needs_sa_ke_nonce() -> None:
+    with pytest.raises(ProtocolError, match="without KE"):
+        decode(_sa_init(False, SA, nonce()))
+    with pytest.raises(ProtocolError, match="2 SA"):
+        decode(_sa_init(False, SA, SA, KePayload(19, b"k"), nonce()))
+    with pytest.raises(ProtocolError, match="without"):  # error notifies don't excuse requests
+        decode(_sa_init(False, NotifyPayload(NotifyType.INVALID_SYNTAX)))
+
+
+@pytest.mark.parametrize(
+    "notify",
+    [
+        NotifyPayload(NotifyType.COOKIE, data=b"c" * 16),
+        NotifyPayload(NotifyType.INVALID_KE_PAYLOAD, data=H("001f")),
+        NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN),
+    ],
+)
+def test_sa_init_notify_only_responses_pass(notify: NotifyPayload) -> None:
+    assert decode(_sa_init(True, notify)).notifies() == [notify]
+
+
+def test_sa_init_response_status_notify_alone_fails() -> None:
+    with pytest.raises(ProtocolError):
+        decode(_sa_init(True, NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=b"x" * 20)))
+
+
+def test_sa_init_response_with_certreq_passes_request_does_not() -> None:
+    full = (SA, KePayload(19, b"k"), nonce(), CertReqPayload(4, b"h" * 20))
+    assert decode(_sa_init(True, *full)).find(CertReqPayload) is not None
+    with pytest.raises(ProtocolError, match="CERTREQ not allowed"):
+        decode(_sa_init(False, *full))
+
+
+def test_sa_init_must_not_be_encrypted() -> None:
+    m = sa_init_request()
+    m.protected = [VendorPayload(b"v")]
+    with pytest.raises(ProtocolError, match="encrypted payload in IKE_SA_INIT"):
+        decode(encode(m, gcm()), gcm())
+
+
+def test_encrypted_exchange_rejects_payloads_outside_sk() -> None:
+    m = auth_request()
+    m.payloads = [VendorPayload(b"outside")]
+    cipher = gcm()
+    with pytest.raises(ProtocolError, match="VENDOR outside SK"):
+        decode(encode(m, cipher), cipher)
+    plain = Message(ExchangeType.INFORMATIONAL, SPI_I, SPI_R, 2, True, False,
+                    [NotifyPayload(NotifyType.INVALID_IKE_SPI)])  # fmt: skip
+    with pytest.raises(ProtocolError):
+        decode(encode(plain))
+
+
+def _protected(exchange: ExchangeType, response: bool, payloads: list[Payload]) -> Message:
+    cipher = gcm()
+    m = Message(exchange, SPI_I, SPI_R, 5, False, response, [], payloads)
+    return decode(encode(m, cipher), cipher)
+
+
+# What real peers (strongSwan) send: all of these must pass.
+ACCEPTED: list[tuple[str, ExchangeType, bool, list[Payload]]] = [
+    ("auth error only", ExchangeType.IKE_AUTH, True,
+     [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]),
+    ("auth EAP round", ExchangeType.IKE_AUTH, False, [EapPayload(H("0201000501"))]),
+    ("auth with CP", ExchangeType.IKE_AUTH, False,
+     [IdiPayload(2, b"x"), AuthPayload(2, b"a"), CpPayload(1, ())]),
+    ("informational empty (DPD)", ExchangeType.INFORMATIONAL, False, []),
+    ("informational CP", ExchangeType.INFORMATIONAL, True, [CpPayload(2, ())]),
+    ("informational deletes", ExchangeType.INFORMATIONAL, False,
+     [DeletePayload(ProtocolId.ESP, (b"\x01\x02\x03\x04",)), DeletePayload(ProtocolId.IKE)]),
+    ("vendor in child", ExchangeType.CREATE_CHILD_SA, False,
+     [SA, nonce(), VendorPayload(b"v")]),
+    ("child error only", ExchangeType.CREATE_CHILD_SA, True,
+     [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]),
+    ("child rekey IKE", ExchangeType.CREATE_CHILD_SA, True, [SA, nonce(), KePayload(31, b"k")]),
+    ("unknown payload anywhere", ExchangeType.INFORMATIONAL, False,
+     [UnknownPayload(200, False, b"?")]),
+]  # fmt: skip
+
+REJECTED: list[tuple[str, ExchangeType, bool, list[Payload]]] = [
+    ("two IDi", ExchangeType.IKE_AUTH, False, [IdiPayload(2, b"x"), IdiPayload(2, b"y")]),
+    ("IDi in response", ExchangeType.IKE_AUTH, True, [IdiPayload(2, b"x")]),
+    ("KE in informational", ExchangeType.INFORMATIONAL, False, [KePayload(31, b"k")]),
+    ("child without nonce", ExchangeType.CREATE_CHILD_SA, False, [SA]),
+    ("child request error only", ExchangeType.CREATE_CHILD_SA, False,
+     [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]),
+    ("TS in informational", ExchangeType.INFORMATIONAL, True, [TsiPayload(())]),
+    ("two TSr", ExchangeType.CREATE_CHILD_SA, False, [SA, nonce(), TsrPayload(()), TsrPayload(())]),
+    ("too many notifies", ExchangeType.INFORMATIONAL, False,
+     [NotifyPayload(NotifyType.INITIAL_CONTACT)] * 33),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "exchange", "response", "payloads"), ACCEPTED,
+                         ids=[c[0] for c in ACCEPTED])  # fmt: skip
+def test_rules_accept(
+    what: str, exchange: ExchangeType, response: bool, payloads: list[Payload]
+) -> None:
+    assert _protected(exchange, response, payloads).protected == payloads
+
+
+@pytest.mark.parametrize(("what", "exchange", "response", "payloads"), REJECTED,
+                         ids=[c[0] for c in REJECTED])  # fmt: skip
+def test_rules_reject(
+    what: str, exchange: ExchangeType, response: bool, payloads: list[Payload]
+) -> None:
+    with pytest.raises(ProtocolError):
+        _protected(exchange, response, payloads)
+
+
+def test_find_helpers_search_protected_first() -> None:
+    m = Message(ExchangeType.IKE_AUTH, SPI_I, SPI_R, 1, True, False,
+                [VendorPayload(b"outer")], [VendorPayload(b"inner"), nonce()])  # fmt: skip
+    assert m.find(VendorPayload) == VendorPayload(b"inner")
+    assert m.find_all(VendorPayload) == [VendorPayload(b"inner"), VendorPayload(b"outer")]
+    assert m.find(SaPayload) is None
+    assert m.notify(NotifyType.COOKIE) is None
+
+
+def test_decode_accepts_memoryview_and_bytearray() -> None:
+    data = _valid()
+    assert decode(bytearray(data)) == decode(memoryview(data)) == sa_init_request()
+
+
+def test_module_exposes_header_size() -> None:
+    assert message_module.HEADER.size == 28
