@@ -1,0 +1,93 @@
+"""Settings: environment variables XFRMCTL_*, then an optional YAML file, then defaults.
+
+The file is named by XFRMCTL_CONFIG (default /etc/xfrmctl/xfrmctl.yaml, read only if it
+exists). Daemon and CLI share this module; the CLI only reads `url`, `token` and TLS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_CONFIG_FILE = Path("/etc/xfrmctl/xfrmctl.yaml")
+DEFAULT_SOCKET = Path("/run/xfrmctl/api.sock")
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Top-level keys of the YAML file named by XFRMCTL_CONFIG, if the file exists."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = Path(os.environ.get("XFRMCTL_CONFIG", str(DEFAULT_CONFIG_FILE)))
+        self._data: dict[str, Any] = {}
+        if path.is_file():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level")
+            self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Daemon, API and CLI settings."""
+
+    model_config = SettingsConfigDict(env_prefix="XFRMCTL_", extra="ignore")
+
+    # Database and secrets at rest.
+    database_url: str = "sqlite:////var/lib/xfrmctl/xfrmctl.db"
+    secret_key_file: Path = Path("/var/lib/xfrmctl/secret.key")
+
+    # API listeners: a unix socket and loopback TCP by default.
+    api_socket: Path | None = DEFAULT_SOCKET
+    api_host: str = "127.0.0.1"
+    api_port: int | None = Field(default=8463, ge=1, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None  # set: clients must present a certificate
+    allow_remote: bool = False  # api_host may be a non-loopback address only if set
+
+    # CLI client side.
+    url: str = f"unix://{DEFAULT_SOCKET}"
+    token: str | None = None
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    # Lists returned by the API.
+    page_limit_max: int = Field(default=500, ge=1)
+
+    @field_validator("api_host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("api_host must not be empty")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def is_loopback(host: str) -> bool:
+    return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")

@@ -1,0 +1,64 @@
+"""Engine, sessions, and running repository work off the event loop.
+
+Repository functions are plain synchronous `fn(session, ...)`; `Database.run` calls one
+in a worker thread inside a transaction, so the asyncio loop never blocks on the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; for SQLite, enforce foreign keys and create the parent dir."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Database:
+    """Owns the engine and session factory; `run` executes a repository call in a thread."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite allows one writer; a single worker keeps writes ordered, reads cheap.
+        workers = 1 if url.startswith("sqlite") else 8
+        self._limiter = anyio.CapacityLimiter(workers)
+
+    def call(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+             **kwargs: P.kwargs) -> T:
+        """Run `fn(session, ...)` in one transaction, synchronously."""
+        with self.sessions.begin() as session:
+            return fn(session, *args, **kwargs)
+
+    async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+                  **kwargs: P.kwargs) -> T:
+        """Run `fn(session, ...)` in one transaction in a worker thread."""
+        def job() -> T:
+            return self.call(fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(job, limiter=self._limiter)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

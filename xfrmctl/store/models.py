@@ -1,0 +1,334 @@
+"""Database models: desired state (peers, connections, children, proposals, secrets,
+CAs, certificates), recorded actual state (IKE_SAs, CHILD_SAs), events and API tokens.
+
+List-valued settings (addresses, traffic selectors, routes) are JSON columns, so the
+same schema works on SQLite and PostgreSQL. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """DateTime that always comes back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (no native PostgreSQL enum type to migrate later).
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class AuthMethod(enum.StrEnum):
+    PSK = "psk"
+    PUBKEY = "pubkey"
+
+
+class StartAction(enum.StrEnum):
+    NONE = "none"
+    START = "start"
+    TRAP = "trap"
+
+
+class DpdAction(enum.StrEnum):
+    CLEAR = "clear"
+    RESTART = "restart"
+    TRAP = "trap"
+
+
+class Fragmentation(enum.StrEnum):
+    YES = "yes"
+    NO = "no"
+    ACCEPT = "accept"
+    FORCE = "force"
+
+
+class Mode(enum.StrEnum):
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
+class InterfaceKind(enum.StrEnum):
+    XFRMI = "xfrmi"
+    VTI = "vti"
+
+
+class ProposalProtocol(enum.StrEnum):
+    IKE = "ike"
+    ESP = "esp"
+    AH = "ah"
+
+
+class SecretKind(enum.StrEnum):
+    PSK = "psk"
+    PRIVATE_KEY = "private_key"
+
+
+class EventKind(enum.StrEnum):
+    PROTOCOL = "protocol"
+    AUDIT = "audit"
+
+
+class Timestamps:
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Peer(Timestamps, Base):
+    __tablename__ = "peers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class Proposal(Timestamps, Base):
+    __tablename__ = "proposals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    protocol: Mapped[ProposalProtocol] = mapped_column(_enum(ProposalProtocol))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Secret(Timestamps, Base):
+    """A PSK or private key; `ciphertext` is nonce || AES-GCM(value), see store.secrets."""
+
+    __tablename__ = "secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[SecretKind] = mapped_column(_enum(SecretKind))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CertificateAuthority(Timestamps, Base):
+    __tablename__ = "cas"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    pem: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Certificate(Timestamps, Base):
+    __tablename__ = "certificates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    pem: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    ca_id: Mapped[int | None] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"))
+    key_secret_id: Mapped[int | None] = mapped_column(
+        ForeignKey("secrets.id", ondelete="RESTRICT"))
+
+
+class Connection(Timestamps, Base):
+    """An IKE_SA configuration (strongSwan's `connections.<name>`)."""
+
+    __tablename__ = "connections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    peer_id: Mapped[int | None] = mapped_column(ForeignKey("peers.id", ondelete="RESTRICT"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    local_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    remote_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    local_port: Mapped[int] = mapped_column(Integer, default=500)
+    remote_port: Mapped[int] = mapped_column(Integer, default=500)
+    local_id: Mapped[str | None] = mapped_column(String(255))
+    remote_id: Mapped[str | None] = mapped_column(String(255))
+    auth: Mapped[AuthMethod] = mapped_column(_enum(AuthMethod), default=AuthMethod.PSK)
+    secret_id: Mapped[int | None] = mapped_column(ForeignKey("secrets.id", ondelete="RESTRICT"))
+    certificate_id: Mapped[int | None] = mapped_column(
+        ForeignKey("certificates.id", ondelete="RESTRICT"))
+    ca_id: Mapped[int | None] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"))
+    ike_proposals: Mapped[str] = mapped_column(Text, default="default")
+    start_action: Mapped[StartAction] = mapped_column(
+        _enum(StartAction), default=StartAction.NONE)
+    dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off
+    dpd_action: Mapped[DpdAction] = mapped_column(_enum(DpdAction), default=DpdAction.CLEAR)
+    rekey_time: Mapped[int] = mapped_column(Integer, default=14400)
+    reauth_time: Mapped[int] = mapped_column(Integer, default=0)
+    over_time: Mapped[int] = mapped_column(Integer, default=0)  # 0: 10% of rekey/reauth
+    fragmentation: Mapped[Fragmentation] = mapped_column(
+        _enum(Fragmentation), default=Fragmentation.YES)
+    encap: Mapped[bool] = mapped_column(Boolean, default=False)  # force UDP encapsulation
+    mobike: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Child(Timestamps, Base):
+    """A CHILD_SA configuration of a connection."""
+
+    __tablename__ = "children"
+    __table_args__ = (UniqueConstraint("connection_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    local_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    remote_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mode: Mapped[Mode] = mapped_column(_enum(Mode), default=Mode.TUNNEL)
+    esp_proposals: Mapped[str | None] = mapped_column(Text, default="default")
+    ah_proposals: Mapped[str | None] = mapped_column(Text)
+    # Route-based when interface_kind is set; policy-based otherwise.
+    interface_kind: Mapped[InterfaceKind | None] = mapped_column(_enum(InterfaceKind))
+    interface_name: Mapped[str | None] = mapped_column(String(15))
+    if_id: Mapped[int | None] = mapped_column(BigInteger)
+    interface_addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    routes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mtu: Mapped[int | None] = mapped_column(Integer)
+    mark_in: Mapped[int | None] = mapped_column(BigInteger)
+    mark_in_mask: Mapped[int | None] = mapped_column(BigInteger)
+    mark_out: Mapped[int | None] = mapped_column(BigInteger)
+    mark_out_mask: Mapped[int | None] = mapped_column(BigInteger)
+    replay_window: Mapped[int] = mapped_column(Integer, default=32)
+    esn: Mapped[bool] = mapped_column(Boolean, default=False)
+    rekey_time: Mapped[int] = mapped_column(Integer, default=3600)
+    life_time: Mapped[int] = mapped_column(Integer, default=3960)
+    rekey_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    life_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    rekey_packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    life_packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    tfc_padding: Mapped[int] = mapped_column(Integer, default=0)
+    start_action: Mapped[StartAction] = mapped_column(
+        _enum(StartAction), default=StartAction.NONE)
+
+
+class IkeSaRecord(Base):
+    """An IKE_SA as negotiated, recorded by the daemon (keyed by its unique id)."""
+
+    __tablename__ = "ike_sas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="SET NULL"), index=True)
+    state: Mapped[str] = mapped_column(String(32))
+    initiator: Mapped[bool] = mapped_column(Boolean)
+    spi_i: Mapped[str] = mapped_column(String(16))  # hex
+    spi_r: Mapped[str] = mapped_column(String(16))
+    local_addr: Mapped[str] = mapped_column(String(64))
+    local_port: Mapped[int] = mapped_column(Integer)
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    remote_port: Mapped[int] = mapped_column(Integer)
+    local_id: Mapped[str | None] = mapped_column(String(255))
+    remote_id: Mapped[str | None] = mapped_column(String(255))
+    encryption: Mapped[str | None] = mapped_column(String(64))
+    integrity: Mapped[str | None] = mapped_column(String(64))
+    prf: Mapped[str | None] = mapped_column(String(64))
+    dh_group: Mapped[str | None] = mapped_column(String(64))
+    established_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    rekey_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    reauth_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expire_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ChildSaRecord(Base):
+    """A CHILD_SA as negotiated and installed, with counters read from the kernel."""
+
+    __tablename__ = "child_sas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ike_sa_id: Mapped[str] = mapped_column(
+        ForeignKey("ike_sas.id", ondelete="CASCADE"), index=True)
+    child_id: Mapped[int | None] = mapped_column(
+        ForeignKey("children.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))
+    protocol: Mapped[str] = mapped_column(String(8))
+    spi_in: Mapped[str] = mapped_column(String(8))  # hex
+    spi_out: Mapped[str] = mapped_column(String(8))
+    encryption: Mapped[str | None] = mapped_column(String(64))
+    integrity: Mapped[str | None] = mapped_column(String(64))
+    dh_group: Mapped[str | None] = mapped_column(String(64))
+    esn: Mapped[bool] = mapped_column(Boolean, default=False)
+    local_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    remote_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    if_id: Mapped[int | None] = mapped_column(BigInteger)
+    installed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    rekey_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expire_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    packets_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    packets_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Event(Base):
+    """A protocol event or an audit record of an API change (secrets redacted)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    kind: Mapped[EventKind] = mapped_column(_enum(EventKind), index=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    connection_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: history
+    actor: Mapped[str | None] = mapped_column(String(64))
+    resource: Mapped[str | None] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text, default="")
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ApiToken(Base):
+    """A bearer token: only its SHA-256 is stored; `prefix` identifies it in listings."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
