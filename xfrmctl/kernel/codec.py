@@ -20,7 +20,8 @@ from . import messages as m
 from .messages import Attr, MsgType
 from .types import (
     AF_INET,
-    AF_INET6,
+    REQID_MAX,
+    REQID_MIN,
     XFRM_INF,
     Acquire,
     Action,
@@ -333,6 +334,16 @@ def _sa_state(msg: nlmsg, f: dict[str, Any], prefix: str) -> SaState:
     counters = Counters(*(f[prefix + "cur_" + n] for n, _ in m.LIFETIME_CUR))
     stats = SaStats(*(f[prefix + "stats_" + n] for n, _ in m.STATS))
     return SaState(spec, counters, stats, replay)
+
+
+_SA_REQID = struct.Struct("=I")
+_SA_REQID_OFFSET = 16 + m.offset_of(m.USERSA_INFO, "reqid")
+
+
+def owned_sa_message(raw: bytes) -> bool:
+    """Peek at the reqid of a NEWSA message without decoding it."""
+    (reqid,) = _SA_REQID.unpack_from(raw, _SA_REQID_OFFSET)
+    return REQID_MIN <= reqid <= REQID_MAX
 
 
 def normalize_sa(spec: SaSpec) -> SaSpec:

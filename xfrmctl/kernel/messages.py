@@ -217,6 +217,11 @@ def value_names(fields: Fields) -> tuple[str, ...]:
     return tuple(name for name, fmt in fields if not fmt.endswith("x"))
 
 
+def offset_of(fields: Fields, name: str) -> int:
+    names = [n for n, _ in fields]
+    return compile_fields(fields[: names.index(name)]).size
+
+
 C_SIZES = {
     "SELECTOR": (SELECTOR, 56), "USERSA_INFO": (USERSA_INFO, 224),
     "USERSA_ID": (USERSA_ID, 24), "USERSPI_INFO": (USERSPI_INFO, 232),

@@ -449,7 +449,14 @@ class PolicyNotify:
     index: int = 0
 
 
-KernelEvent = Acquire | Expire | PolicyExpire | Mapping | Migrate | SaNotify | PolicyNotify
+@dataclass(frozen=True)
+class EventsLost:
+    """The kernel dropped events (monitor socket overrun): resynchronise by dumping."""
+
+    errno: int
+
+
+KernelEvent = EventsLost | Acquire | Expire | PolicyExpire | Mapping | Migrate | SaNotify | PolicyNotify
 
 
 class KernelError(Exception):

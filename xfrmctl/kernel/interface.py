@@ -1,0 +1,307 @@
+"""`KernelIPsec`: the only way the daemon reaches the kernel's SAD/SPD.
+
+Implementations (`netlink.NetlinkKernel`, `fake.FakeKernel`) supply a handful of
+primitives: a batch executor (`_execute`: ordered operations in, one errno each
+out), lookups, dumps and the event queue. Everything with policy in it lives here,
+once, so both behave the same:
+
+- Ownership: the daemon's SAs and policy templates carry a reqid in
+  [REQID_MIN, REQID_MAX] (types.py). Dumps return only those entries; nothing is
+  ever flushed, and a policy that exists in the kernel but is not ours is reported
+  as EEXIST and left alone.
+- Policies are reference counted by their kernel identity (selector, direction,
+  mark, if_id): two CHILD_SAs sharing a selector during a rekey each hold a
+  reference; the newest spec is the one installed; the last release deletes it.
+- `install_child` is transactional: the SAs and policies of one CHILD_SA go down in
+  one batch; if any fails, what succeeded is undone and KernelError is raised.
+- An SPI reserved with `allocate_spi` is filled by UPDSA (the kernel holds a larval
+  SA for it), any other SA is added with NEWSA.
+"""
+
+from __future__ import annotations
+
+import errno
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .types import (
+    REQID_MAX,
+    REQID_MIN,
+    ChildInstall,
+    Counters,
+    IPAddress,
+    KernelError,
+    KernelEvent,
+    Mark,
+    PolicyKey,
+    PolicySpec,
+    PolicyState,
+    Proto,
+    SaId,
+    SaSpec,
+    SaState,
+    SpdInfo,
+    SpdThresholds,
+    owns_reqid,
+)
+
+SPI_MIN = 0xC0000000
+SPI_MAX = 0xCFFFFFFF
+
+
+class OpKind(Enum):
+    ADD_SA = "add SA"
+    UPDATE_SA = "update SA"
+    DELETE_SA = "delete SA"
+    ADD_POLICY = "add policy"
+    UPDATE_POLICY = "update policy"
+    DELETE_POLICY = "delete policy"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel write. `obj` is a SaSpec, SaId, PolicySpec or PolicyKey."""
+
+    kind: OpKind
+    obj: SaSpec | SaId | PolicySpec | PolicyKey
+
+    def error(self, code: int, detail: str = "") -> KernelError:
+        obj = self.obj.id if isinstance(self.obj, SaSpec) else self.obj
+        if isinstance(obj, PolicySpec):
+            obj = obj.key
+        return KernelError(self.kind.value, obj, code, detail)
+
+
+@dataclass
+class _Step:
+    """An op, how to undo it, and the bookkeeping to keep once the batch succeeded."""
+
+    op: Op
+    undo: Op | None
+    commit: Callable[[], None] = field(default=lambda: None)
+
+
+def _sa_key(sa: SaId) -> tuple[IPAddress, int, Proto]:
+    return sa.dst, sa.spi, sa.proto
+
+
+class KernelIPsec(ABC):
+    def __init__(self) -> None:
+        self._policy_refs: dict[PolicyKey, list[PolicySpec]] = {}
+        self._larval: set[tuple[IPAddress, int, Proto]] = set()
+
+    # --- primitives every implementation provides -----------------------------------
+
+    @abstractmethod
+    async def _execute(self, ops: Sequence[Op]) -> list[tuple[int, str]]:
+        """Apply `ops` in order (all are attempted); (errno or 0, detail) for each."""
+
+    @abstractmethod
+    async def _allocate_spi(
+        self, src: IPAddress, dst: IPAddress, proto: Proto, reqid: int, lo: int, hi: int,
+        mark: Mark | None,
+    ) -> int: ...  # fmt: skip
+
+    @abstractmethod
+    async def get_sa(self, sa: SaId) -> SaState:
+        """The SA with its counters; KernelError(ESRCH) when absent."""
+
+    @abstractmethod
+    async def _dump_sas(self) -> list[SaState]: ...
+
+    @abstractmethod
+    async def _dump_policies(self) -> list[PolicyState]: ...
+
+    @abstractmethod
+    async def get_spdinfo(self) -> SpdInfo: ...
+
+    @abstractmethod
+    async def set_spdinfo(self, thresholds: SpdThresholds) -> None: ...
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[KernelEvent]:
+        """Kernel events (ACQUIRE, EXPIRE, ...) in the order they arrived."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # --- SAs -------------------------------------------------------------------------
+
+    async def allocate_spi(
+        self, src: IPAddress, dst: IPAddress, proto: Proto = Proto.ESP, reqid: int = REQID_MIN,
+        spi_min: int = SPI_MIN, spi_max: int = SPI_MAX, mark: Mark | None = None,
+    ) -> int:  # fmt: skip
+        """Reserve an inbound SPI (dst is our address); fill it with add_sa."""
+        spi = await self._allocate_spi(src, dst, proto, reqid, spi_min, spi_max, mark)
+        self._larval.add((dst, spi, proto))
+        return spi
+
+    async def add_sa(self, sa: SaSpec) -> None:
+        await self._run([self._add_sa_step(sa)])
+
+    async def update_sa(self, sa: SaSpec) -> None:
+        _check_owned(sa)
+        await self._run([_Step(Op(OpKind.UPDATE_SA, sa), None)])
+
+    async def delete_sa(self, sa: SaId) -> None:
+        await self._run([_Step(Op(OpKind.DELETE_SA, sa), None, self._forget_larval(sa))])
+
+    async def counters(self, sa: SaId) -> Counters:
+        return (await self.get_sa(sa)).counters
+
+    async def dump_sas(self) -> list[SaState]:
+        """Our SAs only (reqid in the owned range)."""
+        return [s for s in await self._dump_sas() if owns_reqid(s.spec.reqid)]
+
+    # --- policies --------------------------------------------------------------------
+
+    async def dump_policies(self) -> list[PolicyState]:
+        """Our policies: all templates in the owned range, or template-less ones this
+        instance installed (those are not recognised after a restart)."""
+        return [p for p in await self._dump_policies() if self._owned_policy(p.spec)]
+
+    def _owned_policy(self, spec: PolicySpec) -> bool:
+        return spec.owned() or (not spec.templates and spec.key in self._policy_refs)
+
+    def policy_refcount(self, key: PolicyKey) -> int:
+        return len(self._policy_refs.get(key, ()))
+
+    async def add_policy(self, policy: PolicySpec) -> None:
+        await self._run([self._add_policy_step(policy)])
+
+    async def remove_policy(self, policy: PolicySpec) -> None:
+        step = self._remove_policy_step(policy)
+        if step is not None:
+            await self._run([step])
+
+    # --- CHILD_SAs -------------------------------------------------------------------
+
+    async def install_child(self, child: ChildInstall) -> None:
+        """Both SAs and all policies, or nothing (KernelError names the failed step)."""
+        await self.install_children([child], raise_first=True)
+
+    async def install_children(
+        self, children: Sequence[ChildInstall], raise_first: bool = False
+    ) -> list[KernelError | None]:
+        """Many CHILD_SAs in one batch; each is all-or-nothing on its own."""
+        plans = [self._child_steps(c) for c in children]
+        flat = [s for plan in plans for s in plan]
+        results = await self._execute([s.op for s in flat])
+        out: list[KernelError | None] = []
+        undo: list[Op] = []
+        pos = 0
+        for plan in plans:
+            mine = results[pos : pos + len(plan)]
+            pos += len(plan)
+            failed = next(((s, r) for s, r in zip(plan, mine, strict=True) if r[0]), None)
+            if failed is None:
+                for s in plan:
+                    s.commit()
+                out.append(None)
+                continue
+            done = [s for s, r in zip(plan, mine, strict=True) if not r[0]]
+            undo.extend(s.undo for s in reversed(done) if s.undo is not None)
+            out.append(failed[0].op.error(*failed[1]))
+        if undo:
+            await self._execute(undo)
+        first = next((e for e in out if e is not None), None)
+        if raise_first and first is not None:
+            raise first
+        return out
+
+    async def remove_child(self, child: ChildInstall) -> None:
+        """Release the policies (reference counted) and delete both SAs. Every step is
+        attempted; the first failure is raised afterwards."""
+        steps = [s for p in child.policies if (s := self._remove_policy_step(p)) is not None]
+        for sa in (child.outbound, child.inbound):
+            steps.append(_Step(Op(OpKind.DELETE_SA, sa.id), None, self._forget_larval(sa.id)))
+        await self._run(steps, all_or_nothing=False)
+
+    # --- step planning ---------------------------------------------------------------
+
+    def _child_steps(self, child: ChildInstall) -> list[_Step]:
+        steps = [self._add_sa_step(child.inbound), self._add_sa_step(child.outbound)]
+        planned: dict[PolicyKey, list[PolicySpec]] = {}
+        for p in child.policies:
+            steps.append(self._add_policy_step(p, planned))
+        return steps
+
+    def _add_sa_step(self, sa: SaSpec) -> _Step:
+        _check_owned(sa)
+        larval = _sa_key(sa.id) in self._larval
+        kind = OpKind.UPDATE_SA if larval else OpKind.ADD_SA
+        return _Step(Op(kind, sa), Op(OpKind.DELETE_SA, sa.id), self._forget_larval(sa.id))
+
+    def _forget_larval(self, sa: SaId) -> Callable[[], None]:
+        return lambda: self._larval.discard(_sa_key(sa))
+
+    def _add_policy_step(
+        self, p: PolicySpec, planned: dict[PolicyKey, list[PolicySpec]] | None = None
+    ) -> _Step:
+        if p.templates and not p.owned():
+            raise ValueError(f"policy templates must use reqids {REQID_MIN:#x}-{REQID_MAX:#x}")
+        key = p.key
+        refs = list(self._policy_refs.get(key, ()))
+        if planned is not None:
+            refs = planned.setdefault(key, refs)
+
+        def commit() -> None:
+            self._policy_refs.setdefault(key, []).append(p)
+
+        if not refs:
+            refs.append(p)
+            return _Step(Op(OpKind.ADD_POLICY, p), Op(OpKind.DELETE_POLICY, key), commit)
+        previous = refs[-1]
+        refs.append(p)
+        return _Step(Op(OpKind.UPDATE_POLICY, p), Op(OpKind.UPDATE_POLICY, previous), commit)
+
+    def _remove_policy_step(self, p: PolicySpec) -> _Step | None:
+        key = p.key
+        refs = self._policy_refs.get(key)
+        if not refs:
+            raise KernelError("remove policy", key, errno.ENOENT, "not held by this daemon")
+        remaining = list(refs)
+        remaining.remove(p if p in remaining else remaining[-1])
+
+        def commit() -> None:
+            if remaining:
+                self._policy_refs[key] = remaining
+            else:
+                self._policy_refs.pop(key, None)
+
+        if not remaining:
+            return _Step(Op(OpKind.DELETE_POLICY, key), None, commit)
+        if remaining[-1] == refs[-1]:
+            commit()  # the installed spec stays: only the count drops
+            return None
+        return _Step(Op(OpKind.UPDATE_POLICY, remaining[-1]), None, commit)
+
+    async def _run(self, steps: list[_Step], all_or_nothing: bool = True) -> None:
+        results = await self._execute([s.op for s in steps])
+        failures = [(s, r) for s, r in zip(steps, results, strict=True) if r[0]]
+        if failures and all_or_nothing:
+            done = [s for s, r in zip(steps, results, strict=True) if not r[0]]
+            undo = [s.undo for s in reversed(done) if s.undo is not None]
+            if undo:
+                await self._execute(undo)
+        else:
+            for s, r in zip(steps, results, strict=True):
+                if not r[0] or _already_gone(s.op, r[0]):
+                    s.commit()
+        if failures:
+            step, (code, detail) = failures[0]
+            raise step.op.error(code, detail)
+
+
+def _already_gone(op: Op, code: int) -> bool:
+    return (op.kind, code) in {
+        (OpKind.DELETE_SA, errno.ESRCH),
+        (OpKind.DELETE_POLICY, errno.ENOENT),
+    }
+
+
+def _check_owned(sa: SaSpec) -> None:
+    if not owns_reqid(sa.reqid):
+        raise ValueError(f"{sa.id}: reqid {sa.reqid:#x} outside {REQID_MIN:#x}-{REQID_MAX:#x}")
