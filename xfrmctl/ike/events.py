@@ -1,0 +1,134 @@
+"""Events the IKE core hands to the daemon: frozen dataclasses, read with next_event().
+
+Failures carry the why: what the peer offered and what we would have accepted, so a user
+can see why a tunnel is down without reading debug logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .config import Identity, Mode
+from .constants import ProtocolId
+from .payloads import TrafficSelector
+from .proposals import Suite
+
+Endpoint = tuple[str, int]
+
+
+class FailureReason(str, Enum):
+    NO_PROPOSAL_CHOSEN = "NO_PROPOSAL_CHOSEN"
+    INVALID_KE_PAYLOAD = "INVALID_KE_PAYLOAD"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    TS_UNACCEPTABLE = "TS_UNACCEPTABLE"
+    NO_MATCHING_CONFIG = "NO_MATCHING_CONFIG"
+    PEER_UNREACHABLE = "PEER_UNREACHABLE"
+    HALF_OPEN_TIMEOUT = "HALF_OPEN_TIMEOUT"
+    PROTOCOL_ERROR = "PROTOCOL_ERROR"
+    PEER_ERROR = "PEER_ERROR"
+    INTERNAL_ADDRESS_FAILURE = "INTERNAL_ADDRESS_FAILURE"
+    SINGLE_PAIR_REQUIRED = "SINGLE_PAIR_REQUIRED"
+    CHILD_SA_NOT_FOUND = "CHILD_SA_NOT_FOUND"
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaUp:
+    ike_sa: int  # the IKE SA's unique id in this process
+    connection: str
+    spi_i: bytes
+    spi_r: bytes
+    initiator: bool
+    local: Endpoint
+    remote: Endpoint
+    local_id: Identity
+    remote_id: Identity
+    suite: Suite
+    nat_local: bool
+    nat_remote: bool
+    virtual_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    ike_sa: int
+    new_ike_sa: int
+    new_spi_i: bytes
+    new_spi_r: bytes
+    suite: Suite
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDown:
+    ike_sa: int
+    connection: str
+    reason: str  # "deleted", "deleted by peer", "rekeyed", a FailureReason value ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaNegotiated:
+    """A CHILD_SA to install: both SAs, keys, selectors, lifetimes and encapsulation."""
+
+    ike_sa: int
+    connection: str
+    child: str
+    child_id: int
+    protocol: ProtocolId
+    mode: Mode
+    spi_in: int
+    spi_out: int
+    local: Endpoint
+    remote: Endpoint
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    suite: Suite
+    encr_key_in: bytes = field(repr=False)
+    integ_key_in: bytes = field(repr=False)
+    encr_key_out: bytes = field(repr=False)
+    integ_key_out: bytes = field(repr=False)
+    encap: bool
+    rekey_time: float
+    life_time: float
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    rekey_of: int | None = None  # spi_in of the CHILD_SA this one replaces
+    initiator: bool = True  # whether we initiated the exchange that made it
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted:
+    ike_sa: int
+    connection: str
+    child: str
+    child_id: int
+    protocol: ProtocolId
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiationFailed:
+    """An IKE_SA or CHILD_SA could not be set up; `details` says what each side wanted."""
+
+    ike_sa: int
+    connection: str
+    reason: FailureReason
+    message: str
+    child: str | None = None
+    ours: tuple[str, ...] = ()
+    theirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualIpAssigned:
+    ike_sa: int
+    connection: str
+    address: str
+    to_peer: bool  # True: we (responder) gave it; False: the peer gave it to us
+
+
+Event = (IkeSaUp | IkeSaRekeyed | IkeSaDown | ChildSaNegotiated | ChildSaDeleted
+         | NegotiationFailed | VirtualIpAssigned)

@@ -1,0 +1,1544 @@
+"""One IKE SA and its CHILD_SAs: the sans-I/O state machine of RFC 7296.
+
+Driven by `receive_message()` (the manager routes decoded datagrams here), `handle_timer(now)`
+and the API calls (`initiate`, `create_child`, `rekey_child`, `rekey`, `delete_child`,
+`delete`, `liveness_check`). Read back with `datagrams_to_send()`, `next_event()` and
+`get_timer()`. It never touches a socket, a clock or the kernel: time comes in as `now`
+(POSIX seconds), CHILD_SA SPIs from an injected allocator.
+
+Rules kept in one place:
+- IKE SA states and the allowed transitions are the table `TRANSITIONS`.
+- We keep one request outstanding (window size 1, RFC 7296 2.3); further requests queue.
+- A request is retransmitted with exponential back-off; after `Retransmit.tries` the peer is
+  unreachable and the SA is closed. A retransmitted request is answered from the cached
+  response, never processed twice.
+- Exchanges are small tasks: `build` makes a request, `on_response` processes the answer;
+  the responder side is one `_respond_*` method per exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+
+from cryptography import x509
+
+from . import auth, dh, proposals, ts
+from .algorithms import encr_key_size, integ_key_size
+from .config import AuthMethodName, ChildConfig, Identity, IkeConfig, LocalAuth, Mode
+from .constants import (
+    AuthMethod,
+    CertEncoding,
+    CfgAttr,
+    CfgType,
+    ExchangeType,
+    HashAlgorithm,
+    NotifyType,
+    ProtocolId,
+    TransformType,
+    notify_name,
+)
+from .crypto import IkeKeys, Prf, derive_child_keymat, derive_ike_keys, derive_rekeyed_ike_keys
+from .crypto import new_sk_cipher, split_child_keymat
+from .errors import IntegrityError, LocalError, ProtocolError
+from .events import (
+    ChildSaDeleted,
+    ChildSaNegotiated,
+    Event,
+    FailureReason,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    NegotiationFailed,
+    VirtualIpAssigned,
+)
+from .message import Message, decode, encode
+from .payloads import (
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    CfgAttribute,
+    CpPayload,
+    DeletePayload,
+    IdiPayload,
+    IdrPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+    TrafficSelector,
+    TsiPayload,
+    TsrPayload,
+    id_body,
+)
+from .proposals import DhRule, Suite, suite_of
+from .sk import SkCipher
+
+Endpoint = tuple[str, int]
+NONCE_SIZE = 32
+MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
+_ids = itertools.count(1)
+
+
+def random_child_spi() -> int:
+    """A random inbound SPI outside the reserved 1..255 range."""
+    while True:
+        spi = int.from_bytes(os.urandom(4), "big")
+        if spi > 255:
+            return spi
+
+
+class IkeState(Enum):
+    CREATED = "created"
+    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request out
+    AUTH_SENT = "auth-sent"  # initiator: IKE_AUTH request out
+    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = "established"
+    REKEYED = "rekeyed"  # replaced by a new IKE SA, waiting for the old one's delete
+    DELETING = "deleting"
+    CLOSED = "closed"
+
+
+TRANSITIONS: dict[IkeState, frozenset[IkeState]] = {
+    IkeState.CREATED: frozenset({IkeState.INIT_SENT, IkeState.INIT_DONE, IkeState.CLOSED}),
+    IkeState.INIT_SENT: frozenset({IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.CLOSED}),
+    IkeState.AUTH_SENT: frozenset({IkeState.ESTABLISHED, IkeState.CLOSED}),
+    IkeState.INIT_DONE: frozenset({IkeState.ESTABLISHED, IkeState.CLOSED}),
+    IkeState.ESTABLISHED: frozenset({IkeState.REKEYED, IkeState.DELETING, IkeState.CLOSED}),
+    IkeState.REKEYED: frozenset({IkeState.DELETING, IkeState.CLOSED}),
+    IkeState.DELETING: frozenset({IkeState.CLOSED}),
+    IkeState.CLOSED: frozenset(),
+}
+
+
+class ChildState(Enum):
+    INSTALLED = "installed"
+    REKEYING = "rekeying"  # our rekey request is out
+    REKEYED = "rekeyed"  # a successor exists; this one waits for its delete
+    DELETING = "deleting"
+
+
+@dataclass(slots=True)
+class ChildSa:
+    child_id: int
+    config: ChildConfig
+    protocol: ProtocolId
+    mode: Mode
+    spi_in: int
+    spi_out: int
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    suite: Suite
+    created: float
+    state: ChildState = ChildState.INSTALLED
+    # Rekey collision bookkeeping (RFC 7296 2.8.1): per side, the exchange's lowest nonce and
+    # the CHILD_SA it created.
+    rekeys: dict[str, tuple[bytes, ChildSa]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    message_id: int
+    exchange: ExchangeType
+    datagrams: list[bytes]
+    on_response: Callable[[Message, float], None]
+    attempt: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Task:
+    """A queued exchange we initiate: builds its request when its turn comes."""
+
+    name: str
+    build: Callable[[float], tuple[Message, Callable[[Message, float], None]] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    local: Endpoint
+    remote: Endpoint
+
+
+def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
+    addr = ipaddress.ip_address(endpoint[0]).packed
+    return hashlib.sha1(spi_i + spi_r + addr + struct.pack("!H", endpoint[1])).digest()
+
+
+def _notify(ntype: NotifyType, data: bytes = b"", protocol: int = 0,
+            spi: bytes = b"") -> NotifyPayload:
+    return NotifyPayload(ntype, protocol, spi, data)
+
+
+def _error_notify(msg: Message) -> NotifyPayload | None:
+    return next((n for n in msg.notifies() if n.notify_type < 16384), None)
+
+
+class IkeSa:
+    """An IKE SA as initiator or responder. Create with `initiator()` or `responder()`."""
+
+    def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
+                 config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
+                 spi_allocator: Callable[[], int] = random_child_spi) -> None:
+        self.id = next(_ids)
+        self.is_initiator = initiator  # original initiator of this IKE SA
+        self.local = local
+        self.remote = remote
+        self.config = config
+        self.candidates = tuple(candidates) or ((config,) if config else ())
+        self.state = IkeState.CREATED
+        self.created = now
+        self.established_at: float | None = None
+        self.spi_i = os.urandom(8) if initiator else b"\0" * 8
+        self.spi_r = b"\0" * 8 if initiator else os.urandom(8)
+        self.suite: Suite | None = None
+        self.children: dict[int, ChildSa] = {}
+        self.successor: IkeSa | None = None
+        self.local_id: Identity | None = None
+        self.remote_id: Identity | None = None
+        self.nat_local = False
+        self.nat_remote = False
+        self.peer_fragmentation = False
+        self.peer_hashes: set[int] = set()
+        self.virtual_ip: str | None = None  # ours (initiator) or the peer's (responder)
+        self.down_reason = ""
+        self._alloc_spi = spi_allocator
+        self._events: deque[Event] = deque()
+        self._out: list[Datagram] = []
+        self._tasks: deque[_Task] = deque()
+        self._outstanding: _Outstanding | None = None
+        self._next_request_id = 0
+        self._expected_peer_id = 0
+        self._cached_response: tuple[int, list[bytes]] | None = None
+        self._prf: Prf | None = None
+        self._keys: IkeKeys | None = None
+        self._cipher_out: SkCipher | None = None
+        self._cipher_in: SkCipher | None = None
+        self._nonce_i = b""
+        self._nonce_r = b""
+        self._init_request = b""  # RealMessage1
+        self._init_response = b""  # RealMessage2
+        self._ke: dh.KeyExchange | None = None
+        self._cookie: bytes | None = None
+        self._init_retries = 0
+        self._sent_ike_proposals: tuple[Proposal, ...] = ()
+        self._peer_certs: list[x509.Certificate] = []
+        self._peer_certreq = False
+        self._last_peer_activity = now
+        self._half_open_deadline: float | None = None
+        self._rekey_deadline: float | None = None
+        self._dpd_deadline: float | None = None
+        self._pending_children: list[ChildConfig] = []
+        self._reassembly: dict[int, object] = {}
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def initiator(cls, config: IkeConfig, local: Endpoint, remote: Endpoint, now: float,
+                  **kwargs: Callable[[], int]) -> IkeSa:
+        return cls(initiator=True, local=local, remote=remote, now=now, config=config,
+                   **kwargs)
+
+    @classmethod
+    def responder(cls, candidates: Sequence[IkeConfig], local: Endpoint, remote: Endpoint,
+                  now: float, **kwargs: Callable[[], int]) -> IkeSa:
+        sa = cls(initiator=False, local=local, remote=remote, now=now, config=None,
+                 candidates=candidates, **kwargs)
+        sa._half_open_deadline = now + min(c.half_open_timeout for c in candidates)
+        return sa
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.is_initiator else self.spi_r
+
+    @property
+    def name(self) -> str:
+        return self.config.name if self.config else "?"
+
+    def _conf(self) -> IkeConfig:
+        if self.config is None:
+            raise LocalError("IKE SA has no connection yet")
+        return self.config
+
+    # ----------------------------------------------------------------- outputs
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for d in (
+            self._outstanding.deadline if self._outstanding else None,
+            self._half_open_deadline, self._rekey_deadline, self._dpd_deadline,
+        ) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def _set_state(self, new: IkeState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise LocalError(f"IKE SA {self.id}: no transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    # ----------------------------------------------------------------- API
+
+    def initiate(self, now: float, children: Iterable[str] | None = None) -> None:
+        """Start IKE_SA_INIT; the named children (default: all) come up with IKE_AUTH
+        (the first) and CREATE_CHILD_SA (the others)."""
+        conf = self._conf()
+        if not self.is_initiator or self.state is not IkeState.CREATED:
+            raise LocalError("initiate() needs a fresh initiator IKE SA")
+        names = list(children) if children is not None else [c.name for c in conf.children]
+        self._pending_children = [conf.child(n) for n in names]
+        group = conf.proposals[0].dh_groups[0]
+        self._ke = dh.new_key_exchange(group)
+        self._nonce_i = os.urandom(NONCE_SIZE)
+        self._set_state(IkeState.INIT_SENT)
+        self._send_init_request(now)
+
+    def create_child(self, name: str, now: float) -> None:
+        child = self._conf().child(name)
+        self._queue(_Task(f"create {name}", lambda t: self._build_create_child(child, None)),
+                    now)
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        child = self._child_by_spi_in(spi_in)
+        if child is None or child.state is not ChildState.INSTALLED:
+            raise LocalError(f"no installed CHILD_SA with inbound SPI {spi_in:08x}")
+        child.state = ChildState.REKEYING
+        self._queue(_Task(f"rekey {spi_in:08x}",
+                          lambda t: self._build_create_child(child.config, child)), now)
+
+    def delete_child(self, spi_in: int, now: float, reason: str = "deleted") -> None:
+        child = self._child_by_spi_in(spi_in)
+        if child is None:
+            raise LocalError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
+        self._queue(_Task(f"delete {spi_in:08x}",
+                          lambda t: self._build_delete_child(child, reason)), now)
+
+    def rekey(self, now: float) -> None:
+        """Rekey this IKE SA (RFC 7296 2.18)."""
+        if self.state is IkeState.ESTABLISHED:
+            self._queue(_Task("rekey IKE", self._build_rekey_ike), now)
+
+    def delete(self, now: float, reason: str = "deleted") -> None:
+        """Delete the IKE SA and with it every CHILD_SA."""
+        if self.state in (IkeState.CLOSED, IkeState.DELETING):
+            return
+        if self.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+            self._close(reason)
+            return
+        self._tasks.clear()
+        self._outstanding = None
+        self._set_state(IkeState.DELETING)
+        self.down_reason = reason
+        self._start_request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())],
+                            lambda m, t: self._close(reason), now)
+
+    def liveness_check(self, now: float) -> None:
+        if self.state is IkeState.ESTABLISHED and not self._outstanding and not self._tasks:
+            self._queue(_Task("liveness", lambda t: (self._empty_informational(), self._noop)),
+                        now)
+
+    def note_peer_activity(self, now: float) -> None:
+        """The daemon saw inbound ESP from the peer: it is alive, postpone DPD."""
+        self._last_peer_activity = now
+        self._arm_dpd(now)
+
+    # ----------------------------------------------------------------- timers
+
+    def handle_timer(self, now: float) -> None:
+        out = self._outstanding
+        if out is not None and now >= out.deadline:
+            self._retransmit(out, now)
+        if self._half_open_deadline is not None and now >= self._half_open_deadline:
+            self._half_open_deadline = None
+            if self.state not in (IkeState.ESTABLISHED, IkeState.REKEYED,
+                                  IkeState.DELETING, IkeState.CLOSED):
+                self._fail(FailureReason.HALF_OPEN_TIMEOUT, "no IKE_AUTH before the "
+                           "half-open timeout")
+        if self._rekey_deadline is not None and now >= self._rekey_deadline:
+            self._rekey_deadline = None
+            self.rekey(now)
+        if self._dpd_deadline is not None and now >= self._dpd_deadline:
+            self._dpd_deadline = None
+            self.liveness_check(now)
+            self._arm_dpd(now)
+
+    def _retransmit(self, out: _Outstanding, now: float) -> None:
+        retransmit = (self.config or self.candidates[0]).retransmit
+        if out.attempt >= retransmit.tries:
+            self._outstanding = None
+            self._fail(FailureReason.PEER_UNREACHABLE,
+                       f"no answer to {out.exchange.name} after {out.attempt + 1} transmissions")
+            return
+        out.attempt += 1
+        out.deadline = now + retransmit.delay(out.attempt)
+        self._emit_datagrams(out.datagrams)
+
+    def _arm_dpd(self, now: float) -> None:
+        delay = self.config.dpd_delay if self.config else 0
+        if delay and self.state is IkeState.ESTABLISHED:
+            self._dpd_deadline = max(now, self._last_peer_activity) + delay
+
+    # ----------------------------------------------------------------- sending
+
+    def _emit_datagrams(self, datagrams: list[bytes]) -> None:
+        self._out.extend(Datagram(d, self.local, self.remote) for d in datagrams)
+
+    def _queue(self, task: _Task, now: float) -> None:
+        self._tasks.append(task)
+        self._next_task(now)
+
+    def _next_task(self, now: float) -> None:
+        while (self._outstanding is None and self._tasks
+               and self.state in (IkeState.ESTABLISHED, IkeState.REKEYED)):
+            task = self._tasks.popleft()
+            built = task.build(now)
+            if built is not None:
+                message, on_response = built
+                self._start_request(message.exchange, message.protected or [], on_response,
+                                    now, message)
+
+    def _start_request(self, exchange: ExchangeType, payloads: list[Payload],
+                       on_response: Callable[[Message, float], None], now: float,
+                       message: Message | None = None) -> None:
+        msg = message or self._message(exchange, payloads)
+        msg.message_id = self._next_request_id
+        msg.is_response = False
+        self._next_request_id += 1
+        datagrams = self._encode(msg)
+        retransmit = (self.config or self.candidates[0]).retransmit
+        self._outstanding = _Outstanding(msg.message_id, exchange, datagrams, on_response, 0,
+                                         now + retransmit.delay(0))
+        self._emit_datagrams(datagrams)
+
+    def _message(self, exchange: ExchangeType, protected: list[Payload], *,
+                 response: bool = False, message_id: int = 0) -> Message:
+        return Message(exchange, self.spi_i, self.spi_r, message_id, self.is_initiator,
+                       response, [], protected)
+
+    def _encode(self, msg: Message) -> list[bytes]:
+        if msg.protected is None:
+            return [encode(msg)]
+        data = encode(msg, self._cipher_out)
+        conf = self.config or self.candidates[0]
+        if (len(data) > conf.fragment_size and self.peer_fragmentation and conf.fragmentation
+                and msg.exchange != ExchangeType.IKE_SA_INIT):
+            from .fragment import encode_fragments
+
+            return encode_fragments(msg, self._cipher_out, conf.fragment_size)
+        return [data]
+
+    def _respond(self, request: Message, payloads: list[Payload], *,
+                 plain: bool = False) -> None:
+        msg = self._message(ExchangeType(request.exchange), [], response=True,
+                            message_id=request.message_id)
+        if plain:
+            msg.payloads, msg.protected = payloads, None
+        else:
+            msg.protected = payloads
+        datagrams = self._encode(msg)
+        self._cached_response = (request.message_id, datagrams)
+        self._emit_datagrams(datagrams)
+
+    # ----------------------------------------------------------------- receiving
+
+    def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint,
+                         now: float) -> None:
+        """A datagram the manager routed to this SA (IKE header already checked)."""
+        try:
+            msg = decode(data, self._cipher_in if self._cipher_in else None)
+        except IntegrityError:
+            return  # RFC 7296 2.21.2: drop silently
+        except ProtocolError as exc:
+            self._on_bad_message(data, exc, now)
+            return
+        if msg.fragment is not None:
+            assembled = self._reassemble(msg)
+            if assembled is None:
+                return
+            msg = assembled
+        self._update_remote(remote, local, msg)
+        self.receive_message(msg, data, now)
+
+    def _reassemble(self, msg: Message) -> Message | None:
+        from .fragment import Reassembler
+
+        key = (msg.message_id << 1) | int(msg.is_response)
+        reassembler = self._reassembly.get(key)
+        if not isinstance(reassembler, Reassembler):
+            reassembler = Reassembler()
+            self._reassembly[key] = reassembler
+        try:
+            full = reassembler.add(msg)
+        except ProtocolError:
+            self._reassembly.pop(key, None)
+            return None
+        if full is not None:
+            self._reassembly.pop(key, None)
+        return full
+
+    def _update_remote(self, remote: Endpoint, local: Endpoint, msg: Message) -> None:
+        # Follow the peer's port when NAT moves it (RFC 7296 2.23) once the SA is keyed.
+        if self._cipher_in is not None and msg.protected is not None and remote != self.remote \
+                and (self.nat_remote or remote[0] == self.remote[0]):
+            self.remote, self.local = remote, local
+
+    def _on_bad_message(self, data: bytes, exc: ProtocolError, now: float) -> None:
+        """Answer a malformed request with the notify the RFC asks for; ignore the rest."""
+        if self._cipher_in is None or self.state is IkeState.CLOSED:
+            return
+        try:
+            from .message import parse_header
+
+            header = parse_header(data)
+        except ProtocolError:
+            return
+        if header.is_response or header.message_id != self._expected_peer_id:
+            return
+        self._expected_peer_id += 1
+        request = Message(ExchangeType(header.exchange) if header.exchange in
+                          ExchangeType._value2member_map_ else ExchangeType.INFORMATIONAL,
+                          header.spi_i, header.spi_r, header.message_id,
+                          header.is_initiator, False, [], [])
+        self._respond(request, [_notify(exc.notify, exc.notify_data)])
+
+    def receive_message(self, msg: Message, raw: bytes, now: float) -> None:
+        if self.state is IkeState.CLOSED:
+            return
+        self._last_peer_activity = now
+        if msg.is_response:
+            self._on_response(msg, raw, now)
+        else:
+            self._on_request(msg, raw, now)
+        self._arm_dpd(now)
+        self._next_task(now)
+
+    def _on_response(self, msg: Message, raw: bytes, now: float) -> None:
+        out = self._outstanding
+        if out is None or msg.message_id != out.message_id:
+            return  # late or spoofed: ignore
+        self._outstanding = None
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            self._init_response = raw
+        try:
+            out.on_response(msg, now)
+        except ProtocolError as exc:
+            self._fail(FailureReason.PROTOCOL_ERROR, str(exc))
+
+    def _on_request(self, msg: Message, raw: bytes, now: float) -> None:
+        cached = self._cached_response
+        if cached is not None and msg.message_id == cached[0]:
+            self._emit_datagrams(cached[1])  # a retransmission: answer from the cache
+            return
+        if msg.message_id != self._expected_peer_id:
+            return  # RFC 7296 2.3: drop requests outside the window
+        self._expected_peer_id += 1
+        handler = self._REQUEST_HANDLERS.get(msg.exchange)
+        if handler is None:
+            return
+        try:
+            handler(self, msg, raw, now)
+        except ProtocolError as exc:
+            if self.state is not IkeState.CLOSED:
+                self._respond(msg, [_notify(exc.notify, exc.notify_data)],
+                              plain=msg.exchange == ExchangeType.IKE_SA_INIT)
+            if self.state in (IkeState.CREATED, IkeState.INIT_DONE):
+                self._fail(FailureReason.PROTOCOL_ERROR, str(exc))
+
+    # ----------------------------------------------------------------- IKE_SA_INIT
+
+    def _init_notifies(self) -> list[Payload]:
+        conf = self.config or self.candidates[0]
+        spi_r = self.spi_r if not self.is_initiator else b"\0" * 8
+        src_hash = nat_hash(self.spi_i, spi_r, self.local)
+        if conf.force_encap:
+            src_hash = os.urandom(20)  # make the peer see a NAT: UDP-encapsulate ESP
+        notifies: list[Payload] = [
+            _notify(NotifyType.NAT_DETECTION_SOURCE_IP, src_hash),
+            _notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                    nat_hash(self.spi_i, spi_r, self.remote)),
+        ]
+        if conf.fragmentation:
+            notifies.append(_notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        hashes = b"".join(struct.pack("!H", h) for h in auth.SUPPORTED_HASHES)
+        notifies.append(_notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
+        return notifies
+
+    def _send_init_request(self, now: float) -> None:
+        conf = self._conf()
+        assert self._ke is not None
+        self._sent_ike_proposals = tuple(
+            spec.to_wire(i + 1, b"") for i, spec in enumerate(conf.proposals))
+        payloads: list[Payload] = []
+        if self._cookie is not None:
+            payloads.append(_notify(NotifyType.COOKIE, self._cookie))
+        payloads += [SaPayload(self._sent_ike_proposals),
+                     KePayload(self._ke.group, self._ke.public_key),
+                     NoncePayload(self._nonce_i), *self._init_notifies()]
+        msg = Message(ExchangeType.IKE_SA_INIT, self.spi_i, b"\0" * 8, 0, True, False, payloads)
+        self._next_request_id = 0
+        self._init_request = encode(msg)
+        self._next_request_id = 1
+        retransmit = conf.retransmit
+        self._outstanding = _Outstanding(0, ExchangeType.IKE_SA_INIT, [self._init_request],
+                                         self._on_init_response, 0, now + retransmit.delay(0))
+        self._emit_datagrams([self._init_request])
+
+    def _on_init_response(self, msg: Message, now: float) -> None:
+        cookie = msg.notify(NotifyType.COOKIE)
+        invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if cookie is not None or invalid_ke is not None:
+            self._retry_init(cookie, invalid_ke, now)
+            return
+        error = _error_notify(msg)
+        if error is not None:
+            self._fail_from_notify(error, ours=proposals.describe_offer(
+                self._sent_ike_proposals))
+            return
+        sa, ke, nonce = msg.find(SaPayload), msg.find(KePayload), msg.find(NoncePayload)
+        if sa is None or ke is None or nonce is None or len(sa.proposals) != 1:
+            raise ProtocolError("IKE_SA_INIT response lacks SA, KE or Nonce")
+        chosen = sa.proposals[0]
+        if not proposals.accept_chosen(self._sent_ike_proposals, chosen):
+            raise ProtocolError("responder chose a proposal we did not offer",
+                                notify=NotifyType.NO_PROPOSAL_CHOSEN)
+        suite = suite_of(chosen)
+        assert self._ke is not None
+        if suite.dh != self._ke.group or ke.group != self._ke.group:
+            raise ProtocolError("responder's key exchange group does not match")
+        self.spi_r = msg.spi_r
+        self._nonce_r = nonce.data
+        self._read_init_notifies(msg)
+        self._derive_ike_keys(suite, self._ke.shared_secret(ke.data))
+        self._peer_certreq = msg.find(CertReqPayload) is not None
+        self._set_state(IkeState.AUTH_SENT)
+        self._send_auth_request(now)
+
+    def _retry_init(self, cookie: NotifyPayload | None, invalid_ke: NotifyPayload | None,
+                    now: float) -> None:
+        conf = self._conf()
+        self._init_retries += 1
+        if self._init_retries > MAX_INIT_RETRIES:
+            self._fail(FailureReason.PROTOCOL_ERROR, "too many IKE_SA_INIT retries")
+            return
+        if cookie is not None:
+            self._cookie = cookie.data
+        if invalid_ke is not None:
+            group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 \
+                else 0
+            offered = {g for spec in conf.proposals for g in spec.dh_groups}
+            if group not in offered:
+                self._fail(FailureReason.INVALID_KE_PAYLOAD,
+                           f"peer wants key exchange group {group}, which we do not offer",
+                           ours=tuple(str(g) for g in sorted(offered)), theirs=(str(group),))
+                return
+            self._ke = dh.new_key_exchange(group)
+            self._cookie = None  # RFC 7296 2.6: a new KE invalidates the cookie exchange
+        self._set_state(IkeState.INIT_SENT)
+        self._send_init_request(now)
+
+    def _read_init_notifies(self, msg: Message) -> None:
+        src = msg.find_all(NotifyPayload)
+        src_hashes = [n.data for n in src if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP]
+        dst_hashes = [n.data for n in src
+                      if n.notify_type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+        if src_hashes:
+            self.nat_remote = nat_hash(self.spi_i, msg.spi_r, self.remote) not in src_hashes
+        if dst_hashes:
+            self.nat_local = nat_hash(self.spi_i, msg.spi_r, self.local) not in dst_hashes
+        if (self.config or self.candidates[0]).force_encap and src_hashes:
+            self.nat_local = True
+        self.peer_fragmentation = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) \
+            is not None
+        hashes = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        if hashes is not None:
+            data = hashes.data[: len(hashes.data) // 2 * 2]
+            self.peer_hashes = {v for (v,) in struct.iter_unpack("!H", data)}
+        if self.nat_local or self.nat_remote:
+            self._switch_to_nat_t()
+
+    def _switch_to_nat_t(self) -> None:
+        """RFC 7296 2.23: after a NAT is detected, IKE moves to port 4500."""
+        if self.is_initiator and self.remote[1] == 500:
+            self.remote = (self.remote[0], 4500)
+            self.local = (self.local[0], 4500)
+
+    def _derive_ike_keys(self, suite: Suite, shared: bytes) -> None:
+        assert suite.prf is not None and suite.encr is not None
+        self.suite = suite
+        self._prf = Prf(suite.prf)
+        encr_size = encr_key_size(suite.encr, suite.encr_bits)
+        integ_size = integ_key_size(suite.integ)
+        self._keys = derive_ike_keys(self._prf, shared, self._nonce_i, self._nonce_r,
+                                     self.spi_i, self.spi_r, encr_size, integ_size)
+        self._install_ciphers(self._keys)
+
+    def _install_ciphers(self, keys: IkeKeys) -> None:
+        suite = self.suite
+        assert suite is not None and suite.encr is not None
+        enc_i = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_ei, keys.sk_ai)
+        enc_r = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_er, keys.sk_ar)
+        self._cipher_out, self._cipher_in = (enc_i, enc_r) if self.is_initiator else \
+            (enc_r, enc_i)
+
+    def _respond_init(self, msg: Message, raw: bytes, now: float) -> None:
+        if self.state is not IkeState.CREATED or msg.message_id != 0:
+            raise ProtocolError("unexpected IKE_SA_INIT", notify=NotifyType.INVALID_SYNTAX)
+        sa, ke, nonce = msg.find(SaPayload), msg.find(KePayload), msg.find(NoncePayload)
+        if sa is None or ke is None or nonce is None:
+            raise ProtocolError("IKE_SA_INIT request lacks SA, KE or Nonce")
+        self.spi_i = msg.spi_i
+        self._init_request = raw
+        ours = [spec for conf in self.candidates for spec in conf.proposals]
+        chosen = proposals.select(ours, sa.proposals)
+        if chosen is None:
+            self._respond(msg, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)], plain=True)
+            self._fail(FailureReason.NO_PROPOSAL_CHOSEN, "no common IKE proposal",
+                       ours=tuple(str(s) for s in ours),
+                       theirs=tuple(proposals.describe_offer(sa.proposals)))
+            return
+        suite = suite_of(chosen)
+        if suite.dh != ke.group:
+            assert suite.dh is not None
+            self._respond(msg, [_notify(NotifyType.INVALID_KE_PAYLOAD,
+                                        struct.pack("!H", suite.dh))], plain=True)
+            self._close(FailureReason.INVALID_KE_PAYLOAD.value, quiet=True)
+            return
+        self._ke = dh.new_key_exchange(suite.dh)
+        shared = self._ke.shared_secret(ke.data)
+        self._nonce_i, self._nonce_r = nonce.data, os.urandom(NONCE_SIZE)
+        self._read_init_notifies(msg)
+        self._derive_ike_keys(suite, shared)
+        payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, self._ke.public_key),
+                                   NoncePayload(self._nonce_r), *self._init_notifies()]
+        certreq = self._certreq()
+        if certreq is not None:
+            payloads.append(certreq)
+        self._respond(msg, payloads, plain=True)
+        assert self._cached_response is not None
+        self._init_response = self._cached_response[1][0]
+        self._set_state(IkeState.INIT_DONE)
+
+    def _certreq(self) -> CertReqPayload | None:
+        for conf in self.candidates if self.config is None else (self.config,):
+            trust = conf.remote_auth.trust
+            if conf.send_certreq and trust is not None:
+                return CertReqPayload(CertEncoding.X509_SIGNATURE, trust.certreq_data())
+        return None
+
+    # ----------------------------------------------------------------- IKE_AUTH
+
+    def _local_identity(self, conf: IkeConfig) -> Identity:
+        if conf.local_id is not None:
+            return conf.local_id
+        cert = conf.local_auth.certificate
+        if cert is not None and conf.local_auth.method is AuthMethodName.PUBKEY:
+            from .certs import id_for_certificate
+
+            id_type, data = id_for_certificate(cert)
+            return Identity(id_type, data, cert.subject.rfc4514_string())
+        return Identity.from_address(self.local[0])
+
+    def _auth_payloads(self, conf: IkeConfig, id_payload: IdiPayload | IdrPayload,
+                       octets_prefix: bytes, peer_nonce: bytes) -> list[Payload]:
+        """CERT and AUTH payloads proving our identity."""
+        assert self._prf is not None and self._keys is not None
+        sk_p = self._keys.sk_pi if self.is_initiator else self._keys.sk_pr
+        octets = auth.signed_octets(octets_prefix, peer_nonce, self._prf, sk_p,
+                                    id_body(id_payload))
+        local: LocalAuth = conf.local_auth
+        if local.method is AuthMethodName.PSK:
+            if local.psk is None:
+                raise LocalError(f"connection {conf.name}: PSK authentication without a PSK")
+            return [AuthPayload(AuthMethod.PSK, auth.psk_auth(self._prf, local.psk, octets))]
+        if local.private_key is None or local.certificate is None:
+            raise LocalError(f"connection {conf.name}: pubkey auth needs a key and certificate")
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        hashes = self.peer_hashes or {HashAlgorithm.SHA2_256}
+        method, data = auth.sign(local.private_key, octets, hashes)
+        certs: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE,
+                                            local.certificate.public_bytes(Encoding.DER))]
+        certs += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(Encoding.DER))
+                  for c in local.intermediates]
+        return [*certs, AuthPayload(method, data)]
+
+    def _send_auth_request(self, now: float) -> None:
+        conf = self._conf()
+        self.local_id = self._local_identity(conf)
+        idi = IdiPayload(self.local_id.id_type, self.local_id.data)
+        payloads: list[Payload] = [idi]
+        auth_payloads = self._auth_payloads(conf, idi, self._init_request, self._nonce_r)
+        payloads += [p for p in auth_payloads if isinstance(p, CertPayload)]
+        certreq = self._certreq()
+        if certreq is not None:
+            payloads.append(certreq)
+        if conf.initial_contact:
+            payloads.append(_notify(NotifyType.INITIAL_CONTACT))
+        if conf.remote_id is not None:
+            payloads.append(IdrPayload(conf.remote_id.id_type, conf.remote_id.data))
+        payloads += [p for p in auth_payloads if isinstance(p, AuthPayload)]
+        if conf.request_virtual_ip:
+            attr = CfgAttr.INTERNAL_IP6_ADDRESS if ":" in self.local[0] else \
+                CfgAttr.INTERNAL_IP4_ADDRESS
+            payloads.append(CpPayload(CfgType.REQUEST, (CfgAttribute(attr, b""),)))
+        child_payloads: list[Payload] = []
+        if self._pending_children:
+            child = self._pending_children.pop(0)
+            self._auth_child = self._new_child_request(child, None, create_child_sa=False)
+            child_payloads = self._auth_child.payloads
+        else:
+            self._auth_child = None
+        self._start_request(ExchangeType.IKE_AUTH, payloads + child_payloads,
+                            self._on_auth_response, now)
+
+    def _on_auth_response(self, msg: Message, now: float) -> None:
+        conf = self._conf()
+        idr = msg.find(IdrPayload)
+        auth_payload = msg.find(AuthPayload)
+        if idr is None or auth_payload is None:
+            error = _error_notify(msg)
+            if error is not None:
+                self._fail_from_notify(error)
+                return
+            raise ProtocolError("IKE_AUTH response lacks IDr or AUTH")
+        remote_id = Identity(idr.id_type, idr.data)
+        if conf.remote_id is not None and remote_id != conf.remote_id:
+            self._fail(FailureReason.AUTHENTICATION_FAILED,
+                       f"peer identity {remote_id} is not the configured {conf.remote_id}",
+                       ours=(str(conf.remote_id),), theirs=(str(remote_id),))
+            return
+        why = self._verify_peer_auth(conf, msg, idr, auth_payload, self._init_response,
+                                     self._nonce_i)
+        if why is not None:
+            self._fail(FailureReason.AUTHENTICATION_FAILED, why)
+            return
+        self.remote_id = remote_id
+        self._established(now)
+        self._read_virtual_ip(msg)
+        pending = self._auth_child
+        self._auth_child = None
+        if pending is not None:
+            self._finish_child_request(pending, msg, now)
+        for child in self._pending_children:
+            self.create_child(child.name, now)
+        self._pending_children = []
+
+    def _verify_peer_auth(self, conf: IkeConfig, msg: Message, id_payload: IdiPayload |
+                          IdrPayload, auth_payload: AuthPayload, octets_prefix: bytes,
+                          our_nonce: bytes) -> str | None:
+        """Check the peer's AUTH; None when good, else why not."""
+        assert self._prf is not None and self._keys is not None
+        sk_p = self._keys.sk_pr if self.is_initiator else self._keys.sk_pi
+        octets = auth.signed_octets(octets_prefix, our_nonce, self._prf, sk_p,
+                                    id_body(id_payload))
+        remote = conf.remote_auth
+        if remote.method is AuthMethodName.PSK:
+            if auth_payload.method != AuthMethod.PSK:
+                return f"peer used auth method {auth_payload.method}, we require PSK"
+            if remote.psk is None:
+                return "no PSK configured for the peer"
+            from cryptography.hazmat.primitives import constant_time
+
+            expected = auth.psk_auth(self._prf, remote.psk, octets)
+            if not constant_time.bytes_eq(expected, auth_payload.data):
+                return "PSK AUTH payload does not verify (wrong pre-shared key?)"
+            return None
+        return self._verify_certificate_auth(remote.trust, msg, id_payload, auth_payload,
+                                             octets)
+
+    def _verify_certificate_auth(self, trust: object, msg: Message,
+                                 id_payload: IdiPayload | IdrPayload,
+                                 auth_payload: AuthPayload, octets: bytes) -> str | None:
+        from .certs import TrustStore, identity_matches
+
+        if not isinstance(trust, TrustStore):
+            return "no CA configured to verify the peer's certificate"
+        certs = [p for p in msg.find_all(CertPayload)
+                 if p.encoding == CertEncoding.X509_SIGNATURE]
+        if not certs:
+            return "peer sent no certificate"
+        try:
+            chain = [x509.load_der_x509_certificate(c.data) for c in certs]
+        except ValueError as exc:
+            return f"peer certificate does not parse: {exc}"
+        end_entity = chain[0]
+        try:
+            trust.verify(end_entity, chain[1:], datetime.fromtimestamp(self._wall, UTC))
+            auth.verify(end_entity.public_key(), auth_payload.method, auth_payload.data,
+                        octets)
+        except ProtocolError as exc:
+            return str(exc)
+        if not identity_matches(end_entity, id_payload.id_type, id_payload.data):
+            return f"identity {Identity(id_payload.id_type, id_payload.data)} is not in " \
+                   f"the certificate of {end_entity.subject.rfc4514_string()}"
+        self._peer_certs = chain
+        return None
+
+    @property
+    def _wall(self) -> float:
+        return self._last_peer_activity
+
+    def _select_config(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+        for conf in self.candidates:
+            if conf.remote_id is not None and conf.remote_id != idi:
+                continue
+            if idr is not None and conf.local_id is not None and conf.local_id != idr:
+                continue
+            return conf
+        return None
+
+    def _respond_auth(self, msg: Message, raw: bytes, now: float) -> None:
+        if self.state is not IkeState.INIT_DONE:
+            raise ProtocolError("unexpected IKE_AUTH")
+        idi, auth_payload = msg.find(IdiPayload), msg.find(AuthPayload)
+        if idi is None or auth_payload is None:
+            raise ProtocolError("IKE_AUTH request lacks IDi or AUTH")
+        idr = msg.find(IdrPayload)
+        remote_id = Identity(idi.id_type, idi.data)
+        conf = self._select_config(remote_id, Identity(idr.id_type, idr.data) if idr else None)
+        if conf is None:
+            self._reject_auth(msg, FailureReason.NO_MATCHING_CONFIG,
+                              f"no connection accepts peer identity {remote_id}",
+                              ours=tuple(str(c.remote_id or "%any") for c in self.candidates),
+                              theirs=(str(remote_id),))
+            return
+        self.config = conf
+        why = self._verify_peer_auth(conf, msg, idi, auth_payload, self._init_request,
+                                     self._nonce_r)
+        if why is not None:
+            self._reject_auth(msg, FailureReason.AUTHENTICATION_FAILED, why)
+            return
+        self.remote_id = remote_id
+        self.local_id = self._local_identity(conf)
+        our_idr = IdrPayload(self.local_id.id_type, self.local_id.data)
+        payloads: list[Payload] = [our_idr, *self._auth_payloads(conf, our_idr,
+                                                                  self._init_response,
+                                                                  self._nonce_i)]
+        cp = self._assign_virtual_ip(conf, msg)
+        if cp is not None:
+            payloads.append(cp)
+        self._established(now)
+        if msg.find(SaPayload) is not None:
+            payloads += self._answer_child_request(msg, None, now, ike_auth=True)
+        self._respond(msg, payloads)
+
+    def _reject_auth(self, msg: Message, reason: FailureReason, why: str,
+                     ours: tuple[str, ...] = (), theirs: tuple[str, ...] = ()) -> None:
+        self._respond(msg, [_notify(NotifyType.AUTHENTICATION_FAILED)])
+        self._fail(reason, why, ours=ours, theirs=theirs)
+
+    def _established(self, now: float) -> None:
+        conf = self._conf()
+        self._set_state(IkeState.ESTABLISHED)
+        self.established_at = now
+        self._half_open_deadline = None
+        if conf.rekey_time:
+            jitter = int.from_bytes(os.urandom(2), "big") / 65535 * conf.rekey_time * 0.1
+            self._rekey_deadline = now + conf.rekey_time - jitter
+        self._arm_dpd(now)
+        assert self.suite is not None and self.local_id and self.remote_id
+        self._events.append(IkeSaUp(
+            self.id, conf.name, self.spi_i, self.spi_r, self.is_initiator, self.local,
+            self.remote, self.local_id, self.remote_id, self.suite, self.nat_local,
+            self.nat_remote, self.virtual_ip))
+
+    # ----------------------------------------------------------------- virtual IPs
+
+    def _assign_virtual_ip(self, conf: IkeConfig, msg: Message) -> CpPayload | None:
+        cp = msg.find(CpPayload)
+        if cp is None or cp.cfg_type != CfgType.REQUEST or conf.pool is None:
+            return None
+        address = conf.pool.acquire(str(self.remote_id))
+        if address is None:
+            return None
+        self.virtual_ip = str(address)
+        attr = CfgAttr.INTERNAL_IP4_ADDRESS if address.version == 4 else \
+            CfgAttr.INTERNAL_IP6_ADDRESS
+        value = address.packed if address.version == 4 else address.packed + b"\x80"
+        self._events.append(VirtualIpAssigned(self.id, conf.name, str(address), True))
+        return CpPayload(CfgType.REPLY, (CfgAttribute(attr, value),))
+
+    def _read_virtual_ip(self, msg: Message) -> None:
+        cp = msg.find(CpPayload)
+        if cp is None or cp.cfg_type != CfgType.REPLY:
+            return
+        for attr in cp.attributes:
+            if attr.attr_type == CfgAttr.INTERNAL_IP4_ADDRESS and len(attr.value) == 4:
+                self.virtual_ip = str(ipaddress.IPv4Address(attr.value))
+            elif attr.attr_type == CfgAttr.INTERNAL_IP6_ADDRESS and len(attr.value) == 17:
+                self.virtual_ip = str(ipaddress.IPv6Address(attr.value[:16]))
+            else:
+                continue
+            self._events.append(VirtualIpAssigned(self.id, self._conf().name,
+                                                  self.virtual_ip, False))
+            return
+
+    # ----------------------------------------------------------------- CHILD_SAs
+
+    def _dynamic_ts(self, local: bool) -> tuple[TrafficSelector, ...]:
+        if local:
+            address = self.virtual_ip if (self.is_initiator and self.virtual_ip) else \
+                self.local[0]
+            if self.is_initiator and self._conf().request_virtual_ip and not self.virtual_ip:
+                return (ts.any_of(ipaddress.ip_address(self.local[0]).version),)
+        else:
+            address = self.virtual_ip if (not self.is_initiator and self.virtual_ip) else \
+                self.remote[0]
+        return (ts.from_address(ipaddress.ip_address(address)),)
+
+    def _child_ts(self, child: ChildConfig) -> tuple[tuple[TrafficSelector, ...],
+                                                     tuple[TrafficSelector, ...]]:
+        local = child.local_ts or self._dynamic_ts(local=True)
+        remote = child.remote_ts or self._dynamic_ts(local=False)
+        return local, remote
+
+    @dataclass(slots=True)
+    class _ChildRequest:
+        config: ChildConfig
+        rekey_of: ChildSa | None
+        spi_in: int
+        nonce: bytes
+        ke: dh.KeyExchange | None
+        proposals: tuple[Proposal, ...]
+        local_ts: tuple[TrafficSelector, ...]
+        remote_ts: tuple[TrafficSelector, ...]
+        payloads: list[Payload]
+        nonce_r: bytes = b""
+
+    def _new_child_request(self, child: ChildConfig, rekey_of: ChildSa | None, *,
+                           create_child_sa: bool, group: int | None = None
+                           ) -> IkeSa._ChildRequest:
+        spi_in = self._alloc_spi()
+        spi = spi_in.to_bytes(4, "big")
+        wire = tuple(spec.to_wire(i + 1, spi, with_dh=create_child_sa)
+                     for i, spec in enumerate(child.proposals))
+        nonce = os.urandom(NONCE_SIZE)
+        groups = [g for spec in child.proposals for g in spec.dh_groups]
+        ke = dh.new_key_exchange(group or groups[0]) if create_child_sa and groups else None
+        if rekey_of is not None:
+            local_ts, remote_ts = rekey_of.local_ts, rekey_of.remote_ts
+        else:
+            local_ts, remote_ts = self._child_ts(child)
+        payloads: list[Payload] = []
+        if rekey_of is not None:
+            payloads.append(_notify(NotifyType.REKEY_SA, protocol=rekey_of.protocol,
+                                    spi=rekey_of.spi_in.to_bytes(4, "big")))
+        if child.mode is Mode.TRANSPORT:
+            payloads.append(_notify(NotifyType.USE_TRANSPORT_MODE))
+        payloads.append(SaPayload(wire))
+        if create_child_sa:
+            payloads.append(NoncePayload(nonce))
+            if ke is not None:
+                payloads.append(KePayload(ke.group, ke.public_key))
+        payloads += [TsiPayload(local_ts), TsrPayload(remote_ts)]
+        return IkeSa._ChildRequest(child, rekey_of, spi_in, nonce, ke, wire, local_ts,
+                                   remote_ts, payloads)
+
+    def _build_create_child(self, child: ChildConfig, rekey_of: ChildSa | None,
+                            group: int | None = None,
+                            ) -> tuple[Message, Callable[[Message, float], None]] | None:
+        if rekey_of is not None and rekey_of.state is not ChildState.REKEYING:
+            return None  # deleted or rekeyed by the peer meanwhile
+        request = self._new_child_request(child, rekey_of, create_child_sa=True,
+                                          group=group)
+        msg = self._message(ExchangeType.CREATE_CHILD_SA, request.payloads)
+        return msg, lambda m, t: self._on_create_child_response(request, m, t)
+
+    def _on_create_child_response(self, request: IkeSa._ChildRequest, msg: Message,
+                                  now: float) -> None:
+        invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and request.ke is not None and len(invalid_ke.data) >= 2:
+            group = int.from_bytes(invalid_ke.data[:2], "big")
+            if group in {g for s in request.config.proposals for g in s.dh_groups} \
+                    and group != request.ke.group:
+                retry = request
+                self._tasks.appendleft(_Task("retry child", lambda t: self._build_create_child(
+                    retry.config, retry.rekey_of, group)))
+                return
+        self._finish_child_request(request, msg, now)
+
+    def _finish_child_request(self, request: IkeSa._ChildRequest, msg: Message,
+                              now: float) -> None:
+        """Initiator side of a CHILD_SA exchange (IKE_AUTH or CREATE_CHILD_SA)."""
+        old = request.rekey_of
+        try:
+            child = self._child_from_response(request, msg, now)
+        except _ChildFailure as failure:
+            if old is not None and old.state is ChildState.REKEYING:
+                old.state = ChildState.INSTALLED
+            self._events.append(NegotiationFailed(
+                self.id, self._conf().name, failure.reason, failure.message,
+                request.config.name, failure.ours, failure.theirs))
+            return
+        if old is None:
+            return
+        old.rekeys["ours"] = (min(request.nonce, request.nonce_r), child)
+        self._resolve_rekey(old, now)
+
+    def _child_from_response(self, request: IkeSa._ChildRequest, msg: Message,
+                             now: float) -> ChildSa:
+        conf = self._conf()
+        error = _error_notify(msg)
+        ours = tuple(str(s) for s in request.config.proposals)
+        if error is not None:
+            raise _ChildFailure(_reason_of(error.notify_type),
+                                f"peer refused CHILD_SA {request.config.name}: "
+                                f"{notify_name(error.notify_type)}", ours)
+        sa, tsi, tsr = msg.find(SaPayload), msg.find(TsiPayload), msg.find(TsrPayload)
+        if sa is None or tsi is None or tsr is None or len(sa.proposals) != 1:
+            raise _ChildFailure(FailureReason.PROTOCOL_ERROR,
+                                "CHILD_SA response lacks SA, TSi or TSr", ours)
+        chosen = sa.proposals[0]
+        if not proposals.accept_chosen(request.proposals, chosen) or len(chosen.spi) != 4:
+            raise _ChildFailure(FailureReason.NO_PROPOSAL_CHOSEN,
+                                "peer chose an ESP proposal we did not offer", ours,
+                                tuple(proposals.describe_offer([chosen])))
+        local_ts, remote_ts = tsi.selectors, tsr.selectors
+        if not (ts.all_covered(local_ts, request.local_ts)
+                and ts.all_covered(remote_ts, request.remote_ts)):
+            raise _ChildFailure(FailureReason.TS_UNACCEPTABLE,
+                                "peer's traffic selectors are not within ours",
+                                tuple(map(ts.format_ts, request.local_ts + request.remote_ts)),
+                                tuple(map(ts.format_ts, local_ts + remote_ts)))
+        mode = Mode.TRANSPORT if msg.notify(NotifyType.USE_TRANSPORT_MODE) else Mode.TUNNEL
+        if mode is not request.config.mode:
+            raise _ChildFailure(FailureReason.PROTOCOL_ERROR,
+                                f"peer wants {mode.value} mode, we configured "
+                                f"{request.config.mode.value}", ours)
+        shared = None
+        nonce_r = self._nonce_r
+        nonce_i = self._nonce_i
+        if msg.exchange == ExchangeType.CREATE_CHILD_SA:
+            nonce = msg.find(NoncePayload)
+            if nonce is None:
+                raise _ChildFailure(FailureReason.PROTOCOL_ERROR, "no nonce in response", ours)
+            nonce_i, nonce_r = request.nonce, nonce.data
+            suite = suite_of(chosen)
+            if request.ke is not None:
+                ke = msg.find(KePayload)
+                if ke is None or suite.dh != request.ke.group or ke.group != request.ke.group:
+                    raise _ChildFailure(FailureReason.PROTOCOL_ERROR,
+                                        "PFS key exchange missing or of the wrong group", ours)
+                shared = request.ke.shared_secret(ke.data)
+        request.nonce_r = nonce_r
+        return self._add_child(request.config, chosen, request.spi_in,
+                               int.from_bytes(chosen.spi, "big"), local_ts, remote_ts, mode,
+                               nonce_i, nonce_r, shared, now, exchange_initiator=True,
+                               rekey_of=request.rekey_of)
+
+    def _add_child(self, config: ChildConfig, chosen: Proposal, spi_in: int, spi_out: int,
+                   local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...],
+                   mode: Mode, nonce_i: bytes, nonce_r: bytes, shared: bytes | None,
+                   now: float, *, exchange_initiator: bool, rekey_of: ChildSa | None) -> ChildSa:
+        assert self._prf is not None and self._keys is not None
+        suite = suite_of(chosen)
+        encr_size = encr_key_size(suite.encr, suite.encr_bits) if suite.encr is not None else 0
+        integ_size = integ_key_size(suite.integ)
+        keymat = derive_child_keymat(self._prf, self._keys.sk_d, nonce_i, nonce_r,
+                                     2 * (encr_size + integ_size), shared)
+        keys = split_child_keymat(keymat, encr_size, integ_size)
+        child = ChildSa(next(_ids), config, ProtocolId(chosen.protocol), mode, spi_in, spi_out,
+                        tuple(local_ts), tuple(remote_ts), suite, now)
+        self.children[child.child_id] = child
+        if exchange_initiator:
+            enc_in, int_in, enc_out, int_out = keys.encr_r, keys.integ_r, keys.encr_i, \
+                keys.integ_i
+        else:
+            enc_in, int_in, enc_out, int_out = keys.encr_i, keys.integ_i, keys.encr_r, \
+                keys.integ_r
+        conf = self._conf()
+        self._events.append(ChildSaNegotiated(
+            self.id, conf.name, config.name, child.child_id, child.protocol, mode, spi_in,
+            spi_out, self.local, self.remote, child.local_ts, child.remote_ts, suite,
+            enc_in, int_in, enc_out, int_out, self.nat_local or self.nat_remote,
+            config.rekey_time, config.life_time, config.rekey_bytes, config.life_bytes,
+            config.rekey_packets, config.life_packets,
+            rekey_of.spi_in if rekey_of is not None else None, exchange_initiator))
+        return child
+
+    def _select_child(self, msg: Message, rekey_of: ChildSa | None
+                      ) -> tuple[ChildConfig, tuple[TrafficSelector, ...],
+                                 tuple[TrafficSelector, ...]]:
+        """Responder: the child config whose selectors fit, and the narrowed selectors
+        (TSi is the peer's side, TSr ours)."""
+        tsi, tsr = msg.find(TsiPayload), msg.find(TsrPayload)
+        if tsi is None or tsr is None:
+            raise ProtocolError("CHILD_SA request lacks TSi or TSr")
+        configs = (rekey_of.config,) if rekey_of else self._conf().children
+        best: tuple[int, ChildConfig, tuple[TrafficSelector, ...],
+                    tuple[TrafficSelector, ...]] | None = None
+        for child in configs:
+            local, remote = self._child_ts(child)
+            if rekey_of is not None:
+                local, remote = rekey_of.local_ts, rekey_of.remote_ts
+            narrowed_remote = tuple(ts.narrow(tsi.selectors, remote))
+            narrowed_local = tuple(ts.narrow(tsr.selectors, local))
+            if not (narrowed_local and narrowed_remote):
+                continue
+            # Prefer the config that is exactly what was proposed, then one that takes
+            # it whole, then any that overlaps (in configuration order within a rank).
+            rank = 2 if (set(local), set(remote)) == (set(tsr.selectors), set(tsi.selectors)) \
+                else 1 if (set(narrowed_local), set(narrowed_remote)) == \
+                (set(tsr.selectors), set(tsi.selectors)) else 0
+            if best is None or rank > best[0]:
+                best = (rank, child, narrowed_local, narrowed_remote)
+        if best is not None:
+            return best[1], best[2], best[3]
+        theirs = tuple(map(ts.format_ts, tsi.selectors + tsr.selectors))
+        ours = tuple(f"{c.name}: " + " === ".join(
+            ",".join(map(ts.format_ts, side)) for side in self._child_ts(c)) for c in configs)
+        raise _ChildFailure(FailureReason.TS_UNACCEPTABLE,
+                            "no CHILD_SA configuration matches the proposed selectors",
+                            ours, theirs)
+
+    def _answer_child_request(self, msg: Message, rekey_of: ChildSa | None, now: float, *,
+                              ike_auth: bool) -> list[Payload]:
+        """Responder side of a CHILD_SA exchange; returns the response payloads."""
+        conf = self._conf()
+        try:
+            return self._accept_child(msg, rekey_of, now, ike_auth=ike_auth)
+        except _ChildFailure as failure:
+            self._events.append(NegotiationFailed(
+                self.id, conf.name, failure.reason, failure.message, failure.child,
+                failure.ours, failure.theirs))
+            return [_notify(_NOTIFY_FOR_REASON.get(failure.reason,
+                                                   NotifyType.NO_PROPOSAL_CHOSEN),
+                            failure.notify_data)]
+
+    def _accept_child(self, msg: Message, rekey_of: ChildSa | None, now: float, *,
+                      ike_auth: bool) -> list[Payload]:
+        sa = msg.find(SaPayload)
+        if sa is None:
+            raise ProtocolError("CHILD_SA request lacks an SA payload")
+        config, local_ts, remote_ts = self._select_child(msg, rekey_of)
+        ke = msg.find(KePayload)
+        rule = DhRule.IGNORE if ike_auth else (DhRule.REQUIRE if ke else DhRule.NONE)
+        chosen = proposals.select(config.proposals, sa.proposals, rule)
+        if chosen is None or len(chosen.spi) != 4:
+            raise _ChildFailure(FailureReason.NO_PROPOSAL_CHOSEN,
+                                f"no common proposal for CHILD_SA {config.name}",
+                                tuple(str(s) for s in config.proposals),
+                                tuple(proposals.describe_offer(sa.proposals)), config.name)
+        mode = Mode.TRANSPORT if msg.notify(NotifyType.USE_TRANSPORT_MODE) else Mode.TUNNEL
+        if mode is not config.mode:
+            mode = Mode.TUNNEL  # RFC 7296 1.3.1: we may answer in tunnel mode
+            if config.mode is Mode.TRANSPORT:
+                raise _ChildFailure(FailureReason.NO_PROPOSAL_CHOSEN,
+                                    f"CHILD_SA {config.name} requires transport mode",
+                                    child=config.name)
+        suite = suite_of(chosen)
+        spi_in, spi_out = self._alloc_spi(), int.from_bytes(chosen.spi, "big")
+        response: list[Payload] = []
+        shared, nonce_i, nonce_r = None, self._nonce_i, self._nonce_r
+        if not ike_auth:
+            nonce = msg.find(NoncePayload)
+            if nonce is None:
+                raise ProtocolError("CREATE_CHILD_SA request lacks a nonce")
+            nonce_i, nonce_r = nonce.data, os.urandom(NONCE_SIZE)
+            response.append(NoncePayload(nonce_r))
+            if ke is not None:
+                assert suite.dh is not None
+                if ke.group != suite.dh:
+                    raise _ChildFailure(FailureReason.INVALID_KE_PAYLOAD,
+                                        f"PFS group {ke.group} instead of {suite.dh}",
+                                        child=config.name,
+                                        notify_data=struct.pack("!H", suite.dh))
+                our_ke = dh.new_key_exchange(suite.dh)
+                shared = our_ke.shared_secret(ke.data)
+                response.append(KePayload(suite.dh, our_ke.public_key))
+        chosen = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
+                          chosen.transforms)
+        child = self._add_child(config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,
+                                nonce_i, nonce_r, shared, now, exchange_initiator=False,
+                                rekey_of=rekey_of)
+        if rekey_of is not None:
+            rekey_of.rekeys["theirs"] = (min(nonce_i, nonce_r), child)
+            if rekey_of.state is ChildState.INSTALLED:
+                rekey_of.state = ChildState.REKEYED
+            else:
+                self._resolve_rekey(rekey_of, now)
+        transport: list[Payload] = [_notify(NotifyType.USE_TRANSPORT_MODE)] \
+            if mode is Mode.TRANSPORT else []
+        return [*transport, SaPayload((chosen,)), *response, TsiPayload(remote_ts),
+                TsrPayload(local_ts)]
+
+    def _resolve_rekey(self, old: ChildSa, now: float) -> None:
+        """After our rekey of `old` completed, or a collision became known (RFC 7296 2.8.1):
+        the CHILD_SA made by the exchange with the lowest nonce is deleted by its maker;
+        the surviving exchange's initiator deletes the old CHILD_SA."""
+        ours, theirs = old.rekeys.get("ours"), old.rekeys.get("theirs")
+        if ours is None:
+            return
+        if old.state in (ChildState.INSTALLED, ChildState.REKEYING):
+            old.state = ChildState.REKEYED
+        if theirs is not None and ours[0] < theirs[0]:
+            # We lost: our new SA is redundant; the peer deletes the old one.
+            redundant = ours[1]
+            self._queue(_Task("delete redundant", lambda t: self._build_delete_child(
+                redundant, "rekey collision lost")), now)
+            return
+        if old.state is ChildState.REKEYED and old.child_id in self.children:
+            self._queue(_Task("delete rekeyed", lambda t: self._build_delete_child(
+                old, "rekeyed")), now)
+
+    def _build_delete_child(self, child: ChildSa, reason: str
+                            ) -> tuple[Message, Callable[[Message, float], None]] | None:
+        if child.child_id not in self.children:
+            return None
+        child.state = ChildState.DELETING
+        payload = DeletePayload(child.protocol, (child.spi_in.to_bytes(4, "big"),))
+        msg = self._message(ExchangeType.INFORMATIONAL, [payload])
+        return msg, lambda m, t: self._remove_child(child, reason)
+
+    def _remove_child(self, child: ChildSa, reason: str) -> None:
+        if self.children.pop(child.child_id, None) is None:
+            return
+        self._events.append(ChildSaDeleted(self.id, self._conf().name, child.config.name,
+                                           child.child_id, child.protocol, child.spi_in,
+                                           child.spi_out, reason))
+
+    def _child_by_spi_in(self, spi: int) -> ChildSa | None:
+        return next((c for c in self.children.values() if c.spi_in == spi), None)
+
+    def _child_by_spi_out(self, spi: int, protocol: int) -> ChildSa | None:
+        return next((c for c in self.children.values()
+                     if c.spi_out == spi and c.protocol == protocol), None)
+
+    def _respond_create_child(self, msg: Message, raw: bytes, now: float) -> None:
+        if self.state is not IkeState.ESTABLISHED:
+            self._respond(msg, [_notify(NotifyType.TEMPORARY_FAILURE)])
+            return
+        sa = msg.find(SaPayload)
+        if sa is not None and sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
+            self._respond_rekey_ike(msg, sa, now)
+            return
+        rekey = msg.notify(NotifyType.REKEY_SA)
+        old = None
+        if rekey is not None:
+            old = self._child_by_spi_out(int.from_bytes(rekey.spi, "big"), rekey.protocol) \
+                if len(rekey.spi) == 4 else None
+            if old is None or old.state is ChildState.DELETING:
+                self._respond(msg, [_notify(NotifyType.CHILD_SA_NOT_FOUND,
+                                            protocol=rekey.protocol, spi=rekey.spi)])
+                return
+        self._respond(msg, self._answer_child_request(msg, old, now, ike_auth=False))
+
+    # ----------------------------------------------------------------- IKE SA rekey
+
+    def _build_rekey_ike(self, now: float, group: int | None = None
+                         ) -> tuple[Message, Callable[[Message, float], None]] | None:
+        conf = self._conf()
+        assert self.suite is not None
+        new_spi = os.urandom(8)
+        wire = tuple(spec.to_wire(i + 1, new_spi) for i, spec in enumerate(conf.proposals))
+        ke = dh.new_key_exchange(group or self.suite.dh or conf.proposals[0].dh_groups[0])
+        nonce = os.urandom(NONCE_SIZE)
+        msg = self._message(ExchangeType.CREATE_CHILD_SA, [
+            SaPayload(wire), NoncePayload(nonce), KePayload(ke.group, ke.public_key)])
+        return msg, lambda m, t: self._on_rekey_ike_response(m, wire, new_spi, ke, nonce, t)
+
+    def _on_rekey_ike_response(self, msg: Message, wire: tuple[Proposal, ...], new_spi: bytes,
+                               ke: dh.KeyExchange, nonce_i: bytes, now: float) -> None:
+        invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) >= 2:
+            group = int.from_bytes(invalid_ke.data[:2], "big")
+            if group != ke.group:
+                self._tasks.appendleft(_Task("rekey IKE", lambda t: self._build_rekey_ike(
+                    t, group)))
+                return
+        error = _error_notify(msg)
+        sa, nonce, peer_ke = msg.find(SaPayload), msg.find(NoncePayload), msg.find(KePayload)
+        if error is not None or sa is None or nonce is None or peer_ke is None:
+            self._rekey_deadline = now + 60  # try again later
+            return
+        chosen = sa.proposals[0]
+        if not proposals.accept_chosen(wire, chosen) or len(chosen.spi) != 8:
+            raise ProtocolError("bad IKE rekey response")
+        suite = suite_of(chosen)
+        if suite.dh != ke.group or peer_ke.group != ke.group:
+            raise ProtocolError("IKE rekey response key exchange group mismatch")
+        self._spawn_rekeyed(True, new_spi, chosen.spi, suite, ke.shared_secret(peer_ke.data),
+                            nonce_i, nonce.data, now)
+        new = self.successor
+        assert new is not None
+        # We initiated: we delete the old IKE SA on the old SA.
+        self._tasks.clear()
+        self._set_state(IkeState.REKEYED)
+        self._queue(_Task("delete old IKE SA", lambda t: (
+            self._message(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())]),
+            lambda m, t: self._close("rekeyed", quiet=True))), now)
+
+    def _respond_rekey_ike(self, msg: Message, sa: SaPayload, now: float) -> None:
+        conf = self._conf()
+        nonce, peer_ke = msg.find(NoncePayload), msg.find(KePayload)
+        if nonce is None or peer_ke is None:
+            raise ProtocolError("IKE rekey request lacks Nonce or KE")
+        chosen = proposals.select(conf.proposals, sa.proposals)
+        if chosen is None or len(chosen.spi) != 8:
+            self._respond(msg, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)])
+            return
+        suite = suite_of(chosen)
+        if suite.dh != peer_ke.group:
+            assert suite.dh is not None
+            self._respond(msg, [_notify(NotifyType.INVALID_KE_PAYLOAD,
+                                        struct.pack("!H", suite.dh))])
+            return
+        ke = dh.new_key_exchange(suite.dh)
+        nonce_r = os.urandom(NONCE_SIZE)
+        new_spi_r = os.urandom(8)
+        answer = Proposal(chosen.number, ProtocolId.IKE, new_spi_r, chosen.transforms)
+        self._respond(msg, [SaPayload((answer,)), NoncePayload(nonce_r),
+                            KePayload(ke.group, ke.public_key)])
+        self._spawn_rekeyed(False, chosen.spi, new_spi_r, suite,
+                            ke.shared_secret(peer_ke.data), nonce.data, nonce_r, now)
+        self._set_state(IkeState.REKEYED)
+
+    def _spawn_rekeyed(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
+                       shared: bytes, nonce_i: bytes, nonce_r: bytes, now: float) -> None:
+        """Create the IKE SA that replaces this one; CHILD_SAs move over (RFC 7296 2.18)."""
+        conf = self._conf()
+        assert self._prf is not None and self._keys is not None and suite.prf is not None
+        assert suite.encr is not None
+        new = IkeSa(initiator=initiator, local=self.local, remote=self.remote, now=now,
+                    config=conf, spi_allocator=self._alloc_spi)
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.suite = suite
+        new._prf = Prf(suite.prf)
+        new._nonce_i, new._nonce_r = nonce_i, nonce_r
+        new._keys = derive_rekeyed_ike_keys(
+            self._prf, self._keys.sk_d, new._prf, shared, nonce_i, nonce_r, spi_i, spi_r,
+            encr_key_size(suite.encr, suite.encr_bits), integ_key_size(suite.integ))
+        new._install_ciphers(new._keys)
+        for attr in ("local_id", "remote_id", "nat_local", "nat_remote", "peer_fragmentation",
+                     "peer_hashes", "virtual_ip"):
+            setattr(new, attr, getattr(self, attr))
+        new.children, self.children = self.children, {}
+        new.state = IkeState.CREATED
+        new._set_state(IkeState.INIT_DONE)
+        new._established_quiet(now)
+        self.successor = new
+        self._rekey_deadline = None
+        self._dpd_deadline = None
+        self._events.append(IkeSaRekeyed(self.id, new.id, spi_i, spi_r, suite))
+
+    def _established_quiet(self, now: float) -> None:
+        conf = self._conf()
+        self._set_state(IkeState.ESTABLISHED)
+        self.established_at = now
+        if conf.rekey_time:
+            self._rekey_deadline = now + conf.rekey_time * 0.9
+        self._arm_dpd(now)
+
+    # ----------------------------------------------------------------- INFORMATIONAL
+
+    def _empty_informational(self) -> Message:
+        return self._message(ExchangeType.INFORMATIONAL, [])
+
+    def _noop(self, msg: Message, now: float) -> None:
+        return None
+
+    def _respond_informational(self, msg: Message, raw: bytes, now: float) -> None:
+        response: list[Payload] = []
+        ike_deleted = False
+        for delete in msg.find_all(DeletePayload):
+            if delete.protocol == ProtocolId.IKE:
+                ike_deleted = True
+                continue
+            for spi in delete.spis:
+                child = self._child_by_spi_out(int.from_bytes(spi, "big"), delete.protocol)
+                if child is None:
+                    continue
+                if child.state is not ChildState.DELETING:
+                    response.append(DeletePayload(child.protocol,
+                                                  (child.spi_in.to_bytes(4, "big"),)))
+                self._remove_child(child, "deleted by peer")
+        self._respond(msg, [] if ike_deleted else response)
+        if ike_deleted:
+            self._close("rekeyed" if self.state is IkeState.REKEYED else "deleted by peer",
+                        quiet=self.state is IkeState.REKEYED)
+
+    _REQUEST_HANDLERS: dict[ExchangeType, Callable[[IkeSa, Message, bytes, float], None]] = {
+        ExchangeType.IKE_SA_INIT: _respond_init,
+        ExchangeType.IKE_AUTH: _respond_auth,
+        ExchangeType.CREATE_CHILD_SA: _respond_create_child,
+        ExchangeType.INFORMATIONAL: _respond_informational,
+    }
+
+    # ----------------------------------------------------------------- ending
+
+    def _fail_from_notify(self, error: NotifyPayload, ours: Iterable[str] = ()) -> None:
+        reason = _reason_of(error.notify_type)
+        self._fail(reason, f"peer answered {notify_name(error.notify_type)}", ours=tuple(ours))
+
+    def _fail(self, reason: FailureReason, message: str, ours: tuple[str, ...] = (),
+              theirs: tuple[str, ...] = ()) -> None:
+        name = self.config.name if self.config else ",".join(c.name for c in self.candidates)
+        self._events.append(NegotiationFailed(self.id, name, reason, message, None, ours,
+                                              theirs))
+        self._close(reason.value, quiet=True)
+
+    def _close(self, reason: str, quiet: bool = False) -> None:
+        if self.state is IkeState.CLOSED:
+            return
+        was_up = self.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.DELETING)
+        for child in list(self.children.values()):
+            self._remove_child(child, reason)
+        if self.config is not None and self.config.pool is not None and self.virtual_ip \
+                and not self.is_initiator and self.successor is None:
+            self.config.pool.release(str(self.remote_id))
+        self.state = IkeState.CLOSED
+        self.down_reason = self.down_reason or reason
+        self._outstanding = None
+        self._tasks.clear()
+        self._half_open_deadline = self._rekey_deadline = self._dpd_deadline = None
+        if was_up or not quiet:
+            name = self.config.name if self.config else ""
+            self._events.append(IkeSaDown(self.id, name, reason))
+
+
+class _ChildFailure(Exception):
+    def __init__(self, reason: FailureReason, message: str, ours: tuple[str, ...] = (),
+                 theirs: tuple[str, ...] = (), child: str | None = None,
+                 notify_data: bytes = b"") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.ours = ours
+        self.theirs = theirs
+        self.child = child
+        self.notify_data = notify_data
+
+
+_REASON_FOR_NOTIFY: dict[int, FailureReason] = {
+    NotifyType.NO_PROPOSAL_CHOSEN: FailureReason.NO_PROPOSAL_CHOSEN,
+    NotifyType.INVALID_KE_PAYLOAD: FailureReason.INVALID_KE_PAYLOAD,
+    NotifyType.AUTHENTICATION_FAILED: FailureReason.AUTHENTICATION_FAILED,
+    NotifyType.TS_UNACCEPTABLE: FailureReason.TS_UNACCEPTABLE,
+    NotifyType.INTERNAL_ADDRESS_FAILURE: FailureReason.INTERNAL_ADDRESS_FAILURE,
+    NotifyType.SINGLE_PAIR_REQUIRED: FailureReason.SINGLE_PAIR_REQUIRED,
+    NotifyType.CHILD_SA_NOT_FOUND: FailureReason.CHILD_SA_NOT_FOUND,
+}
+_NOTIFY_FOR_REASON = {reason: NotifyType(n) for n, reason in _REASON_FOR_NOTIFY.items()}
+
+
+def _reason_of(notify_type: int) -> FailureReason:
+    return _REASON_FOR_NOTIFY.get(notify_type, FailureReason.PEER_ERROR)
+
+
+__all__ = ["ChildSa", "ChildState", "Datagram", "IkeSa", "IkeState", "TransformType",
+           "random_child_spi"]
