@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -78,7 +78,7 @@ def _dn_from_text(text: str) -> x509.Name:
         raise ValueError(f"bad distinguished name {text!r}: {exc}") from None
 
 
-class AuthMethodName(str, Enum):
+class AuthMethodName(StrEnum):
     PSK = "psk"
     PUBKEY = "pubkey"
 
@@ -103,7 +103,7 @@ class RemoteAuth:
     trust: TrustStore | None = None
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     TUNNEL = "tunnel"
     TRANSPORT = "transport"
 

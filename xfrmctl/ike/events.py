@@ -7,7 +7,7 @@ can see why a tunnel is down without reading debug logs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from .config import Identity, Mode
 from .constants import ProtocolId
@@ -17,7 +17,7 @@ from .proposals import Suite
 Endpoint = tuple[str, int]
 
 
-class FailureReason(str, Enum):
+class FailureReason(StrEnum):
     NO_PROPOSAL_CHOSEN = "NO_PROPOSAL_CHOSEN"
     INVALID_KE_PAYLOAD = "INVALID_KE_PAYLOAD"
     AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"

@@ -81,7 +81,7 @@ KEYWORDS: dict[str, tuple[TransformType, int, int | None]] = {
 }
 
 # Integrity algorithm -> the PRF an IKE proposal gets when it names none (as strongSwan does).
-_PRF_FOR_INTEG = {
+_PRF_FOR_INTEG: dict[int, PrfId] = {
     IntegId.HMAC_MD5_96: PrfId.HMAC_MD5,
     IntegId.HMAC_SHA1_96: PrfId.HMAC_SHA1,
     IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,

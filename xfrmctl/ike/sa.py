@@ -30,9 +30,12 @@ from datetime import UTC, datetime
 from enum import Enum
 
 from cryptography import x509
+from cryptography.hazmat.primitives import constant_time
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import auth, dh, proposals, ts
 from .algorithms import encr_key_size, integ_key_size
+from .certs import TrustStore, id_for_certificate, identity_matches
 from .config import AuthMethodName, ChildConfig, Identity, IkeConfig, LocalAuth, Mode
 from .constants import (
     AuthMethod,
@@ -46,8 +49,15 @@ from .constants import (
     TransformType,
     notify_name,
 )
-from .crypto import IkeKeys, Prf, derive_child_keymat, derive_ike_keys, derive_rekeyed_ike_keys
-from .crypto import new_sk_cipher, split_child_keymat
+from .crypto import (
+    IkeKeys,
+    Prf,
+    derive_child_keymat,
+    derive_ike_keys,
+    derive_rekeyed_ike_keys,
+    new_sk_cipher,
+    split_child_keymat,
+)
 from .errors import IntegrityError, LocalError, ProtocolError
 from .events import (
     ChildSaDeleted,
@@ -60,7 +70,8 @@ from .events import (
     NegotiationFailed,
     VirtualIpAssigned,
 )
-from .message import Message, decode, encode
+from .fragment import Reassembler, encode_fragments
+from .message import Message, decode, encode, parse_header
 from .payloads import (
     AuthPayload,
     CertPayload,
@@ -240,21 +251,22 @@ class IkeSa:
         self._rekey_deadline: float | None = None
         self._dpd_deadline: float | None = None
         self._pending_children: list[ChildConfig] = []
-        self._reassembly: dict[int, object] = {}
+        self._auth_child: IkeSa._ChildRequest | None = None
+        self._reassembly: dict[int, Reassembler] = {}
 
     # ----------------------------------------------------------------- construction
 
     @classmethod
     def initiator(cls, config: IkeConfig, local: Endpoint, remote: Endpoint, now: float,
-                  **kwargs: Callable[[], int]) -> IkeSa:
+                  spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
         return cls(initiator=True, local=local, remote=remote, now=now, config=config,
-                   **kwargs)
+                   spi_allocator=spi_allocator)
 
     @classmethod
     def responder(cls, candidates: Sequence[IkeConfig], local: Endpoint, remote: Endpoint,
-                  now: float, **kwargs: Callable[[], int]) -> IkeSa:
+                  now: float, spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
         sa = cls(initiator=False, local=local, remote=remote, now=now, config=None,
-                 candidates=candidates, **kwargs)
+                 candidates=candidates, spi_allocator=spi_allocator)
         sa._half_open_deadline = now + min(c.half_open_timeout for c in candidates)
         return sa
 
@@ -433,13 +445,13 @@ class IkeSa:
     def _encode(self, msg: Message) -> list[bytes]:
         if msg.protected is None:
             return [encode(msg)]
-        data = encode(msg, self._cipher_out)
+        cipher = self._cipher_out
+        assert cipher is not None
+        data = encode(msg, cipher)
         conf = self.config or self.candidates[0]
         if (len(data) > conf.fragment_size and self.peer_fragmentation and conf.fragmentation
                 and msg.exchange != ExchangeType.IKE_SA_INIT):
-            from .fragment import encode_fragments
-
-            return encode_fragments(msg, self._cipher_out, conf.fragment_size)
+            return encode_fragments(msg, cipher, conf.fragment_size)
         return [data]
 
     def _respond(self, request: Message, payloads: list[Payload], *,
@@ -475,13 +487,8 @@ class IkeSa:
         self.receive_message(msg, data, now)
 
     def _reassemble(self, msg: Message) -> Message | None:
-        from .fragment import Reassembler
-
         key = (msg.message_id << 1) | int(msg.is_response)
-        reassembler = self._reassembly.get(key)
-        if not isinstance(reassembler, Reassembler):
-            reassembler = Reassembler()
-            self._reassembly[key] = reassembler
+        reassembler = self._reassembly.setdefault(key, Reassembler())
         try:
             full = reassembler.add(msg)
         except ProtocolError:
@@ -502,8 +509,6 @@ class IkeSa:
         if self._cipher_in is None or self.state is IkeState.CLOSED:
             return
         try:
-            from .message import parse_header
-
             header = parse_header(data)
         except ProtocolError:
             return
@@ -747,8 +752,6 @@ class IkeSa:
             return conf.local_id
         cert = conf.local_auth.certificate
         if cert is not None and conf.local_auth.method is AuthMethodName.PUBKEY:
-            from .certs import id_for_certificate
-
             id_type, data = id_for_certificate(cert)
             return Identity(id_type, data, cert.subject.rfc4514_string())
         return Identity.from_address(self.local[0])
@@ -767,8 +770,6 @@ class IkeSa:
             return [AuthPayload(AuthMethod.PSK, auth.psk_auth(self._prf, local.psk, octets))]
         if local.private_key is None or local.certificate is None:
             raise LocalError(f"connection {conf.name}: pubkey auth needs a key and certificate")
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         hashes = self.peer_hashes or {HashAlgorithm.SHA2_256}
         method, data = auth.sign(local.private_key, octets, hashes)
         certs: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE,
@@ -852,8 +853,6 @@ class IkeSa:
                 return f"peer used auth method {auth_payload.method}, we require PSK"
             if remote.psk is None:
                 return "no PSK configured for the peer"
-            from cryptography.hazmat.primitives import constant_time
-
             expected = auth.psk_auth(self._prf, remote.psk, octets)
             if not constant_time.bytes_eq(expected, auth_payload.data):
                 return "PSK AUTH payload does not verify (wrong pre-shared key?)"
@@ -861,12 +860,10 @@ class IkeSa:
         return self._verify_certificate_auth(remote.trust, msg, id_payload, auth_payload,
                                              octets)
 
-    def _verify_certificate_auth(self, trust: object, msg: Message,
+    def _verify_certificate_auth(self, trust: TrustStore | None, msg: Message,
                                  id_payload: IdiPayload | IdrPayload,
                                  auth_payload: AuthPayload, octets: bytes) -> str | None:
-        from .certs import TrustStore, identity_matches
-
-        if not isinstance(trust, TrustStore):
+        if trust is None:
             return "no CA configured to verify the peer's certificate"
         certs = [p for p in msg.find_all(CertPayload)
                  if p.encoding == CertEncoding.X509_SIGNATURE]
@@ -1092,7 +1089,6 @@ class IkeSa:
 
     def _child_from_response(self, request: IkeSa._ChildRequest, msg: Message,
                              now: float) -> ChildSa:
-        conf = self._conf()
         error = _error_notify(msg)
         ours = tuple(str(s) for s in request.config.proposals)
         if error is not None:
@@ -1384,11 +1380,10 @@ class IkeSa:
             lambda m, t: self._close("rekeyed", quiet=True))), now)
 
     def _respond_rekey_ike(self, msg: Message, sa: SaPayload, now: float) -> None:
-        conf = self._conf()
         nonce, peer_ke = msg.find(NoncePayload), msg.find(KePayload)
         if nonce is None or peer_ke is None:
             raise ProtocolError("IKE rekey request lacks Nonce or KE")
-        chosen = proposals.select(conf.proposals, sa.proposals)
+        chosen = proposals.select(self._conf().proposals, sa.proposals)
         if chosen is None or len(chosen.spi) != 8:
             self._respond(msg, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)])
             return

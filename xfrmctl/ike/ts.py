@@ -87,7 +87,7 @@ def _parse_protocol(text: str) -> int:
 
 
 def format_ts(ts: TrafficSelector) -> str:
-    nets = list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))  # type: ignore[arg-type]
+    nets = list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))
     addr = str(nets[0]) if len(nets) == 1 else f"{ts.start_addr}..{ts.end_addr}"
     if ts.ip_protocol == ANY_PROTOCOL and (ts.start_port, ts.end_port) == (0, 65535):
         return addr
@@ -105,12 +105,14 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
         return None
     if a.ip_protocol and b.ip_protocol and a.ip_protocol != b.ip_protocol:
         return None
-    start_addr, end_addr = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)  # type: ignore[type-var]
+    start_addr = max(int(a.start_addr), int(b.start_addr))
+    end_addr = min(int(a.end_addr), int(b.end_addr))
     start_port, end_port = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
     if start_addr > end_addr or start_port > end_port:
         return None
+    make = IPv4Address if a.ts_type == TsType.IPV4_ADDR_RANGE else IPv6Address
     return TrafficSelector(a.ts_type, a.ip_protocol or b.ip_protocol, start_port, end_port,
-                           start_addr, end_addr)
+                           make(start_addr), make(end_addr))
 
 
 def covers(outer: TrafficSelector, inner: TrafficSelector) -> bool:
@@ -138,7 +140,7 @@ def all_covered(inner: Iterable[TrafficSelector], outer: Sequence[TrafficSelecto
 
 def to_networks(ts: TrafficSelector) -> list[Network]:
     """The address range as CIDR prefixes (what an XFRM selector can hold)."""
-    return list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))  # type: ignore[arg-type]
+    return list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))
 
 
 def port_masks(start: int, end: int) -> list[tuple[int, int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from tests.support.ike_pair import ADDR_A, ADDR_B, Pair, make_pair, psk_config
@@ -238,6 +240,7 @@ def test_ike_rekey_moves_children_to_the_new_sa(pair: Pair) -> None:
     (new_a,), (new_b,) = pair.a.all(), pair.b.all()
     assert new_a.id == rekeyed_a.new_ike_sa and old.state is IkeState.CLOSED
     assert new_a.state is IkeState.ESTABLISHED and len(new_a.children) == 1
+    assert new_b.state is IkeState.ESTABLISHED and len(new_b.children) == 1
     assert not pair.of("a", ChildSaDeleted)  # children survive an IKE rekey
     # The new IKE SA works: rekey the child over it.
     (child_a,) = pair.of("a", ChildSaNegotiated)
@@ -318,11 +321,9 @@ class _Pool:
     def __init__(self) -> None:
         self.leases: dict[str, str] = {}
 
-    def acquire(self, owner: str):  # type: ignore[no-untyped-def]
-        import ipaddress
-
+    def acquire(self, owner: str) -> ipaddress.IPv4Address:
         self.leases[owner] = "203.0.113.77"
-        return ipaddress.ip_address("203.0.113.77")
+        return ipaddress.IPv4Address("203.0.113.77")
 
     def release(self, owner: str) -> None:
         self.leases.pop(owner, None)
@@ -364,6 +365,7 @@ def test_large_messages_are_fragmented() -> None:
                      psk_config(children=(back,), fragment_size=576))
     up(pair)
     (ca,), (cb,) = pair.of("a", ChildSaNegotiated), pair.of("b", ChildSaNegotiated)
+    assert_child_pair(ca, cb)
     assert len(ca.local_ts) == 100
     assert all(len(d.data) <= 576 for _, d in pair.wire)
     auth = [d for _, d in pair.wire if parse_header(d.data).exchange == ExchangeType.IKE_AUTH]
