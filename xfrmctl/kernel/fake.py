@@ -27,6 +27,7 @@ from .types import (
     KernelEvent,
     Mark,
     PolicyKey,
+    PolicyNotify,
     PolicySpec,
     PolicyState,
     Proto,
@@ -103,37 +104,40 @@ class FakeKernel(KernelIPsec):
     def _add_sa(self, sa: SaSpec) -> int:
         if _sa_key(sa.id) in self.sas:
             return errno.EEXIST
-        return self._store_sa(sa)
+        return self._store_sa(sa, "new")
 
     def _update_sa(self, sa: SaSpec) -> int:
         if _sa_key(sa.id) not in self.sas:
             return errno.ESRCH
-        return self._store_sa(sa)
+        return self._store_sa(sa, "update")
 
-    def _store_sa(self, sa: SaSpec) -> int:
+    def _store_sa(self, sa: SaSpec, kind: str) -> int:
         code = _check_sa(sa)
         if code == 0:
             self.sas[_sa_key(sa.id)] = _Sa(replace(sa, selector=sa.effective_selector()), self.now)
-            self._queue.put_nowait(SaNotify("new", sa.id, sa.reqid))
+            self._queue.put_nowait(SaNotify(kind, sa.id, sa.reqid))
         return code
 
     def _delete_sa(self, sa: SaId) -> int:
-        if self.sas.pop(_sa_key(sa), None) is None:
+        entry = self.sas.pop(_sa_key(sa), None)
+        if entry is None:
             return errno.ESRCH
+        self._queue.put_nowait(SaNotify("delete", sa, entry.spec.reqid))
         return 0
 
     def _add_policy(self, p: PolicySpec) -> int:
         if p.key in self.policies:
             return errno.EEXIST
-        return self._store_policy(p)
+        return self._store_policy(p, "new")
 
     def _update_policy(self, p: PolicySpec) -> int:
-        return self._store_policy(p)  # UPDPOLICY creates when absent, as the kernel does
+        return self._store_policy(p, "update")  # UPDPOLICY creates when absent, as the kernel
 
-    def _store_policy(self, p: PolicySpec) -> int:
+    def _store_policy(self, p: PolicySpec, kind: str) -> int:
         old = self.policies.get(p.key)
         index = old.index if old is not None else self._alloc_index(p.direction)
         self.policies[p.key] = replace(p, index=index)
+        self._queue.put_nowait(PolicyNotify(kind, p.key, index))
         return 0
 
     def _alloc_index(self, direction: Direction) -> int:
@@ -141,7 +145,11 @@ class FakeKernel(KernelIPsec):
         return self._next_index | int(direction)
 
     def _delete_policy(self, key: PolicyKey) -> int:
-        return 0 if self.policies.pop(key, None) is not None else errno.ENOENT
+        old = self.policies.pop(key, None)
+        if old is None:
+            return errno.ENOENT
+        self._queue.put_nowait(PolicyNotify("delete", key, old.index))
+        return 0
 
     async def _allocate_spi(
         self, src: IPAddress, dst: IPAddress, proto: Proto, reqid: int, lo: int, hi: int,
@@ -255,7 +263,8 @@ class FakeKernel(KernelIPsec):
 
 def _check_sa(sa: SaSpec) -> int:
     algos: list[Algorithm] = [a for a in (sa.aead, sa.crypt, sa.auth) if a is not None]
-    if not algos:
+    needed = sa.aead or sa.crypt if sa.proto == Proto.ESP else sa.auth
+    if needed is None:
         return errno.EINVAL
     for a in algos:
         if a.name not in KERNEL_ALGORITHM_NAMES:
