@@ -99,7 +99,7 @@ def _expand_ike_keys(
     return IkeKeys(skeyseed, d, ai, ar, ei, er, pi, pr)
 
 
-def derive_ike_keys(  # noqa: PLR0917 (the API the state machine uses)
+def derive_ike_keys(
     prf: Prf,
     shared_secret: bytes,
     nonce_i: bytes,
@@ -115,7 +115,7 @@ def derive_ike_keys(  # noqa: PLR0917 (the API the state machine uses)
     return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
 
 
-def derive_rekeyed_ike_keys(  # noqa: PLR0917
+def derive_rekeyed_ike_keys(
     old_prf: Prf,
     old_sk_d: bytes,
     prf: Prf,
@@ -133,7 +133,7 @@ def derive_rekeyed_ike_keys(  # noqa: PLR0917
     return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
 
 
-def derive_child_keymat(  # noqa: PLR0917
+def derive_child_keymat(
     prf: Prf,
     sk_d: bytes,
     nonce_i: bytes,
