@@ -129,3 +129,28 @@ def test_chacha20_poly1305_rfc8439_vector_through_the_rfc7634_layout() -> None:
     assert cipher.open(RFC8439_AAD, body) == RFC8439_PT
     with pytest.raises(IntegrityError):
         cipher.open(RFC8439_AAD, body[:-1] + b"\x00")
+
+
+# The GCM specification (McGrew & Viega), test case 3: AES-128, 96-bit IV
+# cafebabefacedbaddecaf888 = RFC 4106/5282 salt cafebabe || IV facedbaddecaf888.
+GCM_KEY = h("feffe9928665731c6d6a8f9467308308")
+GCM_PT = h(
+    "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
+    "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255"
+)
+GCM_CT = h(
+    "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e"
+    "21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985"
+)
+GCM_TAG = h("4d5c2af327cd64a62cf35abd2ba6fab4")
+
+
+@pytest.mark.parametrize(
+    ("encr", "icv"), [(EncrId.AES_GCM_16, 16), (EncrId.AES_GCM_12, 12), (EncrId.AES_GCM_8, 8)]
+)
+def test_aes_gcm_spec_vector_through_the_rfc5282_layout(encr: EncrId, icv: int) -> None:
+    cipher = new_sk_cipher(encr, 128, None, GCM_KEY + h("cafebabe"), b"")
+    body = h("facedbaddecaf888") + GCM_CT + GCM_TAG[:icv]
+    assert cipher.open(b"", body) == GCM_PT
+    with pytest.raises(IntegrityError):
+        cipher.open(b"\x00", body)
