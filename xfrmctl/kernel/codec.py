@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from socket import htonl, htons, ntohl, ntohs
+from functools import lru_cache
 from typing import Any
 
 from pyroute2.netlink import nlmsg
@@ -239,22 +240,33 @@ def _algorithm(attr: Any, with_icv: bool) -> Algorithm:
 
 
 def decode_selector(f: dict[str, Any], prefix: str, default_family: int) -> Selector:
-    family = f[prefix + "family"] or default_family
-    src = unpack_addr(f[prefix + "saddr"], family)
-    dst = unpack_addr(f[prefix + "daddr"], family)
+    names = _SELECTOR_NAMES[prefix]
+    return _selector(tuple(f[n] for n in names), default_family)
+
+
+_SELECTOR_NAMES = {
+    p: tuple(p + n for n in m.value_names(m.SELECTOR)) for p in ("sel_", "pol_sel_", "")
+}
+
+
+@lru_cache(maxsize=4096)
+def _selector(v: tuple[Any, ...], default_family: int) -> Selector:
+    daddr, saddr, dport, dmask, sport, smask, family, plen_d, plen_s, proto, ifindex, _ = v
+    family = family or default_family
     return Selector(
-        ip_network(f"{src}/{f[prefix + 'prefixlen_s']}"),
-        ip_network(f"{dst}/{f[prefix + 'prefixlen_d']}"),
-        f[prefix + "proto"],
-        ntohs(f[prefix + "sport"]), ntohs(f[prefix + "sport_mask"]),
-        ntohs(f[prefix + "dport"]), ntohs(f[prefix + "dport_mask"]),
-        f[prefix + "ifindex"],
+        ip_network((unpack_addr(saddr, family), plen_s), strict=False),
+        ip_network((unpack_addr(daddr, family), plen_d), strict=False),
+        proto, ntohs(sport), ntohs(smask), ntohs(dport), ntohs(dmask), ifindex,
     )  # fmt: skip
 
 
 def decode_lifetime(f: dict[str, Any], prefix: str) -> Lifetime:
-    names = [name for name, _ in m.LIFETIME_CFG]
-    return Lifetime(*(f[prefix + n] for n in names))
+    return _lifetime(tuple(f[prefix + n] for n, _ in m.LIFETIME_CFG))
+
+
+@lru_cache(maxsize=1024)
+def _lifetime(values: tuple[int, ...]) -> Lifetime:
+    return Lifetime(*values)
 
 
 def decode_mark(msg: nlmsg, attr: str = "XFRMA_MARK") -> Mark | None:
@@ -326,7 +338,7 @@ def _sa_spec(msg: nlmsg, f: dict[str, Any], prefix: str = "") -> tuple[SaSpec, R
 
 def decode_sa(msg: nlmsg) -> SaState:
     """NEWSA/UPDSA (a dump entry, a GETSA answer or a notification) -> SaState."""
-    return _sa_state(msg, msg, "")
+    return _sa_state(msg, dict(dict.items(msg)), "")
 
 
 def _sa_state(msg: nlmsg, f: dict[str, Any], prefix: str) -> SaState:
@@ -430,8 +442,9 @@ def _policy_spec(msg: nlmsg, f: dict[str, Any], prefix: str = "") -> PolicySpec:
 
 
 def decode_policy(msg: nlmsg) -> PolicyState:
-    spec = _policy_spec(msg, msg)
-    return PolicyState(spec, Counters(*(msg["cur_" + n] for n, _ in m.LIFETIME_CUR)))
+    f = dict(dict.items(msg))
+    spec = _policy_spec(msg, f)
+    return PolicyState(spec, Counters(*(f["cur_" + n] for n, _ in m.LIFETIME_CUR)))
 
 
 # --- SPD info ------------------------------------------------------------------------
