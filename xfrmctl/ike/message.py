@@ -35,6 +35,8 @@ FRAGMENT_FIELDS = struct.Struct("!HH")  # Fragment Number, Total Fragments
 SPI_SIZE = 8
 MAX_MESSAGE_ID = 0xFFFFFFFF
 _EXCHANGES = {e.value: e for e in ExchangeType}
+_FLAGS = tuple(HeaderFlag(i) for i in range(256))  # IntFlag() and & are slow per call
+_INITIATOR, _RESPONSE = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,11 @@ class Header:
 
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(int(self.flags) & _RESPONSE)
 
     @property
     def is_initiator(self) -> bool:
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(int(self.flags) & _INITIATOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +109,9 @@ class Message:
 
     @property
     def flags(self) -> HeaderFlag:
-        flags = HeaderFlag(0)
-        if self.is_initiator:
-            flags |= HeaderFlag.INITIATOR
-        if self.is_response:
-            flags |= HeaderFlag.RESPONSE
-        return flags
+        return _FLAGS[
+            (_INITIATOR if self.is_initiator else 0) | (_RESPONSE if self.is_response else 0)
+        ]
 
 
 # --- header -------------------------------------------------------------------------------
@@ -130,9 +129,7 @@ def parse_header(data: bytes) -> Header:
         )
     if length != len(data):
         raise ProtocolError(f"IKE header length {length} but {len(data)} octets", offset=24)
-    return Header(
-        spi_i, spi_r, next_payload, major, minor, exchange, HeaderFlag(flags), mid, length
-    )
+    return Header(spi_i, spi_r, next_payload, major, minor, exchange, _FLAGS[flags], mid, length)
 
 
 def _pack_header(m: Message, next_payload: int, length: int) -> bytes:

@@ -15,7 +15,6 @@ Non-critical unknown payloads are allowed anywhere and counted nowhere.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,11 +125,13 @@ def _rule(message: Message) -> MessageRule:
 
 
 def _known(payloads: list[Payload]) -> list[Payload]:
-    return [p for p in payloads if not isinstance(p, UnknownPayload)]
+    if not payloads:
+        return payloads
+    return [p for p in payloads if type(p) is not UnknownPayload]
 
 
 def _is_sufficient(rule: MessageRule, p: Payload) -> bool:
-    if isinstance(p, NotifyPayload):
+    if type(p) is NotifyPayload:
         is_error = p.notify_type < _ERROR_LIMIT
         return (is_error and rule.errors_sufficient) or p.notify_type in rule.sufficient_notifies
     return p.payload_type in rule.sufficient_payloads
@@ -153,18 +154,21 @@ def _placement(rule: MessageRule, message: Message) -> list[Payload]:
 def check(message: Message) -> None:
     """Raise ProtocolError if the payloads break the rules of this exchange."""
     rule = _rule(message)
-    payloads = _placement(rule, message)
-    counts = Counter(p.payload_type for p in payloads)
-    for ptype, count in counts.items():
+    counts: dict[int, int] = {}
+    sufficient = False
+    for p in _placement(rule, message):
+        ptype = p.payload_type
+        counts[ptype] = count = counts.get(ptype, 0) + 1
         limits = rule.counts.get(ptype)
         if limits is None:
             raise ProtocolError(f"{_name(ptype)} not allowed in {_where(message)}")
         if count > limits[1]:
             raise ProtocolError(f"{count} {_name(ptype)} payloads in {_where(message)}")
-    if any(_is_sufficient(rule, p) for p in payloads):
+        sufficient = sufficient or _is_sufficient(rule, p)
+    if sufficient:
         return
     for ptype, (least, _) in rule.counts.items():
-        if counts[ptype] < least:
+        if least and counts.get(ptype, 0) < least:
             raise ProtocolError(f"{_where(message)} without {_name(ptype)} payload")
 
 
