@@ -14,6 +14,8 @@ import anyio
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from .repo import NEW_EVENTS, event_dict
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -46,19 +48,32 @@ class Database:
         # SQLite allows one writer; a single worker keeps writes ordered, reads cheap.
         workers = 1 if url.startswith("sqlite") else 8
         self._limiter = anyio.CapacityLimiter(workers)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def call(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
              **kwargs: P.kwargs) -> T:
-        """Run `fn(session, ...)` in one transaction, synchronously."""
+        """Run `fn(session, ...)` in one transaction, synchronously (not on the loop)."""
+        return self._call(fn, *args, **kwargs)[0]
+
+    def _call(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+              **kwargs: P.kwargs) -> tuple[T, list[dict[str, Any]]]:
         with self.sessions.begin() as session:
-            return fn(session, *args, **kwargs)
+            result = fn(session, *args, **kwargs)
+            session.flush()
+            events = [event_dict(e) for e in session.info.pop(NEW_EVENTS, [])]
+        return result, events
 
     async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
                   **kwargs: P.kwargs) -> T:
-        """Run `fn(session, ...)` in one transaction in a worker thread."""
-        def job() -> T:
-            return self.call(fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(job, limiter=self._limiter)
+        """Run `fn(session, ...)` in one transaction in a worker thread; then hand the
+        events it recorded (after commit) to every listener, on the loop."""
+        def job() -> tuple[T, list[dict[str, Any]]]:
+            return self._call(fn, *args, **kwargs)
+        result, events = await anyio.to_thread.run_sync(job, limiter=self._limiter)
+        for record in events:
+            for listener in self.listeners:
+                listener(record)
+        return result
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -37,6 +37,10 @@ NAMING = {
 }
 
 
+DEFAULT_IKE_PROPOSALS = "aes256gcm16-prfsha384-x25519, aes128-sha256-modp3072"
+DEFAULT_ESP_PROPOSALS = "aes256gcm16, aes128-sha256"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -190,7 +194,7 @@ class Connection(Timestamps, Base):
     certificate_id: Mapped[int | None] = mapped_column(
         ForeignKey("certificates.id", ondelete="RESTRICT"))
     ca_id: Mapped[int | None] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"))
-    ike_proposals: Mapped[str] = mapped_column(Text, default="default")
+    ike_proposals: Mapped[str] = mapped_column(Text, default=DEFAULT_IKE_PROPOSALS)
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
     dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off
@@ -216,7 +220,7 @@ class Child(Timestamps, Base):
     local_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
     remote_ts: Mapped[list[str]] = mapped_column(JSON, default=list)
     mode: Mapped[Mode] = mapped_column(_enum(Mode), default=Mode.TUNNEL)
-    esp_proposals: Mapped[str | None] = mapped_column(Text, default="default")
+    esp_proposals: Mapped[str | None] = mapped_column(Text, default=DEFAULT_ESP_PROPOSALS)
     ah_proposals: Mapped[str | None] = mapped_column(Text)
     # Route-based when interface_kind is set; policy-based otherwise.
     interface_kind: Mapped[InterfaceKind | None] = mapped_column(_enum(InterfaceKind))

@@ -21,6 +21,7 @@ from .tokens import Scope, display_prefix, generate_token, hash_token
 
 ModelT = TypeVar("ModelT", bound=m.Base)
 REDACTED = "<redacted>"
+NEW_EVENTS = "xfrmctl.new_events"  # session.info key: events added in this transaction
 # Columns never copied into audit snapshots.
 _SECRET_COLUMNS = {"ciphertext", "token_hash"}
 
@@ -47,7 +48,9 @@ class Conflict(Exception):
     """Uniqueness violated, or the object is still referenced."""
 
 
-class InvalidReference(Exception):
+class InvalidField(Exception):
+    """Bad input found only with the database at hand (e.g. a dangling reference)."""
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
@@ -99,7 +102,7 @@ def check_references(session: Session, values: Mapping[str, object]) -> None:
     for field, target in REFERENCES.items():
         ref = values.get(field)
         if ref is not None and session.get(target, ref) is None:
-            raise InvalidReference(field, f"{resource_name(target)} {ref} does not exist")
+            raise InvalidField(field, f"{resource_name(target)} {ref} does not exist")
 
 
 def _flush(session: Session, what: str) -> None:
@@ -181,7 +184,13 @@ def record_event(session: Session, kind: m.EventKind, type_: str, *, message: st
                     after=after, data=data, ts=m.utcnow())
     session.add(event)
     session.flush()
+    session.info.setdefault(NEW_EVENTS, []).append(event)
     return event
+
+
+def event_dict(event: m.Event) -> dict[str, Any]:
+    """An event as JSON-safe data (the shape of the API's EventPublic)."""
+    return snapshot(event)
 
 
 def list_events(session: Session, *, offset: int = 0, limit: int = 100,

@@ -1,0 +1,79 @@
+"""Shared steps of the desired-state routers: write in a worker thread with an audit
+record, then tell the daemon (if running) what changed so it takes effect live."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from xfrmctl.daemon.ports import ConfigChange, ConfigKind
+from xfrmctl.store import models as m
+from xfrmctl.store import repo
+
+from .deps import Paging, Principal, Services
+
+log = logging.getLogger(__name__)
+ModelT = TypeVar("ModelT", bound=m.Base)
+Check = Callable[[Session, dict[str, Any]], None]
+
+
+async def notify(services: Services, kind: ConfigKind, ident: int, change: ConfigChange) -> None:
+    """Tell the daemon; the change is committed already, so a failure is only logged."""
+    if services.controller is None:
+        return
+    try:
+        await services.controller.config_changed(kind, ident, change)
+    except Exception:
+        log.exception("daemon failed to apply %s %s %s", kind, ident, change)
+
+
+def _create(session: Session, model: type[ModelT], values: dict[str, Any], actor: str,
+            check: Check | None) -> ModelT:
+    if check is not None:
+        check(session, values)
+    return repo.create(session, model, values, actor=actor)
+
+
+def _update(session: Session, model: type[ModelT], ident: int, values: dict[str, Any],
+            actor: str, check: Check | None) -> ModelT:
+    columns = model.__table__.columns
+    for field, value in values.items():
+        if value is None and not columns[field].nullable:
+            raise repo.InvalidField(field, f"{field} may not be null")
+    if check is not None:
+        current = repo.snapshot(repo.get(session, model, ident))
+        check(session, {**current, **values})
+    return repo.update(session, model, ident, values, actor=actor)
+
+
+async def create(services: Services, who: Principal, model: type[ModelT], kind: ConfigKind,
+                 values: Mapping[str, Any], check: Check | None = None) -> ModelT:
+    obj = await services.db.run(_create, model, dict(values), who.actor, check)
+    await notify(services, kind, obj.id, "created")  # type: ignore[attr-defined]
+    return obj
+
+
+async def update(services: Services, who: Principal, model: type[ModelT], kind: ConfigKind,
+                 ident: int, values: Mapping[str, Any], check: Check | None = None) -> ModelT:
+    obj = await services.db.run(_update, model, ident, dict(values), who.actor, check)
+    await notify(services, kind, ident, "updated")
+    return obj
+
+
+async def delete(services: Services, who: Principal, model: type[ModelT], kind: ConfigKind,
+                 ident: int) -> None:
+    await services.db.run(repo.delete, model, ident, actor=who.actor)
+    await notify(services, kind, ident, "deleted")
+
+
+async def get(services: Services, model: type[ModelT], ident: int) -> ModelT:
+    return await services.db.run(repo.get, model, ident)
+
+
+async def page(services: Services, model: type[ModelT], paging: Paging,
+               **filters: object) -> tuple[list[ModelT], int]:
+    return await services.db.run(repo.list_page, model, offset=paging.offset,
+                                 limit=paging.limit, filters=filters)

@@ -1,0 +1,71 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from xfrmctl.config import Settings
+from xfrmctl.daemon.ports import Controller
+from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.store.bus import EventBus
+from xfrmctl.store.db import Database
+from xfrmctl.store.secrets import SecretBox
+
+from . import errors
+from .deps import Services
+from .routers import (
+    certificates,
+    children,
+    connections,
+    events,
+    peers,
+    policies,
+    proposals,
+    sas,
+    secrets,
+    status,
+    system,
+    tokens,
+)
+
+API_PREFIX = "/api/v1"
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX)
+    for sub in (peers.router, connections.router, children.router, proposals.router,
+                secrets.router, certificates.ca_router, certificates.router,
+                sas.ike_router, sas.child_router, policies.router, policies.kernel_router,
+                status.router, events.router, tokens.router):
+        router.include_router(sub)
+    return router
+
+
+def create_app(settings: Settings, controller: Controller | None = None,
+               kernel: KernelIPsec | None = None, *, db: Database | None = None,
+               bus: EventBus | None = None) -> FastAPI:
+    """Build the app. The daemon passes its own `db` and `bus` so that protocol events it
+    records reach the SSE stream; standalone, the app makes its own."""
+    own_db = db is None
+    database = db if db is not None else Database(settings.database_url)
+    event_bus = bus if bus is not None else EventBus()
+    database.listeners.append(event_bus.publish)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_db:
+            database.dispose()
+
+    app = FastAPI(title="xfrmctl", version="0.1.0", lifespan=lifespan,
+                  description="Linux IPsec control plane: desired state, live SAs, actions.")
+    app.state.services = Services(
+        settings=settings, db=database, box=SecretBox.from_file(settings.secret_key_file),
+        bus=event_bus, controller=controller, kernel=kernel)
+    errors.install(app)
+    app.include_router(api_router())
+    app.include_router(system.router)
+    return app

@@ -1,0 +1,135 @@
+"""CAs (trust anchors) and certificates (end entity, optionally with a private key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from fastapi import APIRouter, status
+from sqlalchemy.orm import Session
+
+from xfrmctl.store import repo
+from xfrmctl.store.models import Certificate, CertificateAuthority, Secret, SecretKind
+
+from .. import crud
+from ..deps import AdminDep, IdPath, PagingDep, ReadDep, ServicesDep
+from ..schemas.config import (
+    CaCreate,
+    CaPublic,
+    CasPublic,
+    CaUpdate,
+    CertificateCreate,
+    CertificatePublic,
+    CertificatesPublic,
+    CertificateUpdate,
+)
+
+ca_router = APIRouter(prefix="/cas", tags=["cas"])
+router = APIRouter(prefix="/certificates", tags=["certificates"])
+
+
+def parse_pem(pem: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise repo.InvalidField("pem", f"not a PEM X.509 certificate: {exc}") from None
+
+
+def _ca_fields(pem: str | None) -> dict[str, Any]:
+    if pem is None:
+        return {}
+    cert = parse_pem(pem)
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise repo.InvalidField("pem", "certificate is not a CA (basicConstraints CA:TRUE)")
+    return {"pem": pem, "subject": cert.subject.rfc4514_string(),
+            "not_after": cert.not_valid_after_utc}
+
+
+def _cert_fields(pem: str | None) -> dict[str, Any]:
+    if pem is None:
+        return {}
+    cert = parse_pem(pem)
+    return {"pem": pem, "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(),
+            "not_before": cert.not_valid_before_utc, "not_after": cert.not_valid_after_utc}
+
+
+def check_certificate(session: Session, v: dict[str, Any]) -> None:
+    secret_id = v.get("key_secret_id")
+    if secret_id is None:
+        return
+    secret = session.get(Secret, secret_id)
+    if secret is not None and secret.kind != SecretKind.PRIVATE_KEY:
+        raise repo.InvalidField("key_secret_id", "key_secret_id must name a private_key secret")
+
+
+@ca_router.get("", response_model=CasPublic)
+async def list_cas(services: ServicesDep, _: ReadDep, paging: PagingDep) -> CasPublic:
+    rows, count = await crud.page(services, CertificateAuthority, paging)
+    return CasPublic(data=[CaPublic.model_validate(r) for r in rows], count=count)
+
+
+@ca_router.post("", response_model=CaPublic, status_code=status.HTTP_201_CREATED)
+async def create_ca(services: ServicesDep, who: AdminDep, body: CaCreate
+                    ) -> CertificateAuthority:
+    values = {"name": body.name, **_ca_fields(body.pem)}
+    return await crud.create(services, who, CertificateAuthority, "ca", values)
+
+
+@ca_router.get("/{ca_id}", response_model=CaPublic)
+async def read_ca(services: ServicesDep, _: ReadDep, ca_id: IdPath) -> CertificateAuthority:
+    return await crud.get(services, CertificateAuthority, ca_id)
+
+
+@ca_router.patch("/{ca_id}", response_model=CaPublic)
+async def update_ca(services: ServicesDep, who: AdminDep, ca_id: IdPath, body: CaUpdate
+                    ) -> CertificateAuthority:
+    patch = body.model_dump(exclude_unset=True)
+    values = {**patch, **_ca_fields(patch.get("pem"))}
+    return await crud.update(services, who, CertificateAuthority, "ca", ca_id, values)
+
+
+@ca_router.delete("/{ca_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_ca(services: ServicesDep, who: AdminDep, ca_id: IdPath) -> None:
+    await crud.delete(services, who, CertificateAuthority, "ca", ca_id)
+
+
+@router.get("", response_model=CertificatesPublic)
+async def list_certificates(services: ServicesDep, _: ReadDep, paging: PagingDep
+                            ) -> CertificatesPublic:
+    rows, count = await crud.page(services, Certificate, paging)
+    return CertificatesPublic(data=[CertificatePublic.model_validate(r) for r in rows],
+                              count=count)
+
+
+@router.post("", response_model=CertificatePublic, status_code=status.HTTP_201_CREATED)
+async def create_certificate(services: ServicesDep, who: AdminDep, body: CertificateCreate
+                             ) -> Certificate:
+    values = {**body.model_dump(exclude={"pem"}), **_cert_fields(body.pem)}
+    return await crud.create(services, who, Certificate, "certificate", values,
+                             check_certificate)
+
+
+@router.get("/{certificate_id}", response_model=CertificatePublic)
+async def read_certificate(services: ServicesDep, _: ReadDep, certificate_id: IdPath
+                           ) -> Certificate:
+    return await crud.get(services, Certificate, certificate_id)
+
+
+@router.patch("/{certificate_id}", response_model=CertificatePublic)
+async def update_certificate(services: ServicesDep, who: AdminDep, certificate_id: IdPath,
+                             body: CertificateUpdate) -> Certificate:
+    patch = body.model_dump(exclude_unset=True)
+    values = {**patch, **_cert_fields(patch.get("pem"))}
+    return await crud.update(services, who, Certificate, "certificate", certificate_id, values,
+                             check_certificate)
+
+
+@router.delete("/{certificate_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_certificate(services: ServicesDep, who: AdminDep, certificate_id: IdPath
+                             ) -> None:
+    await crud.delete(services, who, Certificate, "certificate", certificate_id)

@@ -1,0 +1,50 @@
+"""Desired vs actual: every configured connection with its state and, when down, why."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from xfrmctl.daemon.ports import ConnectionStatus
+from xfrmctl.store.models import Connection
+
+from ..deps import ReadDep, ServicesDep
+from ..schemas.live import ConnectionStatusPublic, CountersPublic, StatusPublic
+
+router = APIRouter(prefix="/status", tags=["status"])
+
+
+def _connections(session: Session) -> list[tuple[int, str, bool]]:
+    rows = session.execute(select(Connection.id, Connection.name, Connection.enabled)
+                           .order_by(Connection.id))
+    return [(r.id, r.name, r.enabled) for r in rows]
+
+
+@router.get("", response_model=StatusPublic)
+async def read_status(services: ServicesDep, _: ReadDep) -> StatusPublic:
+    configured = await services.db.run(_connections)
+    if services.controller is None:
+        return StatusPublic(
+            daemon=False, started_at=None, version="", counters=None,
+            connections=[ConnectionStatusPublic(
+                id=cid, name=name, enabled=enabled, state=None, reason="daemon not running",
+                detail={}, ike_sa_ids=[], since=None) for cid, name, enabled in configured])
+    daemon = await services.controller.status()
+    actual = {c.connection_id: c for c in daemon.connections}
+    return StatusPublic(
+        daemon=True, started_at=daemon.started_at, version=daemon.version,
+        counters=CountersPublic.model_validate(daemon.counters),
+        connections=[_merge(cid, name, enabled, actual.get(cid))
+                     for cid, name, enabled in configured])
+
+
+def _merge(cid: int, name: str, enabled: bool,
+           actual: ConnectionStatus | None) -> ConnectionStatusPublic:
+    if actual is None:
+        reason = "disabled" if not enabled else "not loaded by the daemon"
+        return ConnectionStatusPublic(id=cid, name=name, enabled=enabled, state=None,
+                                      reason=reason, detail={}, ike_sa_ids=[], since=None)
+    return ConnectionStatusPublic(
+        id=cid, name=name, enabled=enabled, state=actual.state, reason=actual.reason,
+        detail=dict(actual.detail), ike_sa_ids=list(actual.ike_sa_ids), since=actual.since)

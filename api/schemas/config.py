@@ -1,0 +1,343 @@
+"""Desired-state schemas, one family per resource: Base, Create, Update, Public, List.
+
+Update models have every field optional (PATCH: only the fields given change).
+Secrets have no Public field holding the value: they are write-only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from xfrmctl.store.models import (
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    AuthMethod,
+    DpdAction,
+    Fragmentation,
+    InterfaceKind,
+    Mode,
+    ProposalProtocol,
+    SecretKind,
+    StartAction,
+)
+
+from .common import (
+    U32,
+    AddressList,
+    AhProposals,
+    Count64,
+    EspProposals,
+    Id,
+    Identity,
+    IkeProposals,
+    InterfaceAddress,
+    Name,
+    Page,
+    Port,
+    PrefixList,
+    Seconds,
+    Text,
+)
+
+_FORBID = ConfigDict(extra="forbid")
+IfId = Annotated[int | None, Field(ge=1, le=2**32 - 1, description="XFRM interface id")]
+
+
+class PublicBase(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- peers ---------------------------------------------------------------------------
+
+class PeerBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    addresses: AddressList = []
+    description: Text = ""
+
+
+class PeerCreate(PeerBase):
+    pass
+
+
+class PeerUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    addresses: AddressList | None = None
+    description: Text | None = None
+
+
+class PeerPublic(PeerBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PeersPublic(Page[PeerPublic]):
+    pass
+
+
+# --- connections ---------------------------------------------------------------------
+
+class ConnectionBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    peer_id: Id | None = None
+    enabled: bool = True
+    local_addrs: AddressList = []
+    remote_addrs: AddressList = []
+    local_port: Port = 500
+    remote_port: Port = 500
+    local_id: Identity | None = None
+    remote_id: Identity | None = None
+    auth: AuthMethod = AuthMethod.PSK
+    secret_id: Id | None = Field(None, description="PSK (auth psk) or private key (pubkey)")
+    certificate_id: Id | None = Field(None, description="local certificate (auth pubkey)")
+    ca_id: Id | None = Field(None, description="trust anchor for the peer's certificate")
+    ike_proposals: IkeProposals = DEFAULT_IKE_PROPOSALS
+    start_action: StartAction = StartAction.NONE
+    dpd_delay: Seconds = 0
+    dpd_action: DpdAction = DpdAction.CLEAR
+    rekey_time: Seconds = 14400
+    reauth_time: Seconds = 0
+    over_time: Seconds = 0
+    fragmentation: Fragmentation = Fragmentation.YES
+    encap: bool = False
+    mobike: bool = True
+
+
+class ConnectionCreate(ConnectionBase):
+    pass
+
+
+class ConnectionUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    peer_id: Id | None = None
+    enabled: bool | None = None
+    local_addrs: AddressList | None = None
+    remote_addrs: AddressList | None = None
+    local_port: Port | None = None
+    remote_port: Port | None = None
+    local_id: Identity | None = None
+    remote_id: Identity | None = None
+    auth: AuthMethod | None = None
+    secret_id: Id | None = None
+    certificate_id: Id | None = None
+    ca_id: Id | None = None
+    ike_proposals: IkeProposals | None = None
+    start_action: StartAction | None = None
+    dpd_delay: Seconds | None = None
+    dpd_action: DpdAction | None = None
+    rekey_time: Seconds | None = None
+    reauth_time: Seconds | None = None
+    over_time: Seconds | None = None
+    fragmentation: Fragmentation | None = None
+    encap: bool | None = None
+    mobike: bool | None = None
+
+
+class ConnectionPublic(ConnectionBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ConnectionsPublic(Page[ConnectionPublic]):
+    pass
+
+
+# --- children ------------------------------------------------------------------------
+
+class ChildBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    local_ts: PrefixList = Field(default_factory=lambda: ["dynamic"])
+    remote_ts: PrefixList = Field(default_factory=lambda: ["dynamic"])
+    mode: Mode = Mode.TUNNEL
+    esp_proposals: EspProposals | None = DEFAULT_ESP_PROPOSALS
+    ah_proposals: AhProposals | None = None
+    interface_kind: InterfaceKind | None = Field(
+        None, description="set for route-based (xfrmi or vti); null for policy-based")
+    interface_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    if_id: IfId = None
+    interface_addresses: list[InterfaceAddress] = Field(default_factory=list, max_length=16)
+    routes: PrefixList = []
+    mtu: int | None = Field(None, ge=576, le=65535)
+    mark_in: U32 | None = None
+    mark_in_mask: U32 | None = None
+    mark_out: U32 | None = None
+    mark_out_mask: U32 | None = None
+    replay_window: int = Field(32, ge=0, le=4096)
+    esn: bool = False
+    rekey_time: Seconds = 3600
+    life_time: Seconds = 3960
+    rekey_bytes: Count64 = 0
+    life_bytes: Count64 = 0
+    rekey_packets: Count64 = 0
+    life_packets: Count64 = 0
+    tfc_padding: int = Field(0, ge=0, le=65535)
+    start_action: StartAction = StartAction.NONE
+
+
+class ChildCreate(ChildBase):
+    pass
+
+
+class ChildUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    local_ts: PrefixList | None = None
+    remote_ts: PrefixList | None = None
+    mode: Mode | None = None
+    esp_proposals: EspProposals | None = None
+    ah_proposals: AhProposals | None = None
+    interface_kind: InterfaceKind | None = None
+    interface_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    if_id: IfId = None
+    interface_addresses: list[InterfaceAddress] | None = Field(None, max_length=16)
+    routes: PrefixList | None = None
+    mtu: int | None = Field(None, ge=576, le=65535)
+    mark_in: U32 | None = None
+    mark_in_mask: U32 | None = None
+    mark_out: U32 | None = None
+    mark_out_mask: U32 | None = None
+    replay_window: int | None = Field(None, ge=0, le=4096)
+    esn: bool | None = None
+    rekey_time: Seconds | None = None
+    life_time: Seconds | None = None
+    rekey_bytes: Count64 | None = None
+    life_bytes: Count64 | None = None
+    rekey_packets: Count64 | None = None
+    life_packets: Count64 | None = None
+    tfc_padding: int | None = Field(None, ge=0, le=65535)
+    start_action: StartAction | None = None
+
+
+class ChildPublic(ChildBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    connection_id: int
+
+
+class ChildrenPublic(Page[ChildPublic]):
+    pass
+
+
+# --- proposals -----------------------------------------------------------------------
+
+class ProposalBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    protocol: ProposalProtocol
+    text: str = Field(min_length=1, max_length=1000,
+                      examples=["aes128gcm16-prfsha256-x25519"])
+
+
+class ProposalCreate(ProposalBase):
+    pass
+
+
+class ProposalUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    protocol: ProposalProtocol | None = None
+    text: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class ProposalPublic(ProposalBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ProposalsPublic(Page[ProposalPublic]):
+    pass
+
+
+# --- secrets (write-only values) -----------------------------------------------------
+
+class SecretBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    kind: SecretKind
+
+
+class SecretCreate(SecretBase):
+    value: SecretStr = Field(min_length=1, max_length=16384,
+                             description="PSK or PEM private key; never returned")
+
+
+class SecretUpdate(BaseModel):
+    model_config = _FORBID
+    value: SecretStr = Field(min_length=1, max_length=16384)
+
+
+class SecretPublic(SecretBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SecretsPublic(Page[SecretPublic]):
+    pass
+
+
+# --- CAs and certificates ------------------------------------------------------------
+
+Pem = Field(min_length=1, max_length=65536, description="PEM-encoded X.509 certificate")
+
+
+class CaBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+
+
+class CaCreate(CaBase):
+    pem: str = Pem
+
+
+class CaUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    pem: str | None = Field(None, min_length=1, max_length=65536)
+
+
+class CaPublic(CaBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    pem: str
+    subject: str
+    not_after: datetime
+
+
+class CasPublic(Page[CaPublic]):
+    pass
+
+
+class CertificateBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    ca_id: Id | None = None
+    key_secret_id: Id | None = Field(None, description="secret holding the private key")
+
+
+class CertificateCreate(CertificateBase):
+    pem: str = Pem
+
+
+class CertificateUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    ca_id: Id | None = None
+    key_secret_id: Id | None = None
+    pem: str | None = Field(None, min_length=1, max_length=65536)
+
+
+class CertificatePublic(CertificateBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    pem: str
+    subject: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+
+
+class CertificatesPublic(Page[CertificatePublic]):
+    pass

@@ -1,0 +1,156 @@
+"""Actual-state schemas: SAs, policies, kernel view, status, actions (read from the daemon)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from xfrmctl.daemon.ports import ConnectionState
+
+from .common import Page
+
+
+def _hex(width: int, value: object) -> object:
+    return f"{value:0{width}x}" if isinstance(value, int) else value
+
+
+class TrafficPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+
+
+class IkeSaPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    connection_id: int | None
+    connection_name: str | None
+    state: str
+    initiator: bool
+    spi_i: str
+    spi_r: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    local_id: str | None
+    remote_id: str | None
+    encryption: str | None
+    integrity: str | None
+    prf: str | None
+    dh_group: str | None
+    established_at: datetime | None
+    rekey_at: datetime | None
+    reauth_at: datetime | None
+    expire_at: datetime | None
+    nat_local: bool
+    nat_remote: bool
+
+    @field_validator("spi_i", "spi_r", mode="before")
+    @classmethod
+    def _spi(cls, value: object) -> object:
+        return _hex(16, value)
+
+
+class IkeSasPublic(Page[IkeSaPublic]):
+    pass
+
+
+class ChildSaPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    ike_sa_id: str
+    connection_id: int | None
+    child_id: int | None
+    name: str
+    state: str
+    mode: str
+    protocol: str
+    spi_in: str
+    spi_out: str
+    local_ts: list[str]
+    remote_ts: list[str]
+    encryption: str | None
+    integrity: str | None
+    dh_group: str | None
+    esn: bool
+    encap: bool
+    if_id: int | None
+    installed_at: datetime | None
+    rekey_at: datetime | None
+    expire_at: datetime | None
+    traffic: TrafficPublic
+
+    @field_validator("spi_in", "spi_out", mode="before")
+    @classmethod
+    def _spi(cls, value: object) -> object:
+        return _hex(8, value)
+
+
+class ChildSasPublic(Page[ChildSaPublic]):
+    pass
+
+
+class PolicyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    direction: str
+    src: str
+    dst: str
+    proto: int
+    action: str
+    priority: int
+    if_id: int | None
+    mark: int | None
+    mark_mask: int | None
+    child_sa_id: str | None
+    connection_id: int | None
+
+
+class PoliciesPublic(Page[PolicyPublic]):
+    pass
+
+
+class KernelViewPublic(BaseModel):
+    """XFRM states and policies as the kernel holds them (keys never included)."""
+
+    states: list[dict[str, Any]]
+    policies: list[dict[str, Any]]
+
+
+class ConnectionStatusPublic(BaseModel):
+    id: int
+    name: str
+    enabled: bool
+    state: ConnectionState | None  # None: daemon not reachable
+    reason: str | None
+    detail: dict[str, Any]
+    ike_sa_ids: list[str]
+    since: datetime | None
+
+
+class CountersPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    ike_setups: int
+    child_setups: int
+    rekeys: int
+    failures: dict[str, int]
+    kernel_installs: int
+    kernel_install_seconds: float
+
+
+class StatusPublic(BaseModel):
+    daemon: bool  # False: the API runs without a daemon (desired state only)
+    started_at: datetime | None
+    version: str
+    counters: CountersPublic | None
+    connections: list[ConnectionStatusPublic]
+
+
+class ActionResult(BaseModel):
+    action: str
+    target: str
+    id: str

@@ -1,0 +1,188 @@
+"""The port between the API and the running daemon: live state and actions.
+
+The daemon's controller implements `Controller`; the API only talks to this Protocol
+(tests use an in-memory fake). All methods are coroutines and must not block the loop.
+
+Errors: raise `UnknownTarget` for an id the daemon does not know (API: 404) and
+`ActionRejected` when the action cannot be done in the current state (API: 409).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ConfigKind = Literal["peer", "connection", "child", "proposal", "secret", "ca", "certificate"]
+ConfigChange = Literal["created", "updated", "deleted"]
+TargetKind = Literal["connection", "ike_sa", "child_sa"]
+
+
+class UnknownTarget(LookupError):
+    """The connection or SA named by the caller does not exist in the daemon."""
+
+
+class ActionRejected(Exception):
+    """The action is not possible now (e.g. connection disabled, SA already deleting)."""
+
+
+class ConnectionState(StrEnum):
+    DOWN = "down"
+    CONNECTING = "connecting"
+    UP = "up"
+    TRAPPED = "trapped"  # policies installed, waiting for traffic (start_action=trap)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What an action applies to: a connection (by id) or an SA (by its unique id)."""
+
+    kind: TargetKind
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaInfo:
+    id: str  # unique id, stable for the SA's life
+    connection_id: int | None
+    connection_name: str | None
+    state: str  # e.g. CONNECTING, ESTABLISHED, REKEYING, DELETING
+    initiator: bool
+    spi_i: int
+    spi_r: int
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    local_id: str | None = None
+    remote_id: str | None = None
+    encryption: str | None = None  # e.g. "AES_GCM_16_128"
+    integrity: str | None = None
+    prf: str | None = None
+    dh_group: str | None = None
+    established_at: datetime | None = None
+    rekey_at: datetime | None = None
+    reauth_at: datetime | None = None
+    expire_at: datetime | None = None
+    nat_local: bool = False
+    nat_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaInfo:
+    id: str
+    ike_sa_id: str
+    connection_id: int | None
+    child_id: int | None
+    name: str
+    state: str  # e.g. INSTALLED, REKEYING, DELETING
+    mode: str  # tunnel | transport
+    protocol: str  # esp | ah
+    spi_in: int
+    spi_out: int
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    encryption: str | None = None
+    integrity: str | None = None
+    dh_group: str | None = None
+    esn: bool = False
+    encap: bool = False
+    if_id: int | None = None
+    installed_at: datetime | None = None
+    rekey_at: datetime | None = None
+    expire_at: datetime | None = None
+    traffic: Traffic = field(default_factory=Traffic)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """An IPsec policy the daemon installed (or a raw kernel policy)."""
+
+    direction: str  # in | out | fwd
+    src: str  # prefix, e.g. "192.0.2.0/24"
+    dst: str
+    proto: int = 0  # 0 = any
+    action: str = "allow"  # allow | block
+    priority: int = 0
+    if_id: int | None = None
+    mark: int | None = None
+    mark_mask: int | None = None
+    child_sa_id: str | None = None
+    connection_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """Actual state of one configured connection; `reason` says why it is down."""
+
+    connection_id: int
+    state: ConnectionState
+    reason: str | None = None  # e.g. NO_PROPOSAL_CHOSEN, AUTH_FAILED, TS_UNACCEPTABLE
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. both proposal lists
+    ike_sa_ids: tuple[str, ...] = ()
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Monotonic counters since daemon start, exported on /metrics."""
+
+    ike_setups: int = 0
+    child_setups: int = 0
+    rekeys: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # by reason
+    kernel_installs: int = 0
+    kernel_install_seconds: float = 0.0  # sum; average = seconds / installs
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    started_at: datetime
+    connections: tuple[ConnectionStatus, ...]
+    counters: Counters = field(default_factory=Counters)
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """The raw kernel state: XFRM states and policies as plain dicts (no key material)."""
+
+    states: tuple[dict[str, Any], ...]
+    policies: tuple[dict[str, Any], ...]
+
+
+@runtime_checkable
+class Controller(Protocol):
+    async def initiate(self, connection_id: int, child_id: int | None = None) -> None:
+        """Bring a connection (or one of its children) up; returns once started."""
+
+    async def terminate(self, target: Target) -> None:
+        """Delete a connection's SAs, or one IKE_SA / CHILD_SA."""
+
+    async def rekey(self, target: Target) -> None:
+        """Rekey a connection's SAs, or one IKE_SA / CHILD_SA."""
+
+    async def list_ike_sas(self) -> Sequence[IkeSaInfo]: ...
+
+    async def list_child_sas(self) -> Sequence[ChildSaInfo]: ...
+
+    async def list_policies(self) -> Sequence[PolicyInfo]: ...
+
+    async def kernel_view(self) -> KernelView: ...
+
+    async def status(self) -> DaemonStatus: ...
+
+    async def config_changed(self, kind: ConfigKind, object_id: int,
+                             change: ConfigChange) -> None:
+        """Desired state changed (already committed): load, re-establish if needed,
+        or tear down. Must return quickly; long work continues in the daemon."""
