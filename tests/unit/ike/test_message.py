@@ -15,7 +15,17 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xfrmctl.ike import message as message_module
-from xfrmctl.ike.constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
+from xfrmctl.ike.constants import (
+    DhId,
+    EncrId,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
 from xfrmctl.ike.errors import IntegrityError, LocalError, ProtocolError
 from xfrmctl.ike.message import Message, decode, encode, parse_header
 from xfrmctl.ike.payloads import (
@@ -458,3 +468,105 @@ def test_decode_accepts_memoryview_and_bytearray() -> None:
 
 def test_module_exposes_header_size() -> None:
     assert message_module.HEADER.size == 28
+
+
+# --- golden datagrams from strongSwan 5.9.8 (two charons in netns, test PSK) ---------------
+# proposals = aes128gcm16-prfsha256-x25519; captured with tcpdump, non-ESP marker removed.
+# The SK keys below come from charon's ike=4 log of that throw-away IKE SA.
+
+STRONGSWAN_SK_EI = H("15c42d0de7554956746ed1b2ec41201ea4a82892")
+STRONGSWAN_SK_ER = H("9a8623a9633463080d04d1dab0cf6eb778b32caa")
+STRONGSWAN_SA_INIT_REQUEST = H(
+    "b7fb31f651ed997800000000000000002120220800000000000000e82200002800000024010100030300000c"
+    "01000014800e00800300000802000005000000080400001f28000028001f000094aa38e482753423bc0033a0"
+    "53bf60aabc75cc0e3eda718d04b0e0d18e4f082a290000249dbb149e5bf7df446bd3281b0917bfaa2da6cb53"
+    "b9fece9d18e0904e185736542900001c0000400437c0cc497792d1c73893773a5face6f43ebaaf3b2900001c"
+    "0000400556095eaf336e77460e13f70e453d1f36e2849d8d290000080000402e290000100000402f00020003"
+    "000400050000000800004016"
+)
+STRONGSWAN_SA_INIT_RESPONSE = H(
+    "b7fb31f651ed99789ff5fea2182878502120222000000000000000f02200002800000024010100030300000c"
+    "01000014800e00800300000802000005000000080400001f28000028001f00004601300452e8385e26f6787d"
+    "d83f624d91aad0895cbdd1c837af7488e7bee1352900002450a239dd58e115a013b7946835f66c111420e298"
+    "8caf755e42e433c814289e0a2900001c00004004295fc3ce83213737b32ee83425131a693de39c322900001c"
+    "00004005f9c8cbe9cefc5e26739c7236b7e9e3ef1c10d245290000080000402e290000100000402f00020003"
+    "0004000529000008000040220000000800004014"
+)
+STRONGSWAN_AUTH_REQUEST = H(
+    "b7fb31f651ed99789ff5fea2182878502e2023080000000100000107230000eb89b0fbcc64f7b134b2688552"
+    "71dee132ee8c4c52466ffaa203de0b02efd8fec917f91ec78293451fb732e2821045af7fdb01775321208d53"
+    "fde09d65ca568ab5ccc0880aef495b2a4902fe366049070ad632dc79a9ac7b5783c99e3a10847784ea2863b1"
+    "8a60af6e4cf941743ac084522436fa42737d3acc6c166295d2876fba6e4fa86575c2aca01391314d6f390f8d"
+    "baa33049902aa5515e5b677f1dbd517d7c550796e5bc990f43aa2ae8437e88938200ca91d101a9b75e4a7f4a"
+    "820b415350fd7c698e2ee5ff2ce43cb55b14c4bc35da314af1ff6b84ea424d94553941fd1be9f4ee4397fe"
+)
+STRONGSWAN_AUTH_RESPONSE = H(
+    "b7fb31f651ed99789ff5fea2182878502e202320000000010000008a2400006eafea4e538604f1dad76bd604"
+    "1212ec2e95e80dd792428fb9f2095ba36897cf877d0cd56a4023f3b4ff191ebfb60a756f68256f64c934a2e2"
+    "08470865437daa2560300b9838d7caddf901ce960deadbc8cd15431df48d19c1eccbdf9f180c213cecb7be66"
+    "ede19b51c779"
+)
+STRONGSWAN_DELETE_REQUEST = H(
+    "b7fb31f651ed99789ff5fea2182878502e20250800000002000000412a00002589b0fbcf64f7b1344b1c0d6d"
+    "01993f8377a467ce5dc34c3510fed29650672a7e21"
+)
+STRONGSWAN_DELETE_RESPONSE = H(
+    "b7fb31f651ed99789ff5fea2182878502e20252000000002000000390000001dafea4e508604f1dad6f67ce1"
+    "467904a3039593e039011d6b9e"
+)
+
+
+def test_strongswan_ike_sa_init_parses_and_reencodes_identically() -> None:
+    request, response = decode(STRONGSWAN_SA_INIT_REQUEST), decode(STRONGSWAN_SA_INIT_RESPONSE)
+    assert encode(request) == STRONGSWAN_SA_INIT_REQUEST
+    assert encode(response) == STRONGSWAN_SA_INIT_RESPONSE
+    assert request.is_initiator and not request.is_response and response.is_response
+    sa = request.find(SaPayload)
+    assert sa is not None
+    [proposal] = sa.proposals
+    assert [(t.type, t.id, t.key_length) for t in proposal.transforms] == [
+        (TransformType.ENCR, EncrId.AES_GCM_16, 128),
+        (TransformType.PRF, PrfId.HMAC_SHA2_256, None),
+        (TransformType.DH, DhId.CURVE25519, None),
+    ]
+    ke = response.find(KePayload)
+    assert ke is not None and ke.group == DhId.CURVE25519 and len(ke.data) == 32
+    nonce_payload = response.find(NoncePayload)
+    assert nonce_payload is not None and len(nonce_payload.data) == 32
+    for m in (request, response):
+        assert m.notify(NotifyType.NAT_DETECTION_SOURCE_IP) is not None
+        assert m.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+
+
+def test_strongswan_ike_auth_decrypts_with_rfc5282_gcm() -> None:
+    cipher_i = GcmTestCipher(STRONGSWAN_SK_EI)
+    cipher_r = GcmTestCipher(STRONGSWAN_SK_ER)
+    request = decode(STRONGSWAN_AUTH_REQUEST, cipher_i)
+    assert request.find(IdiPayload) == IdiPayload(2, b"a.example")
+    assert request.find(IdrPayload) == IdrPayload(2, b"b.example")
+    auth = request.find(AuthPayload)
+    assert auth is not None and auth.method == 2 and len(auth.data) == 32
+    tsi, tsr = request.find(TsiPayload), request.find(TsrPayload)
+    assert tsi is not None and tsr is not None
+    assert str(tsi.selectors[0].start_addr) == "198.51.100.0"
+    assert str(tsr.selectors[0].end_addr) == "203.0.113.255"
+    response = decode(STRONGSWAN_AUTH_RESPONSE, cipher_r)
+    assert response.find(IdrPayload) == IdrPayload(2, b"b.example")
+    assert response.notify(NotifyType.NO_PROPOSAL_CHOSEN) is not None  # host has no ESP
+    with pytest.raises(IntegrityError):
+        decode(STRONGSWAN_AUTH_REQUEST, cipher_r)  # wrong direction's key
+
+
+def test_strongswan_informational_delete() -> None:
+    request = decode(STRONGSWAN_DELETE_REQUEST, GcmTestCipher(STRONGSWAN_SK_EI))
+    assert request.protected == [DeletePayload(ProtocolId.IKE)]
+    response = decode(STRONGSWAN_DELETE_RESPONSE, GcmTestCipher(STRONGSWAN_SK_ER))
+    assert response.protected == [] and response.message_id == 2
+
+
+def test_reencrypted_strongswan_message_decodes_to_the_same() -> None:
+    cipher = GcmTestCipher(STRONGSWAN_SK_EI)
+    request = decode(STRONGSWAN_AUTH_REQUEST, cipher)
+    again = encode(request, cipher)
+    assert len(again) == len(STRONGSWAN_AUTH_REQUEST)
+    assert decode(again, cipher) == request
