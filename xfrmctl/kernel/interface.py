@@ -171,6 +171,30 @@ class KernelIPsec(ABC):
     async def add_policy(self, policy: PolicySpec) -> None:
         await self._run([self._add_policy_step(policy)])
 
+    async def add_policies(self, policies: Sequence[PolicySpec]) -> list[KernelError | None]:
+        """add_policy for many, in one batch; each succeeds or fails on its own."""
+        planned: dict[PolicyKey, list[PolicySpec]] = {}
+        steps = [self._add_policy_step(p, planned) for p in policies]
+        results = await self._execute([s.op for s in steps])
+        out: list[KernelError | None] = []
+        for step, (code, detail) in zip(steps, results, strict=True):
+            if code:
+                out.append(step.op.error(code, detail))
+            else:
+                step.commit()
+                out.append(None)
+        return out
+
+    async def remove_policies(self, policies: Sequence[PolicySpec]) -> None:
+        """remove_policy for many, in one batch (first failure raised at the end)."""
+        steps = []
+        for p in policies:
+            step = self._remove_policy_step(p)
+            if step is not None:
+                step.commit()
+                steps.append(step)
+        await self._run(steps, all_or_nothing=False)
+
     async def remove_policy(self, policy: PolicySpec) -> None:
         step = self._remove_policy_step(policy)
         if step is not None:
@@ -214,9 +238,19 @@ class KernelIPsec(ABC):
     async def remove_child(self, child: ChildInstall) -> None:
         """Release the policies (reference counted) and delete both SAs. Every step is
         attempted; the first failure is raised afterwards."""
-        steps = [s for p in child.policies if (s := self._remove_policy_step(p)) is not None]
-        for sa in (child.outbound, child.inbound):
-            steps.append(_Step(Op(OpKind.DELETE_SA, sa.id), None, self._forget_larval(sa.id)))
+        await self.remove_children([child])
+
+    async def remove_children(self, children: Sequence[ChildInstall]) -> None:
+        """remove_child for many, in one batch."""
+        steps: list[_Step] = []
+        for child in children:
+            for p in child.policies:
+                step = self._remove_policy_step(p)
+                if step is not None:
+                    steps.append(step)
+                    step.commit()  # later children sharing the key see the release
+            for sa in (child.outbound, child.inbound):
+                steps.append(_Step(Op(OpKind.DELETE_SA, sa.id), None, self._forget_larval(sa.id)))
         await self._run(steps, all_or_nothing=False)
 
     # --- step planning ---------------------------------------------------------------
