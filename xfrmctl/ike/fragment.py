@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from . import rules
 from .constants import IKE_HEADER_SIZE, PAYLOAD_HEADER_SIZE, PayloadType
 from .errors import LocalError, ProtocolError
-from .message import FRAGMENT_FIELDS, Message, seal
+from .message import FRAGMENT_FIELDS, Message, SkFragment, seal
 from .payloads import pull_chain, push_chain
 from .sk import SkCipher
+
+__all__ = ["Reassembler", "SkFragment", "encode_fragments", "fragment_capacity"]
 
 MAX_FRAGMENTS = 0xFFFF
 SKF_OVERHEAD = IKE_HEADER_SIZE + PAYLOAD_HEADER_SIZE + FRAGMENT_FIELDS.size
