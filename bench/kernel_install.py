@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xfrmctl.kernel.capabilities import probe  # noqa: E402
-from xfrmctl.kernel.netlink import NetlinkKernel  # noqa: E402
-from xfrmctl.kernel.types import (  # noqa: E402
+from xfrmctl.kernel.capabilities import probe
+from xfrmctl.kernel.netlink import NetlinkKernel
+from xfrmctl.kernel.types import (
     REQID_MIN,
     Algorithm,
     ChildInstall,
@@ -60,7 +60,7 @@ def selectors(i: int) -> tuple[Selector, Selector]:
     )
 
 
-def children(n: int, with_sas: bool) -> list[ChildInstall]:
+def children(n: int) -> list[ChildInstall]:
     out = []
     for i in range(n):
         reqid = REQID_MIN + i
@@ -72,7 +72,7 @@ def children(n: int, with_sas: bool) -> list[ChildInstall]:
         aead = Algorithm("rfc4106(gcm(aes))", KEY, 128)
         sa_in = SaSpec(RIGHT, LEFT, 0xC2000000 + i, reqid, aead=aead)
         sa_out = SaSpec(LEFT, RIGHT, 0xC1000000 + i, reqid, aead=aead)
-        out.append(ChildInstall(sa_in, sa_out, pols if with_sas else pols))
+        out.append(ChildInstall(sa_in, sa_out, pols))
     return out
 
 
@@ -85,10 +85,12 @@ def ip_batch_lines(cs: list[ChildInstall], with_sas: bool) -> tuple[str, str]:
                     f"xfrm state add src {sa.src} dst {sa.dst} proto esp spi {sa.spi:#x} "
                     f"reqid {sa.reqid} mode tunnel aead 'rfc4106(gcm(aes))' 0x{KEY.hex()} 128"
                 )
-                remove.append(f"xfrm state delete src {sa.src} dst {sa.dst} proto esp spi {sa.spi:#x}")
+                remove.append(
+                    f"xfrm state delete src {sa.src} dst {sa.dst} proto esp spi {sa.spi:#x}"
+                )
         for p in c.policies:
             sel, t = p.selector, p.templates[0]
-            ports = (f"dport {sel.dport}" if sel.dport else f"sport {sel.sport}")
+            ports = f"dport {sel.dport}" if sel.dport else f"sport {sel.sport}"
             match = f"src {sel.src} dst {sel.dst} proto udp {ports} dir {p.direction.name.lower()}"
             add.append(
                 f"xfrm policy add {match} priority {p.priority} tmpl src {t.src} dst {t.dst} "
@@ -159,7 +161,7 @@ async def main() -> None:
     if not with_sas:
         why = "asked" if args.policies_only else caps.esp.reason
         print(f"policies only ({why})")
-    cs = children(args.n, with_sas)
+    cs = children(args.n)
     ip_add, ip_rm = bench_ip(cs, with_sas)
     our_add, our_rm = await bench_ours(cs, with_sas)
     what = "SAs+policies" if with_sas else "policies"

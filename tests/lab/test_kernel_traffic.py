@@ -1,7 +1,8 @@
 """Real kernel, real ESP: SAs and policies installed through KernelIPsec carry ping
 traffic between two namespaces; counters, events and scale checked against the kernel.
 
-    left  dummy0 198.51.100.1/24   veth0 192.0.2.1/24 <-> 192.0.2.2/24 veth0   dummy0 203.0.113.1/24  right
+    left:  dummy0 198.51.100.1/24, veth0 192.0.2.1/24
+    right: dummy0 203.0.113.1/24,  veth0 192.0.2.2/24
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -62,7 +62,10 @@ ALGOS: dict[str, tuple[str, dict[str, Algorithm]]] = {
     ),
     "aes-cbc-hmac-sha256": (
         "aes-cbc-hmac-sha256",
-        {"crypt": Algorithm("cbc(aes)", _key(16)), "auth": Algorithm("hmac(sha256)", _key(32), 128)},
+        {
+            "crypt": Algorithm("cbc(aes)", _key(16)),
+            "auth": Algorithm("hmac(sha256)", _key(32), 128),
+        },
     ),
 }
 
@@ -142,7 +145,9 @@ def child_for(
     return ChildInstall(inbound=inbound, outbound=outbound, policies=policies)
 
 
-async def install_pair(p: Pair, algos: dict[str, Algorithm], **kw: Any) -> tuple[ChildInstall, ChildInstall]:
+async def install_pair(
+    p: Pair, algos: dict[str, Algorithm], **kw: Any
+) -> tuple[ChildInstall, ChildInstall]:
     left_kw = dict(kw)
     right_kw = dict(kw)
     right_kw.pop("left_only_mark", None)
@@ -156,7 +161,9 @@ async def install_pair(p: Pair, algos: dict[str, Algorithm], **kw: Any) -> tuple
     return cl, cr
 
 
-def ping(ns: Netns, dst: str, src: str | None = None, count: int = PINGS, mark: int | None = None) -> bool:
+def ping(
+    ns: Netns, dst: str, src: str | None = None, count: int = PINGS, mark: int | None = None
+) -> bool:
     argv = ["ping", "-c", str(count), "-i", "0.2", "-W", "3", "-n", "-q"]
     argv += ["-I", src] if src else []
     argv += ["-m", str(mark)] if mark is not None else []
@@ -180,7 +187,9 @@ async def assert_counted(side: Side, sa: SaSpec, packets: int) -> None:
     assert counters.bytes >= 84 * packets  # 20 IP + 8 ICMP + 56 payload per echo, at least
 
 
-async def assert_traffic(p: Pair, cl: ChildInstall, cr: ChildInstall, dst: str, src: str | None) -> None:
+async def assert_traffic(
+    p: Pair, cl: ChildInstall, cr: ChildInstall, dst: str, src: str | None
+) -> None:
     assert ping(p.left.ns, dst, src), "ping through the SAs failed"
     await assert_counted(p.left, cl.outbound, PINGS)
     await assert_counted(p.right, cr.inbound, PINGS)
@@ -244,7 +253,7 @@ def _udp_in(snmp: str) -> int:
 
 async def test_marks_select_traffic(pair: Pair) -> None:
     _, algos = ALGOS["aes-gcm-128"]
-    cl, cr = await install_pair(pair, algos, left_only_mark=Mark(7, 0xFF))
+    cl, _ = await install_pair(pair, algos, left_only_mark=Mark(7, 0xFF))
     assert not ping(pair.left.ns, HOST_R, HOST_L, count=1)  # unmarked: no SA, right drops it
     assert (await pair.left.kernel.counters(cl.outbound.id)).packets == 0
     assert ping(pair.left.ns, HOST_R, HOST_L, mark=7)

@@ -151,7 +151,9 @@ async def test_foreign_change_seen_as_event(ns_kernel: tuple[Netns, NetlinkKerne
 async def test_ten_thousand_policies(ns_kernel: tuple[Netns, NetlinkKernel]) -> None:
     ns, kernel = ns_kernel
     count = 10_000
-    specs = [port_policy(i % 60000 + 1, (Direction.OUT, Direction.IN)[i // 60000]) for i in range(count)]
+    specs = [
+        port_policy(i % 60000 + 1, (Direction.OUT, Direction.IN)[i // 60000]) for i in range(count)
+    ]
     t0 = time.monotonic()
     assert await kernel.add_policies(specs) == [None] * count
     t1 = time.monotonic()
@@ -162,4 +164,3 @@ async def test_ten_thousand_policies(ns_kernel: tuple[Netns, NetlinkKernel]) -> 
     assert await kernel.dump_policies() == []
     assert ip_policies(ns) == ""
     print(f"\n{count} policies: add {t1 - t0:.2f}s")
-

@@ -108,7 +108,9 @@ async def _sa_features(kernel: NetlinkKernel) -> tuple[Feature, dict[str, Featur
             await kernel.add_sa(_sa(spi, algos))
         except KernelError as exc:
             if exc.errno == errno.EPROTONOSUPPORT:
-                reason = "kernel lacks ESP (CONFIG_INET_ESP): adding an ESP SA gives EPROTONOSUPPORT"
+                reason = (
+                    "kernel lacks ESP (CONFIG_INET_ESP): adding an ESP SA gives EPROTONOSUPPORT"
+                )
                 return Feature(False, reason), {}, Feature(False, reason)
             algorithms[family] = Feature(False, f"{family}: {exc}")
             continue
@@ -165,12 +167,11 @@ async def _probe_in(ns: str) -> Capabilities:
     return Capabilities(netlink, esp, algorithms, xfrmi, vti, sa_dir)
 
 
-_cached: Capabilities | None = None
+_cached: list[Capabilities] = []
 
 
 async def capabilities() -> Capabilities:
     """`probe()` once per process."""
-    global _cached
-    if _cached is None:
-        _cached = await probe()
-    return _cached
+    if not _cached:
+        _cached.append(await probe())
+    return _cached[0]

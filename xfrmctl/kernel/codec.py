@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from socket import htonl, htons, ntohl, ntohs
+from dataclasses import replace
 from functools import lru_cache
+from ipaddress import ip_address, ip_network
+from socket import htonl, htons, ntohl, ntohs
 from typing import Any
 
 from pyroute2.netlink import nlmsg
@@ -160,7 +161,9 @@ def _sa_attrs(sa: SaSpec) -> bytes:
     out = []
     if sa.aead is not None:
         a = sa.aead
-        out.append(nla(Attr.ALG_AEAD, S_ALGO3.pack(a.name.encode(), len(a.key) * 8, a.icv_bits) + a.key))
+        out.append(
+            nla(Attr.ALG_AEAD, S_ALGO3.pack(a.name.encode(), len(a.key) * 8, a.icv_bits) + a.key)
+        )
     if sa.crypt is not None:
         c = sa.crypt
         out.append(nla(Attr.ALG_CRYPT, S_ALGO.pack(c.name.encode(), len(c.key) * 8) + c.key))
@@ -209,7 +212,9 @@ def encode_sa(sa: SaSpec, seq: int, update: bool = False) -> bytes:
     return message(msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
-def encode_sa_id(msg_type: int, sa: SaId, seq: int, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
+def encode_sa_id(
+    msg_type: int, sa: SaId, seq: int, flags: int = NLM_F_REQUEST | NLM_F_ACK
+) -> bytes:
     body = S_USERSA_ID.pack(pack_addr(sa.dst), htonl(sa.spi), family_of(sa.dst), sa.proto)
     return message(msg_type, flags, seq, body + mark_attrs(sa.mark))
 
@@ -314,17 +319,21 @@ def _sa_spec(msg: nlmsg, f: dict[str, Any], prefix: str = "") -> tuple[SaSpec, R
         aead=None if aead is None else _algorithm(aead, True),
         crypt=None if crypt is None else _algorithm(crypt, False),
         auth=None if auth is None else _algorithm(auth, True),
-        encap=None if encap is None else Encap(
-            ntohs(encap["sport"]), ntohs(encap["dport"]), EncapType(encap["type"]),
+        encap=None
+        if encap is None
+        else Encap(
+            ntohs(encap["sport"]),
+            ntohs(encap["dport"]),
+            EncapType(encap["type"]),
             unpack_opt_addr(encap["oa"], family),
-        ),  # fmt: skip
+        ),
         replay_window=window,
         esn=bool(flags & SaFlag.ESN),
         lifetime=decode_lifetime(f, prefix + "lft_"),
         mark=decode_mark(msg),
-        set_mark=None if set_mark is None else Mark(
-            set_mark, msg.get_attr("XFRMA_SET_MARK_MASK", 0xFFFFFFFF)
-        ),  # fmt: skip
+        set_mark=None
+        if set_mark is None
+        else Mark(set_mark, msg.get_attr("XFRMA_SET_MARK_MASK", 0xFFFFFFFF)),
         if_id=msg.get_attr("XFRMA_IF_ID", 0),
         tfcpad=msg.get_attr("XFRMA_TFCPAD", 0),
         flags=flags & ~SaFlag.ESN,
@@ -354,15 +363,13 @@ _SA_REQID_OFFSET = 16 + m.offset_of(m.USERSA_INFO, "reqid")
 
 def owned_sa_message(raw: bytes) -> bool:
     """Peek at the reqid of a NEWSA message without decoding it."""
-    (reqid,) = _SA_REQID.unpack_from(raw, _SA_REQID_OFFSET)
+    reqid: int = _SA_REQID.unpack_from(raw, _SA_REQID_OFFSET)[0]
     return REQID_MIN <= reqid <= REQID_MAX
 
 
 def normalize_sa(spec: SaSpec) -> SaSpec:
     """The spec as the kernel gives it back (selector filled in, ESN window
     carried by REPLAY_ESN). Used by the fake and by tests comparing round trips."""
-    from dataclasses import replace
-
     return replace(spec, selector=spec.effective_selector())
 
 
@@ -416,11 +423,19 @@ def _templates(msg: nlmsg, policy_family: int) -> tuple[Template, ...]:
         derived = family_of(addr) if addr is not None else policy_family
         out.append(
             Template(
-                reqid=t["reqid"], proto=Proto(t["id_proto"]), mode=Mode(t["mode"]),
-                src=src, dst=dst, spi=ntohl(t["id_spi"]), optional=bool(t["optional"]),
-                share=t["share"], aalgos=t["aalgos"], ealgos=t["ealgos"], calgos=t["calgos"],
+                reqid=t["reqid"],
+                proto=Proto(t["id_proto"]),
+                mode=Mode(t["mode"]),
+                src=src,
+                dst=dst,
+                spi=ntohl(t["id_spi"]),
+                optional=bool(t["optional"]),
+                share=t["share"],
+                aalgos=t["aalgos"],
+                ealgos=t["ealgos"],
+                calgos=t["calgos"],
                 family=0 if family == derived else family,
-            )  # fmt: skip
+            )
         )
     return tuple(out)
 
@@ -472,8 +487,13 @@ def decode_spdinfo(msg: nlmsg) -> SpdInfo:
         v4[0]["lbits"] if v4 else 32, v4[0]["rbits"] if v4 else 32,
         v6[0]["lbits"] if v6 else 128, v6[0]["rbits"] if v6 else 128,
     )  # fmt: skip
-    counts = [info.get(n, 0) for n, _ in m.SPDINFO]
-    return SpdInfo(*counts, hinfo.get("spdhcnt", 0), hinfo.get("spdhmcnt", 0), thresholds)
+    counts = {n: info.get(n, 0) for n, _ in m.SPDINFO}
+    return SpdInfo(
+        **counts,
+        hash_count=hinfo.get("spdhcnt", 0),
+        hash_max=hinfo.get("spdhmcnt", 0),
+        thresholds=thresholds,
+    )
 
 
 # --- events --------------------------------------------------------------------------
@@ -517,10 +537,14 @@ def _migrate(msg: nlmsg) -> Migrate:
     raw = msg.get_attr("XFRMA_MIGRATE")
     entries = tuple(
         MigrateEntry(
-            unpack_addr(e["old_saddr"], e["old_family"]), unpack_addr(e["old_daddr"], e["old_family"]),
-            unpack_addr(e["new_saddr"], e["new_family"]), unpack_addr(e["new_daddr"], e["new_family"]),
-            Proto(e["proto"]), Mode(e["mode"]), e["reqid"],
-        )  # fmt: skip
+            unpack_addr(e["old_saddr"], e["old_family"]),
+            unpack_addr(e["old_daddr"], e["old_family"]),
+            unpack_addr(e["new_saddr"], e["new_family"]),
+            unpack_addr(e["new_daddr"], e["new_family"]),
+            Proto(e["proto"]),
+            Mode(e["mode"]),
+            e["reqid"],
+        )
         for e in (raw["items"] if raw is not None else [])
     )
     selector = decode_selector(msg, "sel_", AF_INET)
@@ -544,7 +568,9 @@ def _policy_notify(msg: nlmsg, kind: str) -> PolicyNotify:
         return PolicyNotify(kind, None)
     if kind == "delete":
         sel = decode_selector(msg, "sel_", AF_INET)
-        key = PolicyKey(sel, Direction(msg["dir"]), decode_mark(msg), msg.get_attr("XFRMA_IF_ID", 0))
+        key = PolicyKey(
+            sel, Direction(msg["dir"]), decode_mark(msg), msg.get_attr("XFRMA_IF_ID", 0)
+        )
         return PolicyNotify(kind, key, msg["index"])
     spec = decode_policy(msg).spec
     return PolicyNotify(kind, spec.key, spec.index)
@@ -590,7 +616,5 @@ def split(data: bytes | bytearray) -> Iterable[tuple[int, int, int, int]]:
 
 def error_code(data: bytes | bytearray, offset: int) -> int:
     """The (positive) errno of an NLMSG_ERROR; 0 for an ack."""
-    (code,) = struct.unpack_from("=i", data, offset + 16)
+    code: int = struct.unpack_from("=i", data, offset + 16)[0]
     return -code
-
-

@@ -75,7 +75,7 @@ class FakeKernel(KernelIPsec):
     now: float = 1_700_000_000.0
     sas: dict[SaKey, _Sa] = field(default_factory=dict)
     policies: dict[PolicyKey, PolicySpec] = field(default_factory=dict)
-    thresholds: SpdThresholds = SpdThresholds()
+    thresholds: SpdThresholds = field(default_factory=SpdThresholds)
     fail_on: set[OpKind] = field(default_factory=set)  # force a failure (tests)
     _queue: asyncio.Queue[KernelEvent] = field(default_factory=asyncio.Queue)
     _next_index: int = 8
@@ -196,7 +196,7 @@ class FakeKernel(KernelIPsec):
             raise KernelError("set spdinfo", thresholds, errno.EINVAL)
         self.thresholds = thresholds
 
-    async def events(self) -> AsyncIterator[KernelEvent]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[KernelEvent]:
         while True:
             yield await self._queue.get()
 

@@ -106,6 +106,10 @@ class Group(IntEnum):
 ADDR = "16s"
 
 
+def cat(*parts: Fields) -> Fields:
+    return tuple(field for part in parts for field in part)
+
+
 def _prefixed(prefix: str, fields: Fields) -> Fields:
     return tuple((name if name.startswith("_") else prefix + name, fmt) for name, fmt in fields)
 
@@ -132,64 +136,66 @@ LIFETIME_CUR: Fields = (("bytes", "Q"), ("packets", "Q"), ("add_time", "Q"), ("u
 STATS: Fields = (("replay_window", "I"), ("replay", "I"), ("integrity_failed", "I"))
 
 USERSA_INFO: Fields = _pads(
-    _prefixed("sel_", SELECTOR)
-    + _prefixed("id_", XFRM_ID)
-    + (("saddr", ADDR),)
-    + _prefixed("lft_", LIFETIME_CFG)
-    + _prefixed("cur_", LIFETIME_CUR)
-    + _prefixed("stats_", STATS)
-    + (("seq", "I"), ("reqid", "I"), ("family", "H"), ("mode", "B"))
-    + (("replay_window", "B"), ("flags", "B"), ("_", "7x"))
-)
+    cat(
+        _prefixed("sel_", SELECTOR), _prefixed("id_", XFRM_ID), (("saddr", ADDR),),
+        _prefixed("lft_", LIFETIME_CFG), _prefixed("cur_", LIFETIME_CUR),
+        _prefixed("stats_", STATS),
+        (("seq", "I"), ("reqid", "I"), ("family", "H"), ("mode", "B")),
+        (("replay_window", "B"), ("flags", "B"), ("_", "7x")),
+    )
+)  # fmt: skip
 USERSA_ID: Fields = _pads(
     (("daddr", ADDR), ("spi", "I"), ("family", "H"), ("proto", "B"), ("_", "x"))
 )
-USERSPI_INFO: Fields = USERSA_INFO + (("min", "I"), ("max", "I"))
+USERSPI_INFO: Fields = cat(USERSA_INFO, (("min", "I"), ("max", "I")))
 USERPOLICY_INFO: Fields = _pads(
-    _prefixed("sel_", SELECTOR)
-    + _prefixed("lft_", LIFETIME_CFG)
-    + _prefixed("cur_", LIFETIME_CUR)
-    + (("priority", "I"), ("index", "I"), ("dir", "B"), ("action", "B"))
-    + (("flags", "B"), ("share", "B"), ("_", "4x"))
-)
+    cat(
+        _prefixed("sel_", SELECTOR), _prefixed("lft_", LIFETIME_CFG),
+        _prefixed("cur_", LIFETIME_CUR),
+        (("priority", "I"), ("index", "I"), ("dir", "B"), ("action", "B")),
+        (("flags", "B"), ("share", "B"), ("_", "4x")),
+    )
+)  # fmt: skip
 USERPOLICY_ID: Fields = _pads(
-    _prefixed("sel_", SELECTOR) + (("index", "I"), ("dir", "B"), ("_", "3x"))
+    cat(_prefixed("sel_", SELECTOR), (("index", "I"), ("dir", "B"), ("_", "3x")))
 )
 USER_TMPL: Fields = _pads(
-    _prefixed("id_", XFRM_ID)
-    + (("family", "H"), ("_", "2x"), ("saddr", ADDR), ("reqid", "I"), ("mode", "B"))
-    + (("share", "B"), ("optional", "B"), ("_", "x"))
-    + (("aalgos", "I"), ("ealgos", "I"), ("calgos", "I"))
+    cat(
+        _prefixed("id_", XFRM_ID),
+        (("family", "H"), ("_", "2x"), ("saddr", ADDR), ("reqid", "I"), ("mode", "B")),
+        (("share", "B"), ("optional", "B"), ("_", "x")),
+        (("aalgos", "I"), ("ealgos", "I"), ("calgos", "I")),
+    )
 )
 ENCAP_TMPL: Fields = _pads(
     (("type", "H"), ("sport", "H"), ("dport", "H"), ("_", "2x"), ("oa", ADDR))
 )
 USER_ACQUIRE: Fields = _pads(
-    _prefixed("id_", XFRM_ID)
-    + (("saddr", ADDR),)
-    + _prefixed("sel_", SELECTOR)
-    + _prefixed("pol_", USERPOLICY_INFO)
-    + (("aalgos", "I"), ("ealgos", "I"), ("calgos", "I"), ("seq", "I"))
-)
-USER_EXPIRE: Fields = _pads(USERSA_INFO + (("hard", "B"), ("_", "7x")))
-USER_POLEXPIRE: Fields = _pads(USERPOLICY_INFO + (("hard", "B"), ("_", "7x")))
-USER_MAPPING: Fields = (
-    _prefixed("id_", USERSA_ID)
-    + (("reqid", "I"), ("old_saddr", ADDR), ("new_saddr", ADDR))
-    + (("old_sport", "H"), ("new_sport", "H"))
+    cat(
+        _prefixed("id_", XFRM_ID), (("saddr", ADDR),), _prefixed("sel_", SELECTOR),
+        _prefixed("pol_", USERPOLICY_INFO),
+        (("aalgos", "I"), ("ealgos", "I"), ("calgos", "I"), ("seq", "I")),
+    )
+)  # fmt: skip
+USER_EXPIRE: Fields = _pads(cat(USERSA_INFO, (("hard", "B"), ("_", "7x"))))
+USER_POLEXPIRE: Fields = _pads(cat(USERPOLICY_INFO, (("hard", "B"), ("_", "7x"))))
+USER_MAPPING: Fields = cat(
+    _prefixed("id_", USERSA_ID),
+    (("reqid", "I"), ("old_saddr", ADDR), ("new_saddr", ADDR)),
+    (("old_sport", "H"), ("new_sport", "H")),
 )
 USER_MIGRATE: Fields = (
     ("old_daddr", ADDR), ("old_saddr", ADDR), ("new_daddr", ADDR), ("new_saddr", ADDR),
     ("proto", "B"), ("mode", "B"), ("reserved", "H"), ("reqid", "I"),
     ("old_family", "H"), ("new_family", "H"),
 )  # fmt: skip
-AEVENT_ID: Fields = (
-    _prefixed("id_", USERSA_ID) + (("saddr", ADDR), ("flags", "I"), ("reqid", "I"))
+AEVENT_ID: Fields = cat(
+    _prefixed("id_", USERSA_ID), (("saddr", ADDR), ("flags", "I"), ("reqid", "I"))
 )
 USERSA_FLUSH: Fields = (("proto", "B"), ("_pad0", "3x"))
 ALGO: Fields = (("alg_name", "64s"), ("alg_key_len", "I"))
-ALGO_AUTH: Fields = ALGO + (("alg_trunc_len", "I"),)
-ALGO_AEAD: Fields = ALGO + (("alg_icv_len", "I"),)
+ALGO_AUTH: Fields = cat(ALGO, (("alg_trunc_len", "I"),))
+ALGO_AEAD: Fields = cat(ALGO, (("alg_icv_len", "I"),))
 REPLAY_STATE: Fields = (("oseq", "I"), ("seq", "I"), ("bitmap", "I"))
 REPLAY_ESN: Fields = (
     ("bmp_len", "I"), ("oseq", "I"), ("seq", "I"), ("oseq_hi", "I"), ("seq_hi", "I"),

@@ -310,7 +310,7 @@ class NetlinkKernel(KernelIPsec):
                 if event is not None:
                     self._queue.put_nowait(event)
 
-    async def events(self) -> AsyncIterator[KernelEvent]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[KernelEvent]:
         while True:
             yield await self._queue.get()
 

@@ -456,7 +456,9 @@ class EventsLost:
     errno: int
 
 
-KernelEvent = EventsLost | Acquire | Expire | PolicyExpire | Mapping | Migrate | SaNotify | PolicyNotify
+KernelEvent = (
+    EventsLost | Acquire | Expire | PolicyExpire | Mapping | Migrate | SaNotify | PolicyNotify
+)
 
 
 class KernelError(Exception):

@@ -23,13 +23,17 @@ from xfrmctl.kernel.types import (
     Algorithm,
     ChildInstall,
     Direction,
+    Encap,
     KernelError,
     KernelEvent,
+    Lifetime,
     Mark,
     Mode,
+    PolicyNotify,
     PolicySpec,
     SaSpec,
     Selector,
+    SpdThresholds,
     Template,
 )
 
@@ -50,7 +54,9 @@ class KernelEnv:
         if self.esp_reason:
             pytest.skip(self.esp_reason)
 
-    def add_foreign_policy(self, sel: Selector, direction: Direction, reqid: int, prio: int) -> None:
+    def add_foreign_policy(
+        self, sel: Selector, direction: Direction, reqid: int, prio: int
+    ) -> None:
         """A policy someone else (ip xfrm, strongSwan) installed."""
         if self.netns is None:
             assert isinstance(self.kernel, FakeKernel)
@@ -72,7 +78,9 @@ class KernelEnv:
             return sum(1 for p in self.kernel.policies.values() if not p.owned())
         out = subprocess.run(
             ["ip", "-n", self.netns, "xfrm", "policy", "list"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         return sum(1 for line in out.splitlines() if "reqid 1 " in line + " ")
 
@@ -110,7 +118,9 @@ def strip_index(p: PolicySpec) -> PolicySpec:
     return replace(p, index=0)
 
 
-async def next_event(events: AsyncIterator[KernelEvent], kind: type, timeout: float = 2.0) -> KernelEvent:
+async def next_event(
+    events: AsyncIterator[KernelEvent], kind: type, timeout: float = 2.0
+) -> KernelEvent:
     async def find() -> KernelEvent:
         async for ev in events:
             if isinstance(ev, kind):
@@ -124,7 +134,8 @@ async def next_event(events: AsyncIterator[KernelEvent], kind: type, timeout: fl
 
 
 async def test_policy_round_trip(env: KernelEnv) -> None:
-    specs = [policy(Direction.OUT), policy(Direction.IN, src="203.0.113.0/24", dst="198.51.100.0/24"),
+    back = policy(Direction.IN, src="203.0.113.0/24", dst="198.51.100.0/24")
+    specs = [policy(Direction.OUT), back,
              policy(Direction.FWD, mark=Mark(7, 0xFF))]  # fmt: skip
     for p in specs:
         await env.kernel.add_policy(p)
@@ -196,8 +207,6 @@ async def test_spdinfo(env: KernelEnv) -> None:
     await env.kernel.add_policy(policy(Direction.IN, src="203.0.113.0/24", dst="198.51.100.0/24"))
     info = await env.kernel.get_spdinfo()
     assert (info.incnt, info.outcnt, info.fwdcnt) == (1, 1, 0)
-    from xfrmctl.kernel.types import SpdThresholds
-
     wanted = SpdThresholds(24, 16, 64, 48)
     await env.kernel.set_spdinfo(wanted)
     assert (await env.kernel.get_spdinfo()).thresholds == wanted
@@ -209,14 +218,16 @@ async def test_policy_events(env: KernelEnv) -> None:
     events = env.kernel.events()
     p = policy()
     await env.kernel.add_policy(p)
-    ev = await next_event(events, __import__("xfrmctl.kernel.types", fromlist=["x"]).PolicyNotify)
+    ev = await next_event(events, PolicyNotify)
     assert ev.kind == "new" and ev.key == p.key  # type: ignore[attr-defined]
 
 
 async def test_child_rollback_when_sa_fails(env: KernelEnv) -> None:
     """The SAs fail (bad algorithm, or no ESP at all): no policy may stay behind."""
     bad = child(0xC0000101, 0xC0000102)
-    bad = replace(bad, outbound=replace(bad.outbound, aead=Algorithm("nonesuch(aes)", bytes(20), 128)))
+    bad = replace(
+        bad, outbound=replace(bad.outbound, aead=Algorithm("nonesuch(aes)", bytes(20), 128))
+    )
     with pytest.raises(KernelError) as info:
         await env.kernel.install_child(bad)
     assert info.value.errno in (errno.ENOSYS, errno.EPROTONOSUPPORT)
@@ -230,13 +241,12 @@ async def test_child_rollback_when_sa_fails(env: KernelEnv) -> None:
 
 async def test_sa_round_trip(env: KernelEnv) -> None:
     env.require_esp()
-    from xfrmctl.kernel.types import Encap, Lifetime
-
     specs = [
         sa(0xC0000001),
         sa(0xC0000002, mode=Mode.TRANSPORT, replay_window=128, esn=True, mark=Mark(3, 0xF)),
         SaSpec(LEFT, RIGHT, 0xC0000003, REQID_MIN + 3,
-               crypt=Algorithm("cbc(aes)", bytes(16)), auth=Algorithm("hmac(sha256)", bytes(32), 128),
+               crypt=Algorithm("cbc(aes)", bytes(16)),
+               auth=Algorithm("hmac(sha256)", bytes(32), 128),
                encap=Encap(4500, 4500), lifetime=Lifetime(soft_add_expires_seconds=100,
                hard_add_expires_seconds=200), if_id=42, tfcpad=16),
     ]  # fmt: skip

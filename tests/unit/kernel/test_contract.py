@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.netns import netns, require_root
+from tests.unit.kernel.contract import *  # noqa: F403
+from tests.unit.kernel.contract import KernelEnv
 from xfrmctl.kernel.capabilities import Capabilities, probe
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.netlink import NetlinkKernel
-
-from tests.unit.kernel.contract import *  # noqa: F403
-from tests.unit.kernel.contract import KernelEnv
 
 _caps: list[Capabilities] = []
 
