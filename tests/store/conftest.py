@@ -1,0 +1,54 @@
+"""A throwaway PostgreSQL cluster (initdb/pg_ctl as the `postgres` user, unix socket only,
+in a temp dir), never the host's own service. Skipped if the binaries are absent."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _run_as(user: str, *argv: str) -> None:
+    prefix = [] if pwd.getpwuid(os.getuid()).pw_name == user else ["runuser", "-u", user, "--"]
+    subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not installed (apt-get install postgresql)")
+    user = "postgres"
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        pytest.skip("no postgres system user to run the throwaway cluster as")
+    if os.getuid() != 0 and os.getuid() != pw.pw_uid:
+        pytest.skip("need root or the postgres user to start a throwaway cluster")
+    root = Path(tempfile.mkdtemp(prefix="xfrmctl-pg-"))
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+    data, sock = root / "data", root / "sock"
+    _run_as(user, "mkdir", str(sock))
+    _run_as(user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", user,
+            "--no-sync", "-E", "UTF8")
+    options = f"-k {sock} -c listen_addresses='' -c fsync=off"
+    _run_as(user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w",
+            "-l", str(root / "log"), "start")
+    try:
+        _run_as(user, str(bindir / "createdb"), "-h", str(sock), "-U", user, "xfrmctl")
+        yield f"postgresql+psycopg://{user}@/xfrmctl?host={sock}"
+    finally:
+        _run_as(user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
