@@ -156,6 +156,9 @@ async def install_pair(
         left_kw["mark"] = mark
     cl = child_for(p.left, 0xC0000A01, 0xC0000B01, algos, **left_kw)
     cr = child_for(p.right, 0xC0000B01, 0xC0000A01, algos, **right_kw)
+    if kw.get("mode", Mode.TUNNEL) == Mode.TUNNEL:  # the subnets are reached over veth0
+        for side in (p.left, p.right):
+            side.ns.ip("route", "add", str(side.peer_net), "via", str(side.peer))
     await p.left.kernel.install_child(cl)
     await p.right.kernel.install_child(cr)
     return cl, cr
