@@ -1,0 +1,3 @@
+from xfrmctl.cli import main
+
+main(prog_name="xfrmctl")

@@ -1,0 +1,95 @@
+"""`xfrmctl token` (API tokens) and `xfrmctl db` (migrations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from xfrmctl.config import Settings
+from xfrmctl.store import repo
+from xfrmctl.store.db import Database
+from xfrmctl.store.migrate import upgrade
+from xfrmctl.store.tokens import Scope
+
+from . import State, json_flag, pass_state
+from .output import col, emit_json, emit_table
+
+
+@click.group()
+def token() -> None:
+    """API tokens (needs an admin token, or --local with access to the database)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice([s.value for s in Scope]), help="read, operate or admin")
+@click.option("--local", is_flag=True,
+              help="write to the database directly (bootstrap the first admin token)")
+@click.option("--database-url", envvar="XFRMCTL_DATABASE_URL", help="with --local")
+@json_flag
+@pass_state
+def token_create(state: State, name: str, scopes: tuple[str, ...], local: bool,
+                 database_url: str | None) -> None:
+    """Create a token; it is printed once and cannot be shown again."""
+    if local:
+        db = Database(database_url or Settings().database_url)
+        try:
+            row, plaintext = db.call(repo.create_token, name=name,
+                                     scopes=[Scope(s) for s in scopes], actor="cli:local")
+        finally:
+            db.dispose()
+        created: dict[str, Any] = {"id": row.id, "name": row.name, "scopes": row.scopes,
+                                   "prefix": row.prefix, "token": plaintext}
+    else:
+        created = state.api.request("POST", "/tokens",
+                                    json={"name": name, "scopes": list(scopes)})
+    if state.json:
+        emit_json(created)
+    else:
+        click.echo(created["token"])
+        click.echo(f"token {name} (id {created['id']}) created; store it now, it is not "
+                   "shown again", err=True)
+
+
+@token.command("list")
+@json_flag
+@pass_state
+def token_list(state: State) -> None:
+    rows = state.api.all("/tokens")
+    if state.json:
+        emit_json(rows)
+        return
+    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("PREFIX", "prefix"),
+                      col("SCOPES", "scopes"), col("CREATED", "created_at"),
+                      col("EXPIRES", "expires_at"), col("REVOKED", "revoked_at")])
+
+
+@token.command("revoke")
+@click.argument("ref")
+@json_flag
+@pass_state
+def token_revoke(state: State, ref: str) -> None:
+    """Revoke a token (by id or name); it stops working at once."""
+    token_id = ref if ref.isdigit() else next(
+        (str(t["id"]) for t in state.api.all("/tokens") if t["name"] == ref), None)
+    if token_id is None:
+        raise click.BadParameter(f"no token named {ref!r}", param_hint="REF")
+    state.api.request("DELETE", f"/tokens/{token_id}")
+    emit_json({"revoked": int(token_id)}) if state.json else click.echo(f"revoked {ref}")
+
+
+@click.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", envvar="XFRMCTL_DATABASE_URL",
+              help="default: settings (XFRMCTL_DATABASE_URL or the config file)")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(database_url: str | None, revision: str) -> None:
+    """Create or migrate the schema (Alembic) up to `revision`."""
+    upgrade(database_url or Settings().database_url, revision)
+    click.echo(f"database at {revision}", err=True)

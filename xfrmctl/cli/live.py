@@ -1,0 +1,160 @@
+"""Live state: `sa`, `status`, `policy`, `events`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from . import State, json_flag, pass_state
+from .client import EXIT_NOT_FOUND, ApiError
+from .output import ago, col, emit_fields, emit_json, emit_table, human_bytes
+
+
+def resolve_connection(state: State, ref: str) -> dict[str, Any]:
+    """A connection by id or by name."""
+    if ref.isdigit():
+        conn: dict[str, Any] = state.api.get(f"/connections/{ref}")
+        return conn
+    for conn in state.api.all("/connections"):
+        if conn["name"] == ref:
+            return conn
+    raise ApiError(f"no connection named {ref!r}", EXIT_NOT_FOUND)
+
+
+IKE_COLUMNS = [
+    col("IKE_SA", "id"), col("CONN", "connection_name"), col("STATE", "state"),
+    ("LOCAL", lambda s: f"{s['local_addr']}[{s['local_id'] or ''}]"),
+    ("REMOTE", lambda s: f"{s['remote_addr']}[{s['remote_id'] or ''}]"),
+    ("SPIS", lambda s: f"{s['spi_i']}_i {s['spi_r']}_r"),
+    ("ALGORITHMS", lambda s: "/".join(a for a in (s["encryption"], s["integrity"], s["prf"],
+                                                    s["dh_group"]) if a)),
+    ("AGE", lambda s: ago(s["established_at"])), ("REKEY", lambda s: ago(s["rekey_at"])),
+]
+CHILD_COLUMNS = [
+    col("CHILD_SA", "id"), col("IKE_SA", "ike_sa_id"), col("NAME", "name"),
+    col("STATE", "state"), col("MODE", "mode"),
+    ("SPIS", lambda s: f"{s['spi_in']}_i {s['spi_out']}_o"),
+    ("ALGORITHMS", lambda s: "/".join(a for a in (s["encryption"], s["integrity"],
+                                                    s["dh_group"]) if a)),
+    ("SELECTORS", lambda s: f"{','.join(s['local_ts'])} === {','.join(s['remote_ts'])}"),
+    ("IN", lambda s: f"{human_bytes(s['traffic']['bytes_in'])}/"
+                     f"{s['traffic']['packets_in']}p"),
+    ("OUT", lambda s: f"{human_bytes(s['traffic']['bytes_out'])}/"
+                      f"{s['traffic']['packets_out']}p"),
+    ("AGE", lambda s: ago(s["installed_at"])), ("REKEY", lambda s: ago(s["rekey_at"])),
+    ("EXPIRE", lambda s: ago(s["expire_at"])),
+]
+
+
+@click.group()
+def sa() -> None:
+    """IKE_SAs and CHILD_SAs as negotiated."""
+
+
+@sa.command("list")
+@click.option("--conn", "conn_ref", help="only this connection (name or id)")
+@json_flag
+@pass_state
+def sa_list(state: State, conn_ref: str | None) -> None:
+    """IKE and CHILD SAs: algorithms, SPIs, selectors, age, rekey/expiry, traffic."""
+    conn_id = resolve_connection(state, conn_ref)["id"] if conn_ref else None
+    ike = state.api.all("/ike-sas", connection_id=conn_id)
+    children = state.api.all("/child-sas", connection_id=conn_id)
+    if state.json:
+        emit_json({"ike_sas": ike, "child_sas": children})
+        return
+    emit_table(ike, IKE_COLUMNS)
+    click.echo()
+    emit_table(children, CHILD_COLUMNS)
+
+
+@sa.command("show")
+@click.argument("sa_id")
+@json_flag
+@pass_state
+def sa_show(state: State, sa_id: str) -> None:
+    """One IKE_SA with its CHILD_SAs (or one CHILD_SA)."""
+    try:
+        ike = state.api.get(f"/ike-sas/{sa_id}")
+    except ApiError as exc:
+        if exc.exit_code != EXIT_NOT_FOUND:
+            raise
+        child = state.api.get(f"/child-sas/{sa_id}")
+        emit_json(child) if state.json else emit_fields(child)
+        return
+    children = state.api.all("/child-sas", ike_sa_id=sa_id)
+    if state.json:
+        emit_json({**ike, "child_sas": children})
+        return
+    emit_fields(ike)
+    click.echo()
+    emit_table(children, CHILD_COLUMNS)
+
+
+@click.command()
+@json_flag
+@pass_state
+def status(state: State) -> None:
+    """Every configured connection with its actual state and, when down, why."""
+    data = state.api.get("/status")
+    if state.json:
+        emit_json(data)
+        return
+    if not data["daemon"]:
+        click.echo("daemon: not running (desired state only)")
+    emit_table(data["connections"], [
+        col("ID", "id"), col("CONNECTION", "name"), col("ENABLED", "enabled"),
+        ("STATE", lambda c: c["state"] or "unknown"), col("REASON", "reason"),
+        ("IKE_SAS", lambda c: len(c["ike_sa_ids"])), ("SINCE", lambda c: ago(c["since"]))])
+
+
+@click.group()
+def policy() -> None:
+    """IPsec policies installed by the daemon."""
+
+
+@policy.command("list")
+@click.option("--conn", "conn_ref", help="only this connection (name or id)")
+@json_flag
+@pass_state
+def policy_list(state: State, conn_ref: str | None) -> None:
+    conn_id = resolve_connection(state, conn_ref)["id"] if conn_ref else None
+    rows = state.api.all("/policies", connection_id=conn_id)
+    if state.json:
+        emit_json(rows)
+        return
+    emit_table(rows, [col("DIR", "direction"), col("SRC", "src"), col("DST", "dst"),
+                      col("PROTO", "proto"), col("ACTION", "action"), col("PRIO", "priority"),
+                      col("IF_ID", "if_id"), col("CHILD_SA", "child_sa_id")])
+
+
+EVENT_COLUMNS = [col("ID", "id"), col("TIME", "ts"), col("KIND", "kind"), col("TYPE", "type"),
+                 col("ACTOR", "actor"), col("MESSAGE", "message")]
+
+
+@click.command()
+@click.option("--follow", "-f", is_flag=True, help="stream new events as they happen")
+@click.option("--kind", type=click.Choice(["protocol", "audit"]))
+@click.option("--type", "type_", help="only this event type, e.g. connections.update")
+@click.option("--conn", "conn_ref", help="only this connection (name or id)")
+@click.option("--limit", default=50, show_default=True, help="history: newest N events")
+@click.option("--count", type=int, help="--follow: stop after N events")
+@json_flag
+@pass_state
+def events(state: State, follow: bool, kind: str | None, type_: str | None,
+           conn_ref: str | None, limit: int, count: int | None) -> None:
+    """Event history (newest last), or a live stream with --follow."""
+    conn_id = resolve_connection(state, conn_ref)["id"] if conn_ref else None
+    filters = {"kind": kind, "type": type_, "connection_id": conn_id}
+    if not follow:
+        rows = list(reversed(state.api.get("/events", limit=limit, **filters)["data"]))
+        emit_json(rows) if state.json else emit_table(rows, EVENT_COLUMNS)
+        return
+    for event in state.api.stream("/events/stream", max_events=count, **filters):
+        if state.json:
+            click.echo(json.dumps(event, sort_keys=True))
+        else:
+            click.echo(f"{event['ts']}  {event['kind']:<8}  {event['type']:<24}  "
+                       f"{event['message']}")
