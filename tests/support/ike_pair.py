@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from cryptography import x509
+
+from tests.support.pki import Credential
+from xfrmctl.ike.certs import TrustStore
 from xfrmctl.ike.config import AuthMethodName, ChildConfig, IkeConfig, LocalAuth, RemoteAuth
 from xfrmctl.ike.events import Event
 from xfrmctl.ike.manager import IkeManager
@@ -21,6 +26,20 @@ def psk_config(name: str = "net", *, psk: bytes = PSK, peer_psk: bytes | None = 
         name=name,
         local_auth=LocalAuth(AuthMethodName.PSK, psk=psk),
         remote_auth=RemoteAuth(AuthMethodName.PSK, psk=peer_psk or psk),
+        children=children,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def cert_config(name: str = "net", *, cred: Credential, trust: Sequence[x509.Certificate],
+                intermediates: Sequence[x509.Certificate] = (),
+                children: tuple[ChildConfig, ...] = (), **kwargs: object) -> IkeConfig:
+    """A connection authenticated by `cred` (key and certificate), trusting the CAs `trust`."""
+    return IkeConfig(
+        name=name,
+        local_auth=LocalAuth(AuthMethodName.PUBKEY, private_key=cred.key,
+                             certificate=cred.cert, intermediates=tuple(intermediates)),
+        remote_auth=RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(trust)),
         children=children,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -81,5 +100,11 @@ class Pair:
         return [e for e in events if isinstance(e, kind)]
 
 
-def make_pair(conf_a: IkeConfig, conf_b: IkeConfig, **manager_b: object) -> Pair:
-    return Pair(IkeManager([conf_a]), IkeManager([conf_b], **manager_b))  # type: ignore[arg-type]
+def make_pair(conf_a: IkeConfig, conf_b: IkeConfig, *, wall_clock: bool = False,
+              **manager_b: object) -> Pair:
+    """`wall_clock`: start the virtual clock at the real time (certificates made by
+    tests/support/pki.py are valid around now)."""
+    pair = Pair(IkeManager([conf_a]), IkeManager([conf_b], **manager_b))  # type: ignore[arg-type]
+    if wall_clock:
+        pair.now = time.time()
+    return pair

@@ -103,6 +103,14 @@ class RemoteAuth:
     trust: TrustStore | None = None
 
 
+class SendCert(StrEnum):
+    """When we send our certificate (CERT payloads) with pubkey authentication."""
+
+    ALWAYS = "always"
+    IFASKED = "ifasked"  # only if the peer sent a CERTREQ (strongSwan's default)
+    NEVER = "never"  # the peer has our certificate already
+
+
 class Mode(StrEnum):
     TUNNEL = "tunnel"
     TRANSPORT = "transport"
@@ -158,6 +166,7 @@ class IkeConfig:
     fragmentation: bool = True
     fragment_size: int = 1280
     send_certreq: bool = True
+    send_cert: SendCert = SendCert.IFASKED
     request_virtual_ip: bool = False
     pool: AddressPoolLike | None = None
     force_encap: bool = False

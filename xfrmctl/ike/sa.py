@@ -36,14 +36,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from . import auth, dh, proposals, ts
 from .algorithms import encr_key_size, integ_key_size
 from .certs import TrustStore, id_for_certificate, identity_matches
-from .config import AuthMethodName, ChildConfig, Identity, IkeConfig, LocalAuth, Mode
+from .config import AuthMethodName, ChildConfig, Identity, IkeConfig, LocalAuth, Mode, SendCert
 from .constants import (
     AuthMethod,
     CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
-    HashAlgorithm,
     NotifyType,
     ProtocolId,
     TransformType,
@@ -579,8 +578,9 @@ class IkeSa:
         ]
         if conf.fragmentation:
             notifies.append(_notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        hashes = b"".join(struct.pack("!H", h) for h in auth.SUPPORTED_HASHES)
-        notifies.append(_notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
+        hashes = b"".join(struct.pack("!H", h) for h in sorted(auth.SUPPORTED_HASHES))
+        if hashes:
+            notifies.append(_notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
         return notifies
 
     def _send_init_request(self, now: float) -> None:
@@ -770,13 +770,23 @@ class IkeSa:
             return [AuthPayload(AuthMethod.PSK, auth.psk_auth(self._prf, local.psk, octets))]
         if local.private_key is None or local.certificate is None:
             raise LocalError(f"connection {conf.name}: pubkey auth needs a key and certificate")
-        hashes = self.peer_hashes or {HashAlgorithm.SHA2_256}
-        method, data = auth.sign(local.private_key, octets, hashes)
+        # RFC 7427 4: a peer without SIGNATURE_HASH_ALGORITHMS gets the legacy method of
+        # the key type (RSA_SIG, ECDSA_SHA*_P*); auth.sign does that for an empty set.
+        method, data = auth.sign(local.private_key, octets, set(self.peer_hashes))
+        if not self._sends_cert(conf):
+            return [AuthPayload(method, data)]
         certs: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE,
                                             local.certificate.public_bytes(Encoding.DER))]
         certs += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(Encoding.DER))
                   for c in local.intermediates]
         return [*certs, AuthPayload(method, data)]
+
+    def _sends_cert(self, conf: IkeConfig) -> bool:
+        """Our CERT payloads go out always, never, or (default) when the peer sent a
+        CERTREQ, whichever CAs it named (as strongSwan's send_cert = ifasked)."""
+        if conf.send_cert is SendCert.IFASKED:
+            return self._peer_certreq
+        return conf.send_cert is SendCert.ALWAYS
 
     def _send_auth_request(self, now: float) -> None:
         conf = self._conf()
@@ -819,14 +829,14 @@ class IkeSa:
             raise ProtocolError("IKE_AUTH response lacks IDr or AUTH")
         remote_id = Identity(idr.id_type, idr.data)
         if conf.remote_id is not None and remote_id != conf.remote_id:
-            self._fail(FailureReason.AUTHENTICATION_FAILED,
-                       f"peer identity {remote_id} is not the configured {conf.remote_id}",
-                       ours=(str(conf.remote_id),), theirs=(str(remote_id),))
+            self._reject_responder(f"peer identity {remote_id} is not the configured "
+                                   f"{conf.remote_id}", ours=(str(conf.remote_id),),
+                                   theirs=(str(remote_id),))
             return
         why = self._verify_peer_auth(conf, msg, idr, auth_payload, self._init_response,
                                      self._nonce_i)
         if why is not None:
-            self._fail(FailureReason.AUTHENTICATION_FAILED, why)
+            self._reject_responder(why)
             return
         self.remote_id = remote_id
         self._established(now)
@@ -838,6 +848,17 @@ class IkeSa:
         for child in self._pending_children:
             self.create_child(child.name, now)
         self._pending_children = []
+
+    def _reject_responder(self, why: str, ours: tuple[str, ...] = (),
+                          theirs: tuple[str, ...] = ()) -> None:
+        """The responder's AUTH failed: tell it in a new INFORMATIONAL request (RFC 7296
+        2.21.2), sent once and not waited for, then give up the IKE SA."""
+        notify = self._message(ExchangeType.INFORMATIONAL,
+                               [_notify(NotifyType.AUTHENTICATION_FAILED)])
+        notify.message_id = self._next_request_id
+        self._next_request_id += 1
+        self._emit_datagrams(self._encode(notify))
+        self._fail(FailureReason.AUTHENTICATION_FAILED, why, ours=ours, theirs=theirs)
 
     def _verify_peer_auth(self, conf: IkeConfig, msg: Message, id_payload: IdiPayload |
                           IdrPayload, auth_payload: AuthPayload, octets_prefix: bytes,
@@ -865,6 +886,8 @@ class IkeSa:
                                  auth_payload: AuthPayload, octets: bytes) -> str | None:
         if trust is None:
             return "no CA configured to verify the peer's certificate"
+        if auth_payload.method == AuthMethod.PSK:
+            return "peer authenticated with a pre-shared key, we require a certificate"
         certs = [p for p in msg.find_all(CertPayload)
                  if p.encoding == CertEncoding.X509_SIGNATURE]
         if not certs:
@@ -915,6 +938,7 @@ class IkeSa:
                               theirs=(str(remote_id),))
             return
         self.config = conf
+        self._peer_certreq = msg.find(CertReqPayload) is not None
         why = self._verify_peer_auth(conf, msg, idi, auth_payload, self._init_request,
                                      self._nonce_r)
         if why is not None:
@@ -1448,6 +1472,11 @@ class IkeSa:
         return None
 
     def _respond_informational(self, msg: Message, raw: bytes, now: float) -> None:
+        if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
+            self._respond(msg, [])
+            self._fail(FailureReason.AUTHENTICATION_FAILED,
+                       "peer rejected our authentication (AUTHENTICATION_FAILED)")
+            return
         response: list[Payload] = []
         ike_deleted = False
         for delete in msg.find_all(DeletePayload):
