@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
@@ -36,7 +40,8 @@ PAYLOADS = {
     40: "No", 41: "N", 42: "D", 43: "V", 44: "TSi", 45: "TSr", 46: "SK", 47: "CP",
     48: "EAP", 53: "SKF",
 }  # fmt: skip
-SK, NONCE, KE, SA = 46, 40, 34, 33
+SK, NONCE, KE, SA, AUTH = 46, 40, 34, 33, 39
+KEY_PAD = b"Key Pad for IKEv2"
 
 
 class FixtureError(Exception):
@@ -361,6 +366,39 @@ def check_equal(what: str, logged: bytes, computed: bytes) -> None:
         raise FixtureError(f"{what}: log {logged.hex()} != computed {computed.hex()}")
 
 
+def check_auth(
+    case_dir: Path, meta: dict[str, Any], entry: dict[str, str], payload: bytes, init: bytes
+) -> None:
+    """The AUTH payload on the wire matches what charon logged: PSK MAC or signature."""
+    octets = bytes.fromhex(entry["octets"])
+    if not octets.startswith(init):
+        raise FixtureError(f"{entry['by']} AUTH octets do not start with its IKE_SA_INIT")
+    method, data = payload[0], payload[4:]
+    if "psk" in meta:
+        if method != 2:
+            raise FixtureError(f"PSK case with AUTH method {method}")
+        mac = prf(prf(meta["psk"].encode(), KEY_PAD), octets)
+        check_equal(f"{entry['by']} AUTH (recomputed from PSK)", data, mac)
+        check_equal(f"{entry['by']} AUTH (logged)", data, bytes.fromhex(entry["auth"]))
+        return
+    if method != 14:
+        raise FixtureError(f"certificate case with AUTH method {method}, not 14 (RFC 7427)")
+    initiator = meta["initiator"]
+    side = (
+        initiator if entry["by"] == "initiator" else {"left": "right", "right": "left"}[initiator]
+    )
+    cert_file = case_dir / "certs" / meta["certs"][side]["cert"]
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise FixtureError("only ECDSA certificates are checked here")
+    signature = data[1 + data[0] :]  # after the length-prefixed AlgorithmIdentifier
+    try:
+        key.verify(signature, octets, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise FixtureError(f"{entry['by']} signature does not verify") from exc
+
+
 def convert(case_dir: Path) -> dict[str, Any]:
     meta = json.loads((case_dir / "case.json").read_text())
     suite = Suite.parse(meta["proposals"])
@@ -374,7 +412,8 @@ def convert(case_dir: Path) -> dict[str, Any]:
     child_sas: list[dict[str, Any]] = []
     pending: dict[tuple[bytes, bytes, int], dict[str, Any]] = {}  # request info by (SPIs, mid)
     records: list[dict[str, Any]] = []
-    decrypted = 0
+    decrypted = auths = 0
+    init_msgs: dict[bool, bytes] = {}  # the IKE_SA_INIT request/response of the first SA
 
     def new_ike(ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes, old: int | None) -> None:
         idx = len(ike_sas)
@@ -440,6 +479,7 @@ def convert(case_dir: Path) -> dict[str, Any]:
         rec["payloads"] = [PAYLOADS.get(t, str(t)) for t, _, _ in chain]
         found = {t: body for t, body, _ in chain}
         if h.exchange == 34:
+            init_msgs[h.from_initiator] = g.data
             key = (h.spi_i, b"\0" * 8, h.mid)
             if not h.response:
                 pending[key] = {"ni": found[NONCE]}
@@ -469,6 +509,13 @@ def convert(case_dir: Path) -> dict[str, Any]:
             rec["inner"] = [PAYLOADS.get(t, str(t)) for t, _, _ in inner]
             ifound = {t: b for t, b, _ in inner}
             mkey = (h.spi_i, h.spi_r, h.mid)
+            if h.exchange == 35 and AUTH in ifound:
+                by = "initiator" if h.from_initiator else "responder"
+                entry = next((a for a in ike_sas[idx]["auth"] if a["by"] == by), None)
+                if entry is None:
+                    raise FixtureError(f"datagram {n}: no logged AUTH octets of the {by}")
+                check_auth(case_dir, meta, entry, ifound[AUTH], init_msgs[h.from_initiator])
+                auths += 1
             if h.exchange == 35 and SA in ifound:
                 proto, spi = first_proposal_spi(ifound[SA])
                 if not h.response:
@@ -511,6 +558,7 @@ def convert(case_dir: Path) -> dict[str, Any]:
             "ike_keys_recomputed": len(ike_sas),
             "child_keys_recomputed": len(child_sas),
             "sk_payloads_decrypted": decrypted,
+            "auth_payloads_verified": auths,
         },
     }
     return fixture
@@ -537,7 +585,8 @@ def main(argv: list[str]) -> int:
         c = fixture["checked"]
         print(f"fixtures: {out.name}: {len(fixture['datagrams'])} datagrams, "
               f"{c['ike_keys_recomputed']} IKE_SAs, {c['child_keys_recomputed']} CHILD_SAs "
-              f"checked, {c['sk_payloads_decrypted']} SK payloads decrypted")  # fmt: skip
+              f"checked, {c['sk_payloads_decrypted']} SK payloads decrypted, "
+              f"{c['auth_payloads_verified']} AUTH payloads verified")  # fmt: skip
     return 1 if failed else 0
 
 
