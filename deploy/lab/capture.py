@@ -197,7 +197,7 @@ def capture(case: Case, out: Path, index: int) -> None:
         left = Charon(pair.left.netns, work / "left", log_levels=LOG_LEVELS)
         right = Charon(pair.right.netns, work / "right", log_levels=LOG_LEVELS)
         with left, right:
-            kwargs: dict[str, dict[str, bytes]] = {}
+            creds: dict[str, dict[str, bytes]] = {}
             secrets = []
             meta: dict[str, object] = {
                 "case": case.name,
@@ -223,12 +223,18 @@ def capture(case: Case, out: Path, index: int) -> None:
                 }
             for charon, side in ((left, "left"), (right, "right")):
                 if not case.psk:
-                    kwargs = {
+                    creds = {
                         "certs": {f"{side}.pem": pki[f"{side}.pem"]},
                         "cacerts": {"ca.pem": pki["ca.pem"]},
                         "keys": {f"{side}.key": pki[f"{side}.key"]},
                     }
-                charon.load([conns(case, pair, side)], secrets, **kwargs)
+                charon.load(
+                    [conns(case, pair, side)],
+                    secrets,
+                    certs=creds.get("certs"),
+                    cacerts=creds.get("cacerts"),
+                    keys=creds.get("keys"),
+                )
             t0 = time.monotonic()
             left.initiate("gw", timeout=120)
             left.wait_child_installed("gw", 60)

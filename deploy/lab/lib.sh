@@ -17,7 +17,9 @@ LAB_MODULES=(
 # REPORT. A missing module is not fatal here: the tests probe what they need and skip
 # with the reason.
 lab_load_modules() {
-  local report=$1 mod missing=() builtin=/lib/modules/$(uname -r)/modules.builtin
+  local report=$1 mod missing=() builtin kernel
+  kernel=$(uname -r)
+  builtin=/lib/modules/$kernel/modules.builtin
   # one modprobe for all: under TCG every process start costs
   modprobe -a -q "${LAB_MODULES[@]}" 2>/dev/null || true
   : >"$report"
