@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.strongswan import Charon
 
 IN_LAB = os.environ.get("XFRMCTL_LAB") == "1"
 _counter = itertools.count()
@@ -39,6 +43,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def run(*args: str, netns: str | None = None, check: bool = True) -> str:
     """Run a command (in ``netns`` if given); return stdout, raise with output on error."""
     cmd = ["ip", "netns", "exec", netns, *args] if netns else list(args)
@@ -46,6 +59,16 @@ def run(*args: str, netns: str | None = None, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: rc={proc.returncode}\n{proc.stdout}{proc.stderr}")
     return proc.stdout
+
+
+def ip_batch(netns: str, commands: str) -> None:
+    """Run ``ip`` commands (one per line) in one process inside ``netns``."""
+    proc = subprocess.run(
+        ["ip", "-n", netns, "-batch", "-"],
+        input=commands, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip -n {netns} -batch: {proc.stderr}\n{commands}")
 
 
 @dataclass(frozen=True)
@@ -75,16 +98,20 @@ def make_pair(prefix: str) -> GatewayPair:
     try:
         for gw in (left, right):
             run("ip", "netns", "add", gw.netns)
-            gw.run("ip", "link", "set", "lo", "up")
-            gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         veth = f"{left.veth} netns {left.netns} type veth peer name {right.veth}"
         run("ip", "link", "add", *veth.split(), "netns", right.netns)
+        # one `ip -batch` per side: process starts are what costs under TCG
         for gw in (left, right):
-            gw.run("ip", "addr", "add", f"{gw.outer}/24", "dev", gw.veth)
-            gw.run("ip", "link", "set", gw.veth, "up")
-            gw.run("ip", "link", "add", "inner", "type", "dummy")
-            gw.run("ip", "addr", "add", f"{gw.inner}/24", "dev", "inner")
-            gw.run("ip", "link", "set", "inner", "up")
+            batch = (
+                "link set lo up\n"
+                f"addr add {gw.outer}/24 dev {gw.veth}\n"
+                f"link set {gw.veth} up\n"
+                "link add inner type dummy\n"
+                f"addr add {gw.inner}/24 dev inner\n"
+                "link set inner up\n"
+            )
+            ip_batch(gw.netns, batch)
+            gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     except Exception:
         remove_pair(GatewayPair(left, right))
         raise
@@ -115,3 +142,38 @@ def lab_results() -> Path:
     path = Path(os.environ.get("XFRMCTL_LAB_RESULTS", "/tmp/xfrmctl-lab-results"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+CharonFactory = Callable[..., Charon]
+
+
+@pytest.fixture
+def charons(
+    request: pytest.FixtureRequest, tmp_path: Path, lab_results: Path
+) -> Iterator[CharonFactory]:
+    """Start charons: ``charons(netns, "left", log_levels={...})``; all stopped after.
+
+    When the test fails, each charon's log is copied to
+    ``<results>/charon-logs/<test>/<name>.log`` (the results directory of deploy/lab/run).
+    """
+    started: list[tuple[str, Charon]] = []
+
+    def start(netns: str, name: str | None = None, **kwargs: object) -> Charon:
+        name = name or f"charon{len(started)}"
+        charon = Charon(netns, tmp_path / name, **kwargs)  # type: ignore[arg-type]
+        started.append((name, charon))
+        charon.start()
+        return charon
+
+    try:
+        yield start
+    finally:
+        for _, charon in reversed(started):
+            charon.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            dest = lab_results / "charon-logs" / re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+            dest.mkdir(parents=True, exist_ok=True)
+            for name, charon in started:
+                if charon.log_path.exists():
+                    shutil.copy(charon.log_path, dest / f"{name}.log")

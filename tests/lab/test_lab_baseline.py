@@ -7,10 +7,9 @@ namespaces, charon or the VM are broken, not xfrmctl.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from tests.lab.conftest import GatewayPair
-from tests.support.strongswan import Charon, SwanConn, SwanSecret
+from tests.lab.conftest import CharonFactory, GatewayPair
+from tests.support.strongswan import SwanConn, SwanSecret
 
 PSK = "lab-baseline-test-psk-not-secret"
 
@@ -55,49 +54,47 @@ def conn(pair: GatewayPair, side: str) -> SwanConn:
     )
 
 
-def test_strongswan_tunnel_passes_esp(gateway_pair: GatewayPair, tmp_path: Path) -> None:
+def test_strongswan_tunnel_passes_esp(gateway_pair: GatewayPair, charons: CharonFactory) -> None:
     pair = gateway_pair
     secret = SwanSecret(PSK, ids=["left.example.org", "right.example.org"])
-    with (
-        Charon(pair.left.netns, tmp_path / "left") as left,
-        Charon(pair.right.netns, tmp_path / "right") as right,
-    ):
-        left.load([conn(pair, "left")], [secret])
-        right.load([conn(pair, "right")], [secret])
+    left = charons(pair.left.netns, "left")
+    right = charons(pair.right.netns, "right")
+    left.load([conn(pair, "left")], [secret])
+    right.load([conn(pair, "right")], [secret])
 
-        left.initiate("gw", timeout=90)
-        sas = left.wait_child_installed("gw")
-        right.wait_child_installed("gw")
-        child = next(iter(sas[0].children.values()))
-        assert child["protocol"] == "ESP"
-        assert child["encr-alg"] == "AES_GCM_16"
-        assert child["encr-keysize"] == "128"
-        assert sas[0].raw["dh-group"] == "CURVE_25519"
+    left.initiate("gw", timeout=90)
+    sas = left.wait_child_installed("gw")
+    right.wait_child_installed("gw")
+    child = next(iter(sas[0].children.values()))
+    assert child["protocol"] == "ESP"
+    assert child["encr-alg"] == "AES_GCM_16"
+    assert child["encr-keysize"] == "128"
+    assert sas[0].raw["dh-group"] == "CURVE_25519"
 
-        states = pair.left.run("ip", "xfrm", "state")
-        assert "rfc4106(gcm(aes))" in states
-        before = xfrm_counters(pair.left.run("ip", "-s", "xfrm", "state"))
-        assert len(before) == 2, before
+    states = pair.left.run("ip", "xfrm", "state")
+    assert "rfc4106(gcm(aes))" in states
+    before = xfrm_counters(pair.left.run("ip", "-s", "xfrm", "state"))
+    assert len(before) == 2, before
 
-        ping = pair.left.run(
-            "ping", "-c", "5", "-i", "0.2", "-W", "5", "-I", pair.left.inner, pair.right.inner
-        )
-        assert " 0% packet loss" in ping, ping
+    ping = pair.left.run(
+        "ping", "-c", "5", "-i", "0.2", "-W", "5", "-I", pair.left.inner, pair.right.inner
+    )
+    assert " 0% packet loss" in ping, ping
 
-        after = xfrm_counters(pair.left.run("ip", "-s", "xfrm", "state"))
-        out_key = next(k for k in after if k.startswith(f"{pair.left.outer}>"))
-        in_key = next(k for k in after if k.startswith(f"{pair.right.outer}>"))
-        # 5 echo requests out, 5 replies in: 84-octet IPv4 packets each, inner bytes
-        assert after[out_key][1] - before.get(out_key, (0, 0))[1] == 5
-        assert after[in_key][1] - before.get(in_key, (0, 0))[1] == 5
-        assert after[out_key][0] - before.get(out_key, (0, 0))[0] == 5 * 84
-        # the right side's inbound SA decrypted the same packets
-        right_after = xfrm_counters(pair.right.run("ip", "-s", "xfrm", "state"))
-        assert right_after[out_key][1] >= 5
+    after = xfrm_counters(pair.left.run("ip", "-s", "xfrm", "state"))
+    out_key = next(k for k in after if k.startswith(f"{pair.left.outer}>"))
+    in_key = next(k for k in after if k.startswith(f"{pair.right.outer}>"))
+    # 5 echo requests out, 5 replies in: 84-octet IPv4 packets each, inner bytes
+    assert after[out_key][1] - before.get(out_key, (0, 0))[1] == 5
+    assert after[in_key][1] - before.get(in_key, (0, 0))[1] == 5
+    assert after[out_key][0] - before.get(out_key, (0, 0))[0] == 5 * 84
+    # the right side's inbound SA decrypted the same packets
+    right_after = xfrm_counters(pair.right.run("ip", "-s", "xfrm", "state"))
+    assert right_after[out_key][1] >= 5
 
-        left.terminate(ike="gw", timeout=60)
-        left.wait_for(lambda sas: not sas, 30, "IKE_SA gone")
-        assert "proto esp" not in pair.left.run("ip", "xfrm", "state")
+    left.terminate(ike="gw", timeout=60)
+    left.wait_for(lambda sas: not sas, 30, "IKE_SA gone")
+    assert "proto esp" not in pair.left.run("ip", "xfrm", "state")
 
 
 def test_gateway_pair_topology(gateway_pair: GatewayPair) -> None:
