@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 
 from xfrmctl.config import Settings
 from xfrmctl.daemon.ports import Controller
@@ -34,8 +37,23 @@ from .routers import (
 API_PREFIX = "/api/v1"
 
 
+class ErrorPublic(BaseModel):
+    detail: str
+
+
+# Documented on every API operation (422 comes from FastAPI itself).
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "missing, invalid or revoked token"},
+    403: {"model": ErrorPublic, "description": "the token lacks the needed scope"},
+    404: {"model": ErrorPublic, "description": "unknown id"},
+    409: {"model": ErrorPublic, "description": "conflict: name in use, still referenced, "
+                                                "or action not possible now"},
+    503: {"model": ErrorPublic, "description": "the daemon is not running"},
+}
+
+
 def api_router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX)
+    router = APIRouter(prefix=API_PREFIX, responses=COMMON_RESPONSES)
     for sub in (peers.router, connections.router, children.router, proposals.router,
                 secrets.router, certificates.ca_router, certificates.router,
                 sas.ike_router, sas.child_router, policies.router, policies.kernel_router,
@@ -67,5 +85,6 @@ def create_app(settings: Settings, controller: Controller | None = None,
         bus=event_bus, controller=controller, kernel=kernel)
     errors.install(app)
     app.include_router(api_router())
-    app.include_router(system.router)
+    app.include_router(system.router, responses={401: COMMON_RESPONSES[401],
+                                                  403: COMMON_RESPONSES[403]})
     return app
