@@ -7,6 +7,12 @@ from pathlib import Path
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from api.main import create_app
 from tests.api.conftest import make_token
@@ -22,13 +28,6 @@ EXAMPLES_PER_OPERATION = 8
 
 
 def test_api_contract(tmp_path: Path) -> None:
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
     config = Settings(database_url=f"sqlite:///{tmp_path}/x.db",
                       secret_key_file=tmp_path / "key", api_socket=None)
     db = Database(config.database_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from tests.api.conftest import make_token
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
-from xfrmctl.store.models import Event, Secret
+from xfrmctl.store.models import ApiToken, Event, Secret
 from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope
 
@@ -96,7 +97,7 @@ async def test_token_lifecycle(client: httpx.AsyncClient, anon: httpx.AsyncClien
     assert plaintext not in listing.text and "token_hash" not in listing.text
     assert {t["name"] for t in listing.json()["data"]} >= {"ci", "t-admin"}
     # only the hash is stored
-    stored = db.call(lambda s: repo.get(s, repo.m.ApiToken, created["id"]).token_hash)
+    stored = db.call(lambda s: repo.get(s, ApiToken, created["id"]).token_hash)
     assert stored != plaintext and len(stored) == 64
     assert (await client.delete(f"/tokens/{created['id']}")).status_code == 204
     assert (await anon.get("/api/v1/status", headers=headers)).status_code == 401
@@ -104,8 +105,6 @@ async def test_token_lifecycle(client: httpx.AsyncClient, anon: httpx.AsyncClien
 
 
 async def test_expired_token_is_refused(anon: httpx.AsyncClient, db: Database) -> None:
-    from datetime import UTC, datetime, timedelta
-
     _, plaintext = db.call(repo.create_token, name="old", scopes=[Scope.READ],
                            expires_at=datetime.now(UTC) - timedelta(seconds=1), actor=None)
     live = make_token(db, "live", Scope.READ)

@@ -42,7 +42,8 @@ class Server:
         if token is not None:
             env["XFRMCTL_TOKEN"] = self.tokens[token]
         return subprocess.run([sys.executable, "-m", "xfrmctl.cli", *args], env=env,
-                              input=stdin, capture_output=True, text=True, timeout=timeout)
+                              input=stdin, check=False, capture_output=True, text=True,
+                              timeout=timeout)
 
     def json(self, *args: str, **kwargs: Any) -> Any:
         result = self.run("--json", *args, **kwargs)

@@ -56,7 +56,7 @@ def _exercise(url: str) -> None:
         found = db.call(repo.authenticate, plaintext)
         assert found is not None and found.id == token.id
         db.call(repo.delete, Connection, conn.id, actor="test")  # cascades to children
-        children, count = db.call(repo.list_page, Child)
+        _, count = db.call(repo.list_page, Child)
         assert count == 0
         events, _ = db.call(repo.list_events, kind=EventKind.AUDIT)
         assert events[0].type == "connections.delete" and events[0].ts.tzinfo is not None
