@@ -75,6 +75,18 @@ class Pair:
                 return
         raise AssertionError("exchange did not settle")
 
+    def step(self, side: str) -> list[Datagram]:
+        """Deliver what `side` has queued (in order) and nothing more; returns it. For
+        tests that check state after each message."""
+        src, dst = (self.a, self.b) if side == "a" else (self.b, self.a)
+        sent = src.datagrams_to_send()
+        for d in sent:
+            self.wire.append((side, d))
+            if not self.drop(side, d):
+                dst.receive_datagram(d.data, d.remote, d.local, self.now)
+        self._drain()
+        return sent
+
     def _drain(self) -> None:
         while (e := self.a.next_event()) is not None:
             self.events_a.append(e)

@@ -170,6 +170,9 @@ class IkeManager:
     def _collect(self, sa: IkeSa) -> None:
         """Move an SA's output into ours, follow rekeys, forget closed SAs."""
         self._out.extend(sa.datagrams_to_send())
+        for new in sa.take_spawned():  # IKE SAs made by rekeying: reachable by SPI now
+            self._register(new)
+            self._collect(new)
         while (event := sa.next_event()) is not None:
             self._events.append(event)
             if isinstance(event, IkeSaRekeyed) and sa.successor is not None:
@@ -180,6 +183,9 @@ class IkeManager:
         if sa.state is IkeState.CLOSED:
             self._unregister(sa)
             return
-        deadline = sa.get_timer()
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, sa.id))
+        for each in (sa, sa.successor):  # an old SA may set its successor's timers
+            if each is None or each.id not in self._by_id:
+                continue
+            deadline = each.get_timer()
+            if deadline is not None:
+                heapq.heappush(self._timers, (deadline, each.id))

@@ -97,7 +97,13 @@ from .sk import SkCipher
 Endpoint = tuple[str, int]
 NONCE_SIZE = 32
 MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
+RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE, plus up to as much again at random
 _ids = itertools.count(1)
+
+
+def _retry_delay() -> float:
+    """A short random delay before retrying after TEMPORARY_FAILURE (RFC 7296 2.25)."""
+    return RETRY_DELAY * (1 + int.from_bytes(os.urandom(2), "big") / 65535)
 
 
 def random_child_spi() -> int:
@@ -252,6 +258,13 @@ class IkeSa:
         self._pending_children: list[ChildConfig] = []
         self._auth_child: IkeSa._ChildRequest | None = None
         self._reassembly: dict[int, Reassembler] = {}
+        self._ike_rekey_pending = False  # our IKE rekey request is out
+        self._collision: tuple[bytes, IkeSa] | None = None  # peer's rekey during ours
+        self._spawned: list[IkeSa] = []
+        self._silent = False  # a rekey's IKE SA not (yet) adopted: no events
+        # CHILD_SA exchanges to try again (after TEMPORARY_FAILURE): (when, child config,
+        # child_id to rekey or None to create)
+        self._child_retries: list[tuple[float, str, int | None]] = []
 
     # ----------------------------------------------------------------- construction
 
@@ -295,6 +308,7 @@ class IkeSa:
         deadlines = [d for d in (
             self._outstanding.deadline if self._outstanding else None,
             self._half_open_deadline, self._rekey_deadline, self._dpd_deadline,
+            min(r[0] for r in self._child_retries) if self._child_retries else None,
         ) if d is not None]
         return min(deadlines) if deadlines else None
 
@@ -341,7 +355,7 @@ class IkeSa:
 
     def rekey(self, now: float) -> None:
         """Rekey this IKE SA (RFC 7296 2.18)."""
-        if self.state is IkeState.ESTABLISHED:
+        if self.state is IkeState.ESTABLISHED and not self._ike_rekey_pending:
             self._queue(_Task("rekey IKE", self._build_rekey_ike), now)
 
     def delete(self, now: float, reason: str = "deleted") -> None:
@@ -387,6 +401,19 @@ class IkeSa:
             self._dpd_deadline = None
             self.liveness_check(now)
             self._arm_dpd(now)
+        if self._child_retries and self.state is IkeState.ESTABLISHED:
+            self._run_child_retries(now)
+
+    def _run_child_retries(self, now: float) -> None:
+        due = [r for r in self._child_retries if r[0] <= now]
+        self._child_retries = [r for r in self._child_retries if r[0] > now]
+        for _, name, child_id in due:
+            if child_id is None:
+                self.create_child(name, now)
+                continue
+            child = self.children.get(child_id)
+            if child is not None and child.state is ChildState.INSTALLED:
+                self.rekey_child(child.spi_in, now)
 
     def _retransmit(self, out: _Outstanding, now: float) -> None:
         retransmit = (self.config or self.candidates[0]).retransmit
@@ -1097,11 +1124,17 @@ class IkeSa:
                               now: float) -> None:
         """Initiator side of a CHILD_SA exchange (IKE_AUTH or CREATE_CHILD_SA)."""
         old = request.rekey_of
+        error = _error_notify(msg)
+        if error is not None and error.notify_type == NotifyType.TEMPORARY_FAILURE:
+            self._retry_child_later(request, now)
+            return
         try:
             child = self._child_from_response(request, msg, now)
         except _ChildFailure as failure:
             if old is not None and old.state is ChildState.REKEYING:
                 old.state = ChildState.INSTALLED
+            if old is not None and old.child_id not in self.children:
+                return  # the peer deleted it meanwhile (RFC 7296 2.25.1): nothing to report
             self._events.append(NegotiationFailed(
                 self.id, self._conf().name, failure.reason, failure.message,
                 request.config.name, failure.ours, failure.theirs))
@@ -1110,6 +1143,21 @@ class IkeSa:
             return
         old.rekeys["ours"] = (min(request.nonce, request.nonce_r), child)
         self._resolve_rekey(old, now)
+
+    def _retry_child_later(self, request: IkeSa._ChildRequest, now: float) -> None:
+        """TEMPORARY_FAILURE (the peer is rekeying the IKE SA or closing the CHILD_SA):
+        try again after a short random delay, if there is still something to do."""
+        old = request.rekey_of
+        # If the IKE SA was rekeyed meanwhile, the retry belongs to its successor.
+        target = self.successor if self.state is IkeState.REKEYED and self.successor else self
+        if old is None:
+            target._child_retries.append((now + _retry_delay(), request.config.name, None))
+            return
+        if old.state is ChildState.REKEYING:
+            old.state = ChildState.INSTALLED
+        if old.child_id in target.children:
+            target._child_retries.append((now + _retry_delay(), request.config.name,
+                                          old.child_id))
 
     def _child_from_response(self, request: IkeSa._ChildRequest, msg: Message,
                              now: float) -> ChildSa:
@@ -1347,14 +1395,22 @@ class IkeSa:
         if sa is not None and sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
             self._respond_rekey_ike(msg, sa, now)
             return
+        if self._ike_rekey_pending:
+            # RFC 7296 2.25.2: no new CHILD_SAs on an IKE SA being rekeyed; retry later.
+            self._respond(msg, [_notify(NotifyType.TEMPORARY_FAILURE)])
+            return
         rekey = msg.notify(NotifyType.REKEY_SA)
         old = None
         if rekey is not None:
             old = self._child_by_spi_out(int.from_bytes(rekey.spi, "big"), rekey.protocol) \
                 if len(rekey.spi) == 4 else None
-            if old is None or old.state is ChildState.DELETING:
+            if old is None:
                 self._respond(msg, [_notify(NotifyType.CHILD_SA_NOT_FOUND,
                                             protocol=rekey.protocol, spi=rekey.spi)])
+                return
+            if old.state is ChildState.DELETING:
+                # RFC 7296 2.25.1: we are closing it; the peer will see our delete.
+                self._respond(msg, [_notify(NotifyType.TEMPORARY_FAILURE)])
                 return
         self._respond(msg, self._answer_child_request(msg, old, now, ike_auth=False))
 
@@ -1362,6 +1418,8 @@ class IkeSa:
 
     def _build_rekey_ike(self, now: float, group: int | None = None
                          ) -> tuple[Message, Callable[[Message, float], None]] | None:
+        if self.state is not IkeState.ESTABLISHED or self._ike_rekey_pending:
+            return None  # rekeyed or deleted meanwhile
         conf = self._conf()
         assert self.suite is not None
         new_spi = os.urandom(8)
@@ -1370,12 +1428,18 @@ class IkeSa:
         nonce = os.urandom(NONCE_SIZE)
         msg = self._message(ExchangeType.CREATE_CHILD_SA, [
             SaPayload(wire), NoncePayload(nonce), KePayload(ke.group, ke.public_key)])
+        self._ike_rekey_pending = True
         return msg, lambda m, t: self._on_rekey_ike_response(m, wire, new_spi, ke, nonce, t)
 
     def _on_rekey_ike_response(self, msg: Message, wire: tuple[Proposal, ...], new_spi: bytes,
                                ke: dh.KeyExchange, nonce_i: bytes, now: float) -> None:
+        """Our IKE rekey was answered. If the peer rekeyed at the same time (RFC 7296
+        2.8.2), the exchange with the lowest of the four nonces made the redundant SA;
+        its initiator deletes it, the other exchange's initiator deletes the old SA."""
+        self._ike_rekey_pending = False
+        theirs, self._collision = self._collision, None
         invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
-        if invalid_ke is not None and len(invalid_ke.data) >= 2:
+        if theirs is None and invalid_ke is not None and len(invalid_ke.data) >= 2:
             group = int.from_bytes(invalid_ke.data[:2], "big")
             if group != ke.group:
                 self._tasks.appendleft(_Task("rekey IKE", lambda t: self._build_rekey_ike(
@@ -1384,21 +1448,30 @@ class IkeSa:
         error = _error_notify(msg)
         sa, nonce, peer_ke = msg.find(SaPayload), msg.find(NoncePayload), msg.find(KePayload)
         if error is not None or sa is None or nonce is None or peer_ke is None:
-            self._rekey_deadline = now + 60  # try again later
+            if theirs is not None:
+                self._adopt(theirs[1], now)  # the peer's rekey stands; it deletes us
+            else:
+                temporary = error is not None and \
+                    error.notify_type == NotifyType.TEMPORARY_FAILURE
+                self._rekey_deadline = now + (_retry_delay() if temporary else 60)
             return
-        chosen = sa.proposals[0]
-        if not proposals.accept_chosen(wire, chosen) or len(chosen.spi) != 8:
+        chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
+        if chosen is None or not proposals.accept_chosen(wire, chosen) or len(chosen.spi) != 8:
             raise ProtocolError("bad IKE rekey response")
         suite = suite_of(chosen)
         if suite.dh != ke.group or peer_ke.group != ke.group:
             raise ProtocolError("IKE rekey response key exchange group mismatch")
-        self._spawn_rekeyed(True, new_spi, chosen.spi, suite, ke.shared_secret(peer_ke.data),
-                            nonce_i, nonce.data, now)
-        new = self.successor
-        assert new is not None
-        # We initiated: we delete the old IKE SA on the old SA.
+        ours = self._make_rekeyed(True, new_spi, chosen.spi, suite,
+                                  ke.shared_secret(peer_ke.data), nonce_i, nonce.data, now)
+        if theirs is not None and min(nonce_i, nonce.data) < theirs[0]:
+            # We lost: ours is redundant and we delete it; the peer deletes the old SA.
+            self._adopt(theirs[1], now)
+            ours._delete_redundant(now)
+            return
+        # We won (or there was no collision): the peer deletes its redundant SA, if any;
+        # as initiator of the surviving exchange we delete the old IKE SA.
+        self._adopt(ours, now)
         self._tasks.clear()
-        self._set_state(IkeState.REKEYED)
         self._queue(_Task("delete old IKE SA", lambda t: (
             self._message(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())]),
             lambda m, t: self._close("rekeyed", quiet=True))), now)
@@ -1407,6 +1480,11 @@ class IkeSa:
         nonce, peer_ke = msg.find(NoncePayload), msg.find(KePayload)
         if nonce is None or peer_ke is None:
             raise ProtocolError("IKE rekey request lacks Nonce or KE")
+        if not self._ike_rekey_pending and any(
+                c.state is ChildState.REKEYING for c in self.children.values()):
+            # Finish our CHILD_SA rekey first; the peer retries (RFC 7296 2.25.2).
+            self._respond(msg, [_notify(NotifyType.TEMPORARY_FAILURE)])
+            return
         chosen = proposals.select(self._conf().proposals, sa.proposals)
         if chosen is None or len(chosen.spi) != 8:
             self._respond(msg, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)])
@@ -1423,13 +1501,18 @@ class IkeSa:
         answer = Proposal(chosen.number, ProtocolId.IKE, new_spi_r, chosen.transforms)
         self._respond(msg, [SaPayload((answer,)), NoncePayload(nonce_r),
                             KePayload(ke.group, ke.public_key)])
-        self._spawn_rekeyed(False, chosen.spi, new_spi_r, suite,
-                            ke.shared_secret(peer_ke.data), nonce.data, nonce_r, now)
-        self._set_state(IkeState.REKEYED)
+        new = self._make_rekeyed(False, chosen.spi, new_spi_r, suite,
+                                 ke.shared_secret(peer_ke.data), nonce.data, nonce_r, now)
+        if self._ike_rekey_pending:
+            # Collision: decide when the answer to our own rekey arrives.
+            self._collision = (min(nonce.data, nonce_r), new)
+        else:
+            self._adopt(new, now)  # the peer deletes the old SA
 
-    def _spawn_rekeyed(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
-                       shared: bytes, nonce_i: bytes, nonce_r: bytes, now: float) -> None:
-        """Create the IKE SA that replaces this one; CHILD_SAs move over (RFC 7296 2.18)."""
+    def _make_rekeyed(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
+                      shared: bytes, nonce_i: bytes, nonce_r: bytes, now: float) -> IkeSa:
+        """The IKE SA a rekey exchange made (RFC 7296 2.18): keyed and reachable, but
+        silent and without CHILD_SAs until `_adopt` makes it this one's successor."""
         conf = self._conf()
         assert self._prf is not None and self._keys is not None and suite.prf is not None
         assert suite.encr is not None
@@ -1446,22 +1529,49 @@ class IkeSa:
         for attr in ("local_id", "remote_id", "nat_local", "nat_remote", "peer_fragmentation",
                      "peer_hashes", "virtual_ip"):
             setattr(new, attr, getattr(self, attr))
-        new.children, self.children = self.children, {}
-        new.state = IkeState.CREATED
+        new._silent = True
         new._set_state(IkeState.INIT_DONE)
-        new._established_quiet(now)
+        new._set_state(IkeState.ESTABLISHED)
+        new.established_at = now
+        new._arm_dpd(now)
+        self._spawned.append(new)
+        return new
+
+    def _adopt(self, new: IkeSa, now: float) -> None:
+        """`new` replaces this IKE SA: CHILD_SAs and pending CHILD_SA retries move over;
+        this one waits for the delete (ours or the peer's)."""
+        self._collision = None
+        self._set_state(IkeState.REKEYED)
+        new.children, self.children = self.children, {}
+        for child in new.children.values():
+            if child.state is ChildState.REKEYING:  # its queued rekey dies with our tasks
+                child.state = ChildState.INSTALLED
+                new._child_retries.append((now + _retry_delay(), child.config.name,
+                                           child.child_id))
+        new._child_retries += self._child_retries
+        self._child_retries = []
+        new._silent = False
+        conf = self._conf()
+        if conf.rekey_time:
+            new._rekey_deadline = now + conf.rekey_time * 0.9
         self.successor = new
         self._rekey_deadline = None
         self._dpd_deadline = None
-        self._events.append(IkeSaRekeyed(self.id, new.id, spi_i, spi_r, suite))
+        assert new.suite is not None
+        self._events.append(IkeSaRekeyed(self.id, new.id, new.spi_i, new.spi_r, new.suite))
 
-    def _established_quiet(self, now: float) -> None:
-        conf = self._conf()
-        self._set_state(IkeState.ESTABLISHED)
-        self.established_at = now
-        if conf.rekey_time:
-            self._rekey_deadline = now + conf.rekey_time * 0.9
-        self._arm_dpd(now)
+    def _delete_redundant(self, now: float) -> None:
+        """Delete this never-announced IKE SA, the loser of a rekey collision."""
+        self._tasks.clear()
+        self._set_state(IkeState.DELETING)
+        self._start_request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())],
+                            lambda m, t: self._close("rekey collision lost", quiet=True), now)
+
+    def take_spawned(self) -> list[IkeSa]:
+        """IKE SAs created by rekey exchanges since the last call (the manager registers
+        them by SPI; until adopted they are silent)."""
+        spawned, self._spawned = self._spawned, []
+        return spawned
 
     # ----------------------------------------------------------------- INFORMATIONAL
 
@@ -1492,6 +1602,10 @@ class IkeSa:
                                                   (child.spi_in.to_bytes(4, "big"),)))
                 self._remove_child(child, "deleted by peer")
         self._respond(msg, [] if ike_deleted else response)
+        if ike_deleted and self._collision is not None:
+            # The peer finished its rekey (which we answered) before it saw ours: its new
+            # SA is the survivor; ours, when answered, finds this SA gone.
+            self._adopt(self._collision[1], now)
         if ike_deleted:
             self._close("rekeyed" if self.state is IkeState.REKEYED else "deleted by peer",
                         quiet=self.state is IkeState.REKEYED)
@@ -1520,6 +1634,9 @@ class IkeSa:
         if self.state is IkeState.CLOSED:
             return
         was_up = self.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.DELETING)
+        if self._collision is not None:  # the peer's new SA dies with us
+            self._collision[1]._close(reason, quiet=True)
+            self._collision = None
         for child in list(self.children.values()):
             self._remove_child(child, reason)
         if self.config is not None and self.config.pool is not None and self.virtual_ip \
@@ -1530,7 +1647,8 @@ class IkeSa:
         self._outstanding = None
         self._tasks.clear()
         self._half_open_deadline = self._rekey_deadline = self._dpd_deadline = None
-        if was_up or not quiet:
+        self._child_retries = []
+        if not self._silent and (was_up or not quiet):
             name = self.config.name if self.config else ""
             self._events.append(IkeSaDown(self.id, name, reason))
 
