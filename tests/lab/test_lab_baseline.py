@@ -7,6 +7,8 @@ namespaces, charon or the VM are broken, not xfrmctl.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 from tests.lab.conftest import CharonFactory, GatewayPair
 from tests.support.strongswan import SwanConn, SwanSecret
@@ -54,17 +56,38 @@ def conn(pair: GatewayPair, side: str) -> SwanConn:
     )
 
 
-def test_strongswan_tunnel_passes_esp(gateway_pair: GatewayPair, charons: CharonFactory) -> None:
+class Steps:
+    """Seconds per step, recorded as junit properties (lab-results/junit.xml)."""
+
+    def __init__(self, record: Callable[[str, object], None]) -> None:
+        self.record = record
+        self.last = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.record(f"seconds_{name}", round(now - self.last, 2))
+        self.last = now
+
+
+def test_strongswan_tunnel_passes_esp(
+    gateway_pair: GatewayPair,
+    charons: CharonFactory,
+    record_property: Callable[[str, object], None],
+) -> None:
     pair = gateway_pair
+    step = Steps(record_property)
     secret = SwanSecret(PSK, ids=["left.example.org", "right.example.org"])
     left = charons(pair.left.netns, "left")
     right = charons(pair.right.netns, "right")
+    step("charons_started")
     left.load([conn(pair, "left")], [secret])
     right.load([conn(pair, "right")], [secret])
+    step("configs_loaded")
 
     left.initiate("gw", timeout=90)
     sas = left.wait_child_installed("gw")
     right.wait_child_installed("gw")
+    step("tunnel_up")
     child = next(iter(sas[0].children.values()))
     assert child["protocol"] == "ESP"
     assert child["encr-alg"] == "AES_GCM_16"
@@ -80,6 +103,7 @@ def test_strongswan_tunnel_passes_esp(gateway_pair: GatewayPair, charons: Charon
         "ping", "-c", "5", "-i", "0.2", "-W", "5", "-I", pair.left.inner, pair.right.inner
     )
     assert " 0% packet loss" in ping, ping
+    step("ping")
 
     after = xfrm_counters(pair.left.run("ip", "-s", "xfrm", "state"))
     out_key = next(k for k in after if k.startswith(f"{pair.left.outer}>"))
@@ -91,10 +115,12 @@ def test_strongswan_tunnel_passes_esp(gateway_pair: GatewayPair, charons: Charon
     # the right side's inbound SA decrypted the same packets
     right_after = xfrm_counters(pair.right.run("ip", "-s", "xfrm", "state"))
     assert right_after[out_key][1] >= 5
+    step("counters")
 
     left.terminate(ike="gw", timeout=60)
     left.wait_for(lambda sas: not sas, 30, "IKE_SA gone")
     assert "proto esp" not in pair.left.run("ip", "xfrm", "state")
+    step("deleted")
 
 
 def test_gateway_pair_topology(gateway_pair: GatewayPair) -> None:
