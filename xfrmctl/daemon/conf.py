@@ -1,0 +1,267 @@
+"""The daemon's configuration file (YAML or TOML), validated with pydantic.
+
+Field names are those of the REST API and the database (connections and their children),
+so a file is also an import format for the API. Example (YAML):
+
+    listen: [192.0.2.1]
+    connections:
+      site-b:
+        local_addrs: [192.0.2.1]
+        remote_addrs: [192.0.2.2]
+        auth: psk
+        psk_file: /etc/xfrmctl/site-b.psk      # or: psk: "..." (kept out of logs)
+        ike_proposals: aes128gcm16-prfsha256-x25519
+        start_action: start                      # none | start | trap
+        dpd_delay: 30
+        children:
+          lan:
+            local_ts: [198.51.100.0/24]
+            remote_ts: [203.0.113.0/24]
+            esp_proposals: aes128gcm16-x25519
+
+See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from xfrmctl.ike import ts
+from xfrmctl.ike.certs import TrustStore
+from xfrmctl.ike.config import (
+    AuthMethodName,
+    ChildConfig,
+    Identity,
+    IkeConfig,
+    LocalAuth,
+    Mode,
+    RemoteAuth,
+    Retransmit,
+)
+from xfrmctl.ike.constants import ProtocolId
+from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_proposals
+
+from .pool import AddressPool
+
+
+class StartAction(StrEnum):
+    NONE = "none"  # responder only, or started by the API
+    START = "start"  # initiate when the daemon starts
+    TRAP = "trap"  # install trap policies; initiate on the first packet (ACQUIRE)
+
+
+class DpdAction(StrEnum):
+    CLEAR = "clear"  # close the SAs
+    RESTART = "restart"  # re-initiate at once
+    TRAP = "trap"  # close, and re-install trap policies
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_proposals(text: str | None, protocol: ProtocolId) -> str | None:
+    if text is not None:
+        parse_proposals(text, protocol)  # raises ValueError naming the bad keyword
+    return text
+
+
+class ChildConf(_Strict):
+    local_ts: list[str] = Field(default_factory=list, description="empty: our address")
+    remote_ts: list[str] = Field(default_factory=list, description="empty: peer's address")
+    mode: Mode = Mode.TUNNEL
+    esp_proposals: str | None = None
+    ah_proposals: str | None = None
+    start_action: StartAction | None = None  # default: the connection's
+    interface_kind: Literal["xfrmi", "vti"] | None = None  # route-based when set
+    interface_name: str | None = None
+    if_id: int | None = None
+    interface_addresses: list[str] = Field(default_factory=list)
+    routes: list[str] = Field(default_factory=list)
+    mtu: int | None = None
+    mark_in: int | None = None
+    mark_out: int | None = None
+    replay_window: int = Field(32, ge=0, le=4096)
+    esn: bool = False
+    rekey_time: int = Field(3600, ge=0)
+    life_time: int = Field(3960, ge=0)
+    rekey_bytes: int = Field(0, ge=0)
+    life_bytes: int = Field(0, ge=0)
+    rekey_packets: int = Field(0, ge=0)
+    life_packets: int = Field(0, ge=0)
+    tfc_padding: int = Field(0, ge=0, le=1500)
+
+    @field_validator("local_ts", "remote_ts")
+    @classmethod
+    def _selectors(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ts.parse(text)
+        return value
+
+    @field_validator("esp_proposals")
+    @classmethod
+    def _esp(cls, value: str | None) -> str | None:
+        return _check_proposals(value, ProtocolId.ESP)
+
+    @field_validator("ah_proposals")
+    @classmethod
+    def _ah(cls, value: str | None) -> str | None:
+        return _check_proposals(value, ProtocolId.AH)
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> ChildConf:
+        if self.life_time and self.rekey_time and self.life_time <= self.rekey_time:
+            raise ValueError("life_time must be longer than rekey_time")
+        if self.interface_kind == "xfrmi" and not self.if_id:
+            raise ValueError("an xfrmi child needs an if_id")
+        return self
+
+
+class ConnectionConf(_Strict):
+    local_addrs: list[str] = Field(default_factory=list)
+    remote_addrs: list[str] = Field(default_factory=list)
+    local_port: int = Field(500, ge=1, le=65535)
+    remote_port: int = Field(500, ge=1, le=65535)
+    local_id: str | None = None
+    remote_id: str | None = None
+    auth: AuthMethodName = AuthMethodName.PSK
+    psk: SecretStr | None = None
+    psk_file: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca: list[Path] = Field(default_factory=list)
+    ike_proposals: str | None = None
+    start_action: StartAction = StartAction.NONE
+    dpd_delay: int = Field(30, ge=0)
+    dpd_action: DpdAction = DpdAction.CLEAR
+    rekey_time: int = Field(14400, ge=0)
+    fragmentation: bool = True
+    encap: bool = False
+    pool: str | None = None  # remote access: hand out virtual IPs from this prefix
+    request_virtual_ip: bool = False
+    children: dict[str, ChildConf] = Field(default_factory=dict)
+
+    @field_validator("ike_proposals")
+    @classmethod
+    def _ike(cls, value: str | None) -> str | None:
+        return _check_proposals(value, ProtocolId.IKE)
+
+    @field_validator("local_id", "remote_id")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None:
+            Identity.parse(value)
+        return value
+
+    @field_validator("local_addrs", "remote_addrs")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if text != "%any":
+                ipaddress.ip_network(text, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _auth(self) -> ConnectionConf:
+        if self.auth is AuthMethodName.PSK and not (self.psk or self.psk_file):
+            raise ValueError("auth psk needs psk or psk_file")
+        if self.auth is AuthMethodName.PUBKEY and not (self.certificate and self.private_key
+                                                       and self.ca):
+            raise ValueError("auth pubkey needs certificate, private_key and ca")
+        if self.start_action is not StartAction.NONE and not self.remote_addrs:
+            raise ValueError(f"start_action {self.start_action} needs remote_addrs")
+        return self
+
+
+class DaemonConf(_Strict):
+    listen: list[str] = Field(default_factory=list, description="empty: every address")
+    ike_port: int = 500
+    nat_port: int = 4500
+    cookie_threshold: int = 200
+    connections: dict[str, ConnectionConf] = Field(default_factory=dict)
+
+
+def load(path: Path) -> DaemonConf:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file; raise ValueError saying what is
+    wrong and where."""
+    text = path.read_text()
+    data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    return DaemonConf.model_validate(data or {})
+
+
+# --------------------------------------------------------------------------- to the core
+
+
+def _psk(conf: ConnectionConf) -> bytes:
+    if conf.psk is not None:
+        return conf.psk.get_secret_value().encode()
+    assert conf.psk_file is not None
+    return conf.psk_file.read_bytes().strip()
+
+
+def _child(name: str, conf: ChildConf) -> ChildConfig:
+    if conf.ah_proposals:
+        proposals = parse_proposals(conf.ah_proposals, ProtocolId.AH)
+    elif conf.esp_proposals:
+        proposals = parse_proposals(conf.esp_proposals, ProtocolId.ESP)
+    else:
+        proposals = DEFAULT_ESP
+    return ChildConfig(
+        name=name,
+        local_ts=tuple(ts.parse(t) for t in conf.local_ts),
+        remote_ts=tuple(ts.parse(t) for t in conf.remote_ts),
+        mode=conf.mode,
+        proposals=proposals,
+        rekey_time=float(conf.rekey_time),
+        life_time=float(conf.life_time),
+        rekey_bytes=conf.rekey_bytes,
+        life_bytes=conf.life_bytes,
+        rekey_packets=conf.rekey_packets,
+        life_packets=conf.life_packets,
+    )
+
+
+def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+    if conf.auth is AuthMethodName.PSK:
+        psk = _psk(conf)
+        return (LocalAuth(AuthMethodName.PSK, psk=psk),
+                RemoteAuth(AuthMethodName.PSK, psk=psk))
+    assert conf.certificate and conf.private_key
+    cert = x509.load_pem_x509_certificate(conf.certificate.read_bytes())
+    key = load_pem_private_key(conf.private_key.read_bytes(), password=None)
+    cas = [c for path in conf.ca for c in x509.load_pem_x509_certificates(path.read_bytes())]
+    return (LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert),  # type: ignore[arg-type]
+            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas)))
+
+
+def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None) -> IkeConfig:
+    """The IKE core's view of one connection."""
+    local_auth, remote_auth = _auth(conf)
+    return IkeConfig(
+        name=name,
+        local_auth=local_auth,
+        remote_auth=remote_auth,
+        local_addrs=tuple(conf.local_addrs),
+        remote_addrs=tuple(conf.remote_addrs),
+        local_id=Identity.parse(conf.local_id) if conf.local_id else None,
+        remote_id=Identity.parse(conf.remote_id) if conf.remote_id else None,
+        proposals=parse_proposals(conf.ike_proposals, ProtocolId.IKE)
+        if conf.ike_proposals else DEFAULT_IKE,
+        children=tuple(_child(n, c) for n, c in conf.children.items()),
+        rekey_time=float(conf.rekey_time),
+        dpd_delay=float(conf.dpd_delay),
+        retransmit=Retransmit(),
+        fragmentation=conf.fragmentation,
+        request_virtual_ip=conf.request_virtual_ip,
+        pool=pool,
+        force_encap=conf.encap,
+    )

@@ -1,0 +1,715 @@
+"""The controller: joins the IKE core and the kernel, and decides.
+
+IKE events -> kernel work (install a CHILD_SA, remove one), in the order they happened,
+batched; kernel events (ACQUIRE, EXPIRE soft/hard) -> IKE actions (initiate, rekey,
+delete); REST actions -> IKE actions. It implements the API's `Controller` port.
+
+Nothing here blocks the loop: the IKE core is pure computation, the kernel is async
+netlink, and every piece of kernel work goes through one ordered queue so a rekeyed
+CHILD_SA is always installed before its predecessor is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from xfrmctl import __version__
+from xfrmctl.ike import ts
+from xfrmctl.ike.config import IkeConfig
+from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId
+from xfrmctl.ike.events import (
+    ChildSaDeleted,
+    ChildSaNegotiated,
+    Event,
+    FailureReason,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    NegotiationFailed,
+    VirtualIpAssigned,
+)
+from xfrmctl.ike.manager import IkeManager
+from xfrmctl.ike.proposals import Suite
+from xfrmctl.ike.sa import Datagram, IkeSa, IkeState
+from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
+from xfrmctl.kernel.types import (
+    REQID_MIN,
+    Acquire,
+    ChildInstall,
+    Expire,
+    KernelError,
+    KernelEvent,
+    PolicySpec,
+    SaSpec,
+)
+from xfrmctl.kernel.types import Counters as KernelCounters
+
+from . import conf as cf
+from .install import build_child, trap_policies
+from .pool import AddressPool
+from .ports import (
+    ActionRejected,
+    ChildSaInfo,
+    ConfigChange,
+    ConfigKind,
+    ConnectionState,
+    ConnectionStatus,
+    Counters,
+    DaemonStatus,
+    IkeSaInfo,
+    KernelView,
+    PolicyInfo,
+    Target,
+    Traffic,
+    UnknownTarget,
+)
+
+log = logging.getLogger("xfrmctl.daemon")
+RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
+STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    """A CHILD_SA as installed in the kernel."""
+
+    event: ChildSaNegotiated
+    install: ChildInstall
+    reqid: int
+    installed_at: float
+    state: str = "INSTALLED"
+
+
+@dataclass(slots=True)
+class ConnectionRecord:
+    id: int
+    name: str
+    conf: cf.ConnectionConf
+    ike: IkeConfig
+    state: ConnectionState = ConnectionState.DOWN
+    reason: str | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+    since: float = 0.0
+    traps: list[PolicySpec] = field(default_factory=list)
+    wanted: bool = False  # should be up (start action, API initiate, DPD restart)
+
+
+def _name(enum: type, value: int | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(enum(value).name)
+    except ValueError:
+        return str(value)
+
+
+def _utc(ts_: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts_, UTC) if ts_ else None
+
+
+class Controller:
+    """The running gateway. `send` is set by the endpoints once they are bound."""
+
+    def __init__(self, conf: cf.DaemonConf, kernel: KernelIPsec, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.conf = conf
+        self.kernel = kernel
+        self.clock = clock
+        self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
+                                  spi_allocator=self._random_spi)
+        self.send: Callable[[Datagram], None] = lambda d: None
+        self.connections: dict[str, ConnectionRecord] = {}
+        self.children: dict[int, ChildRecord] = {}  # by inbound SPI
+        self.started_at = clock()
+        self.counters: dict[str, int] = {"ike_setups": 0, "child_setups": 0, "rekeys": 0,
+                                         "kernel_installs": 0}
+        self.failures: dict[str, int] = {}
+        self.install_seconds = 0.0
+        self.event_listeners: list[Callable[[str, dict[str, object]], None]] = []
+        self._reqids: dict[tuple[str, str], int] = {}
+        self._jobs: asyncio.Queue[Callable[[], object]] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pools: dict[str, AddressPool] = {}
+        self.load(conf)
+
+    # ----------------------------------------------------------------- configuration
+
+    def _random_spi(self) -> int:
+        return SPI_MIN + secrets.randbelow(SPI_MAX - SPI_MIN)
+
+    def reqid(self, connection: str, child: str) -> int:
+        key = (connection, child)
+        if key not in self._reqids:
+            self._reqids[key] = REQID_MIN + len(self._reqids) + 1
+        return self._reqids[key]
+
+    def load(self, conf: cf.DaemonConf) -> list[str]:
+        """Take a new configuration; returns the names of connections that changed."""
+        self.conf = conf
+        changed = []
+        for index, (name, conn) in enumerate(sorted(conf.connections.items()), start=1):
+            old = self.connections.get(name)
+            if old is not None and old.conf == conn:
+                continue
+            pool = None
+            if conn.pool:
+                pool = self._pools.setdefault(name, AddressPool(conn.pool))
+            record = ConnectionRecord(old.id if old else index, name, conn,
+                                      cf.ike_config(name, conn, pool))
+            self.connections[name] = record
+            changed.append(name)
+        for name in set(self.connections) - set(conf.connections):
+            changed.append(name)
+        self.manager.configs = {r.name: r.ike for r in self.connections.values()
+                                if r.name in conf.connections}
+        return changed
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
+                       loop.create_task(self._kernel_event_loop(), name="kernel-events")]
+        for record in self.connections.values():
+            await self._apply_start_action(record)
+
+    async def stop(self) -> None:
+        """Delete our SAs (telling peers) and remove what we installed."""
+        now = self.clock()
+        for sa in self.manager.all():
+            self.manager.act(sa, lambda s: s.delete(now, "daemon stopped"))
+        self._flush()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + STOP_GRACE
+        while self.manager.all() and loop.time() < give_up:
+            await asyncio.sleep(0.05)  # let the peers answer our deletes
+        await self.drain()
+        for child in list(self.children.values()):
+            await self._remove(child)  # peers that did not answer in time
+        self.children.clear()
+        for record in self.connections.values():
+            await self._remove_traps(record)
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def drain(self) -> None:
+        """Wait until every queued kernel job ran (tests and shutdown)."""
+        while not self._jobs.empty():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+
+    async def _apply_start_action(self, record: ConnectionRecord) -> None:
+        if record.conf.start_action is cf.StartAction.START:
+            record.wanted = True
+            self._initiate(record)
+        elif record.conf.start_action is cf.StartAction.TRAP:
+            await self._install_traps(record)
+
+    # ----------------------------------------------------------------- datagrams
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.manager.receive_datagram(data, local, remote, self.clock())
+        self._flush()
+
+    def _flush(self) -> None:
+        for datagram in self.manager.datagrams_to_send():
+            self.send(datagram)
+        while (event := self.manager.next_event()) is not None:
+            self._on_event(event)
+        self._schedule_timer()
+
+    # ----------------------------------------------------------------- timers
+
+    def _schedule_timer(self) -> None:
+        """One loop timer for the earliest deadline of every IKE SA (the manager's heap)."""
+        deadline = self.manager.get_timer()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_deadline = None, deadline
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_deadline = None
+        self.manager.handle_timer(self.clock())
+        self._flush()
+
+    # ----------------------------------------------------------------- IKE events
+
+    def _on_event(self, event: Event) -> None:
+        handler = _EVENT_HANDLERS.get(type(event))
+        self._emit(type(event).__name__, _event_fields(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _emit(self, kind: str, fields: dict[str, object]) -> None:
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()),
+                 extra={"event": kind, "fields": fields})
+        for listener in self.event_listeners:
+            listener(kind, fields)
+
+    def _on_ike_up(self, event: IkeSaUp) -> None:
+        self.counters["ike_setups"] += 1
+        record = self.connections.get(event.connection)
+        if record is not None:
+            self._set_state(record, ConnectionState.UP, None)
+
+    def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
+        self.counters["rekeys"] += 1
+
+    def _on_ike_down(self, event: IkeSaDown) -> None:
+        record = self.connections.get(event.connection)
+        if record is None or any(sa.name == record.name and sa.state is not IkeState.CLOSED
+                                 for sa in self.manager.all()):
+            return
+        if event.reason == "rekeyed":
+            return
+        self._connection_down(record, event.reason)
+
+    def _on_failed(self, event: NegotiationFailed) -> None:
+        self.failures[event.reason.value] = self.failures.get(event.reason.value, 0) + 1
+        log.warning("negotiation failed: %s: %s (ours: %s; theirs: %s)", event.connection,
+                    event.message, "; ".join(event.ours) or "-",
+                    "; ".join(event.theirs) or "-")
+        record = self.connections.get(event.connection)
+        if record is None or event.child is not None:
+            return
+        record.detail = {"message": event.message, "ours": list(event.ours),
+                         "theirs": list(event.theirs)}
+        self._connection_down(record, event.reason.value)
+
+    def _connection_down(self, record: ConnectionRecord, reason: str) -> None:
+        self._set_state(record, ConnectionState.DOWN, reason)
+        if reason in ("deleted", "daemon stopped"):
+            return
+        dpd = record.conf.dpd_action
+        if reason == FailureReason.PEER_UNREACHABLE.value and dpd is cf.DpdAction.TRAP:
+            self._jobs.put_nowait(lambda: self._install_traps(record))
+        elif record.wanted or (reason == FailureReason.PEER_UNREACHABLE.value
+                               and dpd is cf.DpdAction.RESTART):
+            record.wanted = True
+            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
+
+    def _retry(self, name: str) -> None:
+        record = self.connections.get(name)
+        if record is not None and record.wanted and record.state is ConnectionState.DOWN:
+            self._initiate(record)
+
+    def _set_state(self, record: ConnectionRecord, state: ConnectionState,
+                   reason: str | None) -> None:
+        record.state, record.since = state, self.clock()
+        record.reason = reason
+        if state is ConnectionState.UP:
+            record.detail = {}
+
+    def _on_child(self, event: ChildSaNegotiated) -> None:
+        self.counters["child_setups"] += 1
+        record = self.connections[event.connection]
+        child_conf = record.conf.children[event.child]
+        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
+        child = ChildRecord(event, install, install.inbound.reqid, self.clock())
+        self.children[event.spi_in] = child
+        self._jobs.put_nowait(lambda: self._install(child))
+
+    def _on_child_deleted(self, event: ChildSaDeleted) -> None:
+        child = self.children.pop(event.spi_in, None)
+        if child is not None:
+            child.state = "DELETED"
+            self._jobs.put_nowait(lambda: self._remove(child))
+
+    def _on_vip(self, event: VirtualIpAssigned) -> None:
+        log.info("virtual IP %s %s for %s", event.address,
+                 "assigned" if event.to_peer else "received", event.connection)
+
+    # ----------------------------------------------------------------- kernel work
+
+    async def _job_loop(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                result = job()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a kernel job must never stop the loop
+                log.exception("kernel job failed")
+            finally:
+                self._jobs.task_done()
+
+    async def _install(self, child: ChildRecord) -> None:
+        if child.state == "DELETED":
+            return
+        started = time.perf_counter()
+        try:
+            await self.kernel.install_child(child.install)
+        except KernelError as exc:
+            log.error("installing CHILD_SA %s failed: %s", child.event.child, exc)
+            self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
+            self.children.pop(child.event.spi_in, None)
+            child.state = "FAILED"
+            sa = self.manager.get(child.event.ike_sa)
+            if sa is not None and sa.state is IkeState.ESTABLISHED:
+                now = self.clock()
+                with contextlib.suppress(Exception):
+                    self.manager.act(sa, lambda s: s.delete_child(child.event.spi_in, now,
+                                                                   "kernel install failed"))
+                    self._flush()
+            return
+        self.install_seconds += time.perf_counter() - started
+        self.counters["kernel_installs"] += 1
+
+    async def _remove(self, child: ChildRecord) -> None:
+        try:
+            await self.kernel.remove_child(child.install)
+        except KernelError as exc:
+            log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
+
+    async def _install_traps(self, record: ConnectionRecord) -> None:
+        if record.traps or not record.conf.remote_addrs:
+            return
+        local = record.conf.local_addrs[0] if record.conf.local_addrs else None
+        remote = record.conf.remote_addrs[0]
+        if local is None:
+            return
+        for name, child in record.conf.children.items():
+            local_ts = tuple(ts.parse(t) for t in child.local_ts) or \
+                (ts.from_address(ipaddress.ip_address(local)),)
+            remote_ts = tuple(ts.parse(t) for t in child.remote_ts) or \
+                (ts.from_address(ipaddress.ip_address(remote)),)
+            for policy in trap_policies(local_ts, remote_ts, local, remote, child,
+                                        self.reqid(record.name, name)):
+                try:
+                    await self.kernel.add_policy(policy)
+                    record.traps.append(policy)
+                except KernelError as exc:
+                    log.error("trap policy for %s/%s: %s", record.name, name, exc)
+        if record.traps and record.state is ConnectionState.DOWN:
+            self._set_state(record, ConnectionState.TRAPPED, None)
+
+    async def _remove_traps(self, record: ConnectionRecord) -> None:
+        for policy in record.traps:
+            with contextlib.suppress(KernelError):
+                await self.kernel.remove_policy(policy)
+        record.traps = []
+
+    # ----------------------------------------------------------------- kernel events
+
+    async def _kernel_event_loop(self) -> None:
+        async for event in self.kernel.events():
+            try:
+                self._on_kernel_event(event)
+            except Exception:
+                log.exception("kernel event %s", event)
+
+    def _on_kernel_event(self, event: KernelEvent) -> None:
+        if isinstance(event, Expire):
+            self._on_expire(event)
+        elif isinstance(event, Acquire):
+            self._on_acquire(event)
+
+    def _on_expire(self, event: Expire) -> None:
+        child = self._child_by_sa(event.sa.spi)
+        if child is None:
+            return
+        sa = self.manager.get(child.event.ike_sa)
+        if sa is None:
+            return
+        now = self.clock()
+        spi_in = child.event.spi_in
+        if event.hard:
+            self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "hard expire"))
+        elif child.state == "INSTALLED":
+            child.state = "REKEYING"
+            with contextlib.suppress(Exception):
+                self.manager.act(sa, lambda s: s.rekey_child(spi_in, now))
+        self._flush()
+
+    def _child_by_sa(self, spi: int) -> ChildRecord | None:
+        if spi in self.children:
+            return self.children[spi]
+        return next((c for c in self.children.values() if c.event.spi_out == spi), None)
+
+    def _on_acquire(self, event: Acquire) -> None:
+        for record in self.connections.values():
+            if any(p.templates and p.templates[0].reqid == event.reqid for p in record.traps):
+                if record.state in (ConnectionState.TRAPPED, ConnectionState.DOWN):
+                    self._initiate(record)
+                return
+
+    # ----------------------------------------------------------------- actions
+
+    def _initiate(self, record: ConnectionRecord, children: Sequence[str] | None = None) -> None:
+        conf = record.conf
+        if not conf.remote_addrs:
+            raise ActionRejected(f"connection {record.name} has no remote address")
+        remote_addr = conf.remote_addrs[0]
+        local_addr = conf.local_addrs[0] if conf.local_addrs else self._source_for(remote_addr)
+        self._set_state(record, ConnectionState.CONNECTING, None)
+        self.manager.initiate(record.name, (local_addr, conf.local_port),
+                              (remote_addr, conf.remote_port), self.clock(), children)
+        self._flush()
+
+    def _source_for(self, remote: str) -> str:
+        listen = [a for a in self.conf.listen
+                  if ipaddress.ip_address(a).version == ipaddress.ip_address(remote).version]
+        if not listen:
+            raise ActionRejected(f"no local address to reach {remote}: set local_addrs")
+        return listen[0]
+
+    def _record(self, connection_id: int) -> ConnectionRecord:
+        for record in self.connections.values():
+            if record.id == connection_id:
+                return record
+        raise UnknownTarget(f"connection {connection_id}")
+
+    def _sas_of(self, record: ConnectionRecord) -> list[IkeSa]:
+        return [sa for sa in self.manager.all() if sa.name == record.name]
+
+    def _ike_sa(self, sa_id: str) -> IkeSa:
+        sa = self.manager.get(int(sa_id)) if sa_id.isdigit() else None
+        if sa is None:
+            raise UnknownTarget(f"IKE_SA {sa_id}")
+        return sa
+
+    async def initiate(self, connection_id: int, child_id: int | None = None) -> None:
+        record = self._record(connection_id)
+        children = None
+        if child_id is not None:
+            names = sorted(record.conf.children)
+            if not 1 <= child_id <= len(names):
+                raise UnknownTarget(f"child {child_id} of connection {connection_id}")
+            children = [names[child_id - 1]]
+        record.wanted = True
+        self._initiate(record, children)
+
+    async def terminate(self, target: Target) -> None:
+        now = self.clock()
+        if target.kind == "connection":
+            record = self._record(int(target.id))
+            record.wanted = False
+            for sa in self._sas_of(record):
+                self.manager.act(sa, lambda s: s.delete(now))
+        elif target.kind == "ike_sa":
+            sa = self._ike_sa(target.id)
+            self.manager.act(sa, lambda s: s.delete(now))
+        else:
+            child = self._child_target(target.id)
+            sa = self._ike_sa(str(child.event.ike_sa))
+            self.manager.act(sa, lambda s: s.delete_child(child.event.spi_in, now))
+        self._flush()
+
+    async def rekey(self, target: Target) -> None:
+        now = self.clock()
+        if target.kind == "connection":
+            sas = self._sas_of(self._record(int(target.id)))
+            if not sas:
+                raise ActionRejected("connection is not up")
+            for sa in sas:
+                self.manager.act(sa, lambda s: s.rekey(now))
+        elif target.kind == "ike_sa":
+            self.manager.act(self._ike_sa(target.id), lambda s: s.rekey(now))
+        else:
+            child = self._child_target(target.id)
+            sa = self._ike_sa(str(child.event.ike_sa))
+            try:
+                self.manager.act(sa, lambda s: s.rekey_child(child.event.spi_in, now))
+            except Exception as exc:
+                raise ActionRejected(str(exc)) from exc
+        self._flush()
+
+    def _child_target(self, child_id: str) -> ChildRecord:
+        for child in self.children.values():
+            if str(child.event.child_id) == child_id or f"{child.event.spi_in:08x}" == child_id:
+                return child
+        raise UnknownTarget(f"CHILD_SA {child_id}")
+
+    async def config_changed(self, kind: ConfigKind, object_id: int,
+                             change: ConfigChange) -> None:
+        """The file-backed daemon reloads on SIGHUP; the database-backed one through here."""
+        raise ActionRejected("this daemon is configured from a file: edit it and send SIGHUP")
+
+    async def reload(self, conf: cf.DaemonConf) -> list[str]:
+        """Apply a new configuration, touching only connections that changed."""
+        before = dict(self.connections)
+        changed = self.load(conf)
+        now = self.clock()
+        for name in changed:
+            old = before.get(name)
+            if old is not None:
+                old.wanted = False
+                await self._remove_traps(old)
+                for sa in self._sas_of(old):
+                    self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
+            if name not in conf.connections:
+                self.connections.pop(name, None)
+                continue
+            await self._apply_start_action(self.connections[name])
+        self._flush()
+        return changed
+
+    # ----------------------------------------------------------------- read-only views
+
+    async def list_ike_sas(self) -> Sequence[IkeSaInfo]:
+        return [self._ike_info(sa) for sa in self.manager.all()]
+
+    def _ike_info(self, sa: IkeSa) -> IkeSaInfo:
+        suite = sa.suite or Suite(protocol=0)  # type: ignore[arg-type]
+        record = self.connections.get(sa.name)
+        rekey_at = sa._rekey_deadline
+        return IkeSaInfo(
+            id=str(sa.id), connection_id=record.id if record else None,
+            connection_name=sa.name if record else None, state=sa.state.name,
+            initiator=sa.is_initiator, spi_i=int.from_bytes(sa.spi_i, "big"),
+            spi_r=int.from_bytes(sa.spi_r, "big"), local_addr=sa.local[0],
+            local_port=sa.local[1], remote_addr=sa.remote[0], remote_port=sa.remote[1],
+            local_id=str(sa.local_id) if sa.local_id else None,
+            remote_id=str(sa.remote_id) if sa.remote_id else None,
+            encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
+            prf=_name(PrfId, suite.prf), dh_group=_name(DhId, suite.dh),
+            established_at=_utc(sa.established_at), rekey_at=_utc(rekey_at),
+            nat_local=sa.nat_local, nat_remote=sa.nat_remote)
+
+    async def list_child_sas(self) -> Sequence[ChildSaInfo]:
+        out = []
+        for child in list(self.children.values()):
+            traffic = await self._traffic(child)
+            out.append(self._child_info(child, traffic))
+        return out
+
+    async def _traffic(self, child: ChildRecord) -> Traffic:
+        try:
+            inbound = await self.kernel.counters(child.install.inbound.id)
+            outbound = await self.kernel.counters(child.install.outbound.id)
+        except KernelError:
+            return Traffic()
+        return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets)
+
+    def _child_info(self, child: ChildRecord, traffic: Traffic) -> ChildSaInfo:
+        event = child.event
+        record = self.connections.get(event.connection)
+        lifetime = child.install.inbound.lifetime
+        return ChildSaInfo(
+            id=str(event.child_id), ike_sa_id=str(event.ike_sa),
+            connection_id=record.id if record else None,
+            child_id=sorted(record.conf.children).index(event.child) + 1 if record else None,
+            name=event.child, state=child.state, mode=event.mode.value,
+            protocol=event.protocol.name.lower(), spi_in=event.spi_in, spi_out=event.spi_out,
+            local_ts=tuple(map(ts.format_ts, event.local_ts)),
+            remote_ts=tuple(map(ts.format_ts, event.remote_ts)),
+            encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
+            dh_group=_name(DhId, event.suite.dh), esn=event.suite.esn, encap=event.encap,
+            if_id=child.install.inbound.if_id or None, installed_at=_utc(child.installed_at),
+            rekey_at=_utc(child.installed_at + lifetime.soft_add_expires_seconds)
+            if lifetime.soft_add_expires_seconds else None,
+            expire_at=_utc(child.installed_at + lifetime.hard_add_expires_seconds)
+            if lifetime.hard_add_expires_seconds else None,
+            traffic=traffic)
+
+    async def list_policies(self) -> Sequence[PolicyInfo]:
+        out = []
+        for child in self.children.values():
+            record = self.connections.get(child.event.connection)
+            out += [_policy_info(p, str(child.event.child_id), record.id if record else None)
+                    for p in child.install.policies]
+        for record in self.connections.values():
+            out += [_policy_info(p, None, record.id) for p in record.traps]
+        return out
+
+    async def kernel_view(self) -> KernelView:
+        states = [_sa_dict(s.spec, s.counters) for s in await self.kernel.dump_sas()]
+        policies = [_policy_dict(p.spec) for p in await self.kernel.dump_policies()]
+        return KernelView(tuple(states), tuple(policies))
+
+    async def status(self) -> DaemonStatus:
+        connections = tuple(
+            ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
+                             tuple(str(sa.id) for sa in self._sas_of(r)), _utc(r.since))
+            for r in sorted(self.connections.values(), key=lambda r: r.id))
+        counters = Counters(self.counters["ike_setups"], self.counters["child_setups"],
+                            self.counters["rekeys"], dict(self.failures),
+                            self.counters["kernel_installs"], self.install_seconds)
+        return DaemonStatus(_utc(self.started_at) or datetime.now(UTC), connections, counters,
+                            __version__)
+
+
+def _encr_name(suite: Suite) -> str | None:
+    if suite.encr is None:
+        return None
+    name = _name(EncrId, suite.encr)
+    return f"{name}_{suite.encr_bits}" if suite.encr_bits else name
+
+
+def _policy_info(p: PolicySpec, child_id: str | None, connection_id: int | None) -> PolicyInfo:
+    sel = p.selector
+    return PolicyInfo(direction=p.direction.name.lower(), src=str(sel.src), dst=str(sel.dst),
+                      proto=sel.proto, action=p.action.name.lower(), priority=p.priority,
+                      if_id=p.if_id or None, mark=p.mark.value if p.mark else None,
+                      mark_mask=p.mark.mask if p.mark else None, child_sa_id=child_id,
+                      connection_id=connection_id)
+
+
+def _sa_dict(spec: SaSpec, counters: KernelCounters) -> dict[str, object]:
+    algs = {kind: {"name": alg.name, "bits": len(alg.key) * 8}
+            for kind, alg in (("aead", spec.aead), ("crypt", spec.crypt), ("auth", spec.auth))
+            if alg is not None}
+    return {"src": str(spec.src), "dst": str(spec.dst), "spi": f"0x{spec.spi:08x}",
+            "proto": spec.proto.name.lower(), "mode": spec.mode.name.lower(),
+            "reqid": spec.reqid, "algorithms": algs, "if_id": spec.if_id,
+            "encap": bool(spec.encap), "bytes": counters.bytes, "packets": counters.packets}
+
+
+def _policy_dict(p: PolicySpec) -> dict[str, object]:
+    info = _policy_info(p, None, None)
+    return {"dir": info.direction, "src": info.src, "dst": info.dst, "proto": info.proto,
+            "action": info.action, "priority": info.priority, "if_id": info.if_id,
+            "reqids": [t.reqid for t in p.templates]}
+
+
+_PLAIN = (int, float, str, bool, type(None), list, tuple)
+
+
+def _event_fields(event: Event) -> dict[str, object]:
+    """Event fields for logs and the event stream: never key material."""
+    hidden = {"encr_key_in", "integ_key_in", "encr_key_out", "integ_key_out"}
+    out: dict[str, object] = {}
+    for name in event.__dataclass_fields__:
+        if name in hidden:
+            continue
+        value = getattr(event, name)
+        if isinstance(value, bytes):
+            value = value.hex()
+        elif isinstance(value, tuple) and value and hasattr(value[0], "ts_type"):
+            value = [ts.format_ts(t) for t in value]
+        elif isinstance(value, Suite) or not isinstance(value, _PLAIN):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+_Handler = Callable[[Controller, Event], None]
+_EVENT_HANDLERS: dict[type, _Handler] = {
+    IkeSaUp: Controller._on_ike_up,  # type: ignore[dict-item]
+    IkeSaRekeyed: Controller._on_ike_rekeyed,  # type: ignore[dict-item]
+    IkeSaDown: Controller._on_ike_down,  # type: ignore[dict-item]
+    NegotiationFailed: Controller._on_failed,  # type: ignore[dict-item]
+    ChildSaNegotiated: Controller._on_child,  # type: ignore[dict-item]
+    ChildSaDeleted: Controller._on_child_deleted,  # type: ignore[dict-item]
+    VirtualIpAssigned: Controller._on_vip,  # type: ignore[dict-item]
+}

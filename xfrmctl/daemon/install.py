@@ -1,0 +1,160 @@
+"""From a negotiated CHILD_SA to the kernel objects that carry it: two SAs and policies.
+
+Pure functions (no I/O): the controller hands the result to `KernelIPsec.install_child`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from collections.abc import Iterator
+
+from xfrmctl.ike import ts
+from xfrmctl.ike.config import Mode as IkeMode
+from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
+from xfrmctl.ike.events import ChildSaNegotiated
+from xfrmctl.ike.payloads import TrafficSelector
+from xfrmctl.kernel import algorithms as kalg
+from xfrmctl.kernel.types import (
+    XFRM_INF,
+    Algorithm,
+    ChildInstall,
+    Direction,
+    Encap,
+    Lifetime,
+    Mark,
+    Mode,
+    PolicySpec,
+    Proto,
+    SaId,
+    SaSpec,
+    Selector,
+    Template,
+)
+
+from .conf import ChildConf
+
+# Policy priorities: lower wins. Like strongSwan, more specific selectors get a lower value.
+PRIORITY_BASE = 200_000
+
+
+def _algorithms(event: ChildSaNegotiated, inbound: bool
+                ) -> tuple[Algorithm | None, Algorithm | None, Algorithm | None]:
+    """(aead, crypt, auth) for one direction."""
+    suite = event.suite
+    encr_key = event.encr_key_in if inbound else event.encr_key_out
+    integ_key = event.integ_key_in if inbound else event.integ_key_out
+    auth = kalg.integ_algorithm(IntegId(suite.integ), integ_key) if suite.integ else None
+    if suite.encr is None:  # AH
+        return None, None, auth
+    encr = kalg.encr_algorithm(EncrId(suite.encr), encr_key)
+    if kalg.is_aead(EncrId(suite.encr)):
+        return encr, None, None
+    return None, encr, auth
+
+
+def _lifetime(event: ChildSaNegotiated, jitter: float) -> Lifetime:
+    def count(value: int) -> int:
+        return value or XFRM_INF
+
+    soft_time = int(event.rekey_time * (1 - jitter)) if event.rekey_time else 0
+    soft_bytes = int(event.rekey_bytes * (1 - jitter)) if event.rekey_bytes else 0
+    soft_packets = int(event.rekey_packets * (1 - jitter)) if event.rekey_packets else 0
+    return Lifetime(
+        soft_bytes=count(soft_bytes), hard_bytes=count(event.life_bytes),
+        soft_packets=count(soft_packets), hard_packets=count(event.life_packets),
+        soft_add_expires_seconds=soft_time,
+        hard_add_expires_seconds=int(event.life_time),
+    )
+
+
+def _mark(value: int | None) -> Mark | None:
+    return Mark(value) if value else None
+
+
+def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildInstall:
+    """The inbound SA, the outbound SA and the policies of one negotiated CHILD_SA."""
+    local = ipaddress.ip_address(event.local[0])
+    remote = ipaddress.ip_address(event.remote[0])
+    mode = Mode.TUNNEL if event.mode is IkeMode.TUNNEL else Mode.TRANSPORT
+    proto = Proto.AH if event.protocol is ProtocolId.AH else Proto.ESP
+    # Up to 10% earlier soft expiry, so the two ends rarely rekey at the same moment.
+    jitter = int.from_bytes(os.urandom(2), "big") / 65535 * 0.1
+    lifetime = _lifetime(event, jitter)
+    if_id = conf.if_id or 0
+    common = {"reqid": reqid, "proto": proto, "mode": mode, "lifetime": lifetime,
+              "replay_window": conf.replay_window, "esn": event.suite.esn, "if_id": if_id}
+    aead, crypt, auth = _algorithms(event, inbound=True)
+    inbound = SaSpec(
+        src=remote, dst=local, spi=event.spi_in, aead=aead, crypt=crypt, auth=auth,
+        encap=Encap(event.remote[1], event.local[1]) if event.encap else None,
+        mark=_mark(conf.mark_in), **common)  # type: ignore[arg-type]
+    aead, crypt, auth = _algorithms(event, inbound=False)
+    outbound = SaSpec(
+        src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,
+        encap=Encap(event.local[1], event.remote[1]) if event.encap else None,
+        mark=_mark(conf.mark_out), tfcpad=conf.tfc_padding, **common)  # type: ignore[arg-type]
+    policies = tuple(policies_for(event.local_ts, event.remote_ts, local, remote, mode, proto,
+                                  reqid, conf))
+    return ChildInstall(inbound, outbound, policies)
+
+
+def sa_ids(install: ChildInstall) -> tuple[SaId, SaId]:
+    return tuple(SaId(sa.dst, sa.spi, sa.proto, sa.mark)  # type: ignore[return-value]
+                 for sa in (install.inbound, install.outbound))
+
+
+def _selectors(local: TrafficSelector, remote: TrafficSelector
+               ) -> Iterator[tuple[Selector, Selector, int]]:
+    """(outbound selector, inbound selector, priority) for a pair of traffic selectors."""
+    if local.ts_type != remote.ts_type:
+        return
+    if local.ip_protocol and remote.ip_protocol and local.ip_protocol != remote.ip_protocol:
+        return
+    proto = local.ip_protocol or remote.ip_protocol
+    lports = ts.port_masks(local.start_port, local.end_port)
+    rports = ts.port_masks(remote.start_port, remote.end_port)
+    for lnet, rnet in itertools.product(ts.to_networks(local), ts.to_networks(remote)):
+        for (lport, lmask), (rport, rmask) in itertools.product(lports, rports):
+            out = Selector(lnet, rnet, proto, lport, lmask, rport, rmask)
+            into = Selector(rnet, lnet, proto, rport, rmask, lport, lmask)
+            specificity = lnet.prefixlen + rnet.prefixlen + (4 if proto else 0) + \
+                (2 if lmask or rmask else 0)
+            yield out, into, PRIORITY_BASE - specificity
+
+
+def policies_for(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...],
+                 local: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 remote: ipaddress.IPv4Address | ipaddress.IPv6Address, mode: Mode, proto: Proto,
+                 reqid: int, conf: ChildConf) -> Iterator[PolicySpec]:
+    """OUT, IN (and FWD in tunnel mode) policies for every selector pair."""
+    tunnel = mode is Mode.TUNNEL
+    out_tmpl = Template(reqid, proto, mode, local if tunnel else None,
+                        remote if tunnel else None)
+    in_tmpl = Template(reqid, proto, mode, remote if tunnel else None,
+                       local if tunnel else None)
+    if_id = conf.if_id or 0
+    mark_in, mark_out = _mark(conf.mark_in), _mark(conf.mark_out)
+    for lts, rts in itertools.product(local_ts, remote_ts):
+        for out_sel, in_sel, prio in _selectors(lts, rts):
+            yield PolicySpec(out_sel, Direction.OUT, (out_tmpl,), prio, mark=mark_out,
+                             if_id=if_id)
+            yield PolicySpec(in_sel, Direction.IN, (in_tmpl,), prio, mark=mark_in,
+                             if_id=if_id)
+            if tunnel:
+                yield PolicySpec(in_sel, Direction.FWD, (in_tmpl,), prio, mark=mark_in,
+                                 if_id=if_id)
+
+
+def trap_policies(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...],
+                  local: str, remote: str, conf: ChildConf, reqid: int) -> list[PolicySpec]:
+    """Outbound policies whose templates have no SA yet: traffic makes the kernel send
+    ACQUIRE, and the daemon initiates (start_action = trap). They are the very policies the
+    CHILD_SA installs later (same key, same reqid), so the kernel layer's reference count
+    keeps them across the SA's life."""
+    mode = Mode.TUNNEL if conf.mode is IkeMode.TUNNEL else Mode.TRANSPORT
+    proto = Proto.AH if conf.ah_proposals else Proto.ESP
+    return [p for p in policies_for(local_ts, remote_ts, ipaddress.ip_address(local),
+                                    ipaddress.ip_address(remote), mode, proto, reqid, conf)
+            if p.direction is Direction.OUT]

@@ -1,0 +1,139 @@
+"""`xfrmctl daemon`: the gateway process.
+
+One asyncio loop runs the IKE endpoints, the controller and (optionally) the REST API.
+SIGHUP reloads the configuration file, touching only connections that changed;
+SIGTERM/SIGINT delete our SAs (telling the peers) and exit. With systemd (Type=notify)
+readiness is reported through NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from xfrmctl.kernel.interface import KernelIPsec
+
+from . import conf as cf
+from .controller import Controller
+from .endpoint import Endpoints
+
+log = logging.getLogger("xfrmctl.daemon")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                                 "level": record.levelname.lower(), "logger": record.name,
+                                 "message": record.getMessage()}
+        event = getattr(record, "event", None)
+        if event:
+            entry["event"] = event
+            entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(json_lines: bool, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("xfrmctl")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def notify_systemd(state: str) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+def local_addresses() -> list[str]:
+    """Every non-loopback address of this namespace (when `listen` is not configured)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - only when listen is unset
+
+    with IPRoute() as ipr:
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()]
+    return [a for a in addrs if a and not a.startswith("127.") and a != "::1"
+            and not a.startswith("fe80")]
+
+
+async def open_kernel() -> KernelIPsec:
+    from xfrmctl.kernel.netlink import NetlinkKernel  # noqa: PLC0415 - tests use the fake
+
+    return await NetlinkKernel.open()
+
+
+async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = None) -> int:
+    try:
+        conf = cf.load(config_path)
+    except (OSError, ValueError, ValidationError) as exc:
+        log.error("configuration %s: %s", config_path, exc)
+        return 2
+    kernel = await open_kernel()
+    controller = Controller(conf, kernel)
+    endpoints = Endpoints(controller.receive)
+    addresses = conf.listen or local_addresses()
+    await endpoints.open(addresses, conf.ike_port, conf.nat_port)
+    controller.send = endpoints.send
+    log.info("listening on %s (ports %d, %d)", ", ".join(addresses), conf.ike_port,
+             conf.nat_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
+        _reload(controller, config_path)))
+    server_task = None
+    if api:
+        server_task = loop.create_task(_serve_api(controller, kernel))
+    await controller.start()
+    notify_systemd("READY=1")
+    await stop.wait()
+    notify_systemd("STOPPING=1")
+    log.info("stopping")
+    await controller.stop()
+    endpoints.close()
+    if server_task is not None:
+        server_task.cancel()
+    await kernel.close()
+    return 0
+
+
+async def _reload(controller: Controller, path: Path) -> None:
+    try:
+        conf = cf.load(path)
+    except (OSError, ValueError, ValidationError) as exc:
+        log.error("reload of %s refused, keeping the running configuration: %s", path, exc)
+        return
+    changed = await controller.reload(conf)
+    log.info("reloaded %s: %s", path, ", ".join(changed) or "nothing changed")
+
+
+async def _serve_api(controller: Controller, kernel: KernelIPsec) -> None:
+    """The REST API on this loop: a unix socket and loopback TCP (settings decide)."""
+    import uvicorn  # noqa: PLC0415 - the API is optional
+
+    from api.main import create_app  # noqa: PLC0415
+    from api.server import server_configs  # noqa: PLC0415
+    from xfrmctl.config import Settings  # noqa: PLC0415
+
+    settings = Settings()
+    app = create_app(settings, controller=controller, kernel=kernel)
+    # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
+    await asyncio.gather(*(uvicorn.Server(c)._serve() for c in server_configs(app, settings)))
