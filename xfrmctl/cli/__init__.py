@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "conn": "xfrmctl.cli.conn:conn",
     "token": "xfrmctl.cli.admin:token",
     "db": "xfrmctl.cli.admin:db",
+    "daemon": "xfrmctl.daemon.command:daemon",
 }
 
 

@@ -86,6 +86,7 @@ class ChildRecord:
     reqid: int
     installed_at: float
     state: str = "INSTALLED"
+    in_kernel: bool = False  # install_child succeeded: there is something to remove
 
 
 @dataclass(slots=True)
@@ -372,10 +373,14 @@ class Controller:
                                                                    "kernel install failed"))
                     self._flush()
             return
+        child.in_kernel = True
         self.install_seconds += time.perf_counter() - started
         self.counters["kernel_installs"] += 1
 
     async def _remove(self, child: ChildRecord) -> None:
+        if not child.in_kernel:
+            return
+        child.in_kernel = False
         try:
             await self.kernel.remove_child(child.install)
         except KernelError as exc:

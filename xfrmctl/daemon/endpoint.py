@@ -33,9 +33,10 @@ Endpoint = tuple[str, int]
 Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 
 
-def _bypass_policy(direction: int) -> bytes:
-    """struct xfrm_userpolicy_info: an empty selector, action ALLOW: skip IPsec."""
-    selector = bytes(56)
+def _bypass_policy(direction: int, family: int) -> bytes:
+    """struct xfrm_userpolicy_info: a selector of the socket's family matching anything,
+    action ALLOW: this socket's packets skip IPsec."""
+    selector = bytes(40) + struct.pack("=H", family) + bytes(14)
     lifetime_cfg = struct.pack("=8Q", XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 0, 0, 0, 0)
     lifetime_cur = bytes(32)
     tail = struct.pack("=IIBBBB", 0, 0, direction, 0, 0, 0)
@@ -47,7 +48,7 @@ def _bypass_ipsec(sock: socket.socket, family: int) -> None:
         (socket.IPPROTO_IPV6, IPV6_XFRM_POLICY)
     for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
         try:
-            sock.setsockopt(level, option, _bypass_policy(direction))
+            sock.setsockopt(level, option, _bypass_policy(direction, family))
         except OSError as exc:  # needs CAP_NET_ADMIN
             log.warning("cannot exempt the IKE socket from IPsec policies: %s", exc)
 

@@ -1,0 +1,26 @@
+"""`xfrmctl daemon`: run the gateway in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from .main import run, setup_logging
+
+
+@click.command()
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path, exists=True),
+              default=Path("/etc/xfrmctl/xfrmctl.yaml"), show_default=True,
+              help="Connections file (YAML or TOML).")
+@click.option("--api/--no-api", default=False, show_default=True,
+              help="Serve the REST API (unix socket and 127.0.0.1; see XFRMCTL_* settings).")
+@click.option("--log-json/--log-text", default=False, help="One JSON object per log line.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def daemon(config_path: Path, api: bool, log_json: bool, log_level: str) -> None:
+    """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
+    setup_logging(log_json, log_level)
+    sys.exit(asyncio.run(run(config_path, api=api)))
