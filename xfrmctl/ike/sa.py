@@ -38,12 +38,15 @@ from .algorithms import encr_key_size, integ_key_size
 from .certs import TrustStore, id_for_certificate, identity_matches
 from .config import AuthMethodName, ChildConfig, Identity, IkeConfig, LocalAuth, Mode, SendCert
 from .constants import (
+    IKE_HEADER_SIZE,
+    PAYLOAD_HEADER_SIZE,
     AuthMethod,
     CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
     NotifyType,
+    PayloadType,
     ProtocolId,
     TransformType,
     notify_name,
@@ -90,6 +93,7 @@ from .payloads import (
     TsiPayload,
     TsrPayload,
     id_body,
+    pull_chain,
 )
 from .proposals import DhRule, Suite, suite_of
 from .sk import SkCipher
@@ -531,14 +535,17 @@ class IkeSa:
             self.remote, self.local = remote, local
 
     def _on_bad_message(self, data: bytes, exc: ProtocolError, now: float) -> None:
-        """Answer a malformed request with the notify the RFC asks for; ignore the rest."""
+        """Answer a malformed request with the notify the RFC asks for; ignore the rest.
+        Only a request whose SK payload verifies is answered (and uses up its message ID):
+        anything else could be forged by anyone."""
         if self._cipher_in is None or self.state is IkeState.CLOSED:
             return
         try:
             header = parse_header(data)
         except ProtocolError:
             return
-        if header.is_response or header.message_id != self._expected_peer_id:
+        if header.is_response or header.message_id != self._expected_peer_id \
+                or not self._authentic(data, header.next_payload):
             return
         self._expected_peer_id += 1
         request = Message(ExchangeType(header.exchange) if header.exchange in
@@ -547,8 +554,33 @@ class IkeSa:
                           header.is_initiator, False, [], [])
         self._respond(request, [_notify(exc.notify, exc.notify_data)])
 
+    def _authentic(self, data: bytes, first_payload: int) -> bool:
+        """Does the datagram's SK payload pass our integrity check?"""
+        cipher = self._cipher_in
+        try:
+            _, enc_type, at = pull_chain(data, IKE_HEADER_SIZE, len(data), first_payload,
+                                         stop_at_encrypted=True)
+            body_at = at + PAYLOAD_HEADER_SIZE
+            size = len(data) - body_at - (cipher.iv_size + cipher.icv_size if cipher else 0)
+            if cipher is None or enc_type != PayloadType.SK or size <= 0 \
+                    or size % cipher.block_size:
+                return False
+            cipher.open(data[:body_at], data[body_at:])
+        except ProtocolError:
+            return False
+        return True
+
     def receive_message(self, msg: Message, raw: bytes, now: float) -> None:
         if self.state is IkeState.CLOSED:
+            return
+        if self._cipher_in is not None and msg.protected is None:
+            # Once keyed, every message is protected (RFC 7296 3.14): a plaintext one is
+            # a retransmitted IKE_SA_INIT request, or forged.
+            cached = self._cached_response
+            if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response \
+                    and self.state is IkeState.INIT_DONE and cached and cached[0] == 0 \
+                    and raw == self._init_request:
+                self._emit_datagrams(cached[1])
             return
         self._last_peer_activity = now
         if msg.is_response:
