@@ -1,0 +1,119 @@
+"""xfrmctl <-> xfrmctl on a real kernel: tunnel up, ping through ESP, delete on SIGTERM.
+
+    left (initiator, start_action: start)          right (responder)
+    198.51.100.0/24 == ESP tunnel 192.0.2.1 <-> 192.0.2.2 == 203.0.113.0/24
+
+The daemon is policy-based here and installs no routes: each gateway routes the remote
+subnet to its peer, and the daemon's IPsec policies capture that traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tests.lab.conftest import Gateway, GatewayPair
+from tests.lab.test_lab_baseline import Steps
+from tests.support.xfrmctl_daemon import (
+    DaemonFactory,
+    Event,
+    XfrmctlDaemon,
+    child,
+    connection,
+    daemon_conf,
+    xfrm_states,
+    xfrmctl_daemons,
+)
+
+__all__ = ["xfrmctl_daemons"]  # the fixture, imported for pytest
+
+PSK = "lab-daemon-pair-test-psk-not-secret"
+SUITE_IKE = "aes128gcm16-prfsha256-x25519"
+SUITE_ESP = "aes128gcm16-x25519"
+
+
+def gw_conf(me: Gateway, peer: Gateway, side: str, *, initiator: bool) -> dict[str, object]:
+    peer_side = "right" if side == "left" else "left"
+    conn = connection(
+        me.outer, peer.outer,
+        {"net": child([me.subnet], [peer.subnet], esp_proposals=SUITE_ESP)},
+        psk=PSK, local_id=f"{side}.example.org", remote_id=f"{peer_side}.example.org",
+        ike_proposals=SUITE_IKE, start_action="start" if initiator else "none")
+    return daemon_conf([me.outer], {"gw": conn})
+
+
+def route_subnets(pair: GatewayPair) -> None:
+    pair.left.run("ip", "route", "add", pair.right.subnet, "via", pair.right.outer)
+    pair.right.run("ip", "route", "add", pair.left.subnet, "via", pair.left.outer)
+
+
+def ping(src: Gateway, dst: Gateway, count: int = 5) -> str:
+    return src.run("ping", "-c", str(count), "-i", "0.2", "-W", "5", "-I", src.inner, dst.inner,
+                   check=False)
+
+
+def wait_installed(daemon: XfrmctlDaemon, netns: str, after: int = 0) -> Event:
+    """ChildSaNegotiated logged and both of its SAs in the kernel (no install error)."""
+    event = daemon.wait_event("ChildSaNegotiated", 120, after)
+    spis = {int(event["spi_in"]), int(event["spi_out"])}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert not daemon.errors(), daemon.tail()
+        if spis <= {s.spi for s in xfrm_states(netns)}:
+            return event
+        time.sleep(0.2)
+    raise AssertionError(f"SAs {spis} not in the kernel of {netns}\n{daemon.tail()}")
+
+
+def test_daemon_pair_tunnel_ping_and_delete(
+    gateway_pair: GatewayPair, xfrmctl_daemons: DaemonFactory,
+    record_property: Callable[[str, object], None],
+) -> None:
+    pair = gateway_pair
+    step = Steps(record_property)
+    route_subnets(pair)
+    right = xfrmctl_daemons(pair.right.netns, "right",
+                            gw_conf(pair.right, pair.left, "right", initiator=False))
+    left = xfrmctl_daemons(pair.left.netns, "left",
+                           gw_conf(pair.left, pair.right, "left", initiator=True))
+    step("daemons_started")
+
+    up = left.wait_event("IkeSaUp", 120, connection="gw")
+    assert up["initiator"] is True
+    ev_left = wait_installed(left, pair.left.netns)
+    ev_right = wait_installed(right, pair.right.netns)
+    assert (ev_left["spi_in"], ev_left["spi_out"]) == (ev_right["spi_out"], ev_right["spi_in"])
+    assert ev_left["local_ts"] == [pair.left.subnet] and ev_left["remote_ts"] == [
+        pair.right.subnet]
+    step("tunnel_up")
+
+    states = {s.spi: s for s in xfrm_states(pair.left.netns)}
+    out_sa, in_sa = states[int(ev_left["spi_out"])], states[int(ev_left["spi_in"])]
+    assert out_sa.mode == "tunnel" and "rfc4106(gcm(aes))" in out_sa.algorithms
+    assert (out_sa.src, out_sa.dst) == (pair.left.outer, pair.right.outer)
+
+    out = ping(pair.left, pair.right)
+    assert " 0% packet loss" in out, out
+    step("ping")
+
+    left_after = {s.spi: s for s in xfrm_states(pair.left.netns)}
+    right_after = {s.spi: s for s in xfrm_states(pair.right.netns)}
+    # 5 echo requests out and 5 replies in, 84-octet inner IPv4 packets each
+    assert left_after[out_sa.spi].packets - out_sa.packets == 5
+    assert left_after[out_sa.spi].bytes - out_sa.bytes == 5 * 84
+    assert left_after[in_sa.spi].packets - in_sa.packets == 5
+    # the right side decrypted our requests with its inbound SA and encrypted its replies
+    assert right_after[out_sa.spi].packets == left_after[out_sa.spi].packets
+    assert right_after[in_sa.spi].packets == left_after[in_sa.spi].packets
+    step("counters")
+
+    mark = right.mark()
+    assert left.stop() == 0, left.tail()
+    right.wait_event("ChildSaDeleted", 60, mark, connection="gw")
+    right.wait_event("IkeSaDown", 60, mark, connection="gw")
+    for gw in (pair.left, pair.right):
+        assert xfrm_states(gw.netns) == [], gw.netns
+        assert "tmpl" not in gw.run("ip", "xfrm", "policy")
+    assert not left.errors(), left.tail()
+    assert not right.errors(), right.tail()
+    step("deleted")
