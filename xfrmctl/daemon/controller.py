@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -141,6 +141,9 @@ class Controller:
         self._timer_deadline: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: dict[str, AddressPool] = {}
+        # Database mode: reads the desired state; config_changed reloads from it.
+        self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
+        self._reload_lock = asyncio.Lock()
         self.load(conf)
 
     # ----------------------------------------------------------------- configuration
@@ -165,7 +168,8 @@ class Controller:
             pool = None
             if conn.pool:
                 pool = self._pools.setdefault(name, AddressPool(conn.pool))
-            record = ConnectionRecord(old.id if old else index, name, conn,
+            ident = conn.id or (old.id if old else index)  # the database's id if given
+            record = ConnectionRecord(ident, name, conn,
                                       cf.ike_config(name, conn, pool))
             self.connections[name] = record
             changed.append(name)
@@ -497,10 +501,10 @@ class Controller:
         record = self._record(connection_id)
         children = None
         if child_id is not None:
-            names = sorted(record.conf.children)
-            if not 1 <= child_id <= len(names):
+            names = [n for n in record.conf.children if _child_id(record, n) == child_id]
+            if not names:
                 raise UnknownTarget(f"child {child_id} of connection {connection_id}")
-            children = [names[child_id - 1]]
+            children = names
         record.wanted = True
         self._initiate(record, children)
 
@@ -547,8 +551,13 @@ class Controller:
 
     async def config_changed(self, kind: ConfigKind, object_id: int,
                              change: ConfigChange) -> None:
-        """The file-backed daemon reloads on SIGHUP; the database-backed one through here."""
-        raise ActionRejected("this daemon is configured from a file: edit it and send SIGHUP")
+        """The file-backed daemon reloads on SIGHUP; the database-backed one re-reads its
+        desired state here (serialized, so the last change always wins)."""
+        if self.config_source is None:
+            raise ActionRejected("this daemon is configured from a file: edit it and send SIGHUP")
+        async with self._reload_lock:
+            changed = await self.reload(await self.config_source())
+        log.info("%s %s %s: reloaded %s", kind, object_id, change, ", ".join(changed) or "-")
 
     async def reload(self, conf: cf.DaemonConf) -> list[str]:
         """Apply a new configuration, touching only connections that changed."""
@@ -577,7 +586,7 @@ class Controller:
     def _ike_info(self, sa: IkeSa) -> IkeSaInfo:
         suite = sa.suite or Suite(protocol=0)  # type: ignore[arg-type]
         record = self.connections.get(sa.name)
-        rekey_at = sa._rekey_deadline
+        rekey_at = sa.rekey_deadline
         return IkeSaInfo(
             id=str(sa.id), connection_id=record.id if record else None,
             connection_name=sa.name if record else None, state=sa.state.name,
@@ -590,6 +599,15 @@ class Controller:
             prf=_name(PrfId, suite.prf), dh_group=_name(DhId, suite.dh),
             established_at=_utc(sa.established_at), rekey_at=_utc(rekey_at),
             nat_local=sa.nat_local, nat_remote=sa.nat_remote)
+
+    def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
+        sa = self.manager.get(sa_id)
+        return self._ike_info(sa) if sa is not None else None
+
+    def child_sa_info(self, spi_in: int) -> ChildSaInfo | None:
+        """One CHILD_SA without kernel counters (cheap, for the recorder)."""
+        child = self.children.get(spi_in)
+        return self._child_info(child, Traffic()) if child is not None else None
 
     async def list_child_sas(self) -> Sequence[ChildSaInfo]:
         out = []
@@ -613,7 +631,7 @@ class Controller:
         return ChildSaInfo(
             id=str(event.child_id), ike_sa_id=str(event.ike_sa),
             connection_id=record.id if record else None,
-            child_id=sorted(record.conf.children).index(event.child) + 1 if record else None,
+            child_id=_child_id(record, event.child) if record else None,
             name=event.child, state=child.state, mode=event.mode.value,
             protocol=event.protocol.name.lower(), spi_in=event.spi_in, spi_out=event.spi_out,
             local_ts=tuple(map(ts.format_ts, event.local_ts)),
@@ -652,6 +670,14 @@ class Controller:
                             self.counters["kernel_installs"], self.install_seconds)
         return DaemonStatus(_utc(self.started_at) or datetime.now(UTC), connections, counters,
                             __version__)
+
+
+def _child_id(record: ConnectionRecord, name: str) -> int | None:
+    """The child's database id, or (file mode) its 1-based place in sorted order."""
+    child = record.conf.children.get(name)
+    if child is None:
+        return None
+    return child.id or sorted(record.conf.children).index(name) + 1
 
 
 def _encr_name(suite: Suite) -> str | None:

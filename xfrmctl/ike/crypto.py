@@ -163,8 +163,12 @@ class _IvCounter:
 
     __slots__ = ("_next",)
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, first: int = 0) -> None:
+        self._next = first
+
+    @property
+    def position(self) -> int:
+        return self._next
 
     def take(self) -> bytes:
         if self._next >= 1 << 64:
@@ -180,11 +184,11 @@ class _AeadCipher:
     block_size = 1
     iv_size = 8
 
-    def __init__(self, encr_id: EncrId, key_bits: int, keymat: bytes) -> None:
+    def __init__(self, encr_id: EncrId, key_bits: int, keymat: bytes, first_iv: int = 0) -> None:
         info = encr_info(encr_id)
         key, self._salt = keymat[: key_bits // 8], keymat[key_bits // 8 :]
         self.icv_size = info.icv_size
-        self._ivs = _IvCounter()
+        self._ivs = _IvCounter(first_iv)
         self._aead: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
         self._gcm_key: algorithms.AES | None = None
         if encr_id == EncrId.CHACHA20_POLY1305:
@@ -285,8 +289,13 @@ def new_sk_cipher(
     integ_id: int | None,
     encr_key: bytes,
     integ_key: bytes,
+    first_iv: int = 0,
 ) -> SkCipher:
-    """A cipher for one direction of an IKE SA (SK_ei/SK_ai or SK_er/SK_ar)."""
+    """A cipher for one direction of an IKE SA (SK_ei/SK_ai or SK_er/SK_ar).
+
+    `first_iv` restarts an AEAD cipher's IV counter past every IV it used before (an IKE
+    SA restored after a daemon restart); CBC ciphers draw random IVs and ignore it.
+    """
     bits = encr_key_bits(encr_id, key_bits)
     info, encr = encr_info(encr_id), EncrId(encr_id)
     if len(encr_key) != bits // 8 + info.salt_size:
@@ -294,9 +303,14 @@ def new_sk_cipher(
     if encr in _AEAD_IDS:
         if integ_id:
             raise LocalError("an AEAD cipher takes no integrity transform")
-        return _AeadCipher(encr, bits, encr_key)
+        return _AeadCipher(encr, bits, encr_key, first_iv)
     if encr in _CBC_IDS:
         if not integ_id:
             raise LocalError(f"{encr.name} needs an integrity transform")
         return _CbcHmacCipher(encr, encr_key, integ_id, integ_key)
     raise LocalError(f"{encr.name} is not supported for IKE SAs")
+
+
+def iv_position(cipher: SkCipher) -> int:
+    """The next IV an AEAD cipher will use (0 for CBC ciphers): saved with an SA's state."""
+    return cipher._ivs.position if isinstance(cipher, _AeadCipher) else 0

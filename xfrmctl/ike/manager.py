@@ -83,6 +83,11 @@ class IkeManager:
         self._collect(sa)
         return sa
 
+    def adopt(self, sa: IkeSa) -> None:
+        """Take over an IKE SA made elsewhere (restored after a daemon restart)."""
+        self._register(sa)
+        self._collect(sa)
+
     def act(self, sa: IkeSa, action: Callable[[IkeSa], object]) -> None:
         """Run an API call on an SA (rekey, delete ...) and collect what it produced."""
         action(sa)

@@ -287,6 +287,11 @@ class IkeSa:
         return sa
 
     @property
+    def rekey_deadline(self) -> float | None:
+        """When this IKE SA rekeys itself (POSIX time), if it will."""
+        return self._rekey_deadline
+
+    @property
     def our_spi(self) -> bytes:
         return self.spi_i if self.is_initiator else self.spi_r
 

@@ -1,0 +1,131 @@
+"""Save an established IKE SA (with its CHILD_SAs) and bring it back in a new process.
+
+This is what lets the daemon restart without dropping tunnels: the kernel keeps forwarding
+with the CHILD_SAs it holds, and the restored IKE SA answers the peer's next request with
+the right keys and message IDs. A snapshot is a dict of plain values (JSON-able); it holds
+key material, so the caller stores it encrypted.
+
+AEAD IVs must never repeat under one key: the snapshot records the next IV of our
+outbound cipher and a restored SA starts `IV_MARGIN` past it, which covers every message
+sent between the last snapshot and the restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ChildConfig, Identity, IkeConfig, Mode
+from .constants import ProtocolId
+from .crypto import IkeKeys, Prf, iv_position, new_sk_cipher
+from .errors import LocalError
+from .proposals import Suite
+from .sa import ChildSa, IkeSa, IkeState, random_child_spi
+from .sa import _ids as sa_ids
+from .ts import format_ts, parse
+
+VERSION = 1
+IV_MARGIN = 1 << 24
+_KEY_FIELDS = ("skeyseed", "sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
+_SUITE_FIELDS = ("encr", "encr_bits", "integ", "prf", "dh", "esn")
+
+
+def _suite(suite: Suite) -> dict[str, Any]:
+    return {"protocol": int(suite.protocol), **{f: getattr(suite, f) for f in _SUITE_FIELDS}}
+
+
+def _unsuite(data: dict[str, Any]) -> Suite:
+    return Suite(protocol=ProtocolId(data["protocol"]), **{f: data[f] for f in _SUITE_FIELDS})
+
+
+def _identity(identity: Identity | None) -> list[Any] | None:
+    return None if identity is None else [identity.id_type, identity.data.hex(), identity.text]
+
+
+def _unidentity(data: list[Any] | None) -> Identity | None:
+    return None if data is None else Identity(data[0], bytes.fromhex(data[1]), data[2])
+
+
+def _child(child: ChildSa) -> dict[str, Any]:
+    return {"name": child.config.name, "protocol": int(child.protocol),
+            "mode": child.mode.value, "spi_in": child.spi_in, "spi_out": child.spi_out,
+            "local_ts": [format_ts(t) for t in child.local_ts],
+            "remote_ts": [format_ts(t) for t in child.remote_ts],
+            "suite": _suite(child.suite), "created": child.created}
+
+
+def snapshot(sa: IkeSa) -> dict[str, Any]:
+    """Everything needed to continue an ESTABLISHED IKE SA in another process."""
+    if sa.state is not IkeState.ESTABLISHED or sa.config is None or sa.suite is None:
+        raise LocalError(f"IKE SA {sa.id} is not established: nothing to save")
+    keys, cipher_out = sa._keys, sa._cipher_out
+    assert keys is not None and cipher_out is not None
+    return {
+        "version": VERSION,
+        "connection": sa.config.name,
+        "initiator": sa.is_initiator,
+        "local": list(sa.local), "remote": list(sa.remote),
+        "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
+        "suite": _suite(sa.suite),
+        "keys": {f: getattr(keys, f).hex() for f in _KEY_FIELDS},
+        "iv_out": iv_position(cipher_out),
+        "next_request_id": sa._next_request_id,
+        "expected_peer_id": sa._expected_peer_id,
+        "local_id": _identity(sa.local_id), "remote_id": _identity(sa.remote_id),
+        "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
+        "peer_fragmentation": sa.peer_fragmentation,
+        "peer_hashes": sorted(sa.peer_hashes),
+        "virtual_ip": sa.virtual_ip,
+        "established_at": sa.established_at,
+        "rekey_deadline": sa._rekey_deadline,
+        "children": [_child(c) for c in sa.children.values()],
+    }
+
+
+def restore(data: dict[str, Any], config: IkeConfig, now: float,
+            spi_allocator: Any = random_child_spi) -> IkeSa:
+    """An ESTABLISHED IkeSa from a snapshot; CHILD_SAs whose child config is gone are kept
+    under their old config (the caller decides whether to delete them)."""
+    if data.get("version") != VERSION:
+        raise LocalError(f"snapshot version {data.get('version')} is not {VERSION}")
+    sa = IkeSa(initiator=data["initiator"], local=tuple(data["local"]),
+               remote=tuple(data["remote"]), now=now, config=config,
+               spi_allocator=spi_allocator)
+    sa.spi_i, sa.spi_r = bytes.fromhex(data["spi_i"]), bytes.fromhex(data["spi_r"])
+    suite = _unsuite(data["suite"])
+    assert suite.prf is not None and suite.encr is not None
+    keys = IkeKeys(**{f: bytes.fromhex(data["keys"][f]) for f in _KEY_FIELDS})
+    first_iv = data["iv_out"] + IV_MARGIN
+    enc_i = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_ei, keys.sk_ai,
+                          first_iv if sa.is_initiator else 0)
+    enc_r = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_er, keys.sk_ar,
+                          0 if sa.is_initiator else first_iv)
+    sa.suite = suite
+    sa._prf, sa._keys = Prf(suite.prf), keys
+    sa._cipher_out, sa._cipher_in = (enc_i, enc_r) if sa.is_initiator else (enc_r, enc_i)
+    sa._next_request_id = data["next_request_id"]
+    sa._expected_peer_id = data["expected_peer_id"]
+    sa.local_id, sa.remote_id = _unidentity(data["local_id"]), _unidentity(data["remote_id"])
+    sa.nat_local, sa.nat_remote = data["nat_local"], data["nat_remote"]
+    sa.peer_fragmentation = data["peer_fragmentation"]
+    sa.peer_hashes = set(data["peer_hashes"])
+    sa.virtual_ip = data["virtual_ip"]
+    sa.established_at = data["established_at"]
+    for child in data["children"]:
+        restored = _restore_child(child, config, sa.established_at or now)
+        sa.children[restored.child_id] = restored
+    sa.state = IkeState.ESTABLISHED
+    sa._rekey_deadline = data["rekey_deadline"]
+    sa._arm_dpd(now)
+    return sa
+
+
+def _restore_child(data: dict[str, Any], config: IkeConfig, created: float) -> ChildSa:
+    try:
+        child_config = config.child(data["name"])
+    except KeyError:  # removed from the configuration meanwhile
+        child_config = ChildConfig(data["name"])
+    return ChildSa(next(sa_ids), child_config, ProtocolId(data["protocol"]), Mode(data["mode"]),
+                   data["spi_in"], data["spi_out"],
+                   tuple(parse(t) for t in data["local_ts"]),
+                   tuple(parse(t) for t in data["remote_ts"]), _unsuite(data["suite"]),
+                   data.get("created", created))
