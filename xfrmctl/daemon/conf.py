@@ -20,6 +20,16 @@ so a file is also an import format for the API. Example (YAML):
             esp_proposals: aes128gcm16-x25519
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
+
+Two ways to run the daemon:
+- file mode, `xfrmctl daemon --config FILE`: connections come from FILE; SIGHUP reloads it.
+- database mode, `xfrmctl daemon` (no --config): the database named by the settings
+  (XFRMCTL_DATABASE_URL) is the source of truth. Enabled connections, their children and
+  secrets (decrypted with XFRMCTL_SECRET_KEY_FILE) are read into this same model
+  (xfrmctl/daemon/dbconfig.py); REST changes take effect at once, the daemon records
+  IKE/CHILD SAs, counters and protocol events in the database. A file becomes an import
+  format: `xfrmctl db import FILE`. In this mode `id` fields carry the database ids and
+  certificates/keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
 """
 
 from __future__ import annotations
@@ -76,6 +86,7 @@ def _check_proposals(text: str | None, protocol: ProtocolId) -> str | None:
 
 
 class ChildConf(_Strict):
+    id: int | None = Field(None, description="database id (database mode only)")
     local_ts: list[str] = Field(default_factory=list, description="empty: our address")
     remote_ts: list[str] = Field(default_factory=list, description="empty: peer's address")
     mode: Mode = Mode.TUNNEL
@@ -127,6 +138,7 @@ class ChildConf(_Strict):
 
 
 class ConnectionConf(_Strict):
+    id: int | None = Field(None, description="database id (database mode only)")
     local_addrs: list[str] = Field(default_factory=list)
     remote_addrs: list[str] = Field(default_factory=list)
     local_port: int = Field(500, ge=1, le=65535)
@@ -139,6 +151,9 @@ class ConnectionConf(_Strict):
     certificate: Path | None = None
     private_key: Path | None = None
     ca: list[Path] = Field(default_factory=list)
+    certificate_pem: str | None = None  # database mode: PEM text instead of files
+    private_key_pem: SecretStr | None = None
+    ca_pem: list[str] = Field(default_factory=list)
     ike_proposals: str | None = None
     start_action: StartAction = StartAction.NONE
     dpd_delay: int = Field(30, ge=0)
@@ -174,8 +189,9 @@ class ConnectionConf(_Strict):
     def _auth(self) -> ConnectionConf:
         if self.auth is AuthMethodName.PSK and not (self.psk or self.psk_file):
             raise ValueError("auth psk needs psk or psk_file")
-        if self.auth is AuthMethodName.PUBKEY and not (self.certificate and self.private_key
-                                                       and self.ca):
+        if self.auth is AuthMethodName.PUBKEY and not (
+                (self.certificate or self.certificate_pem)
+                and (self.private_key or self.private_key_pem) and (self.ca or self.ca_pem)):
             raise ValueError("auth pubkey needs certificate, private_key and ca")
         if self.start_action is not StartAction.NONE and not self.remote_addrs:
             raise ValueError(f"start_action {self.start_action} needs remote_addrs")
@@ -230,15 +246,23 @@ def _child(name: str, conf: ChildConf) -> ChildConfig:
     )
 
 
+def _pem(text: str | None, path: Path | None) -> bytes:
+    if text is not None:
+        return text.encode()
+    assert path is not None
+    return path.read_bytes()
+
+
 def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
     if conf.auth is AuthMethodName.PSK:
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
                 RemoteAuth(AuthMethodName.PSK, psk=psk))
-    assert conf.certificate and conf.private_key
-    cert = x509.load_pem_x509_certificate(conf.certificate.read_bytes())
-    key = load_pem_private_key(conf.private_key.read_bytes(), password=None)
-    cas = [c for path in conf.ca for c in x509.load_pem_x509_certificates(path.read_bytes())]
+    cert = x509.load_pem_x509_certificate(_pem(conf.certificate_pem, conf.certificate))
+    key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
+    key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
+    cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
+           for c in x509.load_pem_x509_certificates(pem.encode())]
     return (LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert),  # type: ignore[arg-type]
             RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas)))
 
