@@ -196,7 +196,11 @@ def capture(case: Case, out: Path, index: int) -> None:
         wait(lambda: "listening on" in dump_err.read_text(), 60, "tcpdump listening")
         left = Charon(pair.left.netns, work / "left", log_levels=LOG_LEVELS)
         right = Charon(pair.right.netns, work / "right", log_levels=LOG_LEVELS)
-        with left, right:
+        left.start(wait=False)
+        right.start(wait=False)
+        try:
+            left.wait_ready()
+            right.wait_ready()
             creds: dict[str, dict[str, bytes]] = {}
             secrets = []
             meta: dict[str, object] = {
@@ -243,6 +247,9 @@ def capture(case: Case, out: Path, index: int) -> None:
                 run_step(step, left, right, pair)
                 print(f"capture {case.name}: {step} done", flush=True)
             (out / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
+        finally:
+            right.stop()
+            left.stop()
     finally:
         time.sleep(1)  # let the last datagram reach tcpdump
         dump.send_signal(signal.SIGINT)

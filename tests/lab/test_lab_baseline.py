@@ -77,8 +77,10 @@ def test_strongswan_tunnel_passes_esp(
     pair = gateway_pair
     step = Steps(record_property)
     secret = SwanSecret(PSK, ids=["left.example.org", "right.example.org"])
-    left = charons(pair.left.netns, "left")
-    right = charons(pair.right.netns, "right")
+    left = charons(pair.left.netns, "left", wait=False)
+    right = charons(pair.right.netns, "right", wait=False)
+    left.wait_ready()
+    right.wait_ready()
     step("charons_started")
     left.load([conn(pair, "left")], [secret])
     right.load([conn(pair, "right")], [secret])

@@ -84,6 +84,14 @@ def _q(value: str) -> str:
     return f'"{escaped}"'
 
 
+def _plain(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -291,6 +299,30 @@ swanctl {{
 """
 
 
+# Keys whose swanctl.conf value is a comma-separated list: VICI wants a list.
+_VICI_LISTS = {
+    "local_addrs", "remote_addrs", "proposals", "esp_proposals", "ah_proposals",
+    "local_ts", "remote_ts", "vips", "pools", "certs", "cacerts", "pubkeys", "dns",
+}  # fmt: skip
+
+
+def _vici_section(body: Mapping[str, Any], files: Mapping[str, bytes]) -> dict[str, Any]:
+    """A swanctl.conf section as a VICI message: lists, yes/no, and for ``certs`` /
+    ``cacerts`` the certificate data instead of the file name (what swanctl does)."""
+    out: dict[str, Any] = {}
+    for key, val in body.items():
+        if val is None:
+            continue
+        if isinstance(val, Mapping):
+            out[key] = _vici_section(val, files)
+        elif key in _VICI_LISTS:
+            items = [str(v) for v in val] if isinstance(val, (list, tuple)) else str(val).split(",")
+            out[key] = [files[n] for n in items] if key in ("certs", "cacerts") else items
+        else:
+            out[key] = _plain(val)
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # VICI values come back as bytes, lists and dicts (OrderedDict); make them plain str
 
@@ -347,6 +379,7 @@ class Charon:
         self.plugins = plugins
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
         self.conf = self.workdir / "strongswan.conf"
         self.vici_path = self.workdir / "charon.vici"
         self.log_path = self.workdir / "charon.log"
@@ -366,8 +399,12 @@ class Charon:
     def env(self) -> dict[str, str]:
         return {**os.environ, "STRONGSWAN_CONF": str(self.conf)}
 
-    def start(self) -> None:
-        """Start charon and wait until its VICI socket answers."""
+    def start(self, wait: bool = True) -> None:
+        """Start charon and (unless ``wait=False``) wait until its VICI socket answers.
+
+        Starting several charons with ``wait=False`` then calling :meth:`wait_ready` on
+        each lets them initialise in parallel.
+        """
         if self.proc is not None:
             raise CharonError("charon already started")
         reason = available()
@@ -390,7 +427,15 @@ class Charon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + self.start_timeout
+        self._started_at = time.monotonic()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until the started charon answers on VICI; raise if it died or hangs."""
+        if self.proc is None:
+            raise CharonError("charon not started")
+        deadline = self._started_at + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise CharonError(
@@ -499,12 +544,18 @@ class Charon:
         certs: Mapping[str, bytes] | None = None,
         cacerts: Mapping[str, bytes] | None = None,
         keys: Mapping[str, bytes] | None = None,
+        use_swanctl: bool = False,
     ) -> str:
-        """Write swanctl.conf (+ PEM certs/keys by file name) and ``swanctl --load-all``.
+        """Load connections, secrets, pools and credentials (PEM, by file name).
 
-        Connections not in ``conns`` are unloaded (swanctl's usual replace semantics), so
-        one charon can be reused across test cases. Returns the rendered swanctl.conf.
+        Replaces what was loaded before (like ``swanctl --load-all``): connections and
+        pools not given are unloaded, credentials cleared first, so one charon can serve
+        several test cases. The rendered swanctl.conf is written to
+        ``<workdir>/swanctl/swanctl.conf`` (and returned) either way; by default it is
+        sent over VICI from this process, because each ``swanctl`` start costs ~30 s
+        under TCG. ``use_swanctl=True`` loads it with ``swanctl --load-all`` instead.
         """
+        conns, secrets, pools = list(conns), list(secrets), list(pools)
         text = render_swanctl(conns, secrets, pools)
         for sub, files in (("x509", certs), ("x509ca", cacerts), ("private", keys)):
             for fname, pem in (files or {}).items():
@@ -514,7 +565,33 @@ class Charon:
                     path.chmod(0o600)
         conf = self.swanctl_dir / "swanctl.conf"
         conf.write_text(text)
-        self.swanctl("--load-all", "--noprompt", "--file", str(conf))
+        if use_swanctl:
+            self.swanctl("--load-all", "--noprompt", "--file", str(conf))
+            return text
+
+        self._command("clear-creds")
+        for pem in (certs or {}).values():
+            self._command("load-cert", {"type": "X509", "flag": "NONE", "data": pem})
+        for pem in (cacerts or {}).values():
+            self._command("load-cert", {"type": "X509", "flag": "CA", "data": pem})
+        for pem in (keys or {}).values():
+            self._command("load-key", {"type": "any", "data": pem})
+        for i, sec in enumerate(secrets, 1):
+            self._command(
+                "load-shared",
+                {"id": f"ike-{i}", "type": "IKE", "data": sec.secret, "owners": list(sec.ids)},
+            )
+        files = {**(certs or {}), **(cacerts or {})}
+        loaded = self._command("get-conns").get("conns", [])
+        for conn in conns:
+            self._command("load-conn", {conn.name: _vici_section(conn.as_section(), files)})
+        for name in set(loaded) - {c.name for c in conns}:
+            self._command("unload-conn", {"name": name})
+        old_pools = self._command("get-pools")
+        for pool in pools:
+            self._command("load-pool", {pool.name: _vici_section(pool.as_section(), files)})
+        for name in set(old_pools) - {p.name for p in pools}:
+            self._command("unload-pool", {"name": name})
         return text
 
     def initiate(self, child: str, ike: str | None = None, timeout: float = 90.0) -> list[str]:
