@@ -148,14 +148,15 @@ def child_for(
 async def install_pair(
     p: Pair, algos: dict[str, Algorithm], **kw: Any
 ) -> tuple[ChildInstall, ChildInstall]:
-    left_kw = dict(kw)
-    right_kw = dict(kw)
-    right_kw.pop("left_only_mark", None)
-    mark = left_kw.pop("left_only_mark", None)
-    if mark is not None:
-        left_kw["mark"] = mark
-    cl = child_for(p.left, 0xC0000A01, 0xC0000B01, algos, **left_kw)
-    cr = child_for(p.right, 0xC0000B01, 0xC0000A01, algos, **right_kw)
+    out_mark = kw.pop("left_out_mark", None)
+    cl = child_for(p.left, 0xC0000A01, 0xC0000B01, algos, **kw)
+    cr = child_for(p.right, 0xC0000B01, 0xC0000A01, algos, **kw)
+    if out_mark is not None:  # only what left sends is marked: outbound SA and OUT policy
+        marked = tuple(
+            replace(pol, mark=out_mark) if pol.direction == Direction.OUT else pol
+            for pol in cl.policies
+        )
+        cl = replace(cl, outbound=replace(cl.outbound, mark=out_mark), policies=marked)
     if kw.get("mode", Mode.TUNNEL) == Mode.TUNNEL:  # the subnets are reached over veth0
         for side in (p.left, p.right):
             side.ns.ip("route", "add", str(side.peer_net), "via", str(side.peer))
@@ -183,11 +184,16 @@ def ip_counters(ns: Netns, sa: SaSpec) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
+# Bytes an SA counts per echo: tunnel mode the inner packet (20 IP + 8 ICMP + 56 data),
+# transport mode what follows the IP header.
+ECHO_BYTES = {Mode.TUNNEL: 84, Mode.TRANSPORT: 64}
+
+
 async def assert_counted(side: Side, sa: SaSpec, packets: int) -> None:
     counters = await side.kernel.counters(sa.id)
     assert counters.packets == packets
     assert (counters.bytes, counters.packets) == ip_counters(side.ns, sa)
-    assert counters.bytes >= 84 * packets  # 20 IP + 8 ICMP + 56 payload per echo, at least
+    assert counters.bytes >= ECHO_BYTES[sa.mode] * packets
 
 
 async def assert_traffic(
@@ -256,7 +262,7 @@ def _udp_in(snmp: str) -> int:
 
 async def test_marks_select_traffic(pair: Pair) -> None:
     _, algos = ALGOS["aes-gcm-128"]
-    cl, _ = await install_pair(pair, algos, left_only_mark=Mark(7, 0xFF))
+    cl, _ = await install_pair(pair, algos, left_out_mark=Mark(7, 0xFF))
     assert not ping(pair.left.ns, HOST_R, HOST_L, count=1)  # unmarked: no SA, right drops it
     assert (await pair.left.kernel.counters(cl.outbound.id)).packets == 0
     assert ping(pair.left.ns, HOST_R, HOST_L, mark=7)
@@ -324,6 +330,7 @@ async def test_trap_policy_gives_acquire(pair: Pair) -> None:
     trap = PolicySpec(Selector(NET_L, NET_R), Direction.OUT,
                       (Template(reqid, src=LEFT, dst=RIGHT),), priority=1000)  # fmt: skip
     events = pair.left.kernel.events()
+    pair.left.ns.ip("route", "add", str(NET_R), "via", str(RIGHT))
     await pair.left.kernel.add_policy(trap)
     ping_task = asyncio.create_task(asyncio.to_thread(ping, pair.left.ns, HOST_R, HOST_L, 1))
     event: Acquire = await _next(events, Acquire, 60)
