@@ -210,7 +210,8 @@ class KernelIPsec(ABC):
         self, children: Sequence[ChildInstall], raise_first: bool = False
     ) -> list[KernelError | None]:
         """Many CHILD_SAs in one batch; each is all-or-nothing on its own."""
-        plans = [self._child_steps(c) for c in children]
+        planned: dict[PolicyKey, list[PolicySpec]] = {}  # shared: children may share keys
+        plans = [self._child_steps(c, planned) for c in children]
         flat = [s for plan in plans for s in plan]
         results = await self._execute([s.op for s in flat])
         out: list[KernelError | None] = []
@@ -240,6 +241,32 @@ class KernelIPsec(ABC):
         attempted; the first failure is raised afterwards."""
         await self.remove_children([child])
 
+    # --- taking state back after a daemon restart -------------------------------------
+
+    def adopt_policy(self, policy: PolicySpec) -> None:
+        """Count a reference to a policy that is already in the kernel (installed by the
+        previous daemon process), without writing anything."""
+        self._policy_refs.setdefault(policy.key, []).append(policy)
+
+    def adopt_child(self, child: ChildInstall) -> None:
+        """A CHILD_SA the previous daemon process installed: hold its policies again."""
+        for policy in child.policies:
+            self.adopt_policy(policy)
+
+    async def remove_orphans(self, keep_sas: set[tuple[IPAddress, int, Proto]]) -> tuple[int, int]:
+        """Delete our SAs (reqid in the owned range) not in `keep_sas` ((dst, spi, proto))
+        and our policies nobody holds a reference to: what a previous process left behind.
+        Never touches another daemon's state. Returns (SAs, policies) removed."""
+        sas = [s.spec.id for s in await self.dump_sas()
+               if (s.spec.dst, s.spec.spi, s.spec.proto) not in keep_sas]
+        policies = [p.spec.key for p in await self.dump_policies()
+                    if p.spec.owned() and p.spec.key not in self._policy_refs]
+        ops = [Op(OpKind.DELETE_SA, sa) for sa in sas]
+        ops += [Op(OpKind.DELETE_POLICY, key) for key in policies]
+        if ops:
+            await self._execute(ops)
+        return len(sas), len(policies)
+
     async def remove_children(self, children: Sequence[ChildInstall]) -> None:
         """remove_child for many, in one batch."""
         steps: list[_Step] = []
@@ -255,9 +282,10 @@ class KernelIPsec(ABC):
 
     # --- step planning ---------------------------------------------------------------
 
-    def _child_steps(self, child: ChildInstall) -> list[_Step]:
+    def _child_steps(
+        self, child: ChildInstall, planned: dict[PolicyKey, list[PolicySpec]]
+    ) -> list[_Step]:
         steps = [self._add_sa_step(child.inbound), self._add_sa_step(child.outbound)]
-        planned: dict[PolicyKey, list[PolicySpec]] = {}
         for p in child.policies:
             steps.append(self._add_policy_step(p, planned))
         return steps

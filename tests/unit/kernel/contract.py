@@ -329,3 +329,15 @@ async def test_foreign_sa_not_dumped(env: KernelEnv) -> None:
         )  # fmt: skip
     await env.kernel.add_sa(sa(0xC0000042))
     assert [s.spec.spi for s in await env.kernel.dump_sas()] == [0xC0000042]
+
+
+async def test_children_sharing_policies_in_one_batch(env: KernelEnv) -> None:
+    env.require_esp()
+    old, new = child(0xC0000051, 0xC0000052), child(0xC0000053, 0xC0000054)
+    assert await env.kernel.install_children([old, new]) == [None, None]
+    assert all(env.kernel.policy_refcount(p.key) == 2 for p in old.policies)
+    await env.kernel.remove_child(old)
+    assert len(await env.kernel.dump_policies()) == 3
+    await env.kernel.remove_child(new)
+    assert await env.kernel.dump_policies() == []
+    assert await env.kernel.dump_sas() == []
