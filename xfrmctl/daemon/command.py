@@ -17,10 +17,16 @@ from .main import run, setup_logging
               help="Connections file (YAML or TOML).")
 @click.option("--api/--no-api", default=False, show_default=True,
               help="Serve the REST API (unix socket and 127.0.0.1; see XFRMCTL_* settings).")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Save IKE SAs here (encrypted) so a restart keeps the tunnels up.")
+@click.option("--clear-on-exit", is_flag=True,
+              help="On SIGTERM delete the SAs even with --state-dir.")
 @click.option("--log-json/--log-text", default=False, help="One JSON object per log line.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def daemon(config_path: Path, api: bool, log_json: bool, log_level: str) -> None:
+def daemon(config_path: Path, api: bool, state_dir: Path | None, clear_on_exit: bool,
+           log_json: bool, log_level: str) -> None:
     """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
     setup_logging(log_json, log_level)
-    sys.exit(asyncio.run(run(config_path, api=api)))
+    sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
+                             clear_on_exit=clear_on_exit)))

@@ -20,11 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from xfrmctl import __version__
-from xfrmctl.ike import ts
+from xfrmctl.ike import persist, ts
 from xfrmctl.ike.config import IkeConfig
-from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId
+from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
 from xfrmctl.ike.events import (
     ChildSaDeleted,
     ChildSaNegotiated,
@@ -48,6 +49,7 @@ from xfrmctl.kernel.types import (
     KernelError,
     KernelEvent,
     PolicySpec,
+    Proto,
     SaSpec,
 )
 from xfrmctl.kernel.types import Counters as KernelCounters
@@ -71,8 +73,10 @@ from .ports import (
     Traffic,
     UnknownTarget,
 )
+from .state import StateFile, child_from_dict, child_to_dict
 
 log = logging.getLogger("xfrmctl.daemon")
+STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
 
@@ -120,8 +124,11 @@ class Controller:
     """The running gateway. `send` is set by the endpoints once they are bound."""
 
     def __init__(self, conf: cf.DaemonConf, kernel: KernelIPsec, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, state: StateFile | None = None
+                 ) -> None:
         self.conf = conf
+        self.state = state  # set: SAs are saved, and a restart keeps the tunnels
+        self._dirty = False
         self.kernel = kernel
         self.clock = clock
         self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
@@ -185,11 +192,24 @@ class Controller:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
                        loop.create_task(self._kernel_event_loop(), name="kernel-events")]
+        if self.state is not None:
+            await self._restore(self.state)
+            self._tasks.append(loop.create_task(self._state_writer(self.state),
+                                                name="state-writer"))
         for record in self.connections.values():
-            await self._apply_start_action(record)
+            if not self._sas_of(record):
+                await self._apply_start_action(record)
 
-    async def stop(self) -> None:
-        """Delete our SAs (telling peers) and remove what we installed."""
+    async def stop(self, keep_tunnels: bool | None = None) -> None:
+        """Delete our SAs (telling peers) and remove what we installed; or, when the state
+        is saved (the default with a state file), leave the tunnels to the kernel and save
+        what the next process needs to take them back."""
+        keep = self.state is not None if keep_tunnels is None else keep_tunnels
+        if keep and self.state is not None:
+            await self.drain()
+            self.state.save(self._snapshot())
+            await self._cancel_tasks()
+            return
         now = self.clock()
         for sa in self.manager.all():
             self.manager.act(sa, lambda s: s.delete(now, "daemon stopped"))
@@ -204,6 +224,11 @@ class Controller:
         self.children.clear()
         for record in self.connections.values():
             await self._remove_traps(record)
+        if self.state is not None:
+            self.state.clear()
+        await self._cancel_tasks()
+
+    async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         for task in self._tasks:
@@ -236,6 +261,7 @@ class Controller:
             self.send(datagram)
         while (event := self.manager.next_event()) is not None:
             self._on_event(event)
+        self._dirty = True
         self._schedule_timer()
 
     # ----------------------------------------------------------------- timers
@@ -390,25 +416,30 @@ class Controller:
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
 
-    async def _install_traps(self, record: ConnectionRecord) -> None:
-        if record.traps or not record.conf.remote_addrs:
-            return
-        local = record.conf.local_addrs[0] if record.conf.local_addrs else None
-        remote = record.conf.remote_addrs[0]
-        if local is None:
-            return
-        for name, child in record.conf.children.items():
+    def _trap_specs(self, record: ConnectionRecord) -> list[PolicySpec]:
+        conf = record.conf
+        if not conf.remote_addrs or not conf.local_addrs:
+            return []
+        local, remote = conf.local_addrs[0], conf.remote_addrs[0]
+        specs = []
+        for name, child in conf.children.items():
             local_ts = tuple(ts.parse(t) for t in child.local_ts) or \
                 (ts.from_address(ipaddress.ip_address(local)),)
             remote_ts = tuple(ts.parse(t) for t in child.remote_ts) or \
                 (ts.from_address(ipaddress.ip_address(remote)),)
-            for policy in trap_policies(local_ts, remote_ts, local, remote, child,
-                                        self.reqid(record.name, name)):
-                try:
-                    await self.kernel.add_policy(policy)
-                    record.traps.append(policy)
-                except KernelError as exc:
-                    log.error("trap policy for %s/%s: %s", record.name, name, exc)
+            specs += trap_policies(local_ts, remote_ts, local, remote, child,
+                                   self.reqid(record.name, name))
+        return specs
+
+    async def _install_traps(self, record: ConnectionRecord) -> None:
+        if record.traps:
+            return
+        for policy in self._trap_specs(record):
+            try:
+                await self.kernel.add_policy(policy)
+                record.traps.append(policy)
+            except KernelError as exc:
+                log.error("trap policy for %s: %s", record.name, exc)
         if record.traps and record.state is ConnectionState.DOWN:
             self._set_state(record, ConnectionState.TRAPPED, None)
 
@@ -578,6 +609,99 @@ class Controller:
         self._flush()
         return changed
 
+    # ----------------------------------------------------------------- saved state
+
+    def _snapshot(self) -> dict[str, object]:
+        """IKE SAs with the CHILD_SAs they installed, and the reqids (see state.py)."""
+        ike_sas = []
+        for sa in self.manager.all():
+            if sa.state is not IkeState.ESTABLISHED:
+                continue
+            children = [child_to_dict(c.event) for c in self.children.values()
+                        if c.event.ike_sa == sa.id and c.in_kernel]
+            ike_sas.append({"ike": persist.snapshot(sa), "children": children,
+                            "installed_at": {str(c.event.spi_in): c.installed_at
+                                             for c in self.children.values()
+                                             if c.event.ike_sa == sa.id}})
+        return {"reqids": [[c, n, r] for (c, n), r in self._reqids.items()],
+                "ike_sas": ike_sas}
+
+    async def _state_writer(self, state: StateFile) -> None:
+        while True:
+            await asyncio.sleep(STATE_INTERVAL)
+            if self._dirty:
+                self._dirty = False
+                await self.drain()
+                await asyncio.to_thread(state.save, self._snapshot())
+
+    async def _restore(self, state: StateFile) -> None:
+        """Take back the tunnels of the previous process: restore its IKE SAs, hold the
+        CHILD_SAs still in the kernel, re-create those that are gone, remove orphans."""
+        try:
+            data = state.load() or {}
+        except (ValueError, OSError) as exc:
+            log.error("saved state %s unreadable, starting afresh: %s", state.path, exc)
+            data = {}
+        for conn, child, reqid in data.get("reqids", []):
+            self._reqids[(conn, child)] = reqid
+        present = {(s.spec.dst, s.spec.spi, s.spec.proto) for s in await self.kernel.dump_sas()}
+        kept: set[tuple[object, int, object]] = set()
+        for saved in data.get("ike_sas", []):
+            kept |= self._restore_ike_sa(saved, present)
+        for record in self.connections.values():
+            await self._adopt_traps(record)
+        removed = await self.kernel.remove_orphans(kept)  # type: ignore[arg-type]
+        log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
+                 len(self.manager.all()), len(self.children), *removed)
+        self._flush()
+
+    def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]) -> set[Any]:
+        record = self.connections.get(saved["ike"]["connection"])
+        if record is None:
+            return set()  # connection removed meanwhile: its kernel state goes as orphans
+        sa = persist.restore(saved["ike"], record.ike, self.clock(), self._random_spi)
+        self.manager.adopt(sa)
+        kept: set[Any] = set()
+        now = self.clock()
+        for child_data in saved["children"]:
+            event = child_from_dict(child_data, sa.id)
+            child_conf = record.conf.children.get(event.child)
+            ids = {(ipaddress.ip_address(e[0]), spi, proto) for e, spi, proto in (
+                (event.local, event.spi_in, _proto(event)),
+                (event.remote, event.spi_out, _proto(event)))}
+            if child_conf is None or not ids <= present:
+                self._replace_lost_child(sa, event, child_conf is not None, now)
+                continue
+            install = build_child(event, child_conf, self.reqid(event.connection, event.child))
+            self.kernel.adopt_child(install)
+            installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
+            self.children[event.spi_in] = ChildRecord(event, install, install.inbound.reqid,
+                                                      installed_at, in_kernel=True)
+            kept |= ids
+        self._set_state(record, ConnectionState.UP, None)
+        return kept
+
+    def _replace_lost_child(self, sa: IkeSa, event: ChildSaNegotiated, still_configured: bool,
+                            now: float) -> None:
+        """A saved CHILD_SA gone from the kernel (or from the configuration): delete it
+        with the peer, and negotiate a new one if it is still configured."""
+        spi_in, name = event.spi_in, event.child
+        self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "lost in restart"))
+        if still_configured:
+            self.manager.act(sa, lambda s: s.create_child(name, now))
+
+    async def _adopt_traps(self, record: ConnectionRecord) -> None:
+        """Trap policies the previous process left in the kernel are held again."""
+        if record.conf.start_action is not cf.StartAction.TRAP or self._sas_of(record):
+            return
+        present = {p.spec.key for p in await self.kernel.dump_policies()}
+        for policy in self._trap_specs(record):
+            if policy.key in present:
+                self.kernel.adopt_policy(policy)
+                record.traps.append(policy)
+        if record.traps:
+            self._set_state(record, ConnectionState.TRAPPED, None)
+
     # ----------------------------------------------------------------- read-only views
 
     async def list_ike_sas(self) -> Sequence[IkeSaInfo]:
@@ -744,3 +868,7 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     ChildSaDeleted: Controller._on_child_deleted,  # type: ignore[dict-item]
     VirtualIpAssigned: Controller._on_vip,  # type: ignore[dict-item]
 }
+
+
+def _proto(event: ChildSaNegotiated) -> Proto:
+    return Proto.AH if event.protocol is ProtocolId.AH else Proto.ESP

@@ -1,8 +1,10 @@
 """`xfrmctl daemon`: the gateway process.
 
 One asyncio loop runs the IKE endpoints, the controller and (optionally) the REST API.
-SIGHUP reloads the configuration file, touching only connections that changed;
-SIGTERM/SIGINT delete our SAs (telling the peers) and exit. With systemd (Type=notify)
+SIGHUP reloads the configuration file, touching only connections that changed.
+SIGTERM/SIGINT: with a state directory the tunnels stay in the kernel and the IKE SAs are
+saved (encrypted) for the next process to take back, so a restart drops nothing; without
+one (or with --clear-on-exit) our SAs are deleted, telling the peers. With systemd (Type=notify)
 readiness is reported through NOTIFY_SOCKET.
 """
 
@@ -25,6 +27,7 @@ from xfrmctl.kernel.interface import KernelIPsec
 from . import conf as cf
 from .controller import Controller
 from .endpoint import Endpoints
+from .state import StateFile
 
 log = logging.getLogger("xfrmctl.daemon")
 
@@ -79,14 +82,16 @@ async def open_kernel() -> KernelIPsec:
     return await NetlinkKernel.open()
 
 
-async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = None) -> int:
+async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = None,
+              clear_on_exit: bool = False) -> int:
     try:
         conf = cf.load(config_path)
     except (OSError, ValueError, ValidationError) as exc:
         log.error("configuration %s: %s", config_path, exc)
         return 2
     kernel = await open_kernel()
-    controller = Controller(conf, kernel)
+    state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
+    controller = Controller(conf, kernel, state=state)
     endpoints = Endpoints(controller.receive)
     addresses = conf.listen or local_addresses()
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
@@ -107,7 +112,7 @@ async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = 
     await stop.wait()
     notify_systemd("STOPPING=1")
     log.info("stopping")
-    await controller.stop()
+    await controller.stop(keep_tunnels=False if clear_on_exit else None)
     endpoints.close()
     if server_task is not None:
         server_task.cancel()

@@ -29,11 +29,11 @@ _KEY_FIELDS = ("skeyseed", "sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", 
 _SUITE_FIELDS = ("encr", "encr_bits", "integ", "prf", "dh", "esn")
 
 
-def _suite(suite: Suite) -> dict[str, Any]:
+def suite_to_dict(suite: Suite) -> dict[str, Any]:
     return {"protocol": int(suite.protocol), **{f: getattr(suite, f) for f in _SUITE_FIELDS}}
 
 
-def _unsuite(data: dict[str, Any]) -> Suite:
+def suite_from_dict(data: dict[str, Any]) -> Suite:
     return Suite(protocol=ProtocolId(data["protocol"]), **{f: data[f] for f in _SUITE_FIELDS})
 
 
@@ -50,7 +50,7 @@ def _child(child: ChildSa) -> dict[str, Any]:
             "mode": child.mode.value, "spi_in": child.spi_in, "spi_out": child.spi_out,
             "local_ts": [format_ts(t) for t in child.local_ts],
             "remote_ts": [format_ts(t) for t in child.remote_ts],
-            "suite": _suite(child.suite), "created": child.created}
+            "suite": suite_to_dict(child.suite), "created": child.created}
 
 
 def snapshot(sa: IkeSa) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "initiator": sa.is_initiator,
         "local": list(sa.local), "remote": list(sa.remote),
         "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
-        "suite": _suite(sa.suite),
+        "suite": suite_to_dict(sa.suite),
         "keys": {f: getattr(keys, f).hex() for f in _KEY_FIELDS},
         "iv_out": iv_position(cipher_out),
         "next_request_id": sa._next_request_id,
@@ -91,7 +91,7 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
                remote=tuple(data["remote"]), now=now, config=config,
                spi_allocator=spi_allocator)
     sa.spi_i, sa.spi_r = bytes.fromhex(data["spi_i"]), bytes.fromhex(data["spi_r"])
-    suite = _unsuite(data["suite"])
+    suite = suite_from_dict(data["suite"])
     assert suite.prf is not None and suite.encr is not None
     keys = IkeKeys(**{f: bytes.fromhex(data["keys"][f]) for f in _KEY_FIELDS})
     first_iv = data["iv_out"] + IV_MARGIN
@@ -127,5 +127,5 @@ def _restore_child(data: dict[str, Any], config: IkeConfig, created: float) -> C
     return ChildSa(next(sa_ids), child_config, ProtocolId(data["protocol"]), Mode(data["mode"]),
                    data["spi_in"], data["spi_out"],
                    tuple(parse(t) for t in data["local_ts"]),
-                   tuple(parse(t) for t in data["remote_ts"]), _unsuite(data["suite"]),
+                   tuple(parse(t) for t in data["remote_ts"]), suite_from_dict(data["suite"]),
                    data.get("created", created))
