@@ -275,3 +275,30 @@ def test_psk_peer_and_certificate_peer_do_not_mix(pki: Pki) -> None:
     up(pair)
     assert_auth_failed(pair, "b", "we require a certificate")
     assert_both_gone(pair)
+
+
+def test_rekeys_and_delete_with_certificates(pki: Pki) -> None:
+    """The certificate variant of the later exchanges: CHILD_SA and IKE SA rekeys (one of
+    them simultaneous from both sides), then delete."""
+    pair = make_pair(config(pki, "a", pki.gateway("a", "ed25519")),
+                     config(pki, "b", pki.gateway("b", "ed25519")), wall_clock=True)
+    up(pair)
+    assert_up_with_matching_children(pair)
+    sa_a, sa_b = pair.a.all()[0], pair.b.all()[0]
+    (ca,) = pair.of("a", ChildSaNegotiated)
+    pair.a.act(sa_a, lambda sa: sa.rekey_child(ca.spi_in, pair.now))
+    pair.pump()
+    new_a, new_b = pair.of("a", ChildSaNegotiated)[-1], pair.of("b", ChildSaNegotiated)[-1]
+    assert new_a.rekey_of == ca.spi_in and new_a.spi_out == new_b.spi_in
+    assert new_a.encr_key_out == new_b.encr_key_in
+    pair.a.act(sa_a, lambda sa: sa.rekey(pair.now))
+    pair.b.act(sa_b, lambda sa: sa.rekey(pair.now))
+    pair.pump()
+    (ike_a,), (ike_b,) = pair.a.all(), pair.b.all()
+    assert (ike_a.spi_i, ike_a.spi_r) == (ike_b.spi_i, ike_b.spi_r)
+    assert ike_a.remote_id == sa_a.remote_id and ike_a.peer_hashes == sa_a.peer_hashes
+    assert [c.spi_in for c in ike_a.children.values()] == [new_a.spi_in]
+    pair.b.act(ike_b, lambda sa: sa.delete(pair.now))
+    pair.pump()
+    assert not pair.a.all() and not pair.b.all()
+    assert [e.reason for e in pair.of("a", IkeSaDown)] == ["rekeyed", "deleted by peer"]

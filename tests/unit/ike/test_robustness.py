@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.support.ike_pair import Pair, make_pair, psk_config
 from tests.unit.ike.test_exchanges import assert_child_pair, child, mirrored, up
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
+from xfrmctl.ike.errors import ProtocolError
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.message import Message, decode, encode, seal
@@ -40,6 +41,11 @@ def established() -> tuple[Pair, list[bytes]]:
     up(pair)
     (ca,) = pair.of("a", ChildSaNegotiated)
     pair.a.act(pair.a.all()[0], lambda sa: sa.rekey_child(ca.spi_in, pair.now))
+    pair.pump()
+    pair.a.act(pair.a.all()[0], lambda sa: sa.create_child("lan", pair.now))
+    pair.pump()
+    pair.a.act(pair.a.all()[0], lambda sa: sa.delete_child(
+        pair.of("a", ChildSaNegotiated)[-1].spi_in, pair.now))
     pair.pump()
     pair.a.act(pair.a.all()[0], lambda sa: sa.liveness_check(pair.now))
     pair.pump()
@@ -238,3 +244,49 @@ def test_plaintext_request_on_an_established_sa_is_ignored() -> None:
                                 pair.now)
         assert not pair.b.datagrams_to_send()
     assert_still_working(pair, sa_a, sa_b)
+
+
+# --- authentic requests with mutated contents ----------------------------------------------
+
+
+@cache
+def protected_requests() -> list[tuple[ExchangeType, bytes, int]]:
+    """(exchange, decrypted payload chain, first payload type) of every request A sent in
+    a run with IKE_AUTH, a PFS CHILD_SA rekey, a new CHILD_SA, an IKE rekey and deletes."""
+    pair, _ = established()
+    _, sa_b = the_sas(pair)
+    assert sa_b._cipher_in is not None
+    found: list[tuple[ExchangeType, bytes, int]] = []
+    for side, d in pair.wire:
+        if side != "a":
+            continue
+        try:
+            msg = decode(d.data, sa_b._cipher_in)
+        except ProtocolError:
+            continue
+        if msg.protected is not None and not msg.is_response and msg.protected:
+            found.append((ExchangeType(msg.exchange), push_chain(msg.protected),
+                          msg.protected[0].payload_type))
+    assert {e for e, _, _ in found} >= {ExchangeType.CREATE_CHILD_SA,
+                                        ExchangeType.INFORMATIONAL}
+    return found
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_every_authentic_request_is_answered_once(data: st.DataObject) -> None:
+    """Integrity-valid requests with garbled contents, under the next message ID: the
+    responder never raises and answers each exactly once (RFC 7296 2.21.2)."""
+    exchange, inner, first = data.draw(st.sampled_from(protected_requests()))
+    garbled = mutate(inner, data) if data.draw(st.booleans()) else inner
+    pair, sa_a, sa_b = fresh_tunnel()
+    request = forge_request(sa_a, garbled, first, exchange)
+    pair.b.receive_datagram(request, pair.endpoint("b"), pair.endpoint("a"), pair.now)
+    replies = pair.b.datagrams_to_send()
+    assert len(replies) >= 1
+    for reply in replies:
+        response = decode(reply.data, sa_a._cipher_in)
+        assert response.is_response and response.message_id == sa_a._next_request_id - 1
+    while pair.b.next_event() is not None:
+        pass
+    assert sa_b.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.CLOSED)
