@@ -13,7 +13,8 @@ instance's own directory:
 Connections are described with :class:`SwanConn` / :class:`SwanSecret` /
 :class:`SwanPool` and rendered into a ``swanctl.conf`` by :func:`render_swanctl`;
 :meth:`Charon.load` writes it (plus certificates and keys) into
-``<workdir>/swanctl/`` and loads it with ``swanctl --load-all``.
+``<workdir>/swanctl/`` and loads the same content over VICI (``use_swanctl=True``:
+with ``swanctl --load-all``, ~30 s slower under TCG).
 
 Typical use::
 
@@ -21,7 +22,10 @@ Typical use::
         left.load([SwanConn("gw", local_addrs=["192.0.2.1"], ...)],
                   secrets=[SwanSecret("psk-secret", ids=["left", "right"])])
         left.initiate("gw")
-        assert left.wait_child_installed("gw")
+        left.wait_child_installed("gw")      # raises CharonError with the log tail
+
+Start several with ``start(wait=False)`` and then ``wait_ready()`` to overlap their
+start-up; ``tests/lab/conftest.py`` has a ``charons`` fixture doing the bookkeeping.
 """
 
 from __future__ import annotations
