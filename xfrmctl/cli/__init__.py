@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "events": "xfrmctl.cli.live:events",
     "conn": "xfrmctl.cli.conn:conn",
     "token": "xfrmctl.cli.admin:token",
-    "db": "xfrmctl.cli.admin:db",
+    "db": "xfrmctl.daemon.dbcommand:db",  # admin.db plus `db import`
     "daemon": "xfrmctl.daemon.command:daemon",
 }
 

@@ -13,21 +13,28 @@ one transaction, creating secrets (encrypted), certificates and CAs, with audit 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from cryptography import x509
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import make_url, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from xfrmctl.config import Settings
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
-from xfrmctl.store.db import Database
+from xfrmctl.store.db import Database, make_engine
+from xfrmctl.store.migrate import alembic_config, upgrade
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
@@ -265,3 +272,39 @@ def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
     """Validate a daemon file and create its connections in one transaction."""
     conf = cf.load(path)
     return db.call(import_conf, box, conf, actor=f"import:{path.name}")
+
+
+# --------------------------------------------------------------------------- opening
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot serve as the daemon's configuration (message says why)."""
+
+
+def prepare_database(url: str) -> None:
+    """Bring the schema to the newest migration (a new database is created)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if current != head:
+        log.info("migrating the database from %s to %s", current or "empty", head)
+        upgrade(url)
+
+
+async def open_source(settings: Settings, base: cf.DaemonConf) -> DbSource:
+    """The database named by the settings, migrated, with the secrets key loaded."""
+    try:
+        await asyncio.to_thread(prepare_database, settings.database_url)
+        box = SecretBox.from_file(settings.secret_key_file)
+    except (SQLAlchemyError, CommandError, SecretKeyError, OSError) as exc:
+        raise DatabaseUnavailable(f"database {_redact(settings.database_url)}: {exc}") from exc
+    return DbSource(Database(settings.database_url), box, base)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password."""
+    return make_url(url).render_as_string(hide_password=True)

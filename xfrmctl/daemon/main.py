@@ -1,7 +1,9 @@
 """`xfrmctl daemon`: the gateway process.
 
 One asyncio loop runs the IKE endpoints, the controller and (optionally) the REST API.
-SIGHUP reloads the configuration file, touching only connections that changed.
+File mode (`--config FILE`): SIGHUP reloads the file, touching only connections that
+changed. Database mode (no --config): the database is the configuration (see
+dbconfig.py), REST changes apply at once and the recorder writes SAs and events into it.
 SIGTERM/SIGINT: with a state directory the tunnels stay in the kernel and the IKE SAs are
 saved (encrypted) for the next process to take back, so a restart drops nothing; without
 one (or with --clear-on-exit) our SAs are deleted, telling the peers. With systemd (Type=notify)
@@ -17,16 +19,20 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from xfrmctl.config import Settings
 from xfrmctl.kernel.interface import KernelIPsec
 
 from . import conf as cf
 from .controller import Controller
+from .dbconfig import DatabaseUnavailable, DbSource, open_source
 from .endpoint import Endpoints
+from .recorder import Recorder
 from .state import StateFile
 
 log = logging.getLogger("xfrmctl.daemon")
@@ -82,16 +88,26 @@ async def open_kernel() -> KernelIPsec:
     return await NetlinkKernel.open()
 
 
-async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = None,
-              clear_on_exit: bool = False) -> int:
+async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
+              clear_on_exit: bool = False, listen: Sequence[str] = ()) -> int:
+    """With `config_path` None the configuration comes from the database (settings)."""
+    source: DbSource | None = None
     try:
-        conf = cf.load(config_path)
-    except (OSError, ValueError, ValidationError) as exc:
-        log.error("configuration %s: %s", config_path, exc)
+        if config_path is None:
+            source = await open_source(Settings(), cf.DaemonConf(listen=list(listen)))
+            conf = await source.load()
+        else:
+            conf = cf.load(config_path)
+    except (OSError, ValueError, ValidationError, DatabaseUnavailable) as exc:
+        log.error("configuration %s: %s", config_path or "from the database", exc)
         return 2
     kernel = await open_kernel()
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
     controller = Controller(conf, kernel, state=state)
+    recorder = None
+    if source is not None:
+        controller.config_source = source.load
+        recorder = Recorder(controller, source.db)
     endpoints = Endpoints(controller.receive)
     addresses = conf.listen or local_addresses()
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
@@ -106,8 +122,10 @@ async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = 
         _reload(controller, config_path)))
     server_task = None
     if api:
-        server_task = loop.create_task(_serve_api(controller, kernel))
+        server_task = loop.create_task(_serve_api(controller, kernel, source))
     await controller.start()
+    if recorder is not None:
+        await recorder.start()
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")
@@ -116,11 +134,17 @@ async def run(config_path: Path, *, api: bool = False, state_dir: Path | None = 
     endpoints.close()
     if server_task is not None:
         server_task.cancel()
+    if recorder is not None and source is not None:
+        await recorder.stop()
+        source.db.dispose()
     await kernel.close()
     return 0
 
 
-async def _reload(controller: Controller, path: Path) -> None:
+async def _reload(controller: Controller, path: Path | None) -> None:
+    if path is None:  # database mode: re-read it
+        await controller.config_changed("connection", 0, "updated")
+        return
     try:
         conf = cf.load(path)
     except (OSError, ValueError, ValidationError) as exc:
@@ -130,15 +154,18 @@ async def _reload(controller: Controller, path: Path) -> None:
     log.info("reloaded %s: %s", path, ", ".join(changed) or "nothing changed")
 
 
-async def _serve_api(controller: Controller, kernel: KernelIPsec) -> None:
+async def _serve_api(controller: Controller, kernel: KernelIPsec,
+                     source: DbSource | None = None) -> None:
     """The REST API on this loop: a unix socket and loopback TCP (settings decide)."""
     import uvicorn  # noqa: PLC0415 - the API is optional
 
     from api.main import create_app  # noqa: PLC0415
     from api.server import server_configs  # noqa: PLC0415
-    from xfrmctl.config import Settings  # noqa: PLC0415
+    from xfrmctl.store.bus import EventBus  # noqa: PLC0415
 
     settings = Settings()
-    app = create_app(settings, controller=controller, kernel=kernel)
+    # Database mode: the daemon's own db and bus, so recorded events reach the SSE stream.
+    db, bus = (source.db, EventBus()) if source is not None else (None, None)
+    app = create_app(settings, controller=controller, kernel=kernel, db=db, bus=bus)
     # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
     await asyncio.gather(*(uvicorn.Server(c)._serve() for c in server_configs(app, settings)))
