@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +58,8 @@ from xfrmctl.ike.config import (
     RemoteAuth,
     Retransmit,
 )
-from xfrmctl.ike.constants import ProtocolId
-from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_proposals
+from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
+from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
 
 from .pool import AddressPool
 
@@ -224,6 +225,13 @@ def _psk(conf: ConnectionConf) -> bytes:
     return conf.psk_file.read_bytes().strip()
 
 
+def _require_esn(spec: ProposalSpec) -> ProposalSpec:
+    """`esn: true` on a child whose proposals leave ESN open: offer ESN only."""
+    algorithms = dict(spec.algorithms)
+    algorithms[TransformType.ESN] = ((EsnId.ESN, None),)
+    return replace(spec, algorithms=algorithms, text="")
+
+
 def _child(name: str, conf: ChildConf) -> ChildConfig:
     if conf.ah_proposals:
         proposals = parse_proposals(conf.ah_proposals, ProtocolId.AH)
@@ -231,6 +239,9 @@ def _child(name: str, conf: ChildConf) -> ChildConfig:
         proposals = parse_proposals(conf.esp_proposals, ProtocolId.ESP)
     else:
         proposals = DEFAULT_ESP
+    named = (conf.ah_proposals or conf.esp_proposals or "").replace(",", "-").split("-")
+    if conf.esn and not {"esn", "noesn"} & {w.strip() for w in named}:
+        proposals = tuple(_require_esn(spec) for spec in proposals)
     return ChildConfig(
         name=name,
         local_ts=tuple(ts.parse(t) for t in conf.local_ts),

@@ -76,6 +76,7 @@ from .ports import (
 from .state import StateFile, child_from_dict, child_to_dict
 
 log = logging.getLogger("xfrmctl.daemon")
+NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
 STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
@@ -134,6 +135,8 @@ class Controller:
         self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
                                   spi_allocator=self._random_spi)
         self.send: Callable[[Datagram], None] = lambda d: None
+        # NAT keepalive sender (RFC 3948 4): set by the endpoints, like `send`.
+        self.keepalive: Callable[[tuple[str, int], tuple[str, int]], None] = lambda local, remote: None
         self.connections: dict[str, ConnectionRecord] = {}
         self.children: dict[int, ChildRecord] = {}  # by inbound SPI
         self.started_at = clock()
@@ -191,7 +194,8 @@ class Controller:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
-                       loop.create_task(self._kernel_event_loop(), name="kernel-events")]
+                       loop.create_task(self._kernel_event_loop(), name="kernel-events"),
+                       loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
         if self.state is not None:
             await self._restore(self.state)
             self._tasks.append(loop.create_task(self._state_writer(self.state),
@@ -448,6 +452,14 @@ class Controller:
             with contextlib.suppress(KernelError):
                 await self.kernel.remove_policy(policy)
         record.traps = []
+
+    async def _keepalive_loop(self) -> None:
+        """Behind a NAT, keep its UDP mapping open for the peer (one 0xFF octet on 4500)."""
+        while True:
+            await asyncio.sleep(NAT_KEEPALIVE_INTERVAL)
+            for sa in self.manager.all():
+                if sa.nat_local and sa.state is IkeState.ESTABLISHED:
+                    self.keepalive(sa.local, sa.remote)
 
     # ----------------------------------------------------------------- kernel events
 

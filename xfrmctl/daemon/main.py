@@ -112,6 +112,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     addresses = conf.listen or local_addresses()
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
     controller.send = endpoints.send
+    controller.keepalive = endpoints.send_keepalive
     log.info("listening on %s (ports %d, %d)", ", ".join(addresses), conf.ike_port,
              conf.nat_port)
     stop = asyncio.Event()
