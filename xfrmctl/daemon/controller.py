@@ -39,7 +39,7 @@ from xfrmctl.ike.events import (
 )
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.proposals import Suite
-from xfrmctl.ike.sa import Datagram, IkeSa, IkeState
+from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.types import (
     REQID_MIN,
@@ -136,7 +136,7 @@ class Controller:
                                   spi_allocator=self._random_spi)
         self.send: Callable[[Datagram], None] = lambda d: None
         # NAT keepalive sender (RFC 3948 4): set by the endpoints, like `send`.
-        self.keepalive: Callable[[tuple[str, int], tuple[str, int]], None] = lambda local, remote: None
+        self.keepalive: Callable[[Endpoint, Endpoint], None] = lambda local, remote: None
         self.connections: dict[str, ConnectionRecord] = {}
         self.children: dict[int, ChildRecord] = {}  # by inbound SPI
         self.started_at = clock()
