@@ -333,7 +333,8 @@ def accept_chosen(sent: Sequence[Proposal], chosen: Proposal) -> bool:
     offered = _offered(match)
     seen: set[int] = set()
     for t in chosen.transforms:
-        if t.type in seen or (t.id, t.key_length) not in offered.get(TransformType(t.type), ()):
+        if t.type in seen or t.type not in TransformType._value2member_map_ \
+                or (t.id, t.key_length) not in offered.get(TransformType(t.type), ()):
             return False
         seen.add(t.type)
     required = {TransformType(t) for t in offered} - {TransformType.DH}
@@ -358,6 +359,7 @@ def describe_offer(proposals: Sequence[Proposal]) -> list[str]:
                 algs.setdefault(TransformType(t.type), []).append((t.id, t.key_length))
             except ValueError:
                 continue
-        out.append(describe_spec(ProposalSpec(ProtocolId(p.protocol),
-                                              {k: tuple(v) for k, v in algs.items()})))
+        protocol = ProtocolId(p.protocol) if p.protocol in ProtocolId._value2member_map_ \
+            else ProtocolId.NONE  # whatever the peer sent, describing it must not fail
+        out.append(describe_spec(ProposalSpec(protocol, {k: tuple(v) for k, v in algs.items()})))
     return out

@@ -87,7 +87,8 @@ def _parse_protocol(text: str) -> int:
 
 
 def format_ts(ts: TrafficSelector) -> str:
-    nets = list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))
+    nets = list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)) \
+        if int(ts.start_addr) <= int(ts.end_addr) else []  # a peer may send an empty range
     addr = str(nets[0]) if len(nets) == 1 else f"{ts.start_addr}..{ts.end_addr}"
     if ts.ip_protocol == ANY_PROTOCOL and (ts.start_port, ts.end_port) == (0, 65535):
         return addr

@@ -232,6 +232,12 @@ def test_accept_chosen_rejects_what_we_did_not_offer(
     assert not accept_chosen(sent, chosen)
 
 
+def test_accept_chosen_rejects_unknown_transform_types() -> None:
+    sent = wire("aes128gcm16-prfsha256-x25519")
+    chosen = Proposal(1, IKE, b"", (*sent[0].transforms[:3], Transform(99, 1)))
+    assert not accept_chosen(sent, chosen)
+
+
 def test_accept_chosen_allows_no_dh_for_the_first_child() -> None:
     sent = wire("aes128gcm16-x25519", ESP, b"\0\0\0\7")
     chosen = Proposal(1, ESP, b"\0\0\0\x09", (
@@ -251,6 +257,9 @@ def test_suite_and_descriptions() -> None:
     assert not suite.aead
     assert describe_offer(list(wire("aes128gcm16-prfsha256-x25519"))) == [
         "aes128gcm16-prfsha256-x25519"]
+    odd = Proposal(1, 7, b"", (Transform(TransformType.ENCR, EncrId.AES_CBC, 128),
+                              Transform(99, 1)))
+    assert describe_offer([odd]) == ["aes128"]  # unknown protocol and type: no exception
     (esp,) = wire("chacha20poly1305-esn", ESP, b"\0\0\0\1")
     assert suite_of(esp).esn and suite_of(esp).aead
     assert str(suite_of(esp)) == "CHACHA20_POLY1305/ESN"

@@ -4,7 +4,9 @@ asks for (RFC 7296 2.21.2, 3.2)."""
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 from functools import cache
 
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.support.ike_pair import Pair, make_pair, psk_config
 from tests.unit.ike.test_exchanges import assert_child_pair, child, mirrored, up
+from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
 from xfrmctl.ike.errors import ProtocolError
 from xfrmctl.ike.events import ChildSaNegotiated
@@ -25,9 +28,12 @@ from xfrmctl.ike.payloads import (
     UnknownPayload,
     push_chain,
 )
+from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.ike.sa import IkeSa, IkeState
 
-FUZZ = settings(max_examples=300, deadline=None,
+# Longer runs are a command, not CI: XFRMCTL_FUZZ_EXAMPLES=20000 pytest tests/unit/ike/...
+EXAMPLES = int(os.environ.get("XFRMCTL_FUZZ_EXAMPLES", "250"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -272,7 +278,7 @@ def protected_requests() -> list[tuple[ExchangeType, bytes, int]]:
     return found
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@FUZZ
 @given(st.data())
 def test_every_authentic_request_is_answered_once(data: st.DataObject) -> None:
     """Integrity-valid requests with garbled contents, under the next message ID: the
@@ -290,3 +296,76 @@ def test_every_authentic_request_is_answered_once(data: st.DataObject) -> None:
     while pair.b.next_event() is not None:
         pass
     assert sa_b.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.CLOSED)
+
+
+# --- responses: forged IKE_SA_INIT answers and authentic garbled ones ----------------------
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_ike_sa_init_response_to_a_waiting_initiator(data: st.DataObject) -> None:
+    """IKE_SA_INIT responses are not protected: anyone on the path can send one."""
+    pair = make_pair(psk_config(children=(child(),)), psk_config(children=(child(),)))
+    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now)
+    pair.step("a")
+    (answer,) = pair.b.datagrams_to_send()
+    garbled = mutate(answer.data, data)
+    if data.draw(st.booleans()):
+        garbled = answer.data[:8] + garbled[8:]  # keep the SPI: it reaches the SA
+    feed(pair.a, garbled, pair.now)
+    for sa in pair.a.all():
+        assert sa.state in (IkeState.INIT_SENT, IkeState.AUTH_SENT)
+
+
+def reseal(response: bytes, sa_a: IkeSa, sa_b: IkeSa, data: st.DataObject) -> bytes:
+    """B's real response, its decrypted contents garbled, sealed again with B's keys."""
+    msg = decode(response, sa_a._cipher_in)
+    assert msg.protected is not None and sa_b._cipher_out is not None
+    inner = push_chain(msg.protected)
+    first = msg.protected[0].payload_type if msg.protected else PayloadType.NONE
+    garbled = mutate(inner, data) if inner else inner
+    msg.protected = []
+    return seal(msg, [], garbled, sa_b._cipher_out, enc_type=PayloadType.SK, enc_next=first)
+
+
+ACTIONS: dict[str, Callable[[IkeSa, int, float], None]] = {
+    "create child": lambda sa, spi, now: sa.create_child("lan", now),
+    "rekey child": lambda sa, spi, now: sa.rekey_child(spi, now),
+    "delete child": lambda sa, spi, now: sa.delete_child(spi, now),
+    "rekey IKE": lambda sa, spi, now: sa.rekey(now),
+    "liveness": lambda sa, spi, now: sa.liveness_check(now),
+    "delete IKE": lambda sa, spi, now: sa.delete(now),
+}
+
+
+@FUZZ
+@given(st.data(), st.sampled_from(sorted(ACTIONS)))
+def test_authentic_garbled_responses_never_raise(data: st.DataObject, action: str) -> None:
+    pfs = ChildConfig("lan", child().local_ts, child().remote_ts,
+                      proposals=parse_proposals("aes128gcm16-x25519", ProtocolId.ESP))
+    pair = make_pair(psk_config(children=(pfs,)), psk_config(children=(mirrored(pfs),)))
+    up(pair)
+    sa_a, sa_b = pair.a.all()[0], pair.b.all()[0]
+    spi = next(iter(sa_a.children.values())).spi_in
+    pair.a.act(sa_a, lambda sa: ACTIONS[action](sa, spi, pair.now))
+    pair.step("a")
+    (answer,) = pair.b.datagrams_to_send()
+    feed(pair.a, reseal(answer.data, sa_a, sa_b, data), pair.now)
+    pair.advance(300)  # whatever it did, timers run to the end without raising
+    for sa in pair.a.all():
+        assert sa.state is not IkeState.CLOSED  # closed ones are forgotten
+
+
+@FUZZ
+@given(st.data())
+def test_authentic_garbled_ike_auth_response(data: st.DataObject) -> None:
+    lan = child()
+    pair = make_pair(psk_config(children=(lan,)), psk_config(children=(mirrored(lan),)))
+    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now)
+    pair.step("a")
+    pair.step("b")
+    pair.step("a")
+    (answer,) = pair.b.datagrams_to_send()
+    sa_a, sa_b = pair.a.all()[0], pair.b.all()[0]
+    feed(pair.a, reseal(answer.data, sa_a, sa_b, data), pair.now)
+    assert sa_a.state in (IkeState.AUTH_SENT, IkeState.ESTABLISHED, IkeState.CLOSED)

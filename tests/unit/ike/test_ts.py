@@ -80,6 +80,9 @@ def test_format_of_a_range_that_is_no_prefix() -> None:
     assert ts.format_ts(sel) == "192.0.2.10..192.0.2.20"
     assert [str(n) for n in ts.to_networks(sel)] == [
         "192.0.2.10/31", "192.0.2.12/30", "192.0.2.16/30", "192.0.2.20/32"]
+    empty = TrafficSelector(TsType.IPV4_ADDR_RANGE, 0, 0, 65535, sel.end_addr, sel.start_addr)
+    assert ts.format_ts(empty) == "192.0.2.20..192.0.2.10"  # as a peer may send it
+    assert ts.intersect(empty, p("0.0.0.0/0")) is None
 
 
 def test_intersect() -> None:
