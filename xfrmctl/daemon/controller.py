@@ -41,6 +41,7 @@ from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.proposals import Suite
 from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
+from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
@@ -55,7 +56,7 @@ from xfrmctl.kernel.types import (
 from xfrmctl.kernel.types import Counters as KernelCounters
 
 from . import conf as cf
-from .install import build_child, trap_policies
+from .install import build_child, interface_mtu, trap_policies
 from .pool import AddressPool
 from .ports import (
     ActionRejected,
@@ -105,6 +106,7 @@ class ConnectionRecord:
     detail: dict[str, object] = field(default_factory=dict)
     since: float = 0.0
     traps: list[PolicySpec] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)  # interfaces we created
     wanted: bool = False  # should be up (start action, API initiate, DPD restart)
 
 
@@ -125,9 +127,10 @@ class Controller:
     """The running gateway. `send` is set by the endpoints once they are bound."""
 
     def __init__(self, conf: cf.DaemonConf, kernel: KernelIPsec, *,
-                 clock: Callable[[], float] = time.time, state: StateFile | None = None
-                 ) -> None:
+                 clock: Callable[[], float] = time.time, state: StateFile | None = None,
+                 links: KernelLinks | None = None) -> None:
         self.conf = conf
+        self.links = links  # route-based children need it (XFRM interfaces, VTIs)
         self.state = state  # set: SAs are saved, and a restart keeps the tunnels
         self._dirty = False
         self.kernel = kernel
@@ -201,6 +204,7 @@ class Controller:
             self._tasks.append(loop.create_task(self._state_writer(self.state),
                                                 name="state-writer"))
         for record in self.connections.values():
+            await self._ensure_links(record)
             if not self._sas_of(record):
                 await self._apply_start_action(record)
 
@@ -228,6 +232,7 @@ class Controller:
         self.children.clear()
         for record in self.connections.values():
             await self._remove_traps(record)
+            await self._remove_links(record)
         if self.state is not None:
             self.state.clear()
         await self._cancel_tasks()
@@ -363,6 +368,9 @@ class Controller:
         child = ChildRecord(event, install, install.inbound.reqid, self.clock())
         self.children[event.spi_in] = child
         self._jobs.put_nowait(lambda: self._install(child))
+        if child_conf.interface_name and child_conf.mtu is None:
+            name, mtu = child_conf.interface_name, interface_mtu(event)
+            self._jobs.put_nowait(lambda: self._set_mtu(name, mtu))
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         child = self.children.pop(event.spi_in, None)
@@ -460,6 +468,61 @@ class Controller:
             for sa in self.manager.all():
                 if sa.nat_local and sa.state is IkeState.ESTABLISHED:
                     self.keepalive(sa.local, sa.remote)
+
+    # ----------------------------------------------------------------- route-based links
+
+    async def _ensure_links(self, record: ConnectionRecord) -> None:
+        """Create the XFRM interfaces / VTIs of a connection's route-based children, with
+        their addresses and routes (already present ones, from before a restart, are kept)."""
+        for name, child in record.conf.children.items():
+            if child.interface_kind is None or child.interface_name is None:
+                continue
+            if self.links is None:
+                log.error("%s/%s is route-based but no link manager is running",
+                          record.name, name)
+                continue
+            try:
+                await self._create_link(record.conf, child)
+            except (KernelError, ValueError) as exc:
+                log.error("interface %s of %s/%s: %s", child.interface_name, record.name,
+                          name, exc)
+                continue
+            record.links.append(child.interface_name)
+
+    async def _create_link(self, conn: cf.ConnectionConf, child: cf.ChildConf) -> None:
+        links, name = self.links, child.interface_name
+        assert links is not None and name is not None
+        with contextlib.suppress(KernelError):
+            await links.index(name)
+            return  # kept from before a restart
+        if child.interface_kind == "xfrmi":
+            await links.add_xfrm_interface(XfrmInterface(name, child.if_id or 0), child.mtu)
+        else:
+            if not conn.local_addrs or not conn.remote_addrs:
+                raise ValueError("a VTI needs local_addrs and remote_addrs")
+            await links.add_vti(VtiDevice(
+                name, ipaddress.IPv4Address(conn.local_addrs[0]),
+                ipaddress.IPv4Address(conn.remote_addrs[0]), child.mark_in or 0,
+                child.mark_out or 0), child.mtu)
+        for address in child.interface_addresses:
+            await links.add_address(name, address)
+        for route in child.routes:
+            await links.add_route(ipaddress.ip_network(route), name)
+
+    async def _remove_links(self, record: ConnectionRecord) -> None:
+        if self.links is None:
+            return
+        for name in record.links:
+            with contextlib.suppress(KernelError):
+                await self.links.delete_link(name)  # its addresses and routes go with it
+        record.links = []
+
+    async def _set_mtu(self, name: str, mtu: int) -> None:
+        if self.links is not None:
+            try:
+                await self.links.set_mtu(name, mtu)
+            except KernelError as exc:
+                log.warning("MTU %d on %s: %s", mtu, name, exc)
 
     # ----------------------------------------------------------------- kernel events
 
@@ -612,11 +675,13 @@ class Controller:
             if old is not None:
                 old.wanted = False
                 await self._remove_traps(old)
+                await self._remove_links(old)
                 for sa in self._sas_of(old):
                     self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
             if name not in conf.connections:
                 self.connections.pop(name, None)
                 continue
+            await self._ensure_links(self.connections[name])
             await self._apply_start_action(self.connections[name])
         self._flush()
         return changed

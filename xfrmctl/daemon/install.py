@@ -158,3 +158,25 @@ def trap_policies(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[Traffi
     return [p for p in policies_for(local_ts, remote_ts, ipaddress.ip_address(local),
                                     ipaddress.ip_address(remote), mode, proto, reqid, conf)
             if p.direction is Direction.OUT]
+
+
+def esp_overhead(event: ChildSaNegotiated) -> int:
+    """Worst-case octets ESP adds to a packet in this CHILD_SA (tunnel mode: the outer
+    IP header too; NAT-T: the UDP header), for a route-based interface's MTU."""
+    suite = event.suite
+    ipv6 = ":" in event.local[0]
+    if suite.encr is None:  # AH: header plus ICV
+        icv = kalg.INTEG[IntegId(suite.integ)].trunc_bits // 8 if suite.integ else 0
+        return (40 if ipv6 else 20) + 12 + icv
+    aead = kalg.is_aead(EncrId(suite.encr))
+    iv = 8 if aead else 16
+    block = 4 if aead else 16
+    icv = kalg.ENCR[EncrId(suite.encr)].icv_bits // 8 if aead else \
+        kalg.INTEG[IntegId(suite.integ)].trunc_bits // 8 if suite.integ else 0
+    outer = (40 if ipv6 else 20) if event.mode is IkeMode.TUNNEL else 0
+    return outer + 8 + iv + (block - 1) + 2 + icv + (8 if event.encap else 0)
+
+
+def interface_mtu(event: ChildSaNegotiated, underlay_mtu: int = 1500) -> int:
+    """The largest inner packet that fits the underlay after ESP, rounded down to 4."""
+    return (underlay_mtu - esp_overhead(event)) // 4 * 4

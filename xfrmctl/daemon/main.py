@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from xfrmctl.config import Settings
 from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.kernel.links import KernelLinks
 
 from . import conf as cf
 from .controller import Controller
@@ -103,7 +104,8 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         return 2
     kernel = await open_kernel()
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
-    controller = Controller(conf, kernel, state=state)
+    links = await KernelLinks.open()
+    controller = Controller(conf, kernel, state=state, links=links)
     recorder = None
     if source is not None:
         controller.config_source = source.load
@@ -138,6 +140,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     if recorder is not None and source is not None:
         await recorder.stop()
         source.db.dispose()
+    await links.close()
     await kernel.close()
     return 0
 

@@ -1,0 +1,123 @@
+"""Route-based children: the interface, its addresses and routes come and go with the
+connection, and its MTU accounts for the negotiated suite's ESP overhead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.daemon.test_controller import PSK, Gateways, _wire
+from xfrmctl.daemon import conf as cf
+from xfrmctl.daemon.controller import Controller
+from xfrmctl.daemon.install import esp_overhead
+from xfrmctl.ike.config import Mode
+from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
+from xfrmctl.ike.events import ChildSaNegotiated
+from xfrmctl.ike.proposals import Suite
+from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.kernel.links import VtiDevice, XfrmInterface
+from xfrmctl.kernel.types import KernelError
+
+A, B = "192.0.2.1", "192.0.2.2"
+
+
+class FakeLinks:
+    """Records what the controller asks of rtnetlink; ENODEV for unknown links."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, dict[str, Any]] = {}
+
+    async def index(self, name: str) -> int:
+        if name not in self.links:
+            raise KernelError("find link", name, 19)
+        return list(self.links).index(name) + 1
+
+    async def add_xfrm_interface(self, dev: XfrmInterface, mtu: int | None = None) -> int:
+        self.links[dev.name] = {"kind": "xfrm", "if_id": dev.if_id, "mtu": mtu, "addrs": [],
+                                "routes": []}
+        return await self.index(dev.name)
+
+    async def add_vti(self, dev: VtiDevice, mtu: int | None = None) -> int:
+        self.links[dev.name] = {"kind": "vti", "ikey": dev.ikey, "okey": dev.okey, "mtu": mtu,
+                                "addrs": [], "routes": []}
+        return await self.index(dev.name)
+
+    async def add_address(self, name: str, address: str) -> None:
+        self.links[name]["addrs"].append(address)
+
+    async def add_route(self, dst: object, name: str, src: str | None = None) -> None:
+        self.links[name]["routes"].append(str(dst))
+
+    async def set_mtu(self, name: str, mtu: int) -> None:
+        self.links[name]["mtu"] = mtu
+
+    async def delete_link(self, name: str) -> None:
+        del self.links[name]
+
+
+def _conn(local: str, remote: str, child: cf.ChildConf, start: str) -> cf.ConnectionConf:
+    return cf.ConnectionConf(local_addrs=[local], remote_addrs=[remote], psk=PSK,  # type: ignore[arg-type]
+                             start_action=start, children={"routed": child})  # type: ignore[arg-type]
+
+
+async def _pair(child_a: cf.ChildConf) -> tuple[Gateways, FakeLinks]:
+    links = FakeLinks()
+    ka, kb = FakeKernel(), FakeKernel()
+    any_ts = {"local_ts": ["0.0.0.0/0"], "remote_ts": ["0.0.0.0/0"]}
+    a = Controller(cf.DaemonConf(connections={"b": _conn(A, B, child_a, "start")}), ka,
+                   links=links)  # type: ignore[arg-type]
+    b = Controller(cf.DaemonConf(connections={"a": _conn(B, A, cf.ChildConf(**any_ts),
+                                                         "none")}), kb)
+    _wire(a, b)
+    _wire(b, a)
+    gw = Gateways(a, b, ka, kb)
+    await b.start()
+    await a.start()
+    await gw.settle()
+    return gw, links
+
+
+async def test_xfrm_interface_lives_with_the_connection() -> None:
+    child = cf.ChildConf(local_ts=["0.0.0.0/0"], remote_ts=["0.0.0.0/0"],
+                         esp_proposals="aes256gcm16", interface_kind="xfrmi",
+                         interface_name="ipsec-b", if_id=42,
+                         interface_addresses=["198.51.100.254/32"], routes=["203.0.113.0/24"])
+    gw, links = await _pair(child)
+    link = links.links["ipsec-b"]
+    assert (link["kind"], link["if_id"]) == ("xfrm", 42)
+    assert link["addrs"] == ["198.51.100.254/32"] and link["routes"] == ["203.0.113.0/24"]
+    assert {e.spec.if_id for e in gw.ka.sas.values()} == {42}
+    assert {p.if_id for p in gw.ka.policies.values()} == {42}
+    # AES-GCM-256, tunnel, IPv4: 20 + 8 (ESP) + 8 (IV) + 3 (pad) + 2 + 16 (ICV) = 57
+    assert link["mtu"] == (1500 - 57) // 4 * 4
+    await gw.a.stop()
+    await gw.b.stop()
+    assert not links.links and not gw.ka.sas and not gw.ka.policies
+
+
+async def test_vti_uses_the_marks_on_sas_and_policies() -> None:
+    child = cf.ChildConf(local_ts=["0.0.0.0/0"], remote_ts=["0.0.0.0/0"],
+                         interface_kind="vti", interface_name="vti-b", mark_in=43,
+                         mark_out=44, mtu=1400, routes=["203.0.113.0/24"])
+    gw, links = await _pair(child)
+    link = links.links["vti-b"]
+    assert (link["kind"], link["ikey"], link["okey"], link["mtu"]) == ("vti", 43, 44, 1400)
+    marks = {(str(e.spec.dst), e.spec.mark.value) for e in gw.ka.sas.values()
+             if e.spec.mark is not None}
+    assert marks == {(A, 43), (B, 44)}  # inbound SA keyed by ikey, outbound by okey
+    assert {p.mark.value for p in gw.ka.policies.values() if p.mark} == {43, 44}
+    await gw.a.stop()
+    await gw.b.stop()
+    assert not links.links
+
+
+def test_esp_overhead_by_suite() -> None:
+    def event(suite: Suite, encap: bool, mode: Mode = Mode.TUNNEL) -> ChildSaNegotiated:
+        return ChildSaNegotiated(1, "c", "x", 1, ProtocolId.ESP, mode, 1, 2, (A, 4500),
+                                 (B, 4500), (), (), suite, b"", b"", b"", b"", encap, 0, 0)
+
+    gcm = Suite(ProtocolId.ESP, EncrId.AES_GCM_16, 128)
+    cbc = Suite(ProtocolId.ESP, EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_256_128)
+    assert esp_overhead(event(gcm, False)) == 57
+    assert esp_overhead(event(gcm, True)) == 65  # + UDP
+    assert esp_overhead(event(cbc, False)) == 20 + 8 + 16 + 15 + 2 + 16
+    assert esp_overhead(event(gcm, False, Mode.TRANSPORT)) == 37
