@@ -11,7 +11,17 @@ Rules kept in one place:
 - We keep one request outstanding (window size 1, RFC 7296 2.3); further requests queue.
 - A request is retransmitted with exponential back-off; after `Retransmit.tries` the peer is
   unreachable and the SA is closed. A retransmitted request is answered from the cached
-  response, never processed twice.
+  response, never processed twice. Only integrity-checked requests are answered or use up
+  a message ID; once keyed, plaintext messages are ignored.
+- Rekey collisions (RFC 7296 2.8): for CHILD_SAs and IKE SAs alike, the exchange holding
+  the lowest nonce made the redundant SA and its initiator deletes it; the other
+  exchange's initiator deletes the old SA. A rekeying IKE SA answers CHILD_SA requests
+  with TEMPORARY_FAILURE (and refuses an IKE rekey while one of our CHILD_SA rekeys is
+  out); a TEMPORARY_FAILURE is retried after a short random delay, on the successor IKE
+  SA if there is one by then. IKE SAs made by a rekey stay silent until adopted.
+- Certificates (pubkey auth) are sent as `IkeConfig.send_cert` says (default: when the
+  peer sent a CERTREQ); signatures use RFC 7427 when the peer announced
+  SIGNATURE_HASH_ALGORITHMS, else the legacy method of the key type.
 - Exchanges are small tasks: `build` makes a request, `on_response` processes the answer;
   the responder side is one `_respond_*` method per exchange.
 """
@@ -102,6 +112,7 @@ Endpoint = tuple[str, int]
 NONCE_SIZE = 32
 MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
 RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE, plus up to as much again at random
+REDUNDANT_TIMEOUT = 30.0  # a rekey collision's loser should have deleted its SA by then
 _ids = itertools.count(1)
 
 
@@ -266,6 +277,7 @@ class IkeSa:
         self._collision: tuple[bytes, IkeSa] | None = None  # peer's rekey during ours
         self._spawned: list[IkeSa] = []
         self._silent = False  # a rekey's IKE SA not (yet) adopted: no events
+        self._redundant_deadline: float | None = None  # delete it ourselves after this
         # CHILD_SA exchanges to try again (after TEMPORARY_FAILURE): (when, child config,
         # child_id to rekey or None to create)
         self._child_retries: list[tuple[float, str, int | None]] = []
@@ -318,6 +330,7 @@ class IkeSa:
             self._outstanding.deadline if self._outstanding else None,
             self._half_open_deadline, self._rekey_deadline, self._dpd_deadline,
             min(r[0] for r in self._child_retries) if self._child_retries else None,
+            self._redundant_deadline,
         ) if d is not None]
         return min(deadlines) if deadlines else None
 
@@ -412,6 +425,10 @@ class IkeSa:
             self._arm_dpd(now)
         if self._child_retries and self.state is IkeState.ESTABLISHED:
             self._run_child_retries(now)
+        if self._redundant_deadline is not None and now >= self._redundant_deadline:
+            self._redundant_deadline = None
+            if self.state is IkeState.ESTABLISHED and self._silent:
+                self._delete_redundant(now)  # the peer did not: we do
 
     def _run_child_retries(self, now: float) -> None:
         due = [r for r in self._child_retries if r[0] <= now]
@@ -1508,6 +1525,8 @@ class IkeSa:
         # We won (or there was no collision): the peer deletes its redundant SA, if any;
         # as initiator of the surviving exchange we delete the old IKE SA.
         self._adopt(ours, now)
+        if theirs is not None:
+            theirs[1]._redundant_deadline = now + REDUNDANT_TIMEOUT
         self._tasks.clear()
         self._queue(_Task("delete old IKE SA", lambda t: (
             self._message(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())]),
@@ -1684,6 +1703,7 @@ class IkeSa:
         self._outstanding = None
         self._tasks.clear()
         self._half_open_deadline = self._rekey_deadline = self._dpd_deadline = None
+        self._redundant_deadline = None
         self._child_retries = []
         if not self._silent and (was_up or not quiet):
             name = self.config.name if self.config else ""

@@ -250,3 +250,29 @@ def test_peers_rekey_completes_before_it_sees_ours(pair: Pair) -> None:
     pair.pump()
     assert_child_pair(pair.of("a", ChildSaNegotiated)[-1], pair.of("b", ChildSaNegotiated)[-1])
     assert pair.of("a", ChildSaDeleted)[0].spi_in == child_a.spi_in
+
+
+def test_winner_deletes_the_redundant_sa_if_the_loser_does_not(pair: Pair,
+                                                              nonces: ChosenNonces) -> None:
+    up(pair)
+    old_a, old_b = pair.a.all()[0], pair.b.all()[0]
+    # A's exchange wins: B's holds the lowest nonce (B's Ni).
+    nonces.queue = [nonce(0xF0), nonce(0x01), nonce(0xF1), nonce(0xF2)]
+    pair.a.act(old_a, lambda sa: sa.rekey(pair.now))
+    pair.b.act(old_b, lambda sa: sa.rekey(pair.now))
+    pair.step("a")
+    pair.step("b")
+    (rekeyed_a,) = pair.of("a", IkeSaRekeyed)
+
+    def loser_is_mute(side: str, d: object) -> bool:  # B never deletes its redundant SA
+        header = parse_header(d.data)  # type: ignore[attr-defined]
+        return side == "b" and not header.is_response and \
+            header.spi_i not in (old_a.spi_i, rekeyed_a.new_spi_i)
+
+    pair.drop = loser_is_mute
+    pair.pump()
+    assert len(pair.a.all()) == 2  # the survivor and B's redundant SA, silent
+    pair.advance(31)
+    (survivor,) = pair.a.all()
+    assert survivor.id == rekeyed_a.new_ike_sa and len(survivor.children) == 1
+    assert [e.reason for e in pair.of("a", IkeSaDown)] == ["rekeyed"]  # no other event
