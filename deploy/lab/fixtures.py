@@ -413,6 +413,17 @@ def convert(case_dir: Path) -> dict[str, Any]:
     pending: dict[tuple[bytes, bytes, int], dict[str, Any]] = {}  # request info by (SPIs, mid)
     records: list[dict[str, Any]] = []
     decrypted = auths = 0
+    answered: set[tuple[bytes, bytes, int]] = set()
+    seen_requests: set[tuple[bytes, bytes, int]] = set()
+
+    def retransmitted(key: tuple[bytes, bytes, int], response: bool) -> bool:
+        """A request seen before, or a response to a request already answered."""
+        if response:
+            return key in answered
+        again = key in seen_requests
+        seen_requests.add(key)
+        return again
+
     init_msgs: dict[bool, bytes] = {}  # the IKE_SA_INIT request/response of the first SA
 
     def new_ike(ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes, old: int | None) -> None:
@@ -479,14 +490,17 @@ def convert(case_dir: Path) -> dict[str, Any]:
         rec["payloads"] = [PAYLOADS.get(t, str(t)) for t, _, _ in chain]
         found = {t: body for t, body, _ in chain}
         if h.exchange == 34:
-            init_msgs[h.from_initiator] = g.data
             key = (h.spi_i, b"\0" * 8, h.mid)
+            rec["retransmission"] = retransmitted(key, h.response)
+            if not rec["retransmission"]:
+                init_msgs[h.from_initiator] = g.data
             if not h.response:
-                pending[key] = {"ni": found[NONCE]}
-            elif NONCE in found:
+                pending.setdefault(key, {"ni": found[NONCE]})
+            elif NONCE in found and not rec["retransmission"]:
                 req = pending.pop(key)
                 new_ike(req["ni"], found[NONCE], h.spi_i, h.spi_r, None)
-            rec["ike_sa"] = len(ike_sas) - 1 if h.response and NONCE in found else None
+                answered.add(key)
+            rec["ike_sa"] = by_spis.get((h.spi_i, h.spi_r))
         else:
             idx = by_spis.get((h.spi_i, h.spi_r))
             if idx is None:
@@ -509,6 +523,9 @@ def convert(case_dir: Path) -> dict[str, Any]:
             rec["inner"] = [PAYLOADS.get(t, str(t)) for t, _, _ in inner]
             ifound = {t: b for t, b, _ in inner}
             mkey = (h.spi_i, h.spi_r, h.mid)
+            rec["retransmission"] = retransmitted(mkey, h.response)
+            if not rec["retransmission"] and h.response:
+                answered.add(mkey)
             if h.exchange == 35 and AUTH in ifound:
                 by = "initiator" if h.from_initiator else "responder"
                 entry = next((a for a in ike_sas[idx]["auth"] if a["by"] == by), None)
@@ -516,7 +533,9 @@ def convert(case_dir: Path) -> dict[str, Any]:
                     raise FixtureError(f"datagram {n}: no logged AUTH octets of the {by}")
                 check_auth(case_dir, meta, entry, ifound[AUTH], init_msgs[h.from_initiator])
                 auths += 1
-            if h.exchange == 35 and SA in ifound:
+            if rec["retransmission"]:
+                pass  # the same message again: nothing new to derive
+            elif h.exchange == 35 and SA in ifound:
                 proto, spi = first_proposal_spi(ifound[SA])
                 if not h.response:
                     pending[mkey] = {"spi": spi}
