@@ -89,6 +89,10 @@ async def open_kernel() -> KernelIPsec:
     return await NetlinkKernel.open()
 
 
+async def open_links() -> KernelLinks:
+    return await KernelLinks.open()
+
+
 async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
               clear_on_exit: bool = False, listen: Sequence[str] = ()) -> int:
     """With `config_path` None the configuration comes from the database (settings)."""
@@ -104,7 +108,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         return 2
     kernel = await open_kernel()
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
-    links = await KernelLinks.open()
+    links = await open_links()
     controller = Controller(conf, kernel, state=state, links=links)
     recorder = None
     if source is not None:
