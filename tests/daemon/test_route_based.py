@@ -25,6 +25,7 @@ class FakeLinks:
 
     def __init__(self) -> None:
         self.links: dict[str, dict[str, Any]] = {}
+        self.loopback: list[str] = []  # addresses on "lo"
 
     async def index(self, name: str) -> int:
         if name not in self.links:
@@ -42,7 +43,10 @@ class FakeLinks:
         return await self.index(dev.name)
 
     async def add_address(self, name: str, address: str) -> None:
-        self.links[name]["addrs"].append(address)
+        (self.loopback if name == "lo" else self.links[name]["addrs"]).append(address)
+
+    async def delete_address(self, name: str, address: str) -> None:
+        (self.loopback if name == "lo" else self.links[name]["addrs"]).remove(address)
 
     async def add_route(self, dst: object, name: str, src: str | None = None) -> None:
         self.links[name]["routes"].append(str(dst))

@@ -77,6 +77,7 @@ from .ports import (
 from .state import StateFile, child_from_dict, child_to_dict
 
 log = logging.getLogger("xfrmctl.daemon")
+VIP_DEVICE = "lo"
 NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
 STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
@@ -154,6 +155,7 @@ class Controller:
         self._timer_deadline: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: dict[str, AddressPool] = {}
+        self._vips: dict[int, str] = {}  # IKE SA id -> virtual IP we put on VIP_DEVICE
         # Database mode: reads the desired state; config_changed reloads from it.
         self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
         self._reload_lock = asyncio.Lock()
@@ -314,8 +316,13 @@ class Controller:
 
     def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
         self.counters["rekeys"] += 1
+        if event.ike_sa in self._vips:
+            self._vips[event.new_ike_sa] = self._vips.pop(event.ike_sa)
 
     def _on_ike_down(self, event: IkeSaDown) -> None:
+        vip = self._vips.pop(event.ike_sa, None)
+        if vip is not None and event.reason != "rekeyed":
+            self._jobs.put_nowait(lambda: self._vip_address(vip, add=False))
         record = self.connections.get(event.connection)
         if record is None or any(sa.name == record.name and sa.state is not IkeState.CLOSED
                                  for sa in self.manager.all()):
@@ -381,6 +388,22 @@ class Controller:
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
                  "assigned" if event.to_peer else "received", event.connection)
+        if not event.to_peer and self.links is not None:
+            # A client uses its virtual IP as the source of tunnelled traffic: put it on
+            # the loopback device while the IKE SA lives.
+            address = f"{event.address}/{32 if ':' not in event.address else 128}"
+            self._vips[event.ike_sa] = address
+            self._jobs.put_nowait(lambda: self._vip_address(address, add=True))
+
+    async def _vip_address(self, address: str, add: bool) -> None:
+        assert self.links is not None
+        try:
+            if add:
+                await self.links.add_address(VIP_DEVICE, address)
+            else:
+                await self.links.delete_address(VIP_DEVICE, address)
+        except KernelError as exc:
+            log.warning("virtual IP %s on %s: %s", address, VIP_DEVICE, exc)
 
     # ----------------------------------------------------------------- kernel work
 

@@ -99,6 +99,13 @@ class KernelLinks:
             index=await self.index(name), address=str(iface.ip), prefixlen=iface.network.prefixlen,
         )  # fmt: skip
 
+    async def delete_address(self, name: str, address: str) -> None:
+        iface = ip_interface(address)
+        await self._call(
+            "delete address", f"{address} dev {name}", "addr", "del",
+            index=await self.index(name), address=str(iface.ip), prefixlen=iface.network.prefixlen,
+        )  # fmt: skip
+
     async def add_route(self, dst: IPNetwork, name: str, src: str | None = None) -> None:
         extra = {"prefsrc": src} if src else {}
         await self._call(
