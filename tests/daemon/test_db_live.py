@@ -25,6 +25,7 @@ from xfrmctl.daemon.dbconfig import DbSource
 from xfrmctl.daemon.ports import ActionRejected
 from xfrmctl.daemon.recorder import Recorder
 from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.kernel.types import Expire
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.bus import EventBus
@@ -223,3 +224,22 @@ async def test_file_mode_refuses_config_changes() -> None:
     controller = Controller(cf.DaemonConf(), FakeKernel())
     with pytest.raises(ActionRejected, match="SIGHUP"):
         await controller.config_changed("connection", 1, "created")
+
+
+async def test_rekeys_keep_the_records_current(setup: Setup) -> None:
+    s = setup
+    await _create_site(s)
+    (child,) = s.rows(m.ChildSaRecord)
+    inbound = next(e.spec.id for e in s.ka.sas.values() if f"{e.spec.spi:08x}" == child.spi_in)
+    s.ka.inject(Expire(inbound, hard=False))
+    await s.settle()
+    (rekeyed,) = s.rows(m.ChildSaRecord)  # the replaced CHILD_SA's row is gone
+    assert rekeyed.spi_in != child.spi_in and {rekeyed.spi_in, rekeyed.spi_out} == _spis(s.ka)
+
+    (old_ike,) = s.rows(m.IkeSaRecord)
+    await s.call("POST", f"/ike-sas/{old_ike.id}/rekey")
+    await s.settle()
+    (new_ike,) = s.rows(m.IkeSaRecord)
+    assert new_ike.id != old_ike.id and new_ike.spi_i != old_ike.spi_i
+    (moved,) = s.rows(m.ChildSaRecord)
+    assert (moved.id, moved.ike_sa_id) == (rekeyed.id, new_ike.id)  # kept, under the new
