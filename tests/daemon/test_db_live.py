@@ -228,7 +228,7 @@ async def test_file_mode_refuses_config_changes() -> None:
 
 async def test_rekeys_keep_the_records_current(setup: Setup) -> None:
     s = setup
-    await _create_site(s)
+    conn_id, _ = await _create_site(s)
     (child,) = s.rows(m.ChildSaRecord)
     inbound = next(e.spec.id for e in s.ka.sas.values() if f"{e.spec.spi:08x}" == child.spi_in)
     s.ka.inject(Expire(inbound, hard=False))
@@ -243,3 +243,5 @@ async def test_rekeys_keep_the_records_current(setup: Setup) -> None:
     assert new_ike.id != old_ike.id and new_ike.spi_i != old_ike.spi_i
     (moved,) = s.rows(m.ChildSaRecord)
     assert (moved.id, moved.ike_sa_id) == (rekeyed.id, new_ike.id)  # kept, under the new
+    events = (await s.call("GET", "/events", params={"type": "IkeSaRekeyed"}))["data"]
+    assert [e["connection_id"] for e in events] == [conn_id]

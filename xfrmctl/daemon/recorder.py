@@ -113,7 +113,7 @@ class Recorder:
             new_id = str(fields.get("new_ike_sa"))
             self._successor[sa_id] = new_id
             ops += self._ike_op(new_id)
-            ops += [("child", row) for row in self._child_rows() if row["ike_sa_id"] == new_id]
+            ops += [("child", row) for row in self._child_rows(new_id)]
         elif kind == "IkeSaDown":
             ops.append(("del_ike", sa_id))
             self._successor = {k: v for k, v in self._successor.items() if sa_id not in (k, v)}
@@ -129,9 +129,13 @@ class Recorder:
     def _event(self, kind: str, fields: dict[str, object]) -> dict[str, Any]:
         name = fields.get("connection")
         record = self.controller.connections.get(name) if isinstance(name, str) else None
+        conn_id = record.id if record else None
+        if conn_id is None and isinstance(fields.get("ike_sa"), int):  # e.g. IkeSaRekeyed
+            info = self.controller.ike_sa_info(int(str(fields["ike_sa"])))
+            conn_id, name = (info.connection_id, info.connection_name) if info else (None, name)
         why = fields.get("reason") or fields.get("message")
         text = " ".join(str(p) for p in (kind, name or "", why or "") if p)
-        return {"type_": kind, "message": text, "connection_id": record.id if record else None,
+        return {"type_": kind, "message": text, "connection_id": conn_id,
                 "data": json.loads(json.dumps(fields, default=str))}
 
     def _current(self, sa_id: str) -> str:
@@ -143,11 +147,14 @@ class Recorder:
         info = self.controller.ike_sa_info(int(sa_id)) if sa_id.isdigit() else None
         return [("ike", ike_row(info))] if info is not None else []
 
-    def _child_rows(self) -> Iterable[dict[str, Any]]:
-        for spi_in in list(self.controller.children):
+    def _child_rows(self, ike_sa_id: str) -> Iterable[dict[str, Any]]:
+        """Rows of the CHILD_SAs that now belong to IKE_SA `ike_sa_id`."""
+        spis = [spi for spi, child in self.controller.children.items()
+                if self._current(str(child.event.ike_sa)) == ike_sa_id]
+        for spi_in in spis:
             info = self.controller.child_sa_info(spi_in)
             if info is not None:
-                yield child_row(info, self._current(info.ike_sa_id))
+                yield child_row(info, ike_sa_id)
 
     # ------------------------------------------------------------------ counters
 
