@@ -72,10 +72,13 @@ def test_daemon_pair_tunnel_ping_and_delete(
     pair = gateway_pair
     step = Steps(record_property)
     route_subnets(pair)
+    # both start at once: a cold Python start takes minutes under TCG
     right = xfrmctl_daemons(pair.right.netns, "right",
-                            gw_conf(pair.right, pair.left, "right", initiator=False))
+                            gw_conf(pair.right, pair.left, "right", initiator=False), wait=False)
     left = xfrmctl_daemons(pair.left.netns, "left",
-                           gw_conf(pair.left, pair.right, "left", initiator=True))
+                           gw_conf(pair.left, pair.right, "left", initiator=True), wait=False)
+    right.wait_ready()
+    left.wait_ready()
     step("daemons_started")
 
     up = left.wait_event("IkeSaUp", 120, connection="gw")

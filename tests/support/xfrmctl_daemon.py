@@ -30,6 +30,34 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
+START_TIMEOUT = 300.0  # seconds: under TCG a cold Python start with our imports is slow
+CODE_CACHE = Path("/tmp/xfrmctl-lab-code")
+
+_code_root: Path | None = None
+
+
+def code_root() -> Path:
+    """Where the daemon imports xfrmctl and api from.
+
+    In the lab VM the repository is read-only and holds no bytecode: every daemon start
+    would compile all of xfrmctl again, minutes under TCG. So there the packages are
+    copied once per test session into a writable directory (the VM's /tmp), where the
+    first daemon's bytecode serves every later start. Elsewhere: the repository.
+    """
+    global _code_root  # noqa: PLW0603 - one copy per process
+    if _code_root is None:
+        if os.environ.get("XFRMCTL_LAB") != "1":
+            _code_root = REPO
+        else:
+            dest = CODE_CACHE / str(os.getpid())
+            shutil.rmtree(dest, ignore_errors=True)
+            for package in ("xfrmctl", "api"):
+                shutil.copytree(REPO / package, dest / package,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            for other in ("migrations", "alembic.ini"):  # found relative to xfrmctl/store
+                (dest / other).symlink_to(REPO / other)
+            _code_root = dest
+    return _code_root
 
 Event = dict[str, Any]
 
@@ -127,8 +155,8 @@ class XfrmctlDaemon:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, wait_for: str = "listening on") -> None:
-        """Start the daemon; return once it logged ``wait_for`` (its sockets are bound)."""
+    def start(self, wait: bool = True) -> None:
+        """Start the daemon; with ``wait``, return once its sockets are bound."""
         if self.proc is not None:
             raise DaemonError("daemon already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -138,15 +166,22 @@ class XfrmctlDaemon:
                 "--log-json", "--log-level", self.log_level]
         if self.api:
             argv.append("--api")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, "PYTHONPATH": str(code_root()), "PYTHONUNBUFFERED": "1",
                **self.extra_env}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         self._offset, self._events, self._partial = 0, [], b""
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, *argv], cwd=self.workdir, env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        self.wait_line(lambda e: wait_for in str(e.get("message", "")), 120, wait_for)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for "listening on" (Python under TCG takes a while to import)."""
+        self.wait_line(lambda e: str(e.get("message", "")).startswith("listening on"),
+                       timeout, "listening on")
 
     def reload(self, conf: Mapping[str, Any]) -> None:
         """Write a new configuration and SIGHUP the daemon (it logs "reloaded ...")."""
@@ -275,10 +310,13 @@ def parse_xfrm_states(text: str) -> list[XfrmState]:
     """Parse ``ip -s xfrm state`` output (iproute2 6.1)."""
     out: list[XfrmState] = []
     for block in re.split(r"\n(?=src )", text.strip()):
-        head = re.match(r"src (\S+) dst (\S+)\s+proto (\S+) spi (0x[0-9a-f]+) reqid (\d+) "
-                        r"mode (\S+)", block)
-        if head is None:
+        if not block.strip():
             continue
+        # with -s: "spi 0x0000abcd(43981) reqid 1(0x00000001)"
+        head = re.match(r"src (\S+) dst (\S+)\s+proto (\S+) spi (0x[0-9a-f]+)(?:\(\d+\))? "
+                        r"reqid (\d+)(?:\(0x[0-9a-f]+\))? mode (\S+)", block)
+        if head is None:
+            raise ValueError(f"unexpected ip xfrm state output:\n{block}")
         current = re.search(r"lifetime current:\s*\n\s*(\d+)\(bytes\), (\d+)\(packets\)", block)
         algs = tuple(re.findall(r"^\s*(?:aead|enc|auth-trunc|auth|comp) (\S+)", block, re.M))
         encap = re.search(r"encap type (\S+) sport (\d+) dport (\d+)", block)
@@ -322,10 +360,11 @@ def xfrmctl_daemons(request: pytest.FixtureRequest, tmp_path: Path,
     """
     started: list[tuple[str, XfrmctlDaemon]] = []
 
-    def start(netns: str, name: str, conf: Mapping[str, Any], **kwargs: Any) -> XfrmctlDaemon:
+    def start(netns: str, name: str, conf: Mapping[str, Any], wait: bool = True,
+              **kwargs: Any) -> XfrmctlDaemon:
         daemon = XfrmctlDaemon(netns, tmp_path / f"daemon-{name}", conf, **kwargs)
         started.append((name, daemon))
-        daemon.start()
+        daemon.start(wait)
         return daemon
 
     try:
