@@ -1692,6 +1692,7 @@ class IkeSa:
         was_up = self.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.DELETING)
         if self._collision is not None:  # the peer's new SA dies with us
             self._collision[1]._close(reason, quiet=True)
+            self._spawned.append(self._collision[1])  # so the manager sees it closed
             self._collision = None
         for child in list(self.children.values()):
             self._remove_child(child, reason)

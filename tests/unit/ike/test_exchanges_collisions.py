@@ -276,3 +276,16 @@ def test_winner_deletes_the_redundant_sa_if_the_loser_does_not(pair: Pair,
     (survivor,) = pair.a.all()
     assert survivor.id == rekeyed_a.new_ike_sa and len(survivor.children) == 1
     assert [e.reason for e in pair.of("a", IkeSaDown)] == ["rekeyed"]  # no other event
+
+
+def test_unanswered_rekey_in_a_collision_takes_the_peers_new_sa_down_too(pair: Pair) -> None:
+    up(pair)
+    old_a, old_b = pair.a.all()[0], pair.b.all()[0]
+    pair.a.act(old_a, lambda sa: sa.rekey(pair.now))
+    pair.b.act(old_b, lambda sa: sa.rekey(pair.now))
+    pair.step("a")  # B answers A's rekey: B now holds A's new SA, undecided
+    assert len(pair.b.all()) == 2
+    pair.drop = lambda side, d: True  # and then the link dies
+    pair.advance(400)
+    assert not pair.b.all() and not pair.a.all()
+    assert not pair.of("b", IkeSaRekeyed)
