@@ -10,6 +10,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping kmod tcpdump nftables procps
   linux-image-amd64 qemu-system-x86 busybox-static
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+  libstrongswan-standard-plugins
   postgresql
 )
 
