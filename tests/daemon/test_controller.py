@@ -191,3 +191,16 @@ async def test_reload_touches_only_changed_connections(gw: Gateways) -> None:
     await gw.settle()
     (ike_after,) = await gw.a.list_ike_sas()
     assert ike_after.id != ike_before.id and ike_after.state == "ESTABLISHED"
+
+
+async def test_children_follow_an_ike_rekey_and_still_rekey_on_expiry(gw: Gateways) -> None:
+    (ike,) = await gw.a.list_ike_sas()
+    await gw.a.rekey(Target("ike_sa", ike.id))
+    await gw.settle()
+    (new_ike,) = await gw.a.list_ike_sas()
+    (child,) = await gw.a.list_child_sas()
+    assert new_ike.id != ike.id and child.ike_sa_id == new_ike.id
+    gw.ka.inject(Expire(next(iter(gw.ka.sas.values())).spec.id, hard=False))
+    await gw.settle()
+    (rekeyed,) = await gw.a.list_child_sas()
+    assert rekeyed.spi_in != child.spi_in and rekeyed.ike_sa_id == new_ike.id

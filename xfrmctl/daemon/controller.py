@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -316,6 +316,9 @@ class Controller:
 
     def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
         self.counters["rekeys"] += 1
+        for child in self.children.values():  # the CHILD_SAs moved to the new IKE SA
+            if child.event.ike_sa == event.ike_sa:
+                child.event = replace(child.event, ike_sa=event.new_ike_sa)
         if event.ike_sa in self._vips:
             self._vips[event.new_ike_sa] = self._vips.pop(event.ike_sa)
 
