@@ -9,18 +9,16 @@ subnet to its peer, and the daemon's IPsec policies capture that traffic.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from tests.lab.conftest import Gateway, GatewayPair
 from tests.lab.test_lab_baseline import Steps
 from tests.support.xfrmctl_daemon import (
     DaemonFactory,
-    Event,
-    XfrmctlDaemon,
     child,
     connection,
     daemon_conf,
+    wait_installed,
     xfrm_states,
     xfrmctl_daemons,
 )
@@ -52,19 +50,6 @@ def ping(src: Gateway, dst: Gateway, count: int = 5) -> str:
                    check=False)
 
 
-def wait_installed(daemon: XfrmctlDaemon, netns: str, after: int = 0) -> Event:
-    """ChildSaNegotiated logged and both of its SAs in the kernel (no install error)."""
-    event = daemon.wait_event("ChildSaNegotiated", 120, after)
-    spis = {int(event["spi_in"]), int(event["spi_out"])}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert not daemon.errors(), daemon.tail()
-        if spis <= {s.spi for s in xfrm_states(netns)}:
-            return event
-        time.sleep(0.2)
-    raise AssertionError(f"SAs {spis} not in the kernel of {netns}\n{daemon.tail()}")
-
-
 def test_daemon_pair_tunnel_ping_and_delete(
     gateway_pair: GatewayPair, xfrmctl_daemons: DaemonFactory,
     record_property: Callable[[str, object], None],
@@ -83,8 +68,8 @@ def test_daemon_pair_tunnel_ping_and_delete(
 
     up = left.wait_event("IkeSaUp", 120, connection="gw")
     assert up["initiator"] is True
-    ev_left = wait_installed(left, pair.left.netns)
-    ev_right = wait_installed(right, pair.right.netns)
+    ev_left = wait_installed(left)
+    ev_right = wait_installed(right)
     assert (ev_left["spi_in"], ev_left["spi_out"]) == (ev_right["spi_out"], ev_right["spi_in"])
     assert ev_left["local_ts"] == [pair.left.subnet] and ev_left["remote_ts"] == [
         pair.right.subnet]

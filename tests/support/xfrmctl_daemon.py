@@ -247,9 +247,10 @@ class XfrmctlDaemon:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
-    def errors(self) -> list[Event]:
+    def errors(self, after: int = 0) -> list[Event]:
         """Lines at level error (or with an exception): a healthy run has none."""
-        return [e for e in self.lines() if e.get("level") == "error" or "exception" in e]
+        return [e for e in self.lines()[after:]
+                if e.get("level") == "error" or "exception" in e]
 
     def wait_line(self, predicate: Callable[[Event], bool], timeout: float = 60.0,
                   what: str = "log line", after: int = 0) -> Event:
@@ -385,3 +386,20 @@ def keep_logs(results: Path, nodeid: str, daemons: Sequence[XfrmctlDaemon]) -> P
             if path.exists():
                 shutil.copy(path, dest / f"{daemon.workdir.name}-{path.name}")
     return dest
+
+
+def wait_installed(daemon: XfrmctlDaemon, after: int = 0, timeout: float = 120.0,
+                   **fields: Any) -> Event:
+    """The next ChildSaNegotiated (with ``fields``) and both of its SAs in the kernel of the
+    daemon's namespace; fails on any error the daemon logs meanwhile (e.g. an install)."""
+    event = daemon.wait_event("ChildSaNegotiated", timeout, after, **fields)
+    spis = {int(event["spi_in"]), int(event["spi_out"])}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        errors = daemon.errors(after)
+        if errors:
+            raise DaemonError(f"{daemon.netns}: {errors[0]}\n{daemon.tail()}")
+        if spis <= {s.spi for s in xfrm_states(daemon.netns)}:
+            return event
+        time.sleep(0.2)
+    raise DaemonError(f"SAs {spis} not in the kernel of {daemon.netns}\n{daemon.tail()}")
