@@ -74,7 +74,13 @@ def _mark(value: int | None) -> Mark | None:
 
 
 def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildInstall:
-    """The inbound SA, the outbound SA and the policies of one negotiated CHILD_SA."""
+    """The inbound SA, the outbound SA and the policies of one negotiated CHILD_SA.
+
+    Marks (VTI, or mark-routed setups): `mark_out` on the outbound SA and OUT policy,
+    `mark_in` on the IN/FWD policies only. The inbound SA stays unmarked: ESP arrives
+    with no mark when the kernel looks its SA up (a VTI sets its ikey only afterwards,
+    for the policy check), as strongSwan does by default.
+    """
     local = ipaddress.ip_address(event.local[0])
     remote = ipaddress.ip_address(event.remote[0])
     mode = Mode.TUNNEL if event.mode is IkeMode.TUNNEL else Mode.TRANSPORT
@@ -89,7 +95,7 @@ def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildI
     inbound = SaSpec(
         src=remote, dst=local, spi=event.spi_in, aead=aead, crypt=crypt, auth=auth,
         encap=Encap(event.remote[1], event.local[1]) if event.encap else None,
-        mark=_mark(conf.mark_in), **common)  # type: ignore[arg-type]
+        **common)  # type: ignore[arg-type]
     aead, crypt, auth = _algorithms(event, inbound=False)
     outbound = SaSpec(
         src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,
