@@ -170,6 +170,11 @@ class Encap:
     type: EncapType = EncapType.ESPINUDP
     oa: IPAddress | None = None
 
+    def __post_init__(self) -> None:
+        # The kernel has no "absent" NAT-OA: an all-zero address means none.
+        if self.oa is not None and self.oa.is_unspecified:
+            object.__setattr__(self, "oa", None)
+
 
 @dataclass(frozen=True)
 class ReplayState:
