@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,17 +49,40 @@ from common import (
 
 
 async def measure(kind: str, workdir: Path, n: int, warmup: int, window: int,
-                  timeout: float) -> tuple[str, Phase]:
+                  timeout: float, profile: Path | None = None) -> tuple[str, Phase]:
     with topology() as (init_ns, resp_ns), start_responder(kind, resp_ns, workdir) as resp:
         gen = LoadGen(init_ns, window)
         await gen.open()
         try:
             if warmup:
                 await gen.run(warmup, resp.pid, timeout)
-            phase = await gen.run(n, resp.pid, timeout)
+            with py_spy(resp.pid if kind == "xfrmctl" else None, profile):
+                phase = await gen.run(n, resp.pid, timeout)
         finally:
             gen.close()
         return resp.describe(), phase
+
+
+@contextmanager
+def py_spy(pid: int | None, out: Path | None) -> Iterator[None]:
+    """Sample the xfrmctl responder with py-spy (`pip install py-spy`) while measuring:
+    a flame graph (.svg) or, for any other suffix, collapsed stacks."""
+    if pid is None or out is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy (.venv/bin/pip install py-spy)")
+    fmt = "flamegraph" if out.suffix == ".svg" else "raw"
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--format",
+                             fmt, "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the timed phase starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
 
 
 def summary(kind: str, phases: list[Phase]) -> Phase:
@@ -126,6 +154,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="per phase, seconds (default 60 + N/20)")
     parser.add_argument("--workdir", type=Path, help="keep logs and configs here")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="py-spy the xfrmctl responder during the timed phase: "
+                        "FILE.svg flame graph, else collapsed stacks")
     args = parser.parse_args()
     reason = missing()
     if reason:
@@ -141,7 +172,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for kind in kinds:
                 text, phase = asyncio.run(measure(kind, workdir, args.n, args.warmup,
-                                                  args.window, timeout))
+                                                  args.window, timeout, args.profile))
                 described[kind] = text
                 phases[kind].append(phase)
                 print(f"{kind}: {phase.rate:.1f} setups/s", flush=True)
