@@ -84,6 +84,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def udp_drops(ns: Netns) -> int:
+    """UDP datagrams the namespace dropped for a full receive buffer (RcvbufErrors)."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Udp:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -137,12 +144,37 @@ def wait_udp_bound(ns: Netns, port: int, timeout: float, alive: Any) -> None:
     raise RuntimeError(f"nothing bound UDP port {port} in {timeout} s")
 
 
+# `xfrmctl daemon` with a null kernel instead of netlink: the in-memory kernel
+# (xfrmctl/kernel/fake.py) with every write accepted and nothing stored, so CHILD_SA
+# installs succeed at no kernel cost and only the daemon's IKE work is measured.
+NULL_KERNEL_LAUNCHER = """
+import sys
+import xfrmctl.daemon.main as daemon_main
+from xfrmctl.cli import main
+from xfrmctl.kernel.fake import FakeKernel
+
+class NullKernel(FakeKernel):
+    async def _execute(self, ops):
+        return [(0, "")] * len(ops)
+
+async def open_null_kernel():
+    return NullKernel()
+
+daemon_main.open_kernel = open_null_kernel
+sys.argv[0] = "xfrmctl"
+main()
+"""
+
+
 class XfrmctlResponder(Responder):
-    """`xfrmctl daemon -c FILE --log-level error` in the responder namespace."""
+    """`xfrmctl daemon -c FILE --log-level error` in the responder namespace; with
+    `null_kernel` its kernel accepts every write at no cost (IKE work only)."""
 
     name = "xfrmctl"
 
-    def __init__(self, ns: Netns, workdir: Path, *, log_level: str = "error") -> None:
+    def __init__(self, ns: Netns, workdir: Path, *, log_level: str = "error",
+                 null_kernel: bool = False) -> None:
+        self.null_kernel = null_kernel
         workdir.mkdir(parents=True, exist_ok=True)
         conf = {
             "listen": [RESPONDER],
@@ -158,8 +190,9 @@ class XfrmctlResponder(Responder):
         self.log = workdir / "xfrmctl.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns.name, str(PYTHON), "-m", "xfrmctl.cli", "daemon",
-                 "-c", str(path), "--log-level", log_level],
+                ["ip", "netns", "exec", ns.name, str(PYTHON),
+                 *(["-c", NULL_KERNEL_LAUNCHER] if null_kernel else ["-m", "xfrmctl.cli"]),
+                 "daemon", "-c", str(path), "--log-level", log_level],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self.pid = self.proc.pid  # ip netns exec execs: this is Python itself
@@ -176,7 +209,8 @@ class XfrmctlResponder(Responder):
         self.proc.wait(30)
 
     def describe(self) -> str:
-        return f"xfrmctl daemon (Python {sys.version.split()[0]}, --log-level error)"
+        kernel = "null kernel: IKE work only" if self.null_kernel else "netlink kernel"
+        return f"xfrmctl daemon (Python {sys.version.split()[0]}, --log-level error, {kernel})"
 
 
 class _TunedCharon(strongswan.Charon):
@@ -251,6 +285,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     responder_cpu: float = 0.0
     loadgen_cpu: float = 0.0
+    drops_responder: int = 0  # UDP receive buffer overflows in the responder's namespace
+    drops_initiator: int = 0
     timed_out: bool = False
 
     @property
@@ -288,8 +324,8 @@ def initiator_config() -> IkeConfig:
 class LoadGen(asyncio.DatagramProtocol):
     """Many concurrent IKE_SA + CHILD_SA initiations from INITIATOR:500, `window` at once."""
 
-    def __init__(self, ns: Netns, window: int = 64) -> None:
-        self.ns, self.window = ns, window
+    def __init__(self, ns: Netns, window: int = 64, responder_ns: Netns | None = None) -> None:
+        self.ns, self.window, self.responder_ns = ns, window, responder_ns
         self.local, self.remote = (INITIATOR, 500), (RESPONDER, 500)
         self.manager = IkeManager([initiator_config()], cookie_threshold=HUGE)
         self.transport: asyncio.DatagramTransport | None = None
@@ -334,6 +370,7 @@ class LoadGen(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self._to_start = count
+        drops0 = self._drops()
         cpu0, own0, t0 = cpu_seconds(responder_pid), time.process_time(), time.perf_counter()
         self._pump()
         try:
@@ -344,14 +381,16 @@ class LoadGen(asyncio.DatagramProtocol):
         phase.seconds = time.perf_counter() - t0
         phase.responder_cpu = cpu_seconds(responder_pid) - cpu0
         phase.loadgen_cpu = time.process_time() - own0
+        drops1 = self._drops()
+        phase.drops_initiator = drops1[0] - drops0[0]
+        phase.drops_responder = drops1[1] - drops0[1]
         phase.failed += len(self.started) if phase.timed_out else 0
         self.started.clear()
         self._phase = None
         return phase
 
-    async def settle(self, seconds: float) -> None:
-        """Keep answering the responder (e.g. its CHILD_SA deletes) for a while."""
-        await asyncio.sleep(seconds)
+    def _drops(self) -> tuple[int, int]:
+        return udp_drops(self.ns), udp_drops(self.responder_ns) if self.responder_ns else 0
 
     # ------------------------------------------------------------------ internals
 
@@ -423,9 +462,10 @@ class LoadGen(asyncio.DatagramProtocol):
         self._pump()
 
 
-def start_responder(kind: str, ns: Netns, workdir: Path) -> Responder:
+def start_responder(kind: str, ns: Netns, workdir: Path, *,
+                    null_kernel: bool = False) -> Responder:
     if kind == "xfrmctl":
-        return XfrmctlResponder(ns, workdir / "xfrmctl")
+        return XfrmctlResponder(ns, workdir / "xfrmctl", null_kernel=null_kernel)
     return CharonResponder(ns, workdir / "charon")
 
 

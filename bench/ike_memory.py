@@ -67,7 +67,7 @@ async def settled_rss(pid: int, quiet: float, limit: float) -> int:
 async def measure(kind: str, workdir: Path, n: int, warmup: int, window: int,
                   timeout: float) -> Memory:
     with topology() as (init_ns, resp_ns), start_responder(kind, resp_ns, workdir) as resp:
-        gen = LoadGen(init_ns, window)
+        gen = LoadGen(init_ns, window, resp_ns)
         await gen.open()
         try:
             await gen.run(warmup, resp.pid, timeout)

@@ -49,9 +49,11 @@ from common import (
 
 
 async def measure(kind: str, workdir: Path, n: int, warmup: int, window: int,
-                  timeout: float, profile: Path | None = None) -> tuple[str, Phase]:
-    with topology() as (init_ns, resp_ns), start_responder(kind, resp_ns, workdir) as resp:
-        gen = LoadGen(init_ns, window)
+                  timeout: float, profile: Path | None = None,
+                  null_kernel: bool = False) -> tuple[str, Phase]:
+    with topology() as (init_ns, resp_ns), \
+            start_responder(kind, resp_ns, workdir, null_kernel=null_kernel) as resp:
+        gen = LoadGen(init_ns, window, resp_ns)
         await gen.open()
         try:
             if warmup:
@@ -97,13 +99,17 @@ def summary(kind: str, phases: list[Phase]) -> Phase:
 
 
 def report(results: dict[str, Phase], described: dict[str, str], n: int, warmup: int,
-           window: int, esp: bool) -> None:
+           window: int, esp: bool, null_kernel: bool) -> None:
     print(f"\nIKE_SA + CHILD_SA setups as responder: N={n} after {warmup} warm-up, "
           f"{window} in flight, PSK, IKE {IKE_PROPOSAL}, ESP {ESP_PROPOSAL}")
     for kind, text in described.items():
         print(f"  {kind}: {text}")
     print(f"  machine: {machine()}")
-    if not esp:
+    if null_kernel:
+        print("  xfrmctl with a null kernel: its CHILD_SA installs succeed at no cost, only "
+              "its IKE work is measured;\n  charon keeps its real kernel (on a kernel "
+              "without ESP it refuses the CHILD_SA with a notify).")
+    elif not esp:
         print("  kernel without ESP: CHILD_SA installs fail on both responders. charon "
               "installs before it answers\n  (IKE_AUTH answer carries a child error "
               "notify); xfrmctl answers with the SA payload, then fails\n  to install and "
@@ -131,6 +137,8 @@ def report(results: dict[str, Phase], described: dict[str, str], n: int, warmup:
     row("setups with CHILD_SA", lambda p: p.child_ok, "{:d}", False)
     row("setups, child refused", lambda p: p.child_refused, "{:d}", False)
     row("failed", lambda p: p.failed, "{:d}", False)
+    row("UDP drops at responder (rcvbuf)", lambda p: p.drops_responder, "{:d}", False)
+    row("UDP drops at initiator (rcvbuf)", lambda p: p.drops_initiator, "{:d}", False)
     print(side_by_side(rows))
     for kind, phase in results.items():
         for reason, count in phase.reasons.most_common():
@@ -157,6 +165,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="py-spy the xfrmctl responder during the timed phase: "
                         "FILE.svg flame graph, else collapsed stacks")
+    parser.add_argument("--xfrmctl-kernel", choices=["netlink", "null"], default="netlink",
+                        help="null: the xfrmctl daemon gets a kernel that accepts every "
+                        "write at no cost (IKE work only; charon keeps its real kernel)")
     args = parser.parse_args()
     reason = missing()
     if reason:
@@ -172,12 +183,14 @@ def main() -> int:
         for _ in range(args.rounds):
             for kind in kinds:
                 text, phase = asyncio.run(measure(kind, workdir, args.n, args.warmup,
-                                                  args.window, timeout, args.profile))
+                                                  args.window, timeout, args.profile,
+                                                  args.xfrmctl_kernel == "null"))
                 described[kind] = text
                 phases[kind].append(phase)
                 print(f"{kind}: {phase.rate:.1f} setups/s", flush=True)
     results = {k: summary(k, v) for k, v in phases.items()}
-    report(results, described, args.n, args.warmup, args.window, esp)
+    report(results, described, args.n, args.warmup, args.window, esp,
+           args.xfrmctl_kernel == "null")
     return 0
 
 
