@@ -13,6 +13,7 @@ readiness is reported through NOTIFY_SOCKET.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -31,10 +32,12 @@ from xfrmctl.kernel.links import KernelLinks
 
 from . import conf as cf
 from .controller import Controller
-from .dbconfig import DatabaseUnavailable, DbSource, open_source
 from .endpoint import Endpoints
-from .recorder import Recorder
 from .state import StateFile
+
+if TYPE_CHECKING:
+    from .dbconfig import DbSource
+    from .recorder import Recorder
 
 log = logging.getLogger("xfrmctl.daemon")
 
@@ -99,19 +102,21 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     source: DbSource | None = None
     try:
         if config_path is None:
-            source = await open_source(Settings(), cf.DaemonConf(listen=list(listen)))
+            source = await _database_source(listen)
             conf = await source.load()
         else:
             conf = cf.load(config_path)
-    except (OSError, ValueError, ValidationError, DatabaseUnavailable) as exc:
+    except (OSError, ValueError, ValidationError) as exc:
         log.error("configuration %s: %s", config_path or "from the database", exc)
         return 2
     kernel = await open_kernel()
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
     links = await open_links()
     controller = Controller(conf, kernel, state=state, links=links)
-    recorder = None
+    recorder: Recorder | None = None
     if source is not None:
+        from .recorder import Recorder  # noqa: PLC0415 - database mode only
+
         controller.config_source = source.load
         recorder = Recorder(controller, source.db)
     endpoints = Endpoints(controller.receive)
@@ -127,9 +132,12 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
         _reload(controller, config_path)))
-    server_task = None
+    servers: list[Any] = []
+    server_task: asyncio.Future[list[Any]] | None = None
     if api:
-        server_task = loop.create_task(_serve_api(controller, kernel, source))
+        servers = _api_servers(controller, kernel, source)
+        # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
+        server_task = asyncio.gather(*(s._serve() for s in servers))
     await controller.start()
     if recorder is not None:
         await recorder.start()
@@ -140,7 +148,10 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     await controller.stop(keep_tunnels=False if clear_on_exit else None)
     endpoints.close()
     if server_task is not None:
-        server_task.cancel()
+        for server in servers:
+            server.should_exit = True  # a clean shutdown rather than a cancelled one
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server_task, 5)
     if recorder is not None and source is not None:
         await recorder.stop()
         source.db.dispose()
@@ -162,9 +173,19 @@ async def _reload(controller: Controller, path: Path | None) -> None:
     log.info("reloaded %s: %s", path, ", ".join(changed) or "nothing changed")
 
 
-async def _serve_api(controller: Controller, kernel: KernelIPsec,
-                     source: DbSource | None = None) -> None:
-    """The REST API on this loop: a unix socket and loopback TCP (settings decide)."""
+async def _database_source(listen: Sequence[str]) -> DbSource:
+    """Database mode: imported only then, so file mode never loads SQLAlchemy/Alembic."""
+    from .dbconfig import DatabaseUnavailable, open_source  # noqa: PLC0415
+
+    try:
+        return await open_source(Settings(), cf.DaemonConf(listen=list(listen)))
+    except DatabaseUnavailable as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _api_servers(controller: Controller, kernel: KernelIPsec,
+                 source: DbSource | None = None) -> list[Any]:
+    """The REST API's servers for this loop: a unix socket and loopback TCP (settings)."""
     import uvicorn  # noqa: PLC0415 - the API is optional
 
     from api.main import create_app  # noqa: PLC0415
@@ -175,5 +196,4 @@ async def _serve_api(controller: Controller, kernel: KernelIPsec,
     # Database mode: the daemon's own db and bus, so recorded events reach the SSE stream.
     db, bus = (source.db, EventBus()) if source is not None else (None, None)
     app = create_app(settings, controller=controller, kernel=kernel, db=db, bus=bus)
-    # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
-    await asyncio.gather(*(uvicorn.Server(c)._serve() for c in server_configs(app, settings)))
+    return [uvicorn.Server(c) for c in server_configs(app, settings)]
