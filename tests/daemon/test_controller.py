@@ -204,3 +204,16 @@ async def test_children_follow_an_ike_rekey_and_still_rekey_on_expiry(gw: Gatewa
     await gw.settle()
     (rekeyed,) = await gw.a.list_child_sas()
     assert rekeyed.spi_in != child.spi_in and rekeyed.ike_sa_id == new_ike.id
+
+
+async def test_peer_delete_leaves_the_connection_down_unless_close_action_says() -> None:
+    for close_action, expected in (("none", ConnectionState.DOWN),
+                                   ("trap", ConnectionState.TRAPPED)):
+        gw = await make(close_action=close_action)
+        await gw.b.terminate(Target("connection", "1"))
+        await gw.settle()
+        record = gw.a.connections["site-b"]
+        assert record.state is expected and not record.wanted
+        assert not gw.ka.sas
+        await gw.a.stop()
+        await gw.b.stop()

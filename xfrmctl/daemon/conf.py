@@ -70,6 +70,12 @@ class StartAction(StrEnum):
     TRAP = "trap"  # install trap policies; initiate on the first packet (ACQUIRE)
 
 
+class CloseAction(StrEnum):
+    NONE = "none"  # the peer deleted the IKE SA: leave it down (strongSwan's default)
+    START = "start"  # initiate again
+    TRAP = "trap"  # install trap policies: the next packet brings it up
+
+
 class DpdAction(StrEnum):
     CLEAR = "clear"  # close the SAs
     RESTART = "restart"  # re-initiate at once
@@ -159,6 +165,7 @@ class ConnectionConf(_Strict):
     start_action: StartAction = StartAction.NONE
     dpd_delay: int = Field(30, ge=0)
     dpd_action: DpdAction = DpdAction.CLEAR
+    close_action: CloseAction = CloseAction.NONE  # when the peer deletes the IKE SA
     rekey_time: int = Field(14400, ge=0)
     fragmentation: bool = True
     encap: bool = False

@@ -350,6 +350,9 @@ class Controller:
         self._set_state(record, ConnectionState.DOWN, reason)
         if reason in ("deleted", "daemon stopped"):
             return
+        if reason == "deleted by peer":
+            self._after_peer_delete(record)
+            return
         dpd = record.conf.dpd_action
         if reason == FailureReason.PEER_UNREACHABLE.value and dpd is cf.DpdAction.TRAP:
             self._jobs.put_nowait(lambda: self._install_traps(record))
@@ -357,6 +360,15 @@ class Controller:
                                and dpd is cf.DpdAction.RESTART):
             record.wanted = True
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
+
+    def _after_peer_delete(self, record: ConnectionRecord) -> None:
+        """The peer closed the IKE SA: do what close_action says (default: stay down)."""
+        action = record.conf.close_action
+        record.wanted = action is cf.CloseAction.START
+        if action is cf.CloseAction.START:
+            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
+        elif action is cf.CloseAction.TRAP:
+            self._jobs.put_nowait(lambda: self._install_traps(record))
 
     def _retry(self, name: str) -> None:
         record = self.connections.get(name)
