@@ -162,10 +162,7 @@ class XfrmctlDaemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render(self.conf))
         self.config_path.chmod(0o600)
-        argv = [str(PYTHON), "-m", "xfrmctl.cli", "daemon", "-c", str(self.config_path),
-                "--log-json", "--log-level", self.log_level]
-        if self.api:
-            argv.append("--api")
+        argv = self.argv()
         env = {**os.environ, "PYTHONPATH": str(code_root()), "PYTHONUNBUFFERED": "1",
                **self.extra_env}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -177,6 +174,12 @@ class XfrmctlDaemon:
                 start_new_session=True)
         if wait:
             self.wait_ready()
+
+    def argv(self) -> list[str]:
+        """The command line (database-mode tests override it)."""
+        argv = [str(PYTHON), "-m", "xfrmctl.cli", "daemon", "-c", str(self.config_path),
+                "--log-json", "--log-level", self.log_level]
+        return [*argv, "--api"] if self.api else argv
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait for "listening on" (Python under TCG takes a while to import)."""
