@@ -88,7 +88,8 @@ def py_spy(pid: int | None, out: Path | None) -> Iterator[None]:
 
 
 def summary(kind: str, phases: list[Phase]) -> Phase:
-    """The round with the median rate (rounds alternate between responders)."""
+    """The round with the median rate (the upper middle one for an even count; rounds
+    alternate between the responders)."""
     ordered = sorted(phases, key=lambda p: p.rate)
     best = ordered[len(ordered) // 2]
     if len(phases) > 1:
