@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from xfrmctl import __version__
 from xfrmctl.ike import persist, ts
 from xfrmctl.ike.config import IkeConfig
 from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
+from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import (
     ChildSaDeleted,
     ChildSaNegotiated,
@@ -150,7 +152,12 @@ class Controller:
         self.install_seconds = 0.0
         self.event_listeners: list[Callable[[str, dict[str, object]], None]] = []
         self._reqids: dict[tuple[str, str], int] = {}
-        self._jobs: asyncio.Queue[Callable[[], object]] = asyncio.Queue()
+        # Kernel work, in order: CHILD_SA installs (ChildRecord, batched when consecutive)
+        # and other jobs (callables returning an awaitable or None).
+        self._jobs: deque[ChildRecord | Callable[[], object]] = deque()
+        self._job_ready = asyncio.Event()
+        self._jobs_idle = asyncio.Event()
+        self._jobs_idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,8 +257,7 @@ class Controller:
 
     async def drain(self) -> None:
         """Wait until every queued kernel job ran (tests and shutdown)."""
-        while not self._jobs.empty():
-            await asyncio.sleep(0.01)
+        await self._jobs_idle.wait()
         await asyncio.sleep(0)
 
     async def _apply_start_action(self, record: ConnectionRecord) -> None:
@@ -298,13 +304,15 @@ class Controller:
 
     def _on_event(self, event: Event) -> None:
         handler = _EVENT_HANDLERS.get(type(event))
-        self._emit(type(event).__name__, _event_fields(event))
+        if self.event_listeners or log.isEnabledFor(logging.INFO):
+            self._emit(type(event).__name__, _event_fields(event))
         if handler is not None:
             handler(self, event)
 
     def _emit(self, kind: str, fields: dict[str, object]) -> None:
-        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()),
-                 extra={"event": kind, "fields": fields})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()),
+                     extra={"event": kind, "fields": fields})
         for listener in self.event_listeners:
             listener(kind, fields)
 
@@ -325,7 +333,7 @@ class Controller:
     def _on_ike_down(self, event: IkeSaDown) -> None:
         vip = self._vips.pop(event.ike_sa, None)
         if vip is not None and event.reason != "rekeyed":
-            self._jobs.put_nowait(lambda: self._vip_address(vip, add=False))
+            self._queue_job(lambda: self._vip_address(vip, add=False))
         record = self.connections.get(event.connection)
         if record is None or any(sa.name == record.name and sa.state is not IkeState.CLOSED
                                  for sa in self.manager.all()):
@@ -355,7 +363,7 @@ class Controller:
             return
         dpd = record.conf.dpd_action
         if reason == FailureReason.PEER_UNREACHABLE.value and dpd is cf.DpdAction.TRAP:
-            self._jobs.put_nowait(lambda: self._install_traps(record))
+            self._queue_job(lambda: self._install_traps(record))
         elif record.wanted or (reason == FailureReason.PEER_UNREACHABLE.value
                                and dpd is cf.DpdAction.RESTART):
             record.wanted = True
@@ -368,7 +376,7 @@ class Controller:
         if action is cf.CloseAction.START:
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
         elif action is cf.CloseAction.TRAP:
-            self._jobs.put_nowait(lambda: self._install_traps(record))
+            self._queue_job(lambda: self._install_traps(record))
 
     def _retry(self, name: str) -> None:
         record = self.connections.get(name)
@@ -389,16 +397,16 @@ class Controller:
         install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock())
         self.children[event.spi_in] = child
-        self._jobs.put_nowait(lambda: self._install(child))
+        self._queue_job(child)
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
-            self._jobs.put_nowait(lambda: self._set_mtu(name, mtu))
+            self._queue_job(lambda: self._set_mtu(name, mtu))
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         child = self.children.pop(event.spi_in, None)
         if child is not None:
             child.state = "DELETED"
-            self._jobs.put_nowait(lambda: self._remove(child))
+            self._queue_job(lambda: self._remove(child))
 
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
@@ -408,7 +416,7 @@ class Controller:
             # the loopback device while the IKE SA lives.
             address = f"{event.address}/{32 if ':' not in event.address else 128}"
             self._vips[event.ike_sa] = address
-            self._jobs.put_nowait(lambda: self._vip_address(address, add=True))
+            self._queue_job(lambda: self._vip_address(address, add=True))
 
     async def _vip_address(self, address: str, add: bool) -> None:
         assert self.links is not None
@@ -422,40 +430,60 @@ class Controller:
 
     # ----------------------------------------------------------------- kernel work
 
+    def _queue_job(self, job: ChildRecord | Callable[[], object]) -> None:
+        self._jobs.append(job)
+        self._jobs_idle.clear()
+        self._job_ready.set()
+
     async def _job_loop(self) -> None:
         while True:
-            job = await self._jobs.get()
-            try:
-                result = job()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:  # a kernel job must never stop the loop
-                log.exception("kernel job failed")
-            finally:
-                self._jobs.task_done()
+            await self._job_ready.wait()
+            while self._jobs:
+                job = self._jobs.popleft()
+                try:
+                    if isinstance(job, ChildRecord):  # installs queued together: one batch
+                        batch = [job]
+                        while self._jobs and isinstance(self._jobs[0], ChildRecord):
+                            batch.append(self._jobs.popleft())  # type: ignore[arg-type]
+                        await self._install(batch)
+                    else:
+                        result = job()
+                        if asyncio.iscoroutine(result):
+                            await result
+                except Exception:  # a kernel job must never stop the loop
+                    log.exception("kernel job failed")
+            self._job_ready.clear()
+            self._jobs_idle.set()
 
-    async def _install(self, child: ChildRecord) -> None:
-        if child.state == "DELETED":
+    async def _install(self, batch: list[ChildRecord]) -> None:
+        """Install CHILD_SAs in one netlink batch; each is all-or-nothing on its own."""
+        batch = [c for c in batch if c.state != "DELETED"]
+        if not batch:
             return
         started = time.perf_counter()
-        try:
-            await self.kernel.install_child(child.install)
-        except KernelError as exc:
-            log.error("installing CHILD_SA %s failed: %s", child.event.child, exc)
-            self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
-            self.children.pop(child.event.spi_in, None)
-            child.state = "FAILED"
-            sa = self.manager.get(child.event.ike_sa)
-            if sa is not None and sa.state is IkeState.ESTABLISHED:
-                now = self.clock()
-                with contextlib.suppress(Exception):
-                    self.manager.act(sa, lambda s: s.delete_child(child.event.spi_in, now,
-                                                                   "kernel install failed"))
-                    self._flush()
+        errors = await self.kernel.install_children([c.install for c in batch])
+        elapsed = time.perf_counter() - started
+        for child, error in zip(batch, errors, strict=True):
+            if error is None:
+                child.in_kernel = True
+                self.counters["kernel_installs"] += 1
+            else:
+                self._install_failed(child, error)
+        self.install_seconds += elapsed
+
+    def _install_failed(self, child: ChildRecord, exc: KernelError) -> None:
+        """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone."""
+        log.error("installing CHILD_SA %s failed: %s", child.event.child, exc)
+        self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
+        self.children.pop(child.event.spi_in, None)
+        child.state = "FAILED"
+        sa = self.manager.get(child.event.ike_sa)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
             return
-        child.in_kernel = True
-        self.install_seconds += time.perf_counter() - started
-        self.counters["kernel_installs"] += 1
+        now, spi_in = self.clock(), child.event.spi_in
+        with contextlib.suppress(LocalError):  # the peer may have deleted it meanwhile
+            self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "kernel install failed"))
+        self._flush()
 
     async def _remove(self, child: ChildRecord) -> None:
         if not child.in_kernel:

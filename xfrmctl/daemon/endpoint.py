@@ -28,6 +28,8 @@ IPV6_XFRM_POLICY = 35
 XFRM_POLICY_IN, XFRM_POLICY_OUT = 0, 1
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
 NAT_KEEPALIVE = b"\xff"
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 4 << 20
 
 Endpoint = tuple[str, int]
 Receiver = Callable[[bytes, Endpoint, Endpoint], None]
@@ -57,6 +59,14 @@ def open_socket(address: str, port: int, *, nat_t: bool) -> socket.socket:
     family = socket.AF_INET if ipaddress.ip_address(address).version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Bursts of IKE_SA_INITs must not overflow the queue: a drop costs the peer a 4 s
+    # retransmit (the kernel caps this at net.core.rmem_max unless we may force it).
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            break
+        except OSError:
+            continue
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.setblocking(False)

@@ -87,9 +87,9 @@ def local_addresses() -> list[str]:
 
 
 async def open_kernel() -> KernelIPsec:
-    from xfrmctl.kernel.netlink import NetlinkKernel  # noqa: PLC0415 - tests use the fake
+    from xfrmctl.kernel.netlink import DAEMON_GROUPS, NetlinkKernel  # noqa: PLC0415
 
-    return await NetlinkKernel.open()
+    return await NetlinkKernel.open(groups=DAEMON_GROUPS)
 
 
 async def open_links() -> KernelLinks:

@@ -51,6 +51,7 @@ BUFSIZE = 4 << 20
 EVENT_GROUPS = (
     Group.ACQUIRE, Group.EXPIRE, Group.SA, Group.POLICY, Group.MIGRATE, Group.MAPPING,
 )  # fmt: skip
+DAEMON_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.MIGRATE, Group.MAPPING)
 
 
 def _group_mask(groups: Sequence[Group]) -> int:
@@ -193,9 +194,12 @@ class NetlinkKernel(KernelIPsec):
             transport.loop.add_reader(monitor.fileno(), self._monitor_readable)
 
     @classmethod
-    async def open(cls, netns: str | None = None, monitor: bool = True) -> NetlinkKernel:
+    async def open(cls, netns: str | None = None, monitor: bool = True,
+                   groups: Sequence[Group] = EVENT_GROUPS) -> NetlinkKernel:
+        """`groups`: the multicast groups `events()` reports (the daemon leaves out SA and
+        POLICY: they echo every write it makes, and decoding them costs CPU per install)."""
         sock = _netlink_socket(netns)
-        mon = _netlink_socket(netns, _group_mask(EVENT_GROUPS)) if monitor else None
+        mon = _netlink_socket(netns, _group_mask(groups)) if monitor else None
         return cls(Transport(sock), mon)
 
     # --- batched writes ----------------------------------------------------------------
