@@ -19,7 +19,8 @@ from typing import Any
 from pyroute2.netlink import nlmsg
 
 from . import messages as m
-from .messages import Attr, MsgType
+from .interface import AeState
+from .messages import AeFlag, Attr, MsgType
 from .types import (
     AF_INET,
     REQID_MAX,
@@ -93,6 +94,10 @@ S_REPLAY_ESN = m.compile_fields(m.REPLAY_ESN)
 S_MARK = m.compile_fields(m.MARK)
 S_OFFLOAD = m.compile_fields(m.OFFLOAD)
 S_HTHRESH = m.compile_fields(m.SPDHTHRESH)
+S_AEVENT_ID = m.compile_fields(m.AEVENT_ID)
+S_REPLAY_STATE = m.compile_fields(m.REPLAY_STATE)
+S_LIFETIME_CUR = m.compile_fields(m.LIFETIME_CUR)
+NLM_F_REPLACE = 0x100
 
 ZERO_ADDR = bytes(16)
 NO_LIFETIME = (XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 0, 0, 0, 0)
@@ -493,6 +498,112 @@ def decode_spdinfo(msg: nlmsg) -> SpdInfo:
         hash_count=hinfo.get("spdhcnt", 0),
         hash_max=hinfo.get("spdhmcnt", 0),
         thresholds=thresholds,
+    )
+
+
+# --- async events (NEWAE/GETAE) ---------------------------------------------------------
+
+AE_GET_FLAGS = AeFlag.RVAL | AeFlag.LVAL | AeFlag.RTHR | AeFlag.ETHR
+
+
+def _aevent_id(sa: SaId, src: IPAddress | None, flags: int, reqid: int) -> bytes:
+    return S_AEVENT_ID.pack(
+        pack_addr(sa.dst), htonl(sa.spi), family_of(sa.dst), sa.proto, pack_addr(src), flags,
+        reqid,
+    )  # fmt: skip
+
+
+def replay_attr(replay: ReplayState) -> bytes:
+    """XFRMA_REPLAY_ESN_VAL when `replay` has the ESN shape (window > 0), else
+    XFRMA_REPLAY_VAL (one bitmap word)."""
+    if replay.replay_window:
+        words = len(replay.bitmap)
+        head = S_REPLAY_ESN.pack(
+            words, replay.oseq, replay.seq, replay.oseq_hi, replay.seq_hi, replay.replay_window
+        )
+        return nla(Attr.REPLAY_ESN_VAL, head + struct.pack(f"={words}I", *replay.bitmap))
+    if len(replay.bitmap) > 1 or replay.oseq_hi or replay.seq_hi:
+        raise ValueError(f"{replay}: the legacy replay state has 32-bit numbers, one word")
+    bitmap = replay.bitmap[0] if replay.bitmap else 0
+    return nla(Attr.REPLAY_VAL, S_REPLAY_STATE.pack(replay.oseq, replay.seq, bitmap))
+
+
+def encode_getae(sa: SaId, seq: int, src: IPAddress | None = None) -> bytes:
+    """GETAE: the kernel looks the SA up by (daddr, spi, proto, family, mark) and
+    echoes the flags: RVAL|LVAL always answered, RTHR/ETHR only when asked for."""
+    body = _aevent_id(sa, src, AE_GET_FLAGS, 0) + mark_attrs(sa.mark)
+    return message(MsgType.GETAE, NLM_F_REQUEST, seq, body)
+
+
+def encode_newae(
+    sa: SaId, seq: int, replay: ReplayState | None = None, lifetime: Counters | None = None,
+    replay_threshold: int | None = None, timer_threshold: int | None = None,
+    src: IPAddress | None = None, reqid: int = 0, flags: int | None = None,
+    nl_flags: int = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE,
+) -> bytes:  # fmt: skip
+    """NEWAE (the kernel insists on NLM_F_REPLACE). `timer_threshold` is the raw
+    XFRMA_ETIMER_THRESH: the kernel stores it as jiffies, reports it in 100 ms."""
+    attrs, auto = [], AeFlag.UNSPEC
+    if replay is not None:
+        attrs.append(replay_attr(replay))
+        auto |= AeFlag.RVAL
+    if lifetime is not None:
+        cur = S_LIFETIME_CUR.pack(
+            lifetime.bytes, lifetime.packets, lifetime.add_time, lifetime.use_time
+        )
+        attrs.append(nla(Attr.LTIME_VAL, cur))
+        auto |= AeFlag.LVAL
+    if replay_threshold is not None:
+        attrs.append(u32_attr(Attr.REPLAY_THRESH, replay_threshold))
+        auto |= AeFlag.RTHR
+    if timer_threshold is not None:
+        attrs.append(u32_attr(Attr.ETIMER_THRESH, timer_threshold))
+        auto |= AeFlag.ETHR
+    attrs.append(mark_attrs(sa.mark))
+    body = _aevent_id(sa, src, int(auto) if flags is None else flags, reqid) + b"".join(attrs)
+    return message(MsgType.NEWAE, nl_flags, seq, body)
+
+
+def encode_ae_state(state: AeState, seq: int) -> bytes:
+    """An AeState as the kernel's NEWAE answer to GETAE carries it (tests, fixtures)."""
+    timer = None if state.timer_threshold_ms is None else state.timer_threshold_ms // 100
+    return encode_newae(
+        state.sa, seq, state.replay, state.lifetime, state.replay_threshold, timer,
+        src=state.src, reqid=state.reqid, flags=state.flags, nl_flags=0,
+    )  # fmt: skip
+
+
+def decode_ae(msg: nlmsg) -> AeState:
+    """NEWAE (the answer to GETAE, or an AEVENTS notification) -> AeState."""
+    family = msg["id_family"]
+    sa = SaId(
+        unpack_addr(msg["id_daddr"], family), ntohl(msg["id_spi"]), Proto(msg["id_proto"]),
+        decode_mark(msg),
+    )  # fmt: skip
+    esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
+    legacy = msg.get_attr("XFRMA_REPLAY_VAL")
+    if esn is not None:
+        words = esn["bmp_len"]
+        replay = ReplayState(
+            esn["oseq"], esn["seq"], esn["oseq_hi"], esn["seq_hi"], esn["replay_window"],
+            tuple(struct.unpack_from(f"={words}I", esn["tail"])) if words else (),
+        )  # fmt: skip
+    elif legacy is not None:
+        replay = ReplayState(legacy["oseq"], legacy["seq"], bitmap=(legacy["bitmap"],))
+    else:
+        replay = ReplayState()
+    cur = msg.get_attr("XFRMA_LTIME_VAL")
+    lifetime = Counters() if cur is None else Counters(*(cur[n] for n, _ in m.LIFETIME_CUR))
+    timer = msg.get_attr("XFRMA_ETIMER_THRESH")
+    return AeState(
+        sa=sa,
+        src=unpack_opt_addr(msg["saddr"], family),
+        reqid=msg["reqid"],
+        replay=replay,
+        lifetime=lifetime,
+        replay_threshold=msg.get_attr("XFRMA_REPLAY_THRESH"),
+        timer_threshold_ms=None if timer is None else timer * 100,
+        flags=msg["flags"],
     )
 
 

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from .algorithms import KERNEL_ALGORITHM_NAMES
-from .interface import KernelIPsec, Op, OpKind
+from .codec import AE_GET_FLAGS
+from .interface import AeState, KernelIPsec, Op, OpKind
 from .types import (
     Acquire,
     Algorithm,
@@ -31,6 +32,7 @@ from .types import (
     PolicySpec,
     PolicyState,
     Proto,
+    ReplayState,
     SaId,
     SaNotify,
     SaSpec,
@@ -68,6 +70,18 @@ class _Sa:
     used: float = 0.0
     soft_fired: bool = False
     larval: bool = False
+    replay: ReplayState | None = None  # None: the fresh state of the SA's shape
+    replay_threshold: int = 2  # net.core.xfrm_aevent_rseqth
+    timer_threshold_ms: int = 1000  # net.core.xfrm_aevent_etime (10 x 100 ms)
+
+    def replay_state(self) -> ReplayState:
+        if self.replay is not None:
+            return self.replay
+        spec = self.spec
+        if spec.esn or spec.replay_window > 32:  # the kernel keeps xfrm_replay_state_esn
+            words = (spec.replay_window + 31) // 32
+            return ReplayState(replay_window=spec.replay_window, bitmap=(0,) * words)
+        return ReplayState(bitmap=(0,))
 
 
 @dataclass
@@ -179,6 +193,54 @@ class FakeKernel(KernelIPsec):
     async def _dump_sas(self) -> list[SaState]:
         return [self._state(e) for e in self.sas.values() if not e.larval]
 
+    async def get_ae(self, sa: SaId) -> AeState:
+        e = self.sas.get(_sa_key(sa))
+        if e is None:
+            raise KernelError("get AE", sa, errno.ESRCH)
+        return AeState(
+            sa=SaId(e.spec.dst, e.spec.spi, e.spec.proto, e.spec.mark),
+            src=e.spec.src,
+            reqid=e.spec.reqid,
+            replay=e.replay_state(),
+            lifetime=self._state(e).counters,
+            replay_threshold=e.replay_threshold,
+            timer_threshold_ms=e.timer_threshold_ms // 100 * 100,
+            flags=int(AE_GET_FLAGS),
+        )
+
+    async def set_ae(
+        self, sa: SaId, replay: ReplayState | None = None, lifetime_cur: Counters | None = None,
+        replay_threshold: int | None = None, timer_threshold_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        given = (replay, lifetime_cur, replay_threshold, timer_threshold_ms)
+        if all(v is None for v in given):
+            raise KernelError("set AE", sa, errno.EINVAL, "nothing to set")
+        e = self.sas.get(_sa_key(sa))
+        if e is None:
+            raise KernelError("set AE", sa, errno.ESRCH)
+        if e.larval:  # not XFRM_STATE_VALID
+            raise KernelError("set AE", sa, errno.EINVAL)
+        current = e.replay_state()
+        if replay is not None:
+            if current.replay_window and replay.replay_window:
+                if len(replay.bitmap) != len(current.bitmap):  # xfrm_replay_verify_len
+                    raise KernelError("set AE", sa, errno.EINVAL, "bitmap length differs")
+                if replay.replay_window > 32 * len(replay.bitmap):
+                    raise KernelError("set AE", sa, errno.EINVAL, "window exceeds bitmap")
+                e.replay = replay
+            elif replay.replay_window:
+                raise KernelError("set AE", sa, errno.EINVAL, "SA has no ESN replay state")
+            elif not current.replay_window:
+                e.replay = ReplayState(replay.oseq, replay.seq, bitmap=(replay.bitmap or (0,))[:1])
+            # a legacy state given to an ESN SA lands where nobody reads it, as in the kernel
+        if lifetime_cur is not None:
+            e.bytes, e.packets = lifetime_cur.bytes, lifetime_cur.packets
+            e.added, e.used = float(lifetime_cur.add_time), float(lifetime_cur.use_time)
+        if replay_threshold is not None:
+            e.replay_threshold = replay_threshold
+        if timer_threshold_ms is not None:
+            e.timer_threshold_ms = timer_threshold_ms
+
     async def _dump_policies(self) -> list[PolicyState]:
         return [PolicyState(p) for p in self.policies.values()]
 
@@ -216,13 +278,15 @@ class FakeKernel(KernelIPsec):
             elif lft.soft_add_expires_seconds and age >= lft.soft_add_expires_seconds:
                 self._expire(key, e, hard=False)
 
-    def account(self, sa: SaId, nbytes: int, packets: int = 1) -> None:
-        """Count traffic on an SA; byte/packet limits expire it like time does."""
+    def account(self, sa: SaId, nbytes: int, packets: int = 1, inbound: bool = False) -> None:
+        """Count traffic on an SA; byte/packet limits expire it like time does. Sent
+        packets (default) advance its output sequence number, received ones its seq."""
         key = _sa_key(sa)
         e = self.sas[key]
         e.bytes += nbytes
         e.packets += packets
         e.used = self.now
+        e.replay = _advance(e.replay_state(), packets, inbound)
         lft = e.spec.lifetime
         if e.bytes >= lft.hard_bytes or e.packets >= lft.hard_packets:
             self._expire(key, e, hard=True)
@@ -259,6 +323,16 @@ class FakeKernel(KernelIPsec):
 
     def inject(self, event: KernelEvent) -> None:
         self._queue.put_nowait(event)
+
+
+def _advance(r: ReplayState, packets: int, inbound: bool) -> ReplayState:
+    esn = r.replay_window > 0
+    mask = (1 << 64 if esn else 1 << 32) - 1
+    if inbound:
+        seq = ((r.seq_hi << 32 | r.seq) + packets) & mask
+        return replace(r, seq=seq & 0xFFFFFFFF, seq_hi=seq >> 32)
+    oseq = ((r.oseq_hi << 32 | r.oseq) + packets) & mask
+    return replace(r, oseq=oseq & 0xFFFFFFFF, oseq_hi=oseq >> 32)
 
 
 def _check_sa(sa: SaSpec) -> int:

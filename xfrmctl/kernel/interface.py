@@ -39,6 +39,7 @@ from .types import (
     PolicySpec,
     PolicyState,
     Proto,
+    ReplayState,
     SaId,
     SaSpec,
     SaState,
@@ -83,6 +84,33 @@ class _Step:
     commit: Callable[[], None] = field(default=lambda: None)
 
 
+@dataclass(frozen=True)
+class AeState:
+    """An SA's async-event state (GETAE): its replay state and current lifetime.
+
+    `replay` comes in one of two shapes, as the kernel keeps it: the legacy
+    xfrm_replay_state (replay_window 0, one bitmap word) or, for ESN SAs and
+    windows over 32, xfrm_replay_state_esn (replay_window > 0, the whole bitmap).
+    Thresholds are None when not asked for; the timer one is in ms (100 ms steps)."""
+
+    sa: SaId
+    src: IPAddress | None
+    reqid: int
+    replay: ReplayState
+    lifetime: Counters
+    replay_threshold: int | None = None
+    timer_threshold_ms: int | None = None
+    flags: int = 0
+
+    @property
+    def esn_format(self) -> bool:
+        return self.replay.replay_window > 0
+
+    @property
+    def oseq64(self) -> int:
+        return self.replay.oseq_hi << 32 | self.replay.oseq
+
+
 def _sa_key(sa: SaId) -> tuple[IPAddress, int, Proto]:
     return sa.dst, sa.spi, sa.proto
 
@@ -119,6 +147,20 @@ class KernelIPsec(ABC):
 
     @abstractmethod
     async def set_spdinfo(self, thresholds: SpdThresholds) -> None: ...
+
+    @abstractmethod
+    async def get_ae(self, sa: SaId) -> AeState:
+        """GETAE: the SA's replay state and current lifetime; KernelError(ESRCH) when
+        absent."""
+
+    @abstractmethod
+    async def set_ae(
+        self, sa: SaId, replay: ReplayState | None = None, lifetime_cur: Counters | None = None,
+        replay_threshold: int | None = None, timer_threshold_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        """NEWAE: overwrite what is given (e.g. restore an outbound sequence number after
+        a restart). `replay` must have the SA's shape (see AeState); nothing given, or a
+        larval SA: EINVAL; a missing SA: ESRCH."""
 
     @abstractmethod
     def events(self) -> AsyncIterator[KernelEvent]:

@@ -11,7 +11,7 @@ the codec.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Any
 
 from pyroute2.netlink import nla, nlmsg
@@ -79,6 +79,19 @@ class Attr(IntEnum):
     IF_ID = 31
     MTIMER_THRESH = 32
     SA_DIR = 33
+
+
+class AeFlag(IntFlag):
+    """enum xfrm_ae_ftype_t: what a NEWAE/GETAE carries (xfrm_aevent_id.flags)."""
+
+    UNSPEC = 0
+    RTHR = 1  # XFRMA_REPLAY_THRESH
+    RVAL = 2  # XFRMA_REPLAY_VAL / XFRMA_REPLAY_ESN_VAL
+    LVAL = 4  # XFRMA_LTIME_VAL
+    ETHR = 8  # XFRMA_ETIMER_THRESH
+    CR = 16
+    CE = 32
+    CU = 64
 
 
 class SpdAttr(IntEnum):
