@@ -219,6 +219,18 @@ def _error_notify(msg: Message) -> NotifyPayload | None:
 class IkeSa:
     """An IKE SA as initiator or responder. Create with `initiator()` or `responder()`."""
 
+    # No per-instance dict: a gateway holds one of these per tunnel (memory per IKE_SA).
+    __slots__ = ("_alloc_spi", "_auth_child", "_cached_response", "_child_retries", "_cipher_in",
+        "_cipher_out", "_collision", "_cookie", "_dpd_deadline", "_events", "_expected_peer_id",
+        "_half_open_deadline", "_ike_rekey_pending", "_init_request", "_init_response",
+        "_init_retries", "_ke", "_keys", "_last_peer_activity", "_next_request_id", "_nonce_i",
+        "_nonce_r", "_out", "_outstanding", "_peer_certreq", "_peer_certs", "_pending_children",
+        "_prf", "_reassembly", "_redundant_deadline", "_rekey_deadline", "_sent_ike_proposals",
+        "_silent", "_spawned", "_tasks", "candidates", "children", "config", "created",
+        "down_reason", "established_at", "id", "is_initiator", "local", "local_id", "nat_local",
+        "nat_remote", "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i",
+        "spi_r", "state", "successor", "suite", "virtual_ip")
+
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
                  spi_allocator: Callable[[], int] = random_child_spi) -> None:
@@ -1049,6 +1061,12 @@ class IkeSa:
         self._set_state(IkeState.ESTABLISHED)
         self.established_at = now
         self._half_open_deadline = None
+        # What only the setup needed: the IKE_SA_INIT messages, our DH private key, the
+        # proposals we sent. A gateway keeps thousands of SAs: free it now.
+        self._init_request = self._init_response = b""
+        self._ke = None
+        self._sent_ike_proposals = ()
+        self._cookie = None
         if conf.rekey_time:
             jitter = int.from_bytes(os.urandom(2), "big") / 65535 * conf.rekey_time * 0.1
             self._rekey_deadline = now + conf.rekey_time - jitter
