@@ -65,6 +65,15 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return proc.stdout
 
 
+def _wait_for_api(socket_path: Path, daemon: XfrmctlDaemon, timeout: float = 300.0) -> None:
+    """The API binds after the IKE sockets (importing FastAPI is slow under TCG)."""
+    deadline = time.monotonic() + timeout
+    while not socket_path.exists():
+        assert daemon.running, f"daemon exited\n{daemon.tail()}"
+        assert time.monotonic() < deadline, f"no API socket after {timeout} s\n{daemon.tail()}"
+        time.sleep(1)
+
+
 def _child_traffic(env: dict[str, str]) -> dict[str, Any]:
     listing = json.loads(_cli(env, "sa", "list", "--json"))
     (child,) = listing["child_sas"]
@@ -99,6 +108,7 @@ def test_rest_connection_against_strongswan(
                           remote_ts=[pair.left.subnet])],
                 [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])])
     daemon.wait_ready()
+    _wait_for_api(work / "api.sock", daemon)
     step("started")
     try:
         _drive(pair, daemon, env, work, step)
