@@ -13,6 +13,7 @@ import pytest
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import ConnectionState, Target
+from xfrmctl.ike.events import FailureReason
 from xfrmctl.ike.sa import Datagram
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OpKind
@@ -217,3 +218,27 @@ async def test_peer_delete_leaves_the_connection_down_unless_close_action_says()
         assert not gw.ka.sas
         await gw.a.stop()
         await gw.b.stop()
+
+
+async def test_dead_peer_follows_dpd_action() -> None:
+    for action, expected, wanted in (("clear", ConnectionState.DOWN, False),
+                                     ("trap", ConnectionState.TRAPPED, False),
+                                     ("restart", ConnectionState.DOWN, True)):
+        gw = await make(dpd_action=action)
+        record = gw.a.connections["site-b"]
+        (sa,) = gw.a.manager.all()
+        gw.a.manager.act(sa, lambda s: s._fail(FailureReason.PEER_UNREACHABLE, "test"))
+        gw.a._flush()
+        await gw.settle()
+        assert (record.state, record.wanted) == (expected, wanted), action
+        await gw.a.stop()
+        await gw.b.stop()
+
+
+def test_new_connections_never_reuse_an_id() -> None:
+    conf = cf.DaemonConf(connections={"m": connection(A, B, "198.51.100.0/24",
+                                                      "203.0.113.0/24")})
+    controller = Controller(conf, FakeKernel())
+    grown = cf.DaemonConf(connections={**conf.connections, "a": conf.connections["m"]})
+    controller.load(grown)
+    assert {r.name: r.id for r in controller.connections.values()} == {"m": 1, "a": 2}

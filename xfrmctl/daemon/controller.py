@@ -183,14 +183,15 @@ class Controller:
         """Take a new configuration; returns the names of connections that changed."""
         self.conf = conf
         changed = []
-        for index, (name, conn) in enumerate(sorted(conf.connections.items()), start=1):
+        for name, conn in sorted(conf.connections.items()):
             old = self.connections.get(name)
             if old is not None and old.conf == conn:
                 continue
             pool = None
             if conn.pool:
                 pool = self._pools.setdefault(name, AddressPool(conn.pool))
-            ident = conn.id or (old.id if old else index)  # the database's id if given
+            # The database's id if given; else kept across reloads, new ones numbered on.
+            ident = conn.id or (old.id if old else self._next_id())
             record = ConnectionRecord(ident, name, conn,
                                       cf.ike_config(name, conn, pool))
             self.connections[name] = record
@@ -200,6 +201,9 @@ class Controller:
         self.manager.configs = {r.name: r.ike for r in self.connections.values()
                                 if r.name in conf.connections}
         return changed
+
+    def _next_id(self) -> int:
+        return max((r.id for r in self.connections.values()), default=0) + 1
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -355,19 +359,26 @@ class Controller:
         self._connection_down(record, event.reason.value)
 
     def _connection_down(self, record: ConnectionRecord, reason: str) -> None:
+        was_up = record.state is ConnectionState.UP
         self._set_state(record, ConnectionState.DOWN, reason)
         if reason in ("deleted", "daemon stopped"):
             return
         if reason == "deleted by peer":
             self._after_peer_delete(record)
             return
-        dpd = record.conf.dpd_action
-        if reason == FailureReason.PEER_UNREACHABLE.value and dpd is cf.DpdAction.TRAP:
-            self._queue_job(lambda: self._install_traps(record))
-        elif record.wanted or (reason == FailureReason.PEER_UNREACHABLE.value
-                               and dpd is cf.DpdAction.RESTART):
-            record.wanted = True
+        if was_up and reason == FailureReason.PEER_UNREACHABLE.value:
+            self._after_dead_peer(record)
+        elif record.wanted:  # not up yet (unreachable, refused ...): keep trying
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
+
+    def _after_dead_peer(self, record: ConnectionRecord) -> None:
+        """An established peer stopped answering (DPD): do what dpd_action says."""
+        action = record.conf.dpd_action
+        record.wanted = action is cf.DpdAction.RESTART
+        if action is cf.DpdAction.RESTART:
+            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
+        elif action is cf.DpdAction.TRAP:
+            self._queue_job(lambda: self._install_traps(record))
 
     def _after_peer_delete(self, record: ConnectionRecord) -> None:
         """The peer closed the IKE SA: do what close_action says (default: stay down)."""
