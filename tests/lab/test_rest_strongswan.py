@@ -143,7 +143,9 @@ def _drive(pair: GatewayPair, daemon: XfrmctlDaemon, env: dict[str, str], work: 
         step("tunnel_up")
 
         before = _child_traffic(env)
-        assert (before["spi_in"], before["spi_out"]) == (event["spi_in"], event["spi_out"])
+        # The CLI and API show SPIs in hex, as `ip xfrm` does.
+        assert (int(before["spi_in"], 16), int(before["spi_out"], 16)) == (
+            int(event["spi_in"]), int(event["spi_out"]))
         out = ping(pair.left, pair.right)
         assert " 0% packet loss" in out, out
         after = _child_traffic(env)
