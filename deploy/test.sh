@@ -16,5 +16,7 @@ step "host tests (unit + netns)"
 "$PY" -m pytest -m "not lab" -p no:cacheprovider
 if [[ -x deploy/lab/run ]]; then
   step "lab tests (real kernel VM)"
-  deploy/lab/run
+  # Through a pipe: qemu reopens its stdout, and on a regular file it would write from
+  # offset 0 over what the steps above printed. pipefail keeps the lab's exit status.
+  deploy/lab/run | cat
 fi
