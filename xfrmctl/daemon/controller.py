@@ -49,6 +49,7 @@ from xfrmctl.kernel.types import (
     Acquire,
     ChildInstall,
     Expire,
+    IPAddress,
     KernelError,
     KernelEvent,
     PolicySpec,
@@ -799,17 +800,18 @@ class Controller:
         for conn, child, reqid in data.get("reqids", []):
             self._reqids[(conn, child)] = reqid
         present = {(s.spec.dst, s.spec.spi, s.spec.proto) for s in await self.kernel.dump_sas()}
-        kept: set[tuple[object, int, object]] = set()
+        kept: set[tuple[IPAddress, int, Proto]] = set()
         for saved in data.get("ike_sas", []):
             kept |= self._restore_ike_sa(saved, present)
         for record in self.connections.values():
             await self._adopt_traps(record)
-        removed = await self.kernel.remove_orphans(kept)  # type: ignore[arg-type]
+        removed = await self.kernel.remove_orphans(kept)
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
                  len(self.manager.all()), len(self.children), *removed)
         self._flush()
 
-    def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]) -> set[Any]:
+    def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]
+                        ) -> set[tuple[IPAddress, int, Proto]]:
         record = self.connections.get(saved["ike"]["connection"])
         if record is None:
             return set()  # connection removed meanwhile: its kernel state goes as orphans
@@ -862,7 +864,7 @@ class Controller:
         return [self._ike_info(sa) for sa in self.manager.all()]
 
     def _ike_info(self, sa: IkeSa) -> IkeSaInfo:
-        suite = sa.suite or Suite(protocol=0)  # type: ignore[arg-type]
+        suite = sa.suite or Suite(ProtocolId.IKE)
         record = self.connections.get(sa.name)
         rekey_at = sa.rekey_deadline
         return IkeSaInfo(
@@ -1012,15 +1014,15 @@ def _event_fields(event: Event) -> dict[str, object]:
     return out
 
 
-_Handler = Callable[[Controller, Event], None]
+_Handler = Callable[[Controller, Any], None]  # each takes its own event type
 _EVENT_HANDLERS: dict[type, _Handler] = {
-    IkeSaUp: Controller._on_ike_up,  # type: ignore[dict-item]
-    IkeSaRekeyed: Controller._on_ike_rekeyed,  # type: ignore[dict-item]
-    IkeSaDown: Controller._on_ike_down,  # type: ignore[dict-item]
-    NegotiationFailed: Controller._on_failed,  # type: ignore[dict-item]
-    ChildSaNegotiated: Controller._on_child,  # type: ignore[dict-item]
-    ChildSaDeleted: Controller._on_child_deleted,  # type: ignore[dict-item]
-    VirtualIpAssigned: Controller._on_vip,  # type: ignore[dict-item]
+    IkeSaUp: Controller._on_ike_up,
+    IkeSaRekeyed: Controller._on_ike_rekeyed,
+    IkeSaDown: Controller._on_ike_down,
+    NegotiationFailed: Controller._on_failed,
+    ChildSaNegotiated: Controller._on_child,
+    ChildSaDeleted: Controller._on_child_deleted,
+    VirtualIpAssigned: Controller._on_vip,
 }
 
 

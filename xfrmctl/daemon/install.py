@@ -9,6 +9,7 @@ import ipaddress
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import Mode as IkeMode
@@ -27,7 +28,6 @@ from xfrmctl.kernel.types import (
     Mode,
     PolicySpec,
     Proto,
-    SaId,
     SaSpec,
     Selector,
     Template,
@@ -88,27 +88,21 @@ def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildI
     # Up to 10% earlier soft expiry, so the two ends rarely rekey at the same moment.
     jitter = int.from_bytes(os.urandom(2), "big") / 65535 * 0.1
     lifetime = _lifetime(event, jitter)
-    if_id = conf.if_id or 0
-    common = {"reqid": reqid, "proto": proto, "mode": mode, "lifetime": lifetime,
-              "replay_window": conf.replay_window, "esn": event.suite.esn, "if_id": if_id}
     aead, crypt, auth = _algorithms(event, inbound=True)
     inbound = SaSpec(
-        src=remote, dst=local, spi=event.spi_in, aead=aead, crypt=crypt, auth=auth,
+        src=remote, dst=local, spi=event.spi_in, reqid=reqid, proto=proto, mode=mode,
+        aead=aead, crypt=crypt, auth=auth, lifetime=lifetime,
         encap=Encap(event.remote[1], event.local[1]) if event.encap else None,
-        **common)  # type: ignore[arg-type]
+        replay_window=conf.replay_window, esn=event.suite.esn, if_id=conf.if_id or 0)
     aead, crypt, auth = _algorithms(event, inbound=False)
-    outbound = SaSpec(
-        src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,
+    outbound = replace(
+        inbound, src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,
         encap=Encap(event.local[1], event.remote[1]) if event.encap else None,
-        mark=_mark(conf.mark_out), tfcpad=conf.tfc_padding, **common)  # type: ignore[arg-type]
+        mark=_mark(conf.mark_out), tfcpad=conf.tfc_padding)
     policies = tuple(policies_for(event.local_ts, event.remote_ts, local, remote, mode, proto,
                                   reqid, conf))
     return ChildInstall(inbound, outbound, policies)
 
-
-def sa_ids(install: ChildInstall) -> tuple[SaId, SaId]:
-    return tuple(SaId(sa.dst, sa.spi, sa.proto, sa.mark)  # type: ignore[return-value]
-                 for sa in (install.inbound, install.outbound))
 
 
 def _selectors(local: TrafficSelector, remote: TrafficSelector
