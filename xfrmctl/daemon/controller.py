@@ -404,8 +404,13 @@ class Controller:
 
     def _on_child(self, event: ChildSaNegotiated) -> None:
         self.counters["child_setups"] += 1
-        record = self.connections[event.connection]
-        child_conf = record.conf.children[event.child]
+        record = self.connections.get(event.connection)
+        child_conf = record.conf.children.get(event.child) if record else None
+        if child_conf is None:  # removed from the configuration while it was negotiated
+            log.warning("CHILD_SA %s/%s is no longer configured: deleting it",
+                        event.connection, event.child)
+            self._delete_unwanted_child(event)
+            return
         install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock())
         self.children[event.spi_in] = child
@@ -413,6 +418,14 @@ class Controller:
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
             self._queue_job(lambda: self._set_mtu(name, mtu))
+
+    def _delete_unwanted_child(self, event: ChildSaNegotiated) -> None:
+        sa = self.manager.get(event.ike_sa)
+        if sa is not None and sa.state is IkeState.ESTABLISHED:
+            now, spi_in = self.clock(), event.spi_in
+            with contextlib.suppress(LocalError):
+                self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "not configured"))
+            self._flush()
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         child = self.children.pop(event.spi_in, None)
