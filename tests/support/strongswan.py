@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -43,6 +42,8 @@ from typing import Any
 
 import vici
 import vici.exception
+
+from tests.support.process import terminate
 
 CHARON = Path("/usr/lib/ipsec/charon")
 UNSHARE = ("unshare", "--mount", "--propagation", "private")
@@ -460,14 +461,7 @@ class Charon:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return terminate(proc, timeout)
 
     @property
     def running(self) -> bool:

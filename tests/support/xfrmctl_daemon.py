@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.process import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
 START_TIMEOUT = 300.0  # seconds: under TCG a cold Python start with our imports is slow
@@ -205,15 +207,9 @@ class XfrmctlDaemon:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        code = terminate(proc, timeout)
         self.lines()
-        return proc.returncode
+        return code
 
     @property
     def running(self) -> bool:
