@@ -8,7 +8,6 @@ strongSwan does: "198.51.100.0/24", "198.51.100.7", "2001:db8::/32[tcp/443]",
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -19,8 +18,10 @@ Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
 ANY_PROTOCOL = 0
-_PROTOCOL_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
-                   "gre": 47, "any": 0}
+# IANA protocol numbers by name (a table, not /etc/protocols: the core does no I/O).
+_PROTOCOL_NAMES = {"any": 0, "icmp": 1, "igmp": 2, "ipencap": 4, "ipip": 4, "tcp": 6,
+                   "udp": 17, "ipv6": 41, "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58,
+                   "icmpv6": 58, "ospf": 89, "pim": 103, "l2tp": 115, "sctp": 132}
 _NUMBER_TO_NAME = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp", 47: "gre"}
 
 
@@ -77,10 +78,9 @@ def _parse_protocol(text: str) -> int:
         return ANY_PROTOCOL
     if text.lower() in _PROTOCOL_NAMES:
         return _PROTOCOL_NAMES[text.lower()]
-    try:
-        number = int(text) if text.isdigit() else socket.getprotobyname(text)
-    except OSError:
-        raise ValueError(f"unknown protocol {text!r}") from None
+    if not text.isdigit():
+        raise ValueError(f"unknown protocol {text!r}")
+    number = int(text)
     if not 0 <= number <= 255:
         raise ValueError(f"protocol {number} out of range")
     return number
