@@ -34,6 +34,7 @@ class IkeManager:
         self._by_id: dict[int, IkeSa] = {}
         self._half_open: dict[tuple[str, bytes], IkeSa] = {}
         self._timers: list[tuple[float, int]] = []
+        self._scheduled: dict[int, float] = {}  # SA id -> the deadline its newest entry has
         self._events: deque[Event] = deque()
         self._out: list[Datagram] = []
         self._cookie_secret = os.urandom(32)
@@ -55,12 +56,12 @@ class IkeManager:
             sa = self._by_id.get(sa_id)
             if sa is not None and sa.get_timer() == deadline:
                 return deadline
-            heapq.heappop(self._timers)  # stale entry
+            self._pop_timer()  # stale entry
         return None
 
     def handle_timer(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
-            deadline, sa_id = heapq.heappop(self._timers)
+            deadline, sa_id = self._pop_timer()
             sa = self._by_id.get(sa_id)
             if sa is not None and sa.get_timer() == deadline:
                 sa.handle_timer(now)
@@ -166,8 +167,23 @@ class IkeManager:
         self._by_id[sa.id] = sa
         self.sas[sa.our_spi] = sa
 
+    def _pop_timer(self) -> tuple[float, int]:
+        deadline, sa_id = heapq.heappop(self._timers)
+        if self._scheduled.get(sa_id) == deadline:
+            del self._scheduled[sa_id]
+        return deadline, sa_id
+
+    def _schedule(self, sa: IkeSa) -> None:
+        """One heap entry per SA and deadline: an unchanged timer is not pushed again
+        (every datagram collects its SA, and most leave the timer as it was)."""
+        deadline = sa.get_timer()
+        if deadline is not None and self._scheduled.get(sa.id) != deadline:
+            heapq.heappush(self._timers, (deadline, sa.id))
+            self._scheduled[sa.id] = deadline
+
     def _unregister(self, sa: IkeSa) -> None:
         self._by_id.pop(sa.id, None)
+        self._scheduled.pop(sa.id, None)
         if self.sas.get(sa.our_spi) is sa:
             del self.sas[sa.our_spi]
         self._half_open.pop((sa.remote[0], sa.spi_i), None)
@@ -189,8 +205,5 @@ class IkeManager:
             self._unregister(sa)
             return
         for each in (sa, sa.successor):  # an old SA may set its successor's timers
-            if each is None or each.id not in self._by_id:
-                continue
-            deadline = each.get_timer()
-            if deadline is not None:
-                heapq.heappush(self._timers, (deadline, each.id))
+            if each is not None and each.id in self._by_id:
+                self._schedule(each)
