@@ -375,19 +375,21 @@ class Controller:
     def _after_dead_peer(self, record: ConnectionRecord) -> None:
         """An established peer stopped answering (DPD): do what dpd_action says."""
         action = record.conf.dpd_action
-        record.wanted = action is cf.DpdAction.RESTART
-        if action is cf.DpdAction.RESTART:
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
-        elif action is cf.DpdAction.TRAP:
-            self._queue_job(lambda: self._install_traps(record))
+        self._come_back(record, restart=action is cf.DpdAction.RESTART,
+                        trap=action is cf.DpdAction.TRAP)
 
     def _after_peer_delete(self, record: ConnectionRecord) -> None:
         """The peer closed the IKE SA: do what close_action says (default: stay down)."""
         action = record.conf.close_action
-        record.wanted = action is cf.CloseAction.START
-        if action is cf.CloseAction.START:
+        self._come_back(record, restart=action is cf.CloseAction.START,
+                        trap=action is cf.CloseAction.TRAP)
+
+    def _come_back(self, record: ConnectionRecord, *, restart: bool, trap: bool) -> None:
+        """Re-initiate after a delay, or re-arm the trap policies, or stay down."""
+        record.wanted = restart
+        if restart:
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
-        elif action is cf.CloseAction.TRAP:
+        elif trap:
             self._queue_job(lambda: self._install_traps(record))
 
     def _retry(self, name: str) -> None:
@@ -409,7 +411,7 @@ class Controller:
         if child_conf is None:  # removed from the configuration while it was negotiated
             log.warning("CHILD_SA %s/%s is no longer configured: deleting it",
                         event.connection, event.child)
-            self._delete_unwanted_child(event)
+            self._delete_with_peer(event, "not configured")
             return
         install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock())
@@ -419,12 +421,13 @@ class Controller:
             name, mtu = child_conf.interface_name, interface_mtu(event)
             self._queue_job(lambda: self._set_mtu(name, mtu))
 
-    def _delete_unwanted_child(self, event: ChildSaNegotiated) -> None:
+    def _delete_with_peer(self, event: ChildSaNegotiated, reason: str) -> None:
+        """Delete a CHILD_SA we will not keep, telling the peer (INFORMATIONAL)."""
         sa = self.manager.get(event.ike_sa)
         if sa is not None and sa.state is IkeState.ESTABLISHED:
             now, spi_in = self.clock(), event.spi_in
-            with contextlib.suppress(LocalError):
-                self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "not configured"))
+            with contextlib.suppress(LocalError):  # the peer may have deleted it meanwhile
+                self.manager.act(sa, lambda s: s.delete_child(spi_in, now, reason))
             self._flush()
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
@@ -502,13 +505,7 @@ class Controller:
         self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
         self.children.pop(child.event.spi_in, None)
         child.state = "FAILED"
-        sa = self.manager.get(child.event.ike_sa)
-        if sa is None or sa.state is not IkeState.ESTABLISHED:
-            return
-        now, spi_in = self.clock(), child.event.spi_in
-        with contextlib.suppress(LocalError):  # the peer may have deleted it meanwhile
-            self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "kernel install failed"))
-        self._flush()
+        self._delete_with_peer(child.event, "kernel install failed")
 
     async def _remove(self, child: ChildRecord) -> None:
         if not child.in_kernel:
