@@ -932,8 +932,8 @@ class IkeSa:
             self._reject_responder(why)
             return
         self.remote_id = remote_id
+        self._read_virtual_ip(msg)  # before IkeSaUp, which carries it
         self._established(now)
-        self._read_virtual_ip(msg)
         pending = self._auth_child
         self._auth_child = None
         if pending is not None:

@@ -337,6 +337,9 @@ def test_remote_access_client_gets_a_virtual_ip() -> None:
                      psk_config(children=(gateway,), pool=pool))  # type: ignore[arg-type]
     up(pair)
     assert pair.of("a", VirtualIpAssigned)[0].address == "203.0.113.77"
+    # both ends announce the IKE SA with the virtual IP: the client's own, the gateway's lease
+    assert [e.virtual_ip for e in pair.of("a", IkeSaUp) + pair.of("b", IkeSaUp)] == [
+        "203.0.113.77", "203.0.113.77"]
     (ca,), (cb,) = pair.of("a", ChildSaNegotiated), pair.of("b", ChildSaNegotiated)
     assert [ts.format_ts(t) for t in ca.local_ts] == ["203.0.113.77/32"]
     assert_child_pair(ca, cb)
