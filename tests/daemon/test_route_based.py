@@ -14,7 +14,7 @@ from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.proposals import Suite
 from xfrmctl.kernel.fake import FakeKernel
-from xfrmctl.kernel.links import VtiDevice, XfrmInterface
+from xfrmctl.kernel.links import NextHop, Route, VtiDevice, XfrmInterface
 from xfrmctl.kernel.types import KernelError
 
 A, B = "192.0.2.1", "192.0.2.2"
@@ -23,9 +23,30 @@ A, B = "192.0.2.1", "192.0.2.2"
 class FakeLinks:
     """Records what the controller asks of rtnetlink; ENODEV for unknown links."""
 
-    def __init__(self) -> None:
+    def __init__(self, addresses: tuple[str, ...] = ()) -> None:
         self.links: dict[str, dict[str, Any]] = {}
         self.loopback: list[str] = []  # addresses on "lo"
+        self.addrs = list(addresses)  # on other links (policy routes pick a source)
+        self.table: dict[str, Route] = {}  # policy routes, by destination
+        self.rules: set[tuple[int, int, int]] = set()
+
+    async def next_hop(self, address: str) -> NextHop:
+        return NextHop(oif=7, gateway=None, src=None)  # every peer on-link
+
+    async def addresses(self) -> list[str]:
+        return [a.split("/")[0] for a in self.loopback] + self.addrs
+
+    async def replace_route(self, route: Route) -> None:
+        self.table[str(route.dst)] = route
+
+    async def remove_route(self, route: Route) -> None:
+        del self.table[str(route.dst)]
+
+    async def add_rule(self, table: int, priority: int, version: int) -> None:
+        self.rules.add((table, priority, version))
+
+    async def delete_rule(self, table: int, priority: int, version: int) -> None:
+        self.rules.remove((table, priority, version))
 
     async def index(self, name: str) -> int:
         if name not in self.links:

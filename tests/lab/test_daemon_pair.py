@@ -3,8 +3,9 @@
     left (initiator, start_action: start)          right (responder)
     198.51.100.0/24 == ESP tunnel 192.0.2.1 <-> 192.0.2.2 == 203.0.113.0/24
 
-The daemon is policy-based here and installs no routes: each gateway routes the remote
-subnet to its peer, and the daemon's IPsec policies capture that traffic.
+The daemon is policy-based here, and the test adds no routes: each daemon routes the
+remote subnet in table 220 via its peer, from its inner address (as strongSwan does), so
+even the gateway's own pings, with no source address given, go through the tunnel.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ def test_daemon_pair_tunnel_ping_and_delete(
 ) -> None:
     pair = gateway_pair
     step = Steps(record_property)
-    route_subnets(pair)
     # both start at once: a cold Python start takes minutes under TCG
     right = xfrmctl_daemons(pair.right.netns, "right",
                             gw_conf(pair.right, pair.left, "right", initiator=False), wait=False)
@@ -80,16 +80,24 @@ def test_daemon_pair_tunnel_ping_and_delete(
     assert out_sa.mode == "tunnel" and "rfc4106(gcm(aes))" in out_sa.algorithms
     assert (out_sa.src, out_sa.dst) == (pair.left.outer, pair.right.outer)
 
+    for gw, peer in ((pair.left, pair.right), (pair.right, pair.left)):
+        routes = gw.run("ip", "route", "show", "table", "220")
+        assert f"{peer.subnet} via {peer.outer} dev {gw.veth} proto static src {gw.inner}" \
+            in routes, routes
+        assert "lookup 220" in gw.run("ip", "rule", "show")
     out = ping(pair.left, pair.right)
     assert " 0% packet loss" in out, out
     step("ping")
 
+    # no source address given: the route's (our inner address) puts it in the tunnel
+    out = pair.left.run("ping", "-c", "2", "-i", "0.2", "-W", "5", pair.right.inner)
+    assert " 0% packet loss" in out, out
     left_after = {s.spi: s for s in xfrm_states(pair.left.netns)}
     right_after = {s.spi: s for s in xfrm_states(pair.right.netns)}
-    # 5 echo requests out and 5 replies in, 84-octet inner IPv4 packets each
-    assert left_after[out_sa.spi].packets - out_sa.packets == 5
-    assert left_after[out_sa.spi].bytes - out_sa.bytes == 5 * 84
-    assert left_after[in_sa.spi].packets - in_sa.packets == 5
+    # 5 + 2 echo requests out and as many replies in, 84-octet inner IPv4 packets each
+    assert left_after[out_sa.spi].packets - out_sa.packets == 7
+    assert left_after[out_sa.spi].bytes - out_sa.bytes == 7 * 84
+    assert left_after[in_sa.spi].packets - in_sa.packets == 7
     # the right side decrypted our requests with its inbound SA and encrypted its replies
     assert right_after[out_sa.spi].packets == left_after[out_sa.spi].packets
     assert right_after[in_sa.spi].packets == left_after[in_sa.spi].packets
@@ -102,6 +110,8 @@ def test_daemon_pair_tunnel_ping_and_delete(
     for gw in (pair.left, pair.right):
         assert xfrm_states(gw.netns) == [], gw.netns
         assert "tmpl" not in gw.run("ip", "xfrm", "policy")
+        assert gw.run("ip", "route", "show", "table", "220") == ""
+        assert "lookup 220" not in gw.run("ip", "rule", "show")
     assert not left.errors(), left.tail()
     assert not right.errors(), right.tail()
     step("deleted")

@@ -211,6 +211,11 @@ class DaemonConf(_Strict):
     ike_port: int = 500
     nat_port: int = 4500
     cookie_threshold: int = 200
+    # Policy-based tunnels: route each remote selector in this table, looked up by an
+    # `ip rule` at this priority (strongSwan's 220/220); read at start only.
+    install_routes: bool = True
+    route_table: int = Field(default=220, ge=1, le=2**32 - 1)
+    route_priority: int = Field(default=220, ge=0, le=2**32 - 1)
     connections: dict[str, ConnectionConf] = Field(default_factory=dict)
 
 

@@ -18,14 +18,14 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from xfrmctl import __version__
 from xfrmctl.ike import persist, ts
-from xfrmctl.ike.config import IkeConfig
+from xfrmctl.ike.config import IkeConfig, Mode
 from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import (
@@ -40,6 +40,7 @@ from xfrmctl.ike.events import (
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
+from xfrmctl.ike.payloads import TrafficSelector
 from xfrmctl.ike.proposals import Suite
 from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
@@ -77,6 +78,7 @@ from .ports import (
     Traffic,
     UnknownTarget,
 )
+from .routes import PolicyRoutes
 from .state import StateFile, child_from_dict, child_to_dict
 
 log = logging.getLogger("xfrmctl.daemon")
@@ -97,6 +99,16 @@ class ChildRecord:
     installed_at: float
     state: str = "INSTALLED"
     in_kernel: bool = False  # install_child succeeded: there is something to remove
+
+
+@dataclass(frozen=True, slots=True)
+class _TrapChild:
+    name: str
+    conf: cf.ChildConf
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    local: str
+    remote: str
 
 
 @dataclass(slots=True)
@@ -135,6 +147,9 @@ class Controller:
                  links: KernelLinks | None = None) -> None:
         self.conf = conf
         self.links = links  # route-based children need it (XFRM interfaces, VTIs)
+        # policy-based tunnels: routes to the remote selectors (table 220)
+        self.routes = PolicyRoutes(links, conf.route_table, conf.route_priority) \
+            if links is not None and conf.install_routes else None
         self.state = state  # set: SAs are saved, and a restart keeps the tunnels
         self._dirty = False
         self.kernel = kernel
@@ -247,6 +262,8 @@ class Controller:
         for record in self.connections.values():
             await self._remove_traps(record)
             await self._remove_links(record)
+        if self.routes is not None:
+            await self.routes.close()
         if self.state is not None:
             self.state.clear()
         await self._cancel_tasks()
@@ -498,6 +515,9 @@ class Controller:
             else:
                 self._install_failed(child, error)
         self.install_seconds += elapsed
+        for child in batch:
+            if child.in_kernel:
+                await self._hold_child_routes(child)
 
     def _install_failed(self, child: ChildRecord, exc: KernelError) -> None:
         """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone."""
@@ -515,21 +535,48 @@ class Controller:
             await self.kernel.remove_child(child.install)
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
+        if self.routes is not None:
+            await self.routes.release(child.event.spi_in)
 
-    def _trap_specs(self, record: ConnectionRecord) -> list[PolicySpec]:
+    async def _hold_child_routes(self, child: ChildRecord) -> None:
+        event = child.event
+        record = self.connections.get(event.connection)
+        conf = record.conf.children.get(event.child) if record else None
+        if conf is None or conf.interface_kind is not None or event.mode is not Mode.TUNNEL:
+            return  # route-based (its interface has the routes) or transport
+        vip = self._vips.get(event.ike_sa)
+        await self._hold_routes(event.spi_in, event.local_ts, event.remote_ts,
+                                event.remote[0], vip.split("/")[0] if vip else None)
+
+    async def _hold_routes(self, owner: object, local_ts: Sequence[TrafficSelector],
+                           remote_ts: Sequence[TrafficSelector], peer: str,
+                           vip: str | None = None) -> None:
+        """Routes are a convenience: a failure is logged, the SAs stay."""
+        if self.routes is None:
+            return
+        try:
+            routes = await self.routes.plan(local_ts, remote_ts, peer, vip)
+            await self.routes.hold(owner, routes)
+        except KernelError as exc:
+            log.warning("routes to %s: %s", ", ".join(map(ts.format_ts, remote_ts)), exc)
+
+    def _trap_children(self, record: ConnectionRecord) -> Iterator[_TrapChild]:
+        """The configured children with the selectors their trap policies hold."""
         conf = record.conf
         if not conf.remote_addrs or not conf.local_addrs:
-            return []
+            return
         local, remote = conf.local_addrs[0], conf.remote_addrs[0]
-        specs = []
         for name, child in conf.children.items():
             local_ts = tuple(ts.parse(t) for t in child.local_ts) or \
                 (ts.from_address(ipaddress.ip_address(local)),)
             remote_ts = tuple(ts.parse(t) for t in child.remote_ts) or \
                 (ts.from_address(ipaddress.ip_address(remote)),)
-            specs += trap_policies(local_ts, remote_ts, local, remote, child,
-                                   self.reqid(record.name, name))
-        return specs
+            yield _TrapChild(name, child, local_ts, remote_ts, local, remote)
+
+    def _trap_specs(self, record: ConnectionRecord) -> list[PolicySpec]:
+        return [spec for t in self._trap_children(record)
+                for spec in trap_policies(t.local_ts, t.remote_ts, t.local, t.remote, t.conf,
+                                          self.reqid(record.name, t.name))]
 
     async def _install_traps(self, record: ConnectionRecord) -> None:
         if record.traps:
@@ -542,12 +589,23 @@ class Controller:
                 log.error("trap policy for %s: %s", record.name, exc)
         if record.traps and record.state is ConnectionState.DOWN:
             self._set_state(record, ConnectionState.TRAPPED, None)
+        await self._hold_trap_routes(record)
+
+    async def _hold_trap_routes(self, record: ConnectionRecord) -> None:
+        """A trap's first packet needs a route to reach its policy."""
+        for trap in self._trap_children(record):
+            if trap.conf.interface_kind is None and trap.conf.mode is Mode.TUNNEL:
+                await self._hold_routes(("trap", record.name, trap.name), trap.local_ts,
+                                        trap.remote_ts, trap.remote)
 
     async def _remove_traps(self, record: ConnectionRecord) -> None:
         for policy in record.traps:
             with contextlib.suppress(KernelError):
                 await self.kernel.remove_policy(policy)
         record.traps = []
+        if self.routes is not None:
+            for name in record.conf.children:
+                await self.routes.release(("trap", record.name, name))
 
     async def _keepalive_loop(self) -> None:
         """Behind a NAT, keep its UDP mapping open for the peer (one 0xFF octet on 4500)."""
@@ -816,6 +874,8 @@ class Controller:
         for record in self.connections.values():
             await self._adopt_traps(record)
         removed = await self.kernel.remove_orphans(kept)
+        for child in list(self.children.values()):
+            await self._hold_child_routes(child)  # kept in the kernel: counted again
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
                  len(self.manager.all()), len(self.children), *removed)
         self._flush()
@@ -867,6 +927,7 @@ class Controller:
                 record.traps.append(policy)
         if record.traps:
             self._set_state(record, ConnectionState.TRAPPED, None)
+            await self._hold_trap_routes(record)
 
     # ----------------------------------------------------------------- read-only views
 

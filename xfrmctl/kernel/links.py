@@ -8,8 +8,9 @@ policies carrying the same if_id (XFRM interface) or mark (VTI).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_interface
+from ipaddress import IPv4Address, ip_address, ip_interface
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -33,6 +34,26 @@ class VtiDevice:
     ikey: int
     okey: int
     underlay: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route in `table` (main is 254): to `dst`, by `oif`, via `gateway`, from `src`."""
+
+    dst: IPNetwork
+    oif: int
+    gateway: str | None = None
+    src: str | None = None
+    table: int = 254
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """How the kernel reaches an address: the device, and the gateway if not on-link."""
+
+    oif: int
+    gateway: str | None
+    src: str | None
 
 
 class KernelLinks:
@@ -131,3 +152,48 @@ class KernelLinks:
             "ikey": info.get("IFLA_VTI_IKEY") if hasattr(info, "get") else None,
             "okey": info.get("IFLA_VTI_OKEY") if hasattr(info, "get") else None,
         }
+
+    async def next_hop(self, address: str) -> NextHop:
+        """The kernel's route to `address` (as `ip route get`)."""
+        msgs = await self._call("get route", address, "route", "get", dst=address)
+        msg = msgs[0]
+        return NextHop(int(msg.get("RTA_OIF")), msg.get("RTA_GATEWAY"), msg.get("RTA_PREFSRC"))
+
+    async def addresses(self) -> list[str]:
+        """Every address on this namespace's links (no prefix)."""
+        msgs = await self._call("list addresses", "*", "addr", "dump")
+        return [str(m.get("IFA_ADDRESS")) async for m in msgs]
+
+    async def replace_route(self, route: Route) -> None:
+        extra: dict[str, Any] = {}
+        if route.gateway:
+            extra["gateway"] = route.gateway
+        if route.src:
+            extra["prefsrc"] = route.src
+        await self._call("replace route", _describe(route), "route", "replace",
+                         dst=str(route.dst), oif=route.oif, table=route.table, **extra)
+
+    async def remove_route(self, route: Route) -> None:
+        await self._call("delete route", _describe(route), "route", "del",
+                         dst=str(route.dst), oif=route.oif, table=route.table)
+
+    async def add_rule(self, table: int, priority: int, version: int) -> None:
+        """`ip rule add priority P table T` for IPv4 (4) or IPv6 (6)."""
+        await self._call("add rule", f"priority {priority} table {table}", "rule", "add",
+                         table=table, priority=priority, family=_FAMILY[version])
+
+    async def delete_rule(self, table: int, priority: int, version: int) -> None:
+        await self._call("delete rule", f"priority {priority} table {table}", "rule", "del",
+                         table=table, priority=priority, family=_FAMILY[version])
+
+
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _describe(route: Route) -> str:
+    via = f" via {route.gateway}" if route.gateway else ""
+    return f"{route.dst}{via} table {route.table}"
+
+
+def version_of(address: str) -> int:
+    return ip_address(address).version
