@@ -19,6 +19,10 @@ so a file is also an import format for the API. Example (YAML):
             remote_ts: [203.0.113.0/24]
             esp_proposals: aes128gcm16-x25519
 
+Top-level keys besides `connections`: `listen`, `ike_port`, `nat_port`,
+`cookie_threshold`, and `install_routes` / `route_table` / `route_priority` (routes of
+policy-based tunnels, default on, table and rule priority 220; see daemon/routes.py).
+
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
 Two ways to run the daemon:
