@@ -16,11 +16,12 @@ NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"
 
 
 async def _pair(conn_a: cf.ConnectionConf, conn_b: cf.ConnectionConf,
-                links_a: FakeLinks, **daemon: object) -> Gateways:
+                links_a: FakeLinks, links_b: FakeLinks | None = None,
+                **daemon: object) -> Gateways:
     ka, kb = FakeKernel(), FakeKernel()
     a = Controller(cf.DaemonConf(connections={"b": conn_a}, **daemon), ka,  # type: ignore[arg-type]
                    links=links_a)  # type: ignore[arg-type]
-    b = Controller(cf.DaemonConf(connections={"a": conn_b}), kb)
+    b = Controller(cf.DaemonConf(connections={"a": conn_b}), kb, links=links_b)  # type: ignore[arg-type]
     _wire(a, b)
     _wire(b, a)
     gw = Gateways(a, b, ka, kb)

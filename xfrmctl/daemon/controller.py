@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import secrets
@@ -37,6 +38,7 @@ from xfrmctl.ike.events import (
     IkeSaRekeyed,
     IkeSaUp,
     NegotiationFailed,
+    PeerMoved,
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
@@ -58,6 +60,7 @@ from xfrmctl.kernel.types import (
     SaSpec,
 )
 from xfrmctl.kernel.types import Counters as KernelCounters
+from xfrmctl.kernel.types import Mapping as KernelMapping
 
 from . import conf as cf
 from .install import build_child, interface_mtu, trap_policies
@@ -684,6 +687,40 @@ class Controller:
             self._on_expire(event)
         elif isinstance(event, Acquire):
             self._on_acquire(event)
+        elif isinstance(event, KernelMapping):
+            self._on_mapping(event)
+
+    def _on_mapping(self, event: KernelMapping) -> None:
+        """ESP-in-UDP from the peer arrived from a new address or port (its NAT rebound):
+        the IKE SA follows when the peer is behind a NAT and we are not."""
+        child = self.children.get(event.sa.spi)
+        sa = self.manager.get(child.event.ike_sa) if child is not None else None
+        if sa is None:
+            return
+        moved = (str(event.new_src), event.new_sport)
+        if moved != sa.remote:
+            self.manager.act(sa, lambda s: s.peer_moved(moved))
+            self._flush()
+
+    def _on_peer_moved(self, event: PeerMoved) -> None:
+        for child in [c for c in self.children.values() if c.event.ike_sa == event.ike_sa]:
+            self._queue_job(functools.partial(self._move_child, child, event.new))
+
+    async def _move_child(self, child: ChildRecord, remote: Endpoint) -> None:
+        """Re-address a CHILD_SA's SAs and policies to the peer's new endpoint."""
+        record = self.connections.get(child.event.connection)
+        conf = record.conf.children.get(child.event.child) if record else None
+        if conf is None or not child.in_kernel or child.event.remote == remote:
+            return
+        event = replace(child.event, remote=remote)
+        install = build_child(event, conf, child.reqid)
+        try:
+            await self.kernel.move_child(child.install, install)
+        except KernelError as exc:
+            log.error("moving CHILD_SA %s to %s:%d: %s", event.child, *remote, exc)
+            return
+        child.event, child.install = event, install
+        await self._hold_child_routes(child)  # now via the peer's new address
 
     def _on_expire(self, event: Expire) -> None:
         child = self._child_by_sa(event.sa.spi)
@@ -1094,6 +1131,7 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     ChildSaNegotiated: Controller._on_child,
     ChildSaDeleted: Controller._on_child_deleted,
     VirtualIpAssigned: Controller._on_vip,
+    PeerMoved: Controller._on_peer_moved,
 }
 
 

@@ -130,5 +130,15 @@ class VirtualIpAssigned:
     to_peer: bool  # True: we (responder) gave it; False: the peer gave it to us
 
 
+@dataclass(frozen=True, slots=True)
+class PeerMoved:
+    """The peer's address or port changed (a NAT rebinding): its CHILD_SAs must follow."""
+
+    ike_sa: int
+    connection: str
+    old: Endpoint
+    new: Endpoint
+
+
 Event = (IkeSaUp | IkeSaRekeyed | IkeSaDown | ChildSaNegotiated | ChildSaDeleted
-         | NegotiationFailed | VirtualIpAssigned)
+         | NegotiationFailed | VirtualIpAssigned | PeerMoved)

@@ -80,6 +80,7 @@ from .events import (
     IkeSaRekeyed,
     IkeSaUp,
     NegotiationFailed,
+    PeerMoved,
     VirtualIpAssigned,
 )
 from .fragment import Reassembler, encode_fragments
@@ -566,7 +567,22 @@ class IkeSa:
         # Follow the peer's port when NAT moves it (RFC 7296 2.23) once the SA is keyed.
         if self._cipher_in is not None and msg.protected is not None and remote != self.remote \
                 and (self.nat_remote or remote[0] == self.remote[0]):
-            self.remote, self.local = remote, local
+            self.local = local
+            self._move_peer(remote)
+
+    def peer_moved(self, remote: Endpoint) -> bool:
+        """The kernel saw the peer's ESP-in-UDP arrive from `remote` (a NAT MAPPING).
+        Followed only when the peer is behind a NAT and we are not (as strongSwan does):
+        returns whether the SA took the new address."""
+        if not self.nat_remote or self.nat_local or self.state is not IkeState.ESTABLISHED:
+            return False
+        self._move_peer(remote)
+        return True
+
+    def _move_peer(self, remote: Endpoint) -> None:
+        old, self.remote = self.remote, remote
+        if old != remote and self.state is IkeState.ESTABLISHED:
+            self._events.append(PeerMoved(self.id, self.name, old, remote))
 
     def _on_bad_message(self, data: bytes, exc: ProtocolError, now: float) -> None:
         """Answer a malformed request with the notify the RFC asks for; ignore the rest.

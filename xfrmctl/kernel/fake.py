@@ -128,7 +128,13 @@ class FakeKernel(KernelIPsec):
     def _store_sa(self, sa: SaSpec, kind: str) -> int:
         code = _check_sa(sa)
         if code == 0:
-            self.sas[_sa_key(sa.id)] = _Sa(replace(sa, selector=sa.effective_selector()), self.now)
+            spec = replace(sa, selector=sa.effective_selector())
+            old = self.sas.get(_sa_key(sa.id))
+            if kind == "update" and old is not None and not old.larval:
+                # UPDSA keeps the SA's state (counters, sequence numbers), as the kernel
+                self.sas[_sa_key(sa.id)] = replace(old, spec=spec)
+            else:
+                self.sas[_sa_key(sa.id)] = _Sa(spec, self.now)
             self._queue.put_nowait(SaNotify(kind, sa.id, sa.reqid))
         return code
 

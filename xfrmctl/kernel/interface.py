@@ -20,10 +20,11 @@ once, so both behave the same:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from .types import (
@@ -283,6 +284,49 @@ class KernelIPsec(ABC):
         attempted; the first failure is raised afterwards."""
         await self.remove_children([child])
 
+    async def move_child(self, old: ChildInstall, new: ChildInstall) -> None:
+        """Re-address an installed CHILD_SA (the peer's NAT mapping moved): the same SPIs,
+        keys and reqid, to the peer's new address or port. Sequence numbers and counters
+        carry over. The new outbound SA is in place before the policies point to it; the
+        inbound SA (same destination and SPI) is replaced in one batch. On failure the
+        old CHILD_SA stays as it was."""
+        if old.outbound.id == new.outbound.id:  # only the port moved: update in place
+            await self._run([_Step(Op(OpKind.UPDATE_SA, new.outbound), None),
+                             _Step(Op(OpKind.UPDATE_SA, new.inbound), None)])
+            return
+        out_ae, in_ae = await self.get_ae(old.outbound.id), await self.get_ae(old.inbound.id)
+        await self._run([self._add_sa_step(new.outbound)])
+        try:
+            # packets the old SA sends until the switch must not reuse a sequence number
+            await self.set_ae(new.outbound.id, _advance(out_ae.replay, OSEQ_MARGIN),
+                              out_ae.lifetime)
+            steps = self._repoint_policy_steps(old.policies, new.policies)
+            steps += [_Step(Op(OpKind.DELETE_SA, old.outbound.id), None),
+                      _Step(Op(OpKind.DELETE_SA, old.inbound.id),
+                            Op(OpKind.ADD_SA, old.inbound)),
+                      _Step(Op(OpKind.ADD_SA, new.inbound), None)]
+            await self._run(steps)
+        except KernelError:
+            await self._execute([Op(OpKind.DELETE_SA, new.outbound.id)])
+            raise
+        self._swap_policy_refs(old.policies, new.policies)
+        with contextlib.suppress(KernelError):  # a fresh replay window is still safe
+            await self.set_ae(new.inbound.id, in_ae.replay, in_ae.lifetime)
+
+    def _repoint_policy_steps(self, old: Sequence[PolicySpec], new: Sequence[PolicySpec]
+                              ) -> list[_Step]:
+        """The policy updates a move needs: where `old`'s reference is the installed one
+        (the last holder of its key), the kernel gets `new`'s templates."""
+        return [_Step(Op(OpKind.UPDATE_POLICY, after), Op(OpKind.UPDATE_POLICY, before))
+                for before, after in zip(old, new, strict=True)
+                if self._policy_refs.get(before.key, [None])[-1] == before]
+
+    def _swap_policy_refs(self, old: Sequence[PolicySpec], new: Sequence[PolicySpec]) -> None:
+        for before, after in zip(old, new, strict=True):
+            refs = self._policy_refs.get(before.key, [])
+            if before in refs:
+                refs[refs.index(before)] = after
+
     # --- taking state back after a daemon restart -------------------------------------
 
     def adopt_policy(self, policy: PolicySpec) -> None:
@@ -397,6 +441,17 @@ class KernelIPsec(ABC):
         if failures:
             step, (code, detail) = failures[0]
             raise step.op.error(code, detail)
+
+
+OSEQ_MARGIN = 1024  # sequence numbers skipped when an outbound SA is re-addressed
+
+
+def _advance(replay: ReplayState, by: int) -> ReplayState:
+    """The replay state with the outbound sequence number `by` further on (ESN: 64 bits)."""
+    oseq = (replay.oseq_hi << 32 | replay.oseq) + by
+    if not replay.replay_window:  # legacy 32-bit format
+        return replace(replay, oseq=min(oseq, 0xFFFFFFFF))
+    return replace(replay, oseq=oseq & 0xFFFFFFFF, oseq_hi=oseq >> 32)
 
 
 def _already_gone(op: Op, code: int) -> bool:

@@ -18,6 +18,7 @@ from xfrmctl.ike.events import (
     IkeSaRekeyed,
     IkeSaUp,
     NegotiationFailed,
+    PeerMoved,
     VirtualIpAssigned,
 )
 from xfrmctl.ike.message import parse_header
@@ -358,6 +359,29 @@ def test_forced_encapsulation_moves_ike_to_4500() -> None:
     assert ca.remote == (ADDR_B, 4500) and cb.remote == (ADDR_A, 4500)
     auth = [d for _, d in pair.wire if parse_header(d.data).exchange == ExchangeType.IKE_AUTH]
     assert all(d.remote[1] == 4500 for d in auth)
+
+
+def test_natted_peer_follows_its_new_mapping() -> None:
+    """An authenticated request from the NATed peer's new port moves the IKE SA (and says
+    so, for its CHILD_SAs); a kernel MAPPING moves it only where the peer is NATed."""
+    lan = child()
+    pair = make_pair(psk_config(children=(lan,), force_encap=True),
+                     psk_config(children=(mirrored(lan),)))
+    up(pair)
+    sa_a, sa_b = pair.a.all()[0], pair.b.all()[0]
+    assert sa_b.nat_remote and not sa_b.nat_local
+    pair.a.act(sa_a, lambda sa: sa.liveness_check(pair.now))
+    for d in pair.a.datagrams_to_send():  # the NAT rebinds: A now appears at port 40000
+        pair.b.receive_datagram(d.data, d.local, (ADDR_A, 40000), pair.now)
+    pair.pump()
+    (moved,) = pair.of("b", PeerMoved)
+    assert (moved.old, moved.new) == ((ADDR_A, 4500), (ADDR_A, 40000))
+    assert sa_b.remote == (ADDR_A, 40000)
+    side, answer = pair.wire[-1]  # B's DPD answer went to the new mapping
+    assert side == "b" and answer.remote == (ADDR_A, 40000)
+    # B's kernel saw ESP from yet another address: B follows; A (NATed itself) does not
+    assert sa_b.peer_moved(("192.0.2.11", 40001)) and sa_b.remote == ("192.0.2.11", 40001)
+    assert not sa_a.peer_moved(("192.0.2.12", 4500)) and sa_a.remote == (ADDR_B, 4500)
 
 
 def test_large_messages_are_fragmented() -> None:

@@ -16,12 +16,13 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from xfrmctl.kernel.fake import FakeKernel
-from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.kernel.interface import OSEQ_MARGIN, KernelIPsec
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Action,
     Algorithm,
     ChildInstall,
+    Counters,
     Direction,
     Encap,
     KernelError,
@@ -31,6 +32,7 @@ from xfrmctl.kernel.types import (
     Mode,
     PolicyNotify,
     PolicySpec,
+    ReplayState,
     SaSpec,
     Selector,
     SpdThresholds,
@@ -341,3 +343,42 @@ async def test_children_sharing_policies_in_one_batch(env: KernelEnv) -> None:
     await env.kernel.remove_child(new)
     assert await env.kernel.dump_policies() == []
     assert await env.kernel.dump_sas() == []
+
+
+def natted_child(spi_in: int, spi_out: int, peer: A, port: int) -> ChildInstall:  # type: ignore[valid-type]
+    """`child` with the peer at `peer`:`port` behind a NAT (ESP in UDP)."""
+    c = child(spi_in, spi_out)
+    templates = {Direction.OUT: Template(c.outbound.reqid, src=LEFT, dst=peer),
+                 Direction.IN: Template(c.inbound.reqid, src=peer, dst=LEFT),
+                 Direction.FWD: Template(c.inbound.reqid, src=peer, dst=LEFT)}
+    return ChildInstall(
+        inbound=replace(c.inbound, src=peer, encap=Encap(port, 4500)),
+        outbound=replace(c.outbound, dst=peer, encap=Encap(4500, port)),
+        policies=tuple(replace(p, templates=(templates[p.direction],)) for p in c.policies),
+    )  # fmt: skip
+
+
+async def test_move_child_to_the_peers_new_mapping(env: KernelEnv) -> None:
+    env.require_esp()
+    old = natted_child(0xC0000061, 0xC0000062, RIGHT, 4500)
+    await env.kernel.install_child(old)
+    await env.kernel.set_ae(old.outbound.id, ReplayState(oseq=77), Counters(1000, 10))
+    new = natted_child(0xC0000061, 0xC0000062, A("192.0.2.12"), 40000)
+    await env.kernel.move_child(old, new)
+    sas = {s.spec.spi: s.spec for s in await env.kernel.dump_sas()}
+    assert (sas[0xC0000062].dst, sas[0xC0000062].encap) == (new.outbound.dst, Encap(4500, 40000))
+    assert (sas[0xC0000061].src, sas[0xC0000061].encap) == (new.inbound.src, Encap(40000, 4500))
+    assert len(sas) == 2
+    out_ae = await env.kernel.get_ae(new.outbound.id)
+    assert out_ae.replay.oseq == 77 + OSEQ_MARGIN and out_ae.lifetime.packets == 10
+    policies = {p.spec.direction: p.spec for p in await env.kernel.dump_policies()}
+    assert policies[Direction.OUT].templates[0].dst == new.outbound.dst
+    assert policies[Direction.IN].templates[0].src == new.inbound.src
+    # only the port moves next: the SAs are updated in place
+    newer = natted_child(0xC0000061, 0xC0000062, A("192.0.2.12"), 40001)
+    await env.kernel.move_child(new, newer)
+    sas = {s.spec.spi: s.spec for s in await env.kernel.dump_sas()}
+    assert sas[0xC0000062].encap == Encap(4500, 40001)
+    assert (await env.kernel.get_ae(newer.outbound.id)).replay.oseq == 77 + OSEQ_MARGIN
+    await env.kernel.remove_child(newer)  # the moved references release cleanly
+    assert await env.kernel.dump_sas() == [] and await env.kernel.dump_policies() == []
