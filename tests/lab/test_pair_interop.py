@@ -1,0 +1,185 @@
+"""xfrmctl against xfrmctl on a real kernel: the interop cases of interop_common.py (run
+against strongSwan by test_interop_strongswan.py) with a second xfrmctl daemon as the
+right-hand peer, ping through ESP every time.
+
+    ns "pl" (our daemon, left)                      ns "pr" (the peer daemon, right)
+    198.51.100.0/24 == ESP 192.0.2.1 <----------> 192.0.2.2 == 203.0.113.0/24
+
+One gateway pair and two daemons for the module, started in parallel (a cold start costs
+minutes under TCG). Each case reloads both (SIGHUP) with only its own connection, under a
+fresh name, the responder first: the initiator (``start_action: start``) starts at its
+reload. The peer acts through its configuration alone: it rekeys a CHILD_SA or its IKE_SA
+by its shorter timers, and deletes when reloaded without the connection. Every case
+checks that both daemons agree on the SPIs and selectors, pings with exact counters on
+both SAs in both kernels, and ends with both kernels empty and no error in either log.
+A failing case keeps both logs in ``<results>/pair-interop-logs/<case>/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.lab.conftest import GatewayPair
+from tests.lab.interop_common import (
+    CASES,
+    CHILD_REKEY,
+    IKE_REKEY,
+    POOL,
+    Case,
+    check_traffic,
+    failed_case_logs,
+    ip_in,
+    log_size,
+    rekey_child_while_pinging,
+    rekey_ike_while_pinging,
+    routed_pair,
+    save_logs,
+    until,
+    wait_child_deleted,
+    wait_clean,
+    write_credentials,
+    xfrmctl_conf,
+)
+from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, daemon_conf, wait_installed
+
+
+@dataclass
+class Lab:
+    pair: GatewayPair
+    left: XfrmctlDaemon  # ours
+    right: XfrmctlDaemon  # the peer
+    credentials: Path
+    results: Path
+    names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def empty(self, right: bool) -> dict[str, object]:
+        """A configuration of the left (or right) daemon without connections."""
+        return daemon_conf([(self.pair.right if right else self.pair.left).outer], {})
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator[Lab]:
+    work = tmp_path_factory.mktemp("pair-interop")
+    write_credentials(work / "credentials")
+    with routed_pair("pi") as pair:
+        left = XfrmctlDaemon(pair.left.netns, work / "left", daemon_conf([pair.left.outer], {}))
+        right = XfrmctlDaemon(pair.right.netns, work / "right",
+                              daemon_conf([pair.right.outer], {}))
+        try:
+            left.start(wait=False)  # both cold starts at once
+            right.start(wait=False)
+            left.wait_ready()
+            right.wait_ready()
+            yield Lab(pair, left, right, work / "credentials", lab_results)
+        finally:
+            right.stop()
+            left.stop()
+
+
+@pytest.fixture
+def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
+    marks = log_size(lab.left.log_path), log_size(lab.right.log_path)
+    yield
+    dest = failed_case_logs(request, lab.results, "pair-interop-logs")
+    if dest is not None:
+        save_logs(dest, [(lab.left.log_path, marks[0], "left.log"),
+                         (lab.right.log_path, marks[1], "right.log")],
+                  [(lab.left.config_path, "left.yaml"), (lab.right.config_path, "right.yaml")])
+        # leave nothing up for the next case
+        for daemon, right in ((lab.left, False), (lab.right, True)):
+            if daemon.running:
+                daemon.reload(lab.empty(right))
+
+
+def assert_mirrored(ours: Event, theirs: Event) -> None:
+    """Both ends of one CHILD_SA: SPIs and selectors crossed, same mode and suite."""
+    assert (ours["spi_in"], ours["spi_out"]) == (theirs["spi_out"], theirs["spi_in"])
+    assert (ours["local_ts"], ours["remote_ts"]) == (theirs["remote_ts"], theirs["local_ts"])
+    assert ours["initiator"] is not theirs["initiator"]
+    for key in ("mode", "suite", "encap"):
+        assert ours[key] == theirs[key], (key, ours, theirs)
+
+
+def lo_addresses(lab: Lab) -> str:
+    return lab.pair.right.run("ip", "-o", "addr", "show", "dev", "lo")
+
+
+def wait_lo(lab: Lab, vip: str, present: bool, timeout: float = 30) -> None:
+    """The client's virtual IP on (or off) its loopback device: the daemon's job queue."""
+    deadline = time.monotonic() + timeout
+    while (f" {vip}/32 " in lo_addresses(lab)) is not present:
+        assert time.monotonic() < deadline, (vip, present, lo_addresses(lab))
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_pair_interop(lab: Lab, case: Case, keep_logs: None) -> None:
+    name = f"p{next(lab.names)}"
+    pair, left, right = lab.pair, lab.left, lab.right
+    marks = left.mark(), right.mark()
+    # the responder first: the initiator negotiates as soon as it has the connection
+    confs = [(left, xfrmctl_conf(pair, case, name, lab.credentials)),
+             (right, xfrmctl_conf(pair, case, name, lab.credentials, right=True))]
+    for daemon, conf in confs if not case.we_initiate else reversed(confs):
+        daemon.reload(conf)
+
+    up = left.wait_event("IkeSaUp", 120, marks[0], connection=name)
+    peer_up = right.wait_event("IkeSaUp", 120, marks[1], connection=name)
+    assert up["initiator"] is case.we_initiate and peer_up["initiator"] is not case.we_initiate
+    assert (up["spi_i"], up["spi_r"]) == (peer_up["spi_i"], peer_up["spi_r"])
+    event = wait_installed(left, marks[0], connection=name)
+    installed = time.monotonic()  # the rekey timers run from about here
+    peer_event = wait_installed(right, marks[1], connection=name)
+    assert_mirrored(event, peer_event)
+    assert event["mode"] == case.mode and event["encap"] is case.encap
+    if not case.encap:
+        assert (up["nat_local"], up["nat_remote"]) == (False, False), up
+    if case.narrow:  # we proposed the /24s, the peer narrowed to its /32s
+        assert event["local_ts"] == [f"{pair.left.inner}/32"]
+        assert event["remote_ts"] == [f"{pair.right.inner}/32"]
+    vip = None
+    if case.vip:
+        vip = peer_up["virtual_ip"]
+        assert vip and ip_in(vip, POOL), peer_up
+        assert up["virtual_ip"] == vip
+        left.wait_event("VirtualIpAssigned", 30, marks[0], address=vip, to_peer=True)
+        right.wait_event("VirtualIpAssigned", 30, marks[1], address=vip, to_peer=False)
+        assert event["remote_ts"] == [f"{vip}/32"]
+        wait_lo(lab, vip, present=True)
+    check_traffic(pair, case, event, vip)
+
+    if case.peer_rekeys_child:
+        event = rekey_child_while_pinging(pair, case, left, event, vip, marks[0],
+                                          by_peer=True, seconds=until(installed, CHILD_REKEY))
+        peer_event = wait_installed(right, marks[1], rekey_of=int(peer_event["spi_in"]))
+        assert_mirrored(event, peer_event)
+    if case.peer_rekeys_ike:
+        rekeyed = rekey_ike_while_pinging(pair, case, left, event, vip,
+                                          seconds=until(installed, IKE_REKEY))
+        peer_rekeyed = right.wait_event("IkeSaRekeyed", 30, marks[1])
+        assert (rekeyed["new_spi_i"], rekeyed["new_spi_r"]) == (
+            peer_rekeyed["new_spi_i"], peer_rekeyed["new_spi_r"])
+    if case.we_rekey:
+        event = rekey_child_while_pinging(pair, case, left, event, vip, marks[0],
+                                          by_peer=False, seconds=until(installed, IKE_REKEY))
+        peer_event = wait_installed(right, marks[1], rekey_of=int(peer_event["spi_in"]))
+        assert_mirrored(event, peer_event)
+        right.wait_event("IkeSaRekeyed", 30, marks[1])
+
+    deleter, other = (left, right) if case.delete_by_us else (right, left)
+    mark = other.mark()
+    deleter.reload(lab.empty(deleter is right))
+    other.wait_event("IkeSaDown", 60, mark, connection=name)
+    wait_child_deleted(left, marks[0], event)
+    wait_child_deleted(right, marks[1], peer_event)
+    wait_clean(pair)
+    if vip:
+        wait_lo(lab, vip, present=False)
+    assert not left.errors(marks[0]), left.tail()
+    assert not right.errors(marks[1]), right.tail()
