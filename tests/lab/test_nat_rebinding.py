@@ -5,8 +5,8 @@ CHILD_SA's SAs and policies to it, keeping SPIs and sequence numbers, and routes
 inside subnet via the new address. Ping through ESP before and after.
 
     ns C (charon)                ns N (NAT)                         ns X (xfrmctl)
-    inner 198.51.100.1/24        ni .129/26   no .193/26 -> .195    inner 203.0.113.1/24
-    ci 192.0.2.130/26 <------->  masquerade out of "no"  <-------->  xo 192.0.2.194/26
+    inner 198.51.100.1/24        nin .129/26  nout .193/26 -> .195    inner 203.0.113.1/24
+    ci 192.0.2.130/26 <------->  masquerade out of "nout"  <-------->  xo 192.0.2.194/26
 """
 
 from __future__ import annotations
@@ -54,22 +54,22 @@ def _make(prefix: str) -> Topology:
     topo = Topology(f"{prefix}c", f"{prefix}n", f"{prefix}x")
     for ns in (topo.charon, topo.nat, topo.ours):
         run("ip", "netns", "add", ns)
-    run("ip", "link", "add", "ci", "netns", topo.charon, "type", "veth", "peer", "name", "ni",
+    run("ip", "link", "add", "ci", "netns", topo.charon, "type", "veth", "peer", "name", "nin",
         "netns", topo.nat)
-    run("ip", "link", "add", "xo", "netns", topo.ours, "type", "veth", "peer", "name", "no",
+    run("ip", "link", "add", "xo", "netns", topo.ours, "type", "veth", "peer", "name", "nout",
         "netns", topo.nat)
     ip_batch(topo.charon, f"link set lo up\naddr add {C_OUTER}/26 dev ci\nlink set ci up\n"
              f"route add default via {NAT_IN}\nlink add inner type dummy\n"
              f"addr add {C_HOST}/24 dev inner\nlink set inner up\n")
-    ip_batch(topo.nat, f"link set lo up\naddr add {NAT_IN}/26 dev ni\nlink set ni up\n"
-             f"addr add {NAT_OUT}/26 dev no\nlink set no up\n")
+    ip_batch(topo.nat, f"link set lo up\naddr add {NAT_IN}/26 dev nin\nlink set nin up\n"
+             f"addr add {NAT_OUT}/26 dev nout\nlink set nout up\n")
     ip_batch(topo.ours, f"link set lo up\naddr add {X_OUTER}/26 dev xo\nlink set xo up\n"
              f"link add inner type dummy\naddr add {X_HOST}/24 dev inner\nlink set inner up\n")
     for ns in (topo.charon, topo.nat, topo.ours):
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=ns)
     subprocess.run(["ip", "netns", "exec", topo.nat, "nft", "-f", "-"], check=True, text=True,
                    input="table ip nat {\n chain post {\n  type nat hook postrouting "
-                         "priority srcnat;\n  oifname \"no\" masquerade\n }\n}\n")
+                         "priority srcnat;\n  oifname \"nout\" masquerade\n }\n}\n")
     return topo
 
 
@@ -123,7 +123,7 @@ def test_outside_gateway_follows_the_peers_new_nat_mapping(
     assert answered == 5, out
 
     # The NAT's outside address changes: masquerade forgets the old mappings.
-    ip_batch(topo.nat, f"addr del {NAT_OUT}/26 dev no\naddr add {NAT_OUT_NEW}/26 dev no\n")
+    ip_batch(topo.nat, f"addr del {NAT_OUT}/26 dev nout\naddr add {NAT_OUT_NEW}/26 dev nout\n")
     moved_mark = daemon.mark()
     answered, out = _ping(topo, 10)
     assert answered >= 8, out  # a reply or two may go to the old mapping before the move
