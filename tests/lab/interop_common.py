@@ -13,7 +13,7 @@ import ipaddress
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,28 +302,25 @@ def wait_child_deleted(daemon: XfrmctlDaemon, mark: int, event: Event) -> Event:
     return deleted
 
 
-def failed_case_logs(request: pytest.FixtureRequest, results: Path, folder: str
-                     ) -> Path | None:
-    """Where the case of ``request`` keeps its logs, if it failed (else None)."""
+def case_logs(request: pytest.FixtureRequest, results: Path, folder: str,
+              logs: Sequence[tuple[Path, str]], files: Sequence[tuple[Path, str]]
+              ) -> Generator[None, None, bool]:
+    """A log-keeping fixture's body (``failed = yield from case_logs(...)``): when the case
+    fails, what each of ``logs`` (path, name) got during it and a copy of each of
+    ``files`` go to ``<results>/<folder>/<case>/``. Returns whether the case failed."""
+    marks = [path.stat().st_size if path.exists() else 0 for path, _ in logs]
+    yield
     rep = getattr(request.node, "rep_call", None)
     if rep is None or not rep.failed:
-        return None
-    return results / folder / re.sub(r"[^\w.-]+", "_", request.node.name)
-
-
-def save_logs(dest: Path, logs: Sequence[tuple[Path, int, str]],
-              files: Sequence[tuple[Path, str]]) -> None:
-    """Copy each log of ``logs`` (path, offset, name) from its offset, and ``files``."""
+        return False
+    dest = results / folder / re.sub(r"[^\w.-]+", "_", request.node.name)
     dest.mkdir(parents=True, exist_ok=True)
-    for path, offset, name in logs:
+    for (path, name), mark in zip(logs, marks, strict=True):
         if path.exists():
             with open(path, "rb") as src:
-                src.seek(offset)
+                src.seek(mark)
                 (dest / name).write_bytes(src.read())
     for path, name in files:
         if path.exists():
             (dest / name).write_bytes(path.read_bytes())
-
-
-def log_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
+    return True

@@ -37,14 +37,12 @@ from tests.lab.interop_common import (
     PSK,
     RIGHT_ID,
     Case,
+    case_logs,
     check_traffic,
-    failed_case_logs,
     ip_in,
-    log_size,
     rekey_child_while_pinging,
     rekey_ike_while_pinging,
     routed_pair,
-    save_logs,
     until,
     wait_child_deleted,
     wait_clean,
@@ -139,15 +137,12 @@ def charon_vip(sas: list[SA]) -> str:
 
 @pytest.fixture
 def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
-    marks = log_size(lab.daemon.log_path), log_size(lab.charon.log_path)
-    yield
-    dest = failed_case_logs(request, lab.results, "interop-logs")
-    if dest is not None:
-        save_logs(dest, [(lab.daemon.log_path, marks[0], "xfrmctl.log"),
-                   (lab.charon.log_path, marks[1], "charon.log")],
-                  [(lab.daemon.config_path, "xfrmctl.yaml"),
-                   (lab.charon.swanctl_dir / "swanctl.conf", "swanctl.conf")])
-        # leave nothing up for the next case
+    failed = yield from case_logs(
+        request, lab.results, "interop-logs",
+        [(lab.daemon.log_path, "xfrmctl.log"), (lab.charon.log_path, "charon.log")],
+        [(lab.daemon.config_path, "xfrmctl.yaml"),
+         (lab.charon.swanctl_dir / "swanctl.conf", "swanctl.conf")])
+    if failed:  # leave nothing up for the next case
         for sa in lab.charon.list_sas():
             lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
 

@@ -25,27 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab import interop_common as common
 from tests.lab.conftest import GatewayPair
-from tests.lab.interop_common import (
-    CASES,
-    CHILD_REKEY,
-    IKE_REKEY,
-    POOL,
-    Case,
-    check_traffic,
-    failed_case_logs,
-    ip_in,
-    log_size,
-    rekey_child_while_pinging,
-    rekey_ike_while_pinging,
-    routed_pair,
-    save_logs,
-    until,
-    wait_child_deleted,
-    wait_clean,
-    write_credentials,
-    xfrmctl_conf,
-)
+from tests.lab.interop_common import CASES, Case
 from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, daemon_conf, wait_installed
 
 
@@ -58,6 +40,10 @@ class Lab:
     results: Path
     names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
+    @property
+    def both(self) -> tuple[XfrmctlDaemon, XfrmctlDaemon]:
+        return self.left, self.right
+
     def empty(self, right: bool) -> dict[str, object]:
         """A configuration of the left (or right) daemon without connections."""
         return daemon_conf([(self.pair.right if right else self.pair.left).outer], {})
@@ -66,8 +52,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("pair-interop")
-    write_credentials(work / "credentials")
-    with routed_pair("pi") as pair:
+    common.write_credentials(work / "credentials")
+    with common.routed_pair("pi") as pair:
         left = XfrmctlDaemon(pair.left.netns, work / "left", daemon_conf([pair.left.outer], {}))
         right = XfrmctlDaemon(pair.right.netns, work / "right",
                               daemon_conf([pair.right.outer], {}))
@@ -84,17 +70,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator
 
 @pytest.fixture
 def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
-    marks = log_size(lab.left.log_path), log_size(lab.right.log_path)
-    yield
-    dest = failed_case_logs(request, lab.results, "pair-interop-logs")
-    if dest is not None:
-        save_logs(dest, [(lab.left.log_path, marks[0], "left.log"),
-                         (lab.right.log_path, marks[1], "right.log")],
-                  [(lab.left.config_path, "left.yaml"), (lab.right.config_path, "right.yaml")])
-        # leave nothing up for the next case
-        for daemon, right in ((lab.left, False), (lab.right, True)):
+    failed = yield from common.case_logs(
+        request, lab.results, "pair-interop-logs",
+        [(lab.left.log_path, "left.log"), (lab.right.log_path, "right.log")],
+        [(lab.left.config_path, "left.yaml"), (lab.right.config_path, "right.yaml")])
+    if failed:  # leave nothing up for the next case
+        for daemon in lab.both:
             if daemon.running:
-                daemon.reload(lab.empty(right))
+                daemon.reload(lab.empty(daemon is lab.right))
 
 
 def assert_mirrored(ours: Event, theirs: Event) -> None:
@@ -121,11 +104,11 @@ def wait_lo(lab: Lab, vip: str, present: bool, timeout: float = 30) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_pair_interop(lab: Lab, case: Case, keep_logs: None) -> None:
     name = f"p{next(lab.names)}"
-    pair, left, right = lab.pair, lab.left, lab.right
+    pair, (left, right) = lab.pair, lab.both
     marks = left.mark(), right.mark()
     # the responder first: the initiator negotiates as soon as it has the connection
-    confs = [(left, xfrmctl_conf(pair, case, name, lab.credentials)),
-             (right, xfrmctl_conf(pair, case, name, lab.credentials, right=True))]
+    confs = [(left, common.xfrmctl_conf(pair, case, name, lab.credentials)),
+             (right, common.xfrmctl_conf(pair, case, name, lab.credentials, right=True))]
     for daemon, conf in confs if not case.we_initiate else reversed(confs):
         daemon.reload(conf)
 
@@ -146,40 +129,38 @@ def test_pair_interop(lab: Lab, case: Case, keep_logs: None) -> None:
     vip = None
     if case.vip:
         vip = peer_up["virtual_ip"]
-        assert vip and ip_in(vip, POOL), peer_up
+        assert vip and common.ip_in(vip, common.POOL), peer_up
         assert up["virtual_ip"] == vip
         left.wait_event("VirtualIpAssigned", 30, marks[0], address=vip, to_peer=True)
         right.wait_event("VirtualIpAssigned", 30, marks[1], address=vip, to_peer=False)
         assert event["remote_ts"] == [f"{vip}/32"]
         wait_lo(lab, vip, present=True)
-    check_traffic(pair, case, event, vip)
+    common.check_traffic(pair, case, event, vip)
 
-    if case.peer_rekeys_child:
-        event = rekey_child_while_pinging(pair, case, left, event, vip, marks[0],
-                                          by_peer=True, seconds=until(installed, CHILD_REKEY))
+    if case.peer_rekeys_child or case.we_rekey:  # by a timer: we rekey our IKE_SA next
+        timer = common.IKE_REKEY if case.we_rekey else common.CHILD_REKEY
+        event = common.rekey_child_while_pinging(
+            pair, case, left, event, vip, marks[0], by_peer=case.peer_rekeys_child,
+            seconds=common.until(installed, timer))
         peer_event = wait_installed(right, marks[1], rekey_of=int(peer_event["spi_in"]))
         assert_mirrored(event, peer_event)
     if case.peer_rekeys_ike:
-        rekeyed = rekey_ike_while_pinging(pair, case, left, event, vip,
-                                          seconds=until(installed, IKE_REKEY))
-        peer_rekeyed = right.wait_event("IkeSaRekeyed", 30, marks[1])
-        assert (rekeyed["new_spi_i"], rekeyed["new_spi_r"]) == (
-            peer_rekeyed["new_spi_i"], peer_rekeyed["new_spi_r"])
-    if case.we_rekey:
-        event = rekey_child_while_pinging(pair, case, left, event, vip, marks[0],
-                                          by_peer=False, seconds=until(installed, IKE_REKEY))
-        peer_event = wait_installed(right, marks[1], rekey_of=int(peer_event["spi_in"]))
-        assert_mirrored(event, peer_event)
-        right.wait_event("IkeSaRekeyed", 30, marks[1])
+        common.rekey_ike_while_pinging(pair, case, left, event, vip,
+                                       seconds=common.until(installed, common.IKE_REKEY))
+    if case.peer_rekeys_ike or case.we_rekey:  # both ends moved to the same new IKE_SA
+        ours, theirs = (daemon.wait_event("IkeSaRekeyed", 30, mark)
+                        for daemon, mark in zip(lab.both, marks, strict=True))
+        assert (ours["new_spi_i"], ours["new_spi_r"]) == (theirs["new_spi_i"],
+                                                         theirs["new_spi_r"])
 
     deleter, other = (left, right) if case.delete_by_us else (right, left)
-    mark = other.mark()
+    down_mark = other.mark()
     deleter.reload(lab.empty(deleter is right))
-    other.wait_event("IkeSaDown", 60, mark, connection=name)
-    wait_child_deleted(left, marks[0], event)
-    wait_child_deleted(right, marks[1], peer_event)
-    wait_clean(pair)
+    other.wait_event("IkeSaDown", 60, down_mark, connection=name)
+    for daemon, mark, kid in zip(lab.both, marks, (event, peer_event), strict=True):
+        common.wait_child_deleted(daemon, mark, kid)
+    common.wait_clean(pair)
     if vip:
         wait_lo(lab, vip, present=False)
-    assert not left.errors(marks[0]), left.tail()
-    assert not right.errors(marks[1]), right.tail()
+    for daemon, mark in zip(lab.both, marks, strict=True):
+        assert not daemon.errors(mark), daemon.tail()
