@@ -1,17 +1,12 @@
 """More xfrmctl <-> strongSwan 5.9.8 interop on a real kernel: X.509 with Ed25519 and
 RSA-PSS, DPD when charon dies, route-based (XFRM interface, VTI) on our side, and a real
 NAT (nftables masquerade) between the two. Every case pings through ESP and checks the
-packet counters of both SAs in both kernels.
+packet counters of both SAs in both kernels. Topology and checks: tests/lab/more_lab.py
+(test_pair_more.py runs the same cases against a second xfrmctl daemon).
 
 One charon (right) and one xfrmctl daemon (left) for the module, as in
 test_interop_strongswan.py: each case loads its connection into charon over VICI and
 into our daemon by SIGHUP, under a fresh name, and removes it at the end.
-
-    ns L (xfrmctl)                                    ns R (charon)
-    inner 198.51.100.1/24 + .129/32                   inner 203.0.113.1/24 + .129/32
-    ld 192.0.2.1/25   <--------------------------->   rd 192.0.2.2/25, 192.0.2.3/25 (DPD)
-    ln 192.0.2.130/26 <-> nin .129/26 [ns N] nout .193/26 <-> rn 192.0.2.194/26
-                          masquerade out of "nout"
 
 DPD: the DPD connection (our side: dpd_delay 5, dpd_action clear; charon at 192.0.2.3)
 comes up first; then charon is SIGKILLed and 192.0.2.3 removed (the peer is gone from
@@ -20,14 +15,11 @@ the wire). The daemon gives up after its retransmissions: 4 s * 1.8^n, five retr
 is restarted (with a clean kernel on its side) and the other cases run while the daemon
 retransmits to the dead peer; the last test of the module checks the give-up
 (NegotiationFailed PEER_UNREACHABLE, IkeSaDown, SAs and policies gone) and the number
-of DPD transmissions the dead peer was sent. The DPD child protects .128/25 of the inner
-subnets, so its left-over SAs do not capture the other cases' traffic (.1 <-> .1).
+of DPD transmissions the dead peer was sent.
 
 Route-based cases: our daemon creates the interface (xfrmi if_id 42, or a VTI with
-marks 43) with its address and route to 203.0.113.0/24; charon stays policy-based. The
-left namespace routes everything else via 192.0.2.2 by default, so the daemon's route
-is the only one for 203.0.113.0/24. A failing case keeps both logs in
-``<results>/interop-more-logs/<case>/``.
+marks 43) with its address and route to 203.0.113.0/24; charon stays policy-based. A
+failing case keeps both logs in ``<results>/interop-more-logs/<case>/``.
 """
 
 from __future__ import annotations

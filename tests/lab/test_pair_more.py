@@ -166,14 +166,16 @@ def test_dpd_right_killed(lab: Lab, keep_logs: None) -> None:
     lab.reload("right", {"dpd": connection(
         R_DPD, L_DIRECT, {"dpd": child([R_DPD_NET], [L_DPD_NET], esp_proposals=ESP)},
         psk=PSK, local_id=DPD_ID, remote_id=LEFT_ID, ike_proposals=IKE, start_action="start")})
-    up = wait_event(left, "IkeSaUp", "dpd", left_mark)
-    assert up["initiator"] is False, up
+    for daemon, mark, initiator in ((left, left_mark, False), (right, right_mark, True)):
+        up = wait_event(daemon, "IkeSaUp", "dpd", mark)
+        assert up["initiator"] is initiator, up
     event = wait_installed(left, "dpd", left_mark)
     check_spis_agree(event, wait_installed(right, "dpd", right_mark))
     check_traffic(topo, event, L_DPD_HOST, R_DPD_HOST)
     wait_dpd_answered(topo, left)
     assert not right.events("IkeSaDown"), right.tail()
-    assert not right.errors(), right.tail()
+    for daemon in (left, right):
+        assert not daemon.errors(), daemon.tail()
 
     lab.right_listen = [R_DIRECT, R_NAT]  # 192.0.2.3 goes: nothing to bind there
     right.conf = lab.conf("right", {})  # for its restart
@@ -308,3 +310,5 @@ def test_dpd_gave_up(lab: Lab, keep_logs: None) -> None:
     """The end of test_dpd_right_killed: the left gives up on the dead peer
     (NegotiationFailed PEER_UNREACHABLE, IkeSaDown) and removes the DPD SAs and policies."""
     check_dpd_gave_up(lab.topo, lab.left, lab.dpd)
+    for daemon in (lab.left, lab.right):  # the whole module (the right since its restart)
+        assert not daemon.errors(), daemon.tail()
