@@ -259,34 +259,6 @@ def with_dpd(conns: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return daemon_conf([L_DIRECT, L_NAT], {"dpd": dpd_connection(), **conns})
 
 
-# --------------------------------------------------------------------------- logs
-
-
-def failed(request: pytest.FixtureRequest) -> bool:
-    rep = getattr(request.node, "rep_call", None)
-    return rep is not None and rep.failed
-
-
-def keep_case_logs(request: pytest.FixtureRequest, dest_root: Path,
-                   logs: Sequence[tuple[str, Path]], files: Sequence[Path]) -> Iterator[None]:
-    """Fixture body: when the test fails, the part of each log written during it and a
-    copy of each of ``files`` go to ``<dest_root>/<test>/``."""
-    marks = {path: path.stat().st_size if path.exists() else 0 for _, path in logs}
-    yield
-    if not failed(request):
-        return
-    dest = dest_root / re.sub(r"[^\w.-]+", "_", request.node.name)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, path in logs:
-        if path.exists():
-            with open(path, "rb") as src:
-                src.seek(marks[path] if path.stat().st_size >= marks[path] else 0)
-                (dest / name).write_bytes(src.read())
-    for path in files:
-        if path.exists():
-            shutil.copy(path, dest / path.name)
-
-
 # --------------------------------------------------------------------------- waiting
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from tests.lab.interop_common import case_logs
 from tests.lab.more_lab import (
     DPD_ID,
     ESP,
@@ -65,8 +66,6 @@ from tests.lab.more_lab import (
     check_nat_traffic,
     check_route,
     check_traffic,
-    failed,
-    keep_case_logs,
     kill_dpd_peer,
     link_exists,
     make_certs,
@@ -111,12 +110,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator
 
 @pytest.fixture
 def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
-    yield from keep_case_logs(
-        request, lab.results / "interop-more-logs",
-        [("xfrmctl.log", lab.daemon.log_path), ("charon.log", lab.charon.log_path)],
-        [lab.daemon.config_path, lab.charon.swanctl_dir / "swanctl.conf",
-         lab.work / "charon-killed.log"])
-    if failed(request) and lab.charon.running:  # leave nothing up for the next case
+    failed = yield from case_logs(
+        request, lab.results, "interop-more-logs",
+        [(lab.daemon.log_path, "xfrmctl.log"), (lab.charon.log_path, "charon.log")],
+        [(path, path.name) for path in (lab.daemon.config_path,
+                                        lab.charon.swanctl_dir / "swanctl.conf",
+                                        lab.work / "charon-killed.log")])
+    if failed and lab.charon.running:  # leave nothing up for the next case
         for sa in lab.charon.list_sas():
             lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from tests.lab.interop_common import case_logs
 from tests.lab.more_lab import (
     DPD_ID,
     ESP,
@@ -66,7 +67,6 @@ from tests.lab.more_lab import (
     check_nat_traffic,
     check_route,
     check_traffic,
-    keep_case_logs,
     kill_dpd_peer,
     link_exists,
     make_certs,
@@ -133,10 +133,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator
 
 @pytest.fixture
 def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
-    yield from keep_case_logs(
-        request, lab.results / "pair-more-logs",
-        [("left.log", lab.left.log_path), ("right.log", lab.right.log_path)],
-        [lab.left.config_path, lab.work / "right-killed.log"])
+    yield from case_logs(
+        request, lab.results, "pair-more-logs",
+        [(lab.left.log_path, "left.log"), (lab.right.log_path, "right.log")],
+        [(lab.left.config_path, "left.yaml"), (lab.right.config_path, "right.yaml"),
+         (lab.work / "right-killed.log", "right-killed.log")])
 
 
 def check_spis_agree(left_event: Event, right_event: Event) -> None:
