@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -57,13 +58,11 @@ def _wire(src: Controller, dst: Controller) -> None:
     src.send = send
 
 
-async def make(start_a: str = "start", psk_b: str = PSK, **kwargs: object) -> Gateways:
+async def start_pair(conf_a: cf.DaemonConf, conf_b: cf.DaemonConf, links_a: Any = None,
+                     links_b: Any = None) -> Gateways:
+    """Two controllers on fake kernels, wired to each other; b (the responder) first."""
     ka, kb = FakeKernel(), FakeKernel()
-    conf_a = cf.DaemonConf(connections={"site-b": connection(
-        A, B, "198.51.100.0/24", "203.0.113.0/24", start_a, **kwargs)})
-    conf_b = cf.DaemonConf(connections={"site-a": connection(
-        B, A, "203.0.113.0/24", "198.51.100.0/24", psk=psk_b)})
-    a, b = Controller(conf_a, ka), Controller(conf_b, kb)
+    a, b = Controller(conf_a, ka, links=links_a), Controller(conf_b, kb, links=links_b)
     _wire(a, b)
     _wire(b, a)
     gw = Gateways(a, b, ka, kb)
@@ -71,6 +70,14 @@ async def make(start_a: str = "start", psk_b: str = PSK, **kwargs: object) -> Ga
     await a.start()
     await gw.settle()
     return gw
+
+
+async def make(start_a: str = "start", psk_b: str = PSK, **kwargs: object) -> Gateways:
+    conf_a = cf.DaemonConf(connections={"site-b": connection(
+        A, B, "198.51.100.0/24", "203.0.113.0/24", start_a, **kwargs)})
+    conf_b = cf.DaemonConf(connections={"site-a": connection(
+        B, A, "203.0.113.0/24", "198.51.100.0/24", psk=psk_b)})
+    return await start_pair(conf_a, conf_b)
 
 
 @pytest.fixture

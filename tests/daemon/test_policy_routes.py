@@ -3,12 +3,10 @@ across rekeys, for traps, from a remote-access client's virtual IP; gone with th
 
 from __future__ import annotations
 
-from tests.daemon.test_controller import PSK, Gateways, _wire, connection
+from tests.daemon.test_controller import PSK, Gateways, connection, start_pair
 from tests.daemon.test_route_based import FakeLinks
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import Target
-from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import Expire
 
 A, B = "192.0.2.1", "192.0.2.2"
@@ -18,17 +16,9 @@ NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"
 async def _pair(conn_a: cf.ConnectionConf, conn_b: cf.ConnectionConf,
                 links_a: FakeLinks, links_b: FakeLinks | None = None,
                 **daemon: object) -> Gateways:
-    ka, kb = FakeKernel(), FakeKernel()
-    a = Controller(cf.DaemonConf(connections={"b": conn_a}, **daemon), ka,  # type: ignore[arg-type]
-                   links=links_a)  # type: ignore[arg-type]
-    b = Controller(cf.DaemonConf(connections={"a": conn_b}), kb, links=links_b)  # type: ignore[arg-type]
-    _wire(a, b)
-    _wire(b, a)
-    gw = Gateways(a, b, ka, kb)
-    await b.start()
-    await a.start()
-    await gw.settle()
-    return gw
+    return await start_pair(
+        cf.DaemonConf(connections={"b": conn_a}, **daemon),  # type: ignore[arg-type]
+        cf.DaemonConf(connections={"a": conn_b}), links_a, links_b)
 
 
 async def _net_to_net(links: FakeLinks, start: str = "start", **daemon: object) -> Gateways:

@@ -3,12 +3,10 @@ its loopback and tunnels the corporate network from it."""
 
 from __future__ import annotations
 
-from tests.daemon.test_controller import PSK, Gateways, _wire
+from tests.daemon.test_controller import PSK, start_pair
 from tests.daemon.test_route_based import FakeLinks
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import Target
-from xfrmctl.kernel.fake import FakeKernel
 
 GW, CLIENT = "192.0.2.1", "192.0.2.2"
 
@@ -19,16 +17,10 @@ async def test_client_gets_an_address_from_the_pool_and_gives_it_back() -> None:
     client = cf.ConnectionConf(local_addrs=[CLIENT], remote_addrs=[GW], psk=PSK,  # type: ignore[arg-type]
                                request_virtual_ip=True, start_action="start",  # type: ignore[arg-type]
                                children={"corp": cf.ChildConf(remote_ts=["198.51.100.0/24"])})
-    kg, kc = FakeKernel(), FakeKernel()
     links = FakeLinks()
-    g = Controller(cf.DaemonConf(connections={"roadwarriors": gateway}), kg)
-    c = Controller(cf.DaemonConf(connections={"corp": client}), kc, links=links)  # type: ignore[arg-type]
-    _wire(g, c)
-    _wire(c, g)
-    gw = Gateways(c, g, kc, kg)
-    await g.start()
-    await c.start()
-    await gw.settle()
+    gw = await start_pair(cf.DaemonConf(connections={"corp": client}),
+                          cf.DaemonConf(connections={"roadwarriors": gateway}), links)
+    c, g, kc, kg = gw.a, gw.b, gw.ka, gw.kb
     (child,) = await c.list_child_sas()
     assert child.local_ts == ("203.0.113.129/32",) and child.remote_ts == ("198.51.100.0/24",)
     (peer,) = await g.list_child_sas()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.daemon.test_controller import PSK, Gateways, _wire
+from tests.daemon.test_controller import PSK, Gateways, start_pair
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.install import esp_overhead
 from xfrmctl.ike.config import Mode
 from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.proposals import Suite
-from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.links import NextHop, Route, VtiDevice, XfrmInterface
 from xfrmctl.kernel.types import KernelError
 
@@ -86,18 +84,10 @@ def _conn(local: str, remote: str, child: cf.ChildConf, start: str) -> cf.Connec
 
 async def _pair(child_a: cf.ChildConf) -> tuple[Gateways, FakeLinks]:
     links = FakeLinks()
-    ka, kb = FakeKernel(), FakeKernel()
     any_ts = {"local_ts": ["0.0.0.0/0"], "remote_ts": ["0.0.0.0/0"]}
-    a = Controller(cf.DaemonConf(connections={"b": _conn(A, B, child_a, "start")}), ka,
-                   links=links)  # type: ignore[arg-type]
-    b = Controller(cf.DaemonConf(connections={"a": _conn(B, A, cf.ChildConf(**any_ts),
-                                                         "none")}), kb)
-    _wire(a, b)
-    _wire(b, a)
-    gw = Gateways(a, b, ka, kb)
-    await b.start()
-    await a.start()
-    await gw.settle()
+    gw = await start_pair(
+        cf.DaemonConf(connections={"b": _conn(A, B, child_a, "start")}),
+        cf.DaemonConf(connections={"a": _conn(B, A, cf.ChildConf(**any_ts), "none")}), links)
     return gw, links
 
 
