@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Hashable, Sequence
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from xfrmctl.kernel.types import IPNetwork, KernelError
 
 log = logging.getLogger("xfrmctl.daemon")
 EEXIST = 17
+ADDRESS_TTL = 1.0  # seconds a dump of our addresses serves (a burst of installs shares one)
 
 
 class RouteLinks(Protocol):
@@ -47,19 +49,23 @@ class PolicyRoutes:
         self._owners: dict[IPNetwork, set[Hashable]] = {}
         self._held: dict[Hashable, list[IPNetwork]] = {}
         self._rules: set[int] = set()  # IP versions whose rule we put in
+        self._addresses: tuple[float, list[str]] = (-ADDRESS_TTL, [])
 
     async def plan(self, local_ts: Sequence[TrafficSelector],
                    remote_ts: Sequence[TrafficSelector], peer: str,
                    virtual_ip: str | None = None) -> list[Route]:
         """The routes a tunnel to `peer` between these selectors needs."""
-        hop = await self.links.next_hop(peer)
         peer_ip = ipaddress.ip_address(peer)
+        # host-to-host: the peer is reachable already
+        dsts = [net for sel in remote_ts for net in ts.to_networks(sel)
+                if not (net.num_addresses == 1 and net.network_address == peer_ip)]
+        if not dsts:
+            return []
+        hop = await self.links.next_hop(peer)
         local_nets = [net for sel in local_ts for net in ts.to_networks(sel)]
-        ours = [virtual_ip] if virtual_ip else await self.links.addresses()
+        ours = [virtual_ip] if virtual_ip else await self._our_addresses()
         routes = []
-        for dst in (net for sel in remote_ts for net in ts.to_networks(sel)):
-            if dst.num_addresses == 1 and dst.network_address == peer_ip:
-                continue  # host-to-host: the peer is reachable already
+        for dst in dsts:
             # An inner family other than the outer one cannot go via the peer's address.
             gateway = (hop.gateway or peer) if dst.version == peer_ip.version else None
             src = _source(ours, local_nets, dst.version)
@@ -92,6 +98,13 @@ class PolicyRoutes:
                     await self.links.remove_route(route)
                 except KernelError as exc:  # removed by hand meanwhile
                     log.warning("route %s: %s", dst, exc)
+
+    async def _our_addresses(self) -> list[str]:
+        taken, addresses = self._addresses
+        if time.monotonic() - taken >= ADDRESS_TTL:
+            addresses = await self.links.addresses()
+            self._addresses = (time.monotonic(), addresses)
+        return addresses
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())
