@@ -203,12 +203,31 @@ def _sa_attrs(sa: SaSpec) -> bytes:
     return b"".join(out)
 
 
+# xfrm_selector all zero: no addresses, ports, protocol, and family AF_UNSPEC
+UNSPEC_SELECTOR = (ZERO_ADDR, ZERO_ADDR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _sa_selector_values(sa: SaSpec) -> tuple[tuple[Any, ...], int]:
+    """The SA's selector fields and the flag it needs.
+
+    A tunnel-mode SA without a selector of its own gets the AF_UNSPEC one (family 0 with
+    XFRM_STATE_AF_UNSPEC, as strongSwan installs them): the kernel then takes the inner
+    family from each packet. With the outer family's "any" selector instead, the kernel
+    would never pick the SA for inner packets of the other family (IPv4 in IPv6 or the
+    reverse: a v4 flow skips an SA whose selector is AF_INET6) nor decapsulate them.
+    Read back, it is the outer family's "any" selector again (see `_sa_spec`)."""
+    if sa.selector is None and sa.mode == Mode.TUNNEL:
+        return UNSPEC_SELECTOR, SaFlag.AF_UNSPEC
+    return selector_values(sa.effective_selector()), 0
+
+
 def encode_sa(sa: SaSpec, seq: int, update: bool = False) -> bytes:
     """NEWSA (or UPDSA, to fill an SPI reserved by ALLOCSPI) with an ack request."""
-    flags = int(sa.flags) | (SaFlag.ESN if sa.esn else 0)
+    selector, unspec = _sa_selector_values(sa)
+    flags = int(sa.flags) | (SaFlag.ESN if sa.esn else 0) | unspec
     window = 0 if (sa.esn or sa.replay_window > 32) else sa.replay_window
     body = S_USERSA_INFO.pack(
-        *selector_values(sa.effective_selector()),
+        *selector,
         pack_addr(sa.dst), htonl(sa.spi), sa.proto, pack_addr(sa.src),
         *lifetime_values(sa.lifetime), 0, 0, 0, 0, 0, 0, 0,
         0, sa.reqid, sa.family, sa.mode, window, flags,
@@ -304,6 +323,8 @@ def _replay(msg: nlmsg, f: dict[str, Any]) -> tuple[int, ReplayState | None]:
 def _sa_spec(msg: nlmsg, f: dict[str, Any], prefix: str = "") -> tuple[SaSpec, ReplayState | None]:
     family = f[prefix + "family"]
     flags = SaFlag(f[prefix + "flags"])
+    if not f[prefix + "sel_family"] and flags & SaFlag.AF_UNSPEC:  # see _sa_selector_values
+        flags &= ~SaFlag.AF_UNSPEC
     window, replay = _replay(msg, {"replay_window": f[prefix + "replay_window"]})
     encap = msg.get_attr("XFRMA_ENCAP")
     set_mark = msg.get_attr("XFRMA_SET_MARK")
