@@ -108,6 +108,17 @@ def topology(prefix: str) -> Iterator[Topology]:
         remove_topology(topo)
 
 
+def kernel_dump(topo: Topology) -> str:
+    """SAs with counters, policies, table 220 and rules of the three namespaces."""
+    out = []
+    for ns in (topo.swan.left.netns, topo.swan.right.netns, topo.peer.right.netns):
+        for cmd in ("-s xfrm state", "xfrm policy", "-4 route show table all",
+                    "-6 route show table all", "rule show", "-6 rule show"):
+            text = run("ip", "-n", ns, *cmd.split(), check=False)
+            out.append(f"### {ns}: ip {cmd}\n{text}")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------- checks
 
 

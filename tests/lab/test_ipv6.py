@@ -95,7 +95,9 @@ def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
          (lab.peer.log_path, "peer.log")],
         [(lab.daemon.config_path, "xfrmctl.yaml"), (lab.peer.config_path, "peer.yaml"),
          (lab.charon.swanctl_dir / "swanctl.conf", "swanctl.conf")])
-    if failed:  # leave nothing up for the next case
+    if failed:  # what the kernels held, then leave nothing up for the next case
+        dump = lab.results / "ipv6-logs" / f"kernels-{request.node.name}.txt"
+        dump.write_text(ipv6_lab.kernel_dump(lab.topo))
         for sa in lab.charon.list_sas():
             lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
         for daemon in (lab.daemon, lab.peer):
