@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tests.lab.conftest import Gateway, GatewayPair, ip_batch, remove_pair, run
@@ -97,15 +95,6 @@ def make_topology(prefix: str) -> Topology:
 def remove_topology(topo: Topology) -> None:
     for pair in (topo.swan, topo.peer):  # the netns of our side twice: the second is a no-op
         remove_pair(pair)
-
-
-@contextmanager
-def topology(prefix: str) -> Iterator[Topology]:
-    topo = make_topology(prefix)
-    try:
-        yield topo
-    finally:
-        remove_topology(topo)
 
 
 def kernel_dump(topo: Topology) -> str:

@@ -10,8 +10,9 @@ strongSwan 5.9.8 (charon) and against a second xfrmctl daemon, on a real kernel.
 One topology (ipv6_lab.py), one charon and two daemons for the module, all started at
 once (a cold start costs minutes under TCG). Each case loads its connection into charon
 over VICI and into the daemons by SIGHUP, under a fresh name (the previous case's is gone),
-as the interop modules do, with their cases and checks (interop_common.py): each side
-initiates once, against both peers. Every case checks the IKE_SA and both SAs run between
+as the interop modules do, with their cases and checks (interop_common.py), the responder
+first: each side initiates once, against both peers, a peer by its connection's start
+action as it is loaded. Every case checks the IKE_SA and both SAs run between
 the IPv6 outer addresses, that both ends agree on the SPIs, that our daemon routed the
 remote subnet in table 220 (nobody routes by hand), pings through ESP with exact packet
 counts on both SAs in both kernels (octets on the sending SAs), and deletes from one side
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ import pytest
 from tests.lab import ipv6_lab
 from tests.lab.conftest import GatewayPair
 from tests.lab.interop_common import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
     Case,
     case_logs,
     wait_child_deleted,
@@ -39,9 +43,9 @@ from tests.lab.interop_common import (
     xfrmctl_conf,
 )
 from tests.lab.test_interop_strongswan import Lab as SwanLab
-from tests.lab.test_interop_strongswan import load_charon, swan_child
+from tests.lab.test_interop_strongswan import swan_child, swan_conn
 from tests.lab.test_pair_interop import assert_mirrored
-from tests.support.strongswan import Charon
+from tests.support.strongswan import Charon, SwanSecret
 from tests.support.xfrmctl_daemon import XfrmctlDaemon, daemon_conf, wait_installed
 
 WE_INITIATE = Case("we-initiate")
@@ -68,23 +72,24 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("ipv6")
     write_credentials(work / "credentials")  # PSK cases: only for xfrmctl_conf's signature
-    with ipv6_lab.topology("v6") as topo:
-        daemon = XfrmctlDaemon(topo.swan.left.netns, work / "daemon",
-                               daemon_conf([topo.swan.left.outer], {}))
-        peer = XfrmctlDaemon(topo.peer.right.netns, work / "peer",
-                             daemon_conf([topo.peer.right.outer], {}))
-        charon = Charon(topo.swan.right.netns, work / "charon")
-        try:
-            daemon.start(wait=False)  # the three cold starts at once
-            peer.start(wait=False)
-            charon.start()
-            daemon.wait_ready()
-            peer.wait_ready()
-            yield Lab(topo, daemon, charon, peer, work / "credentials", lab_results)
-        finally:
-            charon.stop()
-            peer.stop()
-            daemon.stop()
+    topo = ipv6_lab.make_topology("v6")
+    daemon = XfrmctlDaemon(topo.swan.left.netns, work / "daemon",
+                           daemon_conf([topo.swan.left.outer], {}))
+    peer = XfrmctlDaemon(topo.peer.right.netns, work / "peer",
+                         daemon_conf([topo.peer.right.outer], {}))
+    charon = Charon(topo.swan.right.netns, work / "charon")
+    try:
+        daemon.start(wait=False)  # the three cold starts at once
+        peer.start(wait=False)
+        charon.start()
+        daemon.wait_ready()
+        peer.wait_ready()
+        yield Lab(topo, daemon, charon, peer, work / "credentials", lab_results)
+    finally:
+        charon.stop()
+        peer.stop()
+        daemon.stop()
+        ipv6_lab.remove_topology(topo)
 
 
 @pytest.fixture
@@ -121,10 +126,13 @@ def test_ipv6_charon(lab: Lab, case: Case, mixed: bool, keep_logs: None) -> None
     daemon, charon = lab.daemon, lab.charon
     name = f"c{next(lab.names)}"
     mark = daemon.mark()
-    load_charon(SwanLab(pair, charon, daemon, {}, lab.credentials, lab.results), case)
-    daemon.reload(xfrmctl_conf(pair, case, name, lab.credentials))
-    if not case.we_initiate:
-        charon.initiate("net", "gw", timeout=90)
+    swan = SwanLab(pair, charon, daemon, {}, lab.credentials, lab.results)
+    # the responder first: charon initiates by its connection's start action, on its load
+    conn = replace(swan_conn(swan, case), start_action="none" if case.we_initiate else "start")
+    loads = [lambda: charon.load([conn], [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])]),
+             lambda: daemon.reload(xfrmctl_conf(pair, case, name, lab.credentials))]
+    for load in loads if case.we_initiate else loads[::-1]:
+        load()
     up = daemon.wait_event("IkeSaUp", 120, mark, connection=name)
     assert up["initiator"] is case.we_initiate
     event = wait_installed(daemon, mark, connection=name)
