@@ -13,6 +13,7 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from tests.support.netns import Netns, netns, require_root
+from xfrmctl.daemon.endpoint import open_socket
 from xfrmctl.kernel.netlink import NetlinkKernel
 from xfrmctl.kernel.types import (
     REQID_MIN,
@@ -164,3 +165,19 @@ async def test_ten_thousand_policies(ns_kernel: tuple[Netns, NetlinkKernel]) -> 
     assert await kernel.dump_policies() == []
     assert ip_policies(ns) == ""
     print(f"\n{count} policies: add {t1 - t0:.2f}s")
+
+
+async def test_dump_skips_the_ike_sockets_bypass_policies(
+        ns_kernel: tuple[Netns, NetlinkKernel]) -> None:
+    """The daemon's IKE sockets carry per-socket bypass policies; the SPD dump (a restart's
+    reconciliation reads it) must neither choke on them nor count them as ours."""
+    ns, kernel = ns_kernel
+    ns.ip("addr", "add", "192.0.2.1/24", "dev", "lo")
+    sock = ns.call(lambda: open_socket("192.0.2.1", 500, nat_t=False))
+    try:
+        assert "socket out" in ip_policies(ns) and "socket in" in ip_policies(ns)
+        await kernel.add_policy(port_policy(9))
+        assert [p.spec.selector.dport for p in await kernel.dump_policies()] == [9]
+        assert len(await kernel.dump_all_policies()) == 1
+    finally:
+        sock.close()

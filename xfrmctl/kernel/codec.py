@@ -482,6 +482,12 @@ def _policy_spec(msg: nlmsg, f: dict[str, Any], prefix: str = "") -> PolicySpec:
     )
 
 
+def socket_policy(msg: nlmsg) -> bool:
+    """A per-socket policy (an IKE socket's bypass): its direction is XFRM_POLICY_MAX plus
+    the socket's; it belongs to that socket, not to the SPD we manage."""
+    return int(msg["dir"]) > Direction.FWD
+
+
 def decode_policy(msg: nlmsg) -> PolicyState:
     f = dict(dict.items(msg))
     spec = _policy_spec(msg, f)

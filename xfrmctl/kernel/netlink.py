@@ -290,7 +290,9 @@ class NetlinkKernel(KernelIPsec):
     async def _dump_policies(self) -> list[PolicyState]:
         out = []
         for i, raw in enumerate(await self._dump(MsgType.GETPOLICY)):
-            out.append(codec.decode_policy(m.decode(raw)))
+            msg = m.decode(raw)
+            if not codec.socket_policy(msg):
+                out.append(codec.decode_policy(msg))
             if i % 512 == 511:
                 await asyncio.sleep(0)
         return out
