@@ -28,6 +28,7 @@ from xfrmctl.kernel.types import (
     Mode,
     PolicySpec,
     Proto,
+    SaFlag,
     SaSpec,
     Selector,
     Template,
@@ -73,6 +74,12 @@ def _mark(value: int | None) -> Mark | None:
     return Mark(value) if value else None
 
 
+def _sa_flags(proto: Proto, local: ipaddress.IPv4Address | ipaddress.IPv6Address) -> SaFlag:
+    """AH over IPv4 pads its ICV to 32 bits (RFC 4302 3.3.3.2.1), as strongSwan and other
+    stacks do; Linux pads to 64 bits unless told, and the peer would drop every packet."""
+    return SaFlag.ALIGN4 if proto is Proto.AH and local.version == 4 else SaFlag.NONE
+
+
 def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildInstall:
     """The inbound SA, the outbound SA and the policies of one negotiated CHILD_SA.
 
@@ -93,7 +100,8 @@ def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildI
         src=remote, dst=local, spi=event.spi_in, reqid=reqid, proto=proto, mode=mode,
         aead=aead, crypt=crypt, auth=auth, lifetime=lifetime,
         encap=Encap(event.remote[1], event.local[1]) if event.encap else None,
-        replay_window=conf.replay_window, esn=event.suite.esn, if_id=conf.if_id or 0)
+        replay_window=conf.replay_window, esn=event.suite.esn, if_id=conf.if_id or 0,
+        flags=_sa_flags(proto, local))
     aead, crypt, auth = _algorithms(event, inbound=False)
     outbound = replace(
         inbound, src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,

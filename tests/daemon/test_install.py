@@ -1,0 +1,33 @@
+"""What build_child puts into the kernel for a negotiated CHILD_SA."""
+
+from __future__ import annotations
+
+from xfrmctl.daemon import conf as cf
+from xfrmctl.daemon.install import build_child
+from xfrmctl.ike.config import Mode
+from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
+from xfrmctl.ike.events import ChildSaNegotiated
+from xfrmctl.ike.proposals import Suite
+from xfrmctl.kernel.types import REQID_MIN, Proto, SaFlag
+
+
+def _event(protocol: ProtocolId, suite: Suite, local: str, remote: str) -> ChildSaNegotiated:
+    return ChildSaNegotiated(1, "c", "x", 1, protocol, Mode.TUNNEL, 0xC0000001, 0xC0000002,
+                             (local, 500), (remote, 500), (), (), suite, b"", b"\1" * 32,
+                             b"", b"\2" * 32, False, 0, 0)
+
+
+def test_ah_over_ipv4_aligns_its_icv_to_32_bits() -> None:
+    ah = Suite(ProtocolId.AH, None, None, IntegId.HMAC_SHA2_256_128)
+    child = build_child(_event(ProtocolId.AH, ah, "192.0.2.1", "192.0.2.2"), cf.ChildConf(),
+                        REQID_MIN + 1)
+    for sa in (child.inbound, child.outbound):
+        assert sa.proto is Proto.AH and SaFlag.ALIGN4 in sa.flags
+        assert sa.auth is not None and sa.crypt is None and sa.aead is None
+    v6 = build_child(_event(ProtocolId.AH, ah, "2001:db8::1", "2001:db8::2"), cf.ChildConf(),
+                     REQID_MIN + 1)
+    assert SaFlag.ALIGN4 not in v6.outbound.flags  # IPv6 AH is 64-bit aligned
+    gcm = Suite(ProtocolId.ESP, EncrId.AES_GCM_16, 128)
+    esp = build_child(_event(ProtocolId.ESP, gcm, "192.0.2.1", "192.0.2.2"), cf.ChildConf(),
+                      REQID_MIN + 1)
+    assert esp.outbound.flags == SaFlag.NONE
