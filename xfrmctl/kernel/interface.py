@@ -289,10 +289,11 @@ class KernelIPsec(ABC):
         keys and reqid, to the peer's new address or port. Sequence numbers and counters
         carry over. The new outbound SA is in place before the policies point to it; the
         inbound SA (same destination and SPI) is replaced in one batch. On failure the
-        old CHILD_SA stays as it was."""
+        old CHILD_SA is put back (an SA deleted meanwhile restarts its counters)."""
         if old.outbound.id == new.outbound.id:  # only the port moved: update in place
-            await self._run([_Step(Op(OpKind.UPDATE_SA, new.outbound), None),
-                             _Step(Op(OpKind.UPDATE_SA, new.inbound), None)])
+            await self._run([
+                _Step(Op(OpKind.UPDATE_SA, new.outbound), Op(OpKind.UPDATE_SA, old.outbound)),
+                _Step(Op(OpKind.UPDATE_SA, new.inbound), Op(OpKind.UPDATE_SA, old.inbound))])
             return
         out_ae, in_ae = await self.get_ae(old.outbound.id), await self.get_ae(old.inbound.id)
         await self._run([self._add_sa_step(new.outbound)])
@@ -301,7 +302,8 @@ class KernelIPsec(ABC):
             await self.set_ae(new.outbound.id, _advance(out_ae.replay, OSEQ_MARGIN),
                               out_ae.lifetime)
             steps = self._repoint_policy_steps(old.policies, new.policies)
-            steps += [_Step(Op(OpKind.DELETE_SA, old.outbound.id), None),
+            steps += [_Step(Op(OpKind.DELETE_SA, old.outbound.id),
+                            Op(OpKind.ADD_SA, old.outbound)),
                       _Step(Op(OpKind.DELETE_SA, old.inbound.id),
                             Op(OpKind.ADD_SA, old.inbound)),
                       _Step(Op(OpKind.ADD_SA, new.inbound), None)]
