@@ -29,7 +29,7 @@ class FakeLinks:
         self.rules: set[tuple[int, int, int]] = set()
 
     async def next_hop(self, address: str) -> NextHop:
-        return NextHop(oif=7, gateway=None, src=None)  # every peer on-link
+        return NextHop(oif=7, gateway=None)  # every peer on-link
 
     async def addresses(self) -> list[str]:
         return [a.split("/")[0] for a in self.loopback] + self.addrs

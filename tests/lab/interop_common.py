@@ -178,7 +178,12 @@ def endpoints(pair: GatewayPair, case: Case, vip: str | None) -> tuple[Gateway, 
 
 def ping(pair: GatewayPair, case: Case, vip: str | None, count: int,
          interval: float = 0.2) -> subprocess.Popen[str]:
-    gw, src, dst = endpoints(pair, case, vip)
+    return ping_from(*endpoints(pair, case, vip), count, interval)
+
+
+def ping_from(gw: Gateway, src: str, dst: str, count: int,
+              interval: float = 0.2) -> subprocess.Popen[str]:
+    """`count` pings from `src` (in `gw`'s namespace) to `dst`, running in the background."""
     return subprocess.Popen(
         ["ip", "netns", "exec", gw.netns, "ping", "-c", str(count), "-i", str(interval),
          "-W", "5", "-I", src, dst], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -22,7 +22,15 @@ from typing import Any
 import pytest
 
 from tests.lab.conftest import GatewayPair, make_pair, remove_pair
-from tests.lab.interop_common import LEFT_ID, PSK, RIGHT_ID, case_logs, ping_done, wait_clean
+from tests.lab.interop_common import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
+    case_logs,
+    ping_done,
+    ping_from,
+    wait_clean,
+)
 from tests.support.strongswan import Charon, SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
     XfrmctlDaemon,
@@ -96,10 +104,7 @@ def _load(lab: Lab, name: str, start: str, **child_options: Any) -> None:
 
 def _ping(lab: Lab, count: int, interval: float = 0.2) -> subprocess.Popen[str]:
     left, right = lab.pair.left, lab.pair.right
-    return subprocess.Popen(
-        ["ip", "netns", "exec", left.netns, "ping", "-c", str(count), "-i", str(interval),
-         "-W", "5", "-I", left.inner, right.inner],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return ping_from(left, left.inner, right.inner, count, interval)
 
 
 def _received(out: str) -> tuple[int, int]:

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.lab.interop_common import LEFT_ID, PSK, RIGHT_ID, ping_done, wait_clean
+from tests.lab.interop_common import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
+    ping_done,
+    ping_from,
+    wait_clean,
+)
 from tests.lab.test_interop_strongswan import Lab, keep_logs, lab
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
@@ -67,10 +74,7 @@ def _load(lab: Lab, option: Option, name: str) -> None:
 
 def _ping(lab: Lab, count: int) -> subprocess.Popen[str]:
     left, right = lab.pair.left, lab.pair.right
-    return subprocess.Popen(
-        ["ip", "netns", "exec", left.netns, "ping", "-c", str(count), "-i", "0.2", "-W", "5",
-         "-I", left.inner, right.inner], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+    return ping_from(left, left.inner, right.inner, count)
 
 
 def _state_text(netns: str, spi: int) -> str:

@@ -13,6 +13,7 @@ several owners need (a rekey's old and new SA, a trap and its SA) goes with the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import time
@@ -25,7 +26,6 @@ from xfrmctl.kernel.links import NextHop, Route
 from xfrmctl.kernel.types import IPNetwork, KernelError
 
 log = logging.getLogger("xfrmctl.daemon")
-EEXIST = 17
 ADDRESS_TTL = 1.0  # seconds a dump of our addresses serves (a burst of installs shares one)
 
 
@@ -106,9 +106,6 @@ class PolicyRoutes:
             self._addresses = (time.monotonic(), addresses)
         return addresses
 
-    def routes(self) -> list[Route]:
-        return list(self._routes.values())
-
     async def close(self) -> None:
         """Remove every route and the rules we added (the daemon stops)."""
         for owner in list(self._held):
@@ -124,7 +121,7 @@ class PolicyRoutes:
         try:
             await self.links.add_rule(self.table, self.priority, version)
         except KernelError as exc:
-            if exc.errno != EEXIST:  # there from before a restart: ours all the same
+            if exc.errno != errno.EEXIST:  # there from before a restart: ours all the same
                 raise
         self._rules.add(version)
 

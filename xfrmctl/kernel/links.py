@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address, ip_interface
+from ipaddress import IPv4Address, ip_interface
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -53,7 +53,6 @@ class NextHop:
 
     oif: int
     gateway: str | None
-    src: str | None
 
 
 class KernelLinks:
@@ -157,7 +156,7 @@ class KernelLinks:
         """The kernel's route to `address` (as `ip route get`)."""
         msgs = await self._call("get route", address, "route", "get", dst=address)
         msg = msgs[0]
-        return NextHop(int(msg.get("RTA_OIF")), msg.get("RTA_GATEWAY"), msg.get("RTA_PREFSRC"))
+        return NextHop(int(msg.get("RTA_OIF")), msg.get("RTA_GATEWAY"))
 
     async def addresses(self) -> list[str]:
         """Every address on this namespace's links (no prefix)."""
@@ -193,7 +192,3 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 def _describe(route: Route) -> str:
     via = f" via {route.gateway}" if route.gateway else ""
     return f"{route.dst}{via} table {route.table}"
-
-
-def version_of(address: str) -> int:
-    return ip_address(address).version
