@@ -72,10 +72,11 @@ async def start_pair(conf_a: cf.DaemonConf, conf_b: cf.DaemonConf, links_a: Any 
     return gw
 
 
-async def make(start_a: str = "start", psk_b: str = PSK, **kwargs: object) -> Gateways:
-    conf_a = cf.DaemonConf(connections={"site-b": connection(
+async def make(start_a: str = "start", psk_b: str = PSK, linger: float = 5.0,
+               **kwargs: object) -> Gateways:
+    conf_a = cf.DaemonConf(delete_rekeyed_delay=linger, connections={"site-b": connection(
         A, B, "198.51.100.0/24", "203.0.113.0/24", start_a, **kwargs)})
-    conf_b = cf.DaemonConf(connections={"site-a": connection(
+    conf_b = cf.DaemonConf(delete_rekeyed_delay=linger, connections={"site-a": connection(
         B, A, "203.0.113.0/24", "198.51.100.0/24", psk=psk_b)})
     return await start_pair(conf_a, conf_b)
 
@@ -112,16 +113,24 @@ async def test_tunnel_is_installed_in_both_kernels(gw: Gateways) -> None:
     assert status.counters.kernel_installs == 1
 
 
-async def test_soft_expire_rekeys_and_replaces_the_sas(gw: Gateways) -> None:
+async def test_soft_expire_rekeys_and_replaces_the_sas() -> None:
+    gw = await make(linger=0.5)
     (old,) = await gw.a.list_child_sas()
     gw.ka.inject(Expire(next(iter(gw.ka.sas.values())).spec.id, hard=False))
     await gw.settle()
     (new,) = await gw.a.list_child_sas()
     assert new.spi_in != old.spi_in
-    assert {e.spec.spi for e in gw.ka.sas.values()} == {new.spi_in, new.spi_out}
-    assert {e.spec.spi for e in gw.kb.sas.values()} == {new.spi_in, new.spi_out}
+    # the old outbound SAs are gone at once, the old inbound ones linger a while
+    assert {e.spec.spi for e in gw.ka.sas.values()} == {new.spi_in, new.spi_out, old.spi_in}
+    assert {e.spec.spi for e in gw.kb.sas.values()} == {new.spi_in, new.spi_out, old.spi_out}
     assert [_policies(gw.ka, d) for d in Direction] == [1, 1, 1]  # kept across the rekey
     assert gw.ka.policy_refcount(next(iter(gw.ka.policies))) == 1
+    await asyncio.sleep(0.6)
+    await gw.settle()
+    assert {e.spec.spi for e in gw.ka.sas.values()} == {new.spi_in, new.spi_out}
+    assert {e.spec.spi for e in gw.kb.sas.values()} == {new.spi_in, new.spi_out}
+    await gw.a.stop()
+    await gw.b.stop()
 
 
 async def test_hard_expire_deletes_the_child_on_both_sides(gw: Gateways) -> None:

@@ -243,6 +243,19 @@ def wait_clean(pair: GatewayPair, peer_clean: Callable[[], bool] = lambda: True,
 # ---------------------------------------------------------------------------- checks
 
 
+def wait_sas_gone(netns: Sequence[str], event: Event, timeout: float = 30) -> None:
+    """The SAs of ``event``'s CHILD_SA leave every kernel in ``netns``: a rekeyed one's
+    inbound SA lingers a few seconds (delete_rekeyed_delay, ours and charon's)."""
+    spis = {int(event["spi_in"]), int(event["spi_out"])}
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {ns: found for ns in netns if (found := spis & {s.spi for s in xfrm_states(ns)})}
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"still in the kernel: {left}"
+        time.sleep(0.5)
+
+
 def until(start: float, seconds: float) -> float:
     """Seconds from now until ``seconds`` after ``start`` (a time.monotonic()), plus 5:
     how long to ping for a timer of ``seconds`` started at ``start``."""
@@ -274,9 +287,7 @@ def rekey_child_while_pinging(pair: GatewayPair, case: Case, daemon: XfrmctlDaem
         daemon.wait_event("ChildSaDeleted", 60, mark, spi_in=int(event["spi_in"]))
     assert case.dh in new["suite"].split("/"), new  # no KE, no group in the suite
     assert case.dh not in event["suite"].split("/"), event  # IKE_AUTH's: no KE
-    for gw in (pair.left, pair.right):
-        states = {s.spi for s in xfrm_states(gw.netns)}
-        assert not states & {int(event["spi_in"]), int(event["spi_out"])}, (gw, states)
+    wait_sas_gone((pair.left.netns, pair.right.netns), event)
     check_traffic(pair, case, new, vip)
     return new
 

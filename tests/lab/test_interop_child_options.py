@@ -22,6 +22,7 @@ from tests.lab.interop_common import (
     ping_done,
     ping_from,
     wait_clean,
+    wait_sas_gone,
 )
 from tests.lab.test_interop_strongswan import Lab, keep_logs, lab
 from tests.support.strongswan import SwanConn, SwanSecret
@@ -142,7 +143,7 @@ def test_child_option(lab: Lab, option: Option, keep_logs: None) -> None:
         assert new["initiator"] is True
         daemon.wait_event("ChildSaDeleted", 60, mark, spi_in=spi_in)
         ping_done(proc)
-        assert spi_in not in {s.spi for s in xfrm_states(pair.left.netns)}
+        wait_sas_gone((pair.left.netns,), event)
         assert "INSTALLED" in {c.get("state") for sa in charon.list_sas()
                                for c in sa.children.values()}
 

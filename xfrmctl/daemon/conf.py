@@ -20,8 +20,10 @@ so a file is also an import format for the API. Example (YAML):
             esp_proposals: aes128gcm16-x25519
 
 Top-level keys besides `connections`: `listen`, `ike_port`, `nat_port`,
-`cookie_threshold`, and `install_routes` / `route_table` / `route_priority` (routes of
-policy-based tunnels, default on, table and rule priority 220; see daemon/routes.py).
+`cookie_threshold`, `install_routes` / `route_table` / `route_priority` (routes of
+policy-based tunnels, default on, table and rule priority 220; see daemon/routes.py), and
+`delete_rekeyed_delay` (seconds a rekeyed CHILD_SA's inbound SA stays in the kernel for
+packets still on the wire, default 5, as strongSwan's setting of that name).
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
@@ -220,6 +222,9 @@ class DaemonConf(_Strict):
     install_routes: bool = True
     route_table: int = Field(default=220, ge=1, le=2**32 - 1)
     route_priority: int = Field(default=220, ge=0, le=2**32 - 1)
+    # A CHILD_SA replaced by a rekey keeps its inbound SA this long (seconds): the peer's
+    # packets sent on it just before the switch still arrive.
+    delete_rekeyed_delay: float = Field(default=5.0, ge=0, le=3600)
     connections: dict[str, ConnectionConf] = Field(default_factory=dict)
 
 

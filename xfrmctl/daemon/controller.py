@@ -7,6 +7,15 @@ delete); REST actions -> IKE actions. It implements the API's `Controller` port.
 Nothing here blocks the loop: the IKE core is pure computation, the kernel is async
 netlink, and every piece of kernel work goes through one ordered queue so a rekeyed
 CHILD_SA is always installed before its predecessor is removed.
+
+A rekey loses no packet (make-before-break, as strongSwan does it):
+- datagrams that follow kernel work wait for it: a response announcing a CHILD_SA leaves
+  once its SAs are in, so the peer never sends on an SA we lack;
+- the responder of a CHILD_SA rekey installs the new inbound SA at once but keeps sending
+  on the old one until the initiator deletes it (by then the initiator has the new SA
+  inbound); the initiator sends on the new SA as soon as it has the response;
+- a rekeyed CHILD_SA's inbound SA stays `delete_rekeyed_delay` seconds for packets still
+  on the wire.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from xfrmctl.ike.events import (
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.payloads import TrafficSelector
 from xfrmctl.ike.proposals import Suite
-from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
+from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
 from xfrmctl.kernel.types import (
@@ -57,6 +66,7 @@ from xfrmctl.kernel.types import (
     KernelEvent,
     PolicySpec,
     Proto,
+    SaId,
     SaSpec,
 )
 from xfrmctl.kernel.types import Counters as KernelCounters
@@ -102,6 +112,15 @@ class ChildRecord:
     installed_at: float
     state: str = "INSTALLED"
     in_kernel: bool = False  # install_child succeeded: there is something to remove
+    # a rekey's responder: the outbound SA waits until the peer deleted the old CHILD_SA
+    outbound_pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _SendAfter:
+    """Datagrams queued behind the kernel work their exchange caused."""
+
+    datagrams: tuple[Datagram, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +192,12 @@ class Controller:
         self._reqids: dict[tuple[str, str], int] = {}
         # Kernel work, in order: CHILD_SA installs (ChildRecord, batched when consecutive)
         # and other jobs (callables returning an awaitable or None).
-        self._jobs: deque[ChildRecord | Callable[[], object]] = deque()
+        # Datagrams wait for the kernel work queued before them (_SendAfter).
+        self._jobs: deque[ChildRecord | _SendAfter | Callable[[], object]] = deque()
+        self._jobs_queued = 0
+        self._outbox: list[Datagram] = []
+        self._flushing = False
+        self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
         self._job_ready = asyncio.Event()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
@@ -247,8 +271,10 @@ class Controller:
         keep = self.state is not None if keep_tunnels is None else keep_tunnels
         if keep and self.state is not None:
             await self.drain()
+            for child in [c for c in self.children.values() if c.outbound_pending]:
+                await self._add_outbound(child)  # the saved CHILD_SAs are whole
             self.state.save(self._snapshot())
-            await self._cancel_tasks()
+            await self._cancel_tasks()  # lingering SAs: the next process's orphans
             return
         now = self.clock()
         for sa in self.manager.all():
@@ -262,6 +288,8 @@ class Controller:
         for child in list(self.children.values()):
             await self._remove(child)  # peers that did not answer in time
         self.children.clear()
+        for sa_id in list(self._lingering):
+            await self._delete_lingering(sa_id)
         for record in self.connections.values():
             await self._remove_traps(record)
             await self._remove_links(record)
@@ -274,6 +302,8 @@ class Controller:
     async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for handle in self._lingering.values():
+            handle.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -299,10 +329,24 @@ class Controller:
         self._flush()
 
     def _flush(self) -> None:
-        for datagram in self.manager.datagrams_to_send():
-            self.send(datagram)
-        while (event := self.manager.next_event()) is not None:
-            self._on_event(event)
+        """Send what the IKE core wrote and act on its events. Datagrams go out after
+        the kernel work those events queued (a flush inside one adds to the outer's)."""
+        self._outbox.extend(self.manager.datagrams_to_send())
+        if self._flushing:
+            return
+        self._flushing, queued = True, self._jobs_queued
+        try:
+            while (event := self.manager.next_event()) is not None:
+                self._on_event(event)
+                self._outbox.extend(self.manager.datagrams_to_send())
+        finally:
+            self._flushing = False
+        datagrams, self._outbox = tuple(self._outbox), []
+        if datagrams and self._jobs_queued != queued:
+            self._queue_job(_SendAfter(datagrams))
+        else:
+            for datagram in datagrams:
+                self.send(datagram)
         self._dirty = True
         self._schedule_timer()
 
@@ -434,7 +478,14 @@ class Controller:
             self._delete_with_peer(event, "not configured")
             return
         install = build_child(event, child_conf, self.reqid(event.connection, event.child))
-        child = ChildRecord(event, install, install.inbound.reqid, self.clock())
+        # A rekey we answered: the peer sends on the new SA once it has our response, we
+        # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
+        # till the loser's SA is known.
+        pending = event.rekey_of in self.children and (
+            not event.initiator or any(c.event.rekey_of == event.rekey_of
+                                       for c in self.children.values()))
+        child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
+                            outbound_pending=pending)
         self.children[event.spi_in] = child
         self._queue_job(child)
         if child_conf.interface_name and child_conf.mtu is None:
@@ -454,7 +505,39 @@ class Controller:
         child = self.children.pop(event.spi_in, None)
         if child is not None:
             child.state = "DELETED"
-            self._queue_job(lambda: self._remove(child))
+            self._queue_job(lambda: self._retire(child))
+
+    async def _retire(self, child: ChildRecord) -> None:
+        """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
+        the old one goes), and a replaced CHILD_SA's inbound SA lingers."""
+        while (ready := next((c for c in self.children.values() if self._may_send(c)),
+                             None)) is not None:
+            await self._add_outbound(ready)  # one at a time: each may block the next
+        replaced = any(c.event.rekey_of == child.event.spi_in for c in self.children.values())
+        await self._remove(child, linger=replaced)
+
+    def _may_send(self, waiting: ChildRecord) -> bool:
+        """A CHILD_SA waiting for its outbound SA may have it now: its predecessor is
+        gone, no sibling of the same rekey (a collision's) sends on its own, and the IKE
+        core is not deleting it (a collision's loser)."""
+        if not (waiting.outbound_pending and waiting.in_kernel):
+            return False
+        old = waiting.event.rekey_of
+        if any(c.event.spi_in == old or (c.event.rekey_of == old and not c.outbound_pending)
+               for c in self.children.values() if c is not waiting):
+            return False
+        sa = self.manager.get(waiting.event.ike_sa)
+        state = sa.child_state(waiting.event.spi_in) if sa is not None else None
+        return state not in (None, ChildState.DELETING)
+
+    async def _add_outbound(self, child: ChildRecord) -> None:
+        try:
+            await self.kernel.add_sa(child.install.outbound)
+        except KernelError as exc:
+            await self._remove(child)
+            self._install_failed(child, exc)
+            return
+        child.outbound_pending = False
 
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
@@ -478,8 +561,9 @@ class Controller:
 
     # ----------------------------------------------------------------- kernel work
 
-    def _queue_job(self, job: ChildRecord | Callable[[], object]) -> None:
+    def _queue_job(self, job: ChildRecord | _SendAfter | Callable[[], object]) -> None:
         self._jobs.append(job)
+        self._jobs_queued += 1
         self._jobs_idle.clear()
         self._job_ready.set()
 
@@ -489,11 +573,14 @@ class Controller:
             while self._jobs:
                 job = self._jobs.popleft()
                 try:
-                    if isinstance(job, ChildRecord):  # installs queued together: one batch
+                    if isinstance(job, ChildRecord | _SendAfter):
+                        # installs queued together go in one batch, then their datagrams
                         batch = [job]
-                        while self._jobs and isinstance(self._jobs[0], ChildRecord):
+                        while self._jobs and isinstance(self._jobs[0], ChildRecord | _SendAfter):
                             batch.append(self._jobs.popleft())  # type: ignore[arg-type]
-                        await self._install(batch)
+                        await self._install(
+                            [j for j in batch if isinstance(j, ChildRecord)],
+                            [d for j in batch if isinstance(j, _SendAfter) for d in j.datagrams])
                     else:
                         result = job()
                         if asyncio.iscoroutine(result):
@@ -503,21 +590,27 @@ class Controller:
             self._job_ready.clear()
             self._jobs_idle.set()
 
-    async def _install(self, batch: list[ChildRecord]) -> None:
-        """Install CHILD_SAs in one netlink batch; each is all-or-nothing on its own."""
+    async def _install(self, batch: list[ChildRecord], datagrams: list[Datagram]) -> None:
+        """Install CHILD_SAs in one netlink batch (each all-or-nothing on its own), then
+        send the datagrams that announce them."""
         batch = [c for c in batch if c.state != "DELETED"]
-        if not batch:
-            return
         started = time.perf_counter()
-        errors = await self.kernel.install_children([c.install for c in batch])
-        elapsed = time.perf_counter() - started
-        for child, error in zip(batch, errors, strict=True):
+        results: list[tuple[ChildRecord, KernelError | None]] = []
+        for outbound in (True, False):
+            group = [c for c in batch if c.outbound_pending is not outbound]
+            if group:
+                errors = await self.kernel.install_children([c.install for c in group],
+                                                            outbound=outbound)
+                results += zip(group, errors, strict=True)
+        self.install_seconds += time.perf_counter() - started
+        for datagram in datagrams:
+            self.send(datagram)
+        for child, error in results:
             if error is None:
                 child.in_kernel = True
                 self.counters["kernel_installs"] += 1
             else:
                 self._install_failed(child, error)
-        self.install_seconds += elapsed
         for child in batch:
             if child.in_kernel:
                 await self._hold_child_routes(child)
@@ -530,16 +623,34 @@ class Controller:
         child.state = "FAILED"
         self._delete_with_peer(child.event, "kernel install failed")
 
-    async def _remove(self, child: ChildRecord) -> None:
+    async def _remove(self, child: ChildRecord, linger: bool = False) -> None:
+        """Take a CHILD_SA out of the kernel; with `linger` its inbound SA stays for
+        `delete_rekeyed_delay` seconds."""
         if not child.in_kernel:
             return
         child.in_kernel = False
+        linger = linger and self.conf.delete_rekeyed_delay > 0
         try:
-            await self.kernel.remove_child(child.install)
+            await self.kernel.remove_child(child.install, inbound=not linger,
+                                           outbound=not child.outbound_pending)
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
+        if linger:
+            self._linger(child.install.inbound.id)
         if self.routes is not None:
             await self.routes.release(child.event.spi_in)
+
+    def _linger(self, sa: SaId) -> None:
+        def expired() -> None:
+            self._queue_job(lambda: self._delete_lingering(sa))
+
+        loop = asyncio.get_running_loop()
+        self._lingering[sa] = loop.call_later(self.conf.delete_rekeyed_delay, expired)
+
+    async def _delete_lingering(self, sa: SaId) -> None:
+        if self._lingering.pop(sa, None) is not None:
+            with contextlib.suppress(KernelError):  # expired in the kernel meanwhile
+                await self.kernel.delete_sa(sa)
 
     async def _hold_child_routes(self, child: ChildRecord) -> None:
         event = child.event
@@ -712,6 +823,10 @@ class Controller:
         conf = record.conf.children.get(child.event.child) if record else None
         if conf is None or not child.in_kernel or child.event.remote == remote:
             return
+        if child.outbound_pending:  # a move is rare: stop waiting for the old one's delete
+            await self._add_outbound(child)
+            if not child.in_kernel:
+                return
         event = replace(child.event, remote=remote)
         install = build_child(event, conf, child.reqid)
         try:
@@ -1007,7 +1122,8 @@ class Controller:
     async def _traffic(self, child: ChildRecord) -> Traffic:
         try:
             inbound = await self.kernel.counters(child.install.inbound.id)
-            outbound = await self.kernel.counters(child.install.outbound.id)
+            outbound = KernelCounters() if child.outbound_pending else \
+                await self.kernel.counters(child.install.outbound.id)
         except KernelError:
             return Traffic()
         return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets)

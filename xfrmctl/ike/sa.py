@@ -1443,8 +1443,10 @@ class IkeSa:
         if old.state in (ChildState.INSTALLED, ChildState.REKEYING):
             old.state = ChildState.REKEYED
         if theirs is not None and ours[0] < theirs[0]:
-            # We lost: our new SA is redundant; the peer deletes the old one.
+            # We lost: our new SA is redundant (never to be sent on: DELETING from now);
+            # the peer deletes the old one.
             redundant = ours[1]
+            redundant.state = ChildState.DELETING
             self._queue(_Task("delete redundant", lambda t: self._build_delete_child(
                 redundant, "rekey collision lost")), now)
             return
@@ -1467,6 +1469,11 @@ class IkeSa:
         self._events.append(ChildSaDeleted(self.id, self._conf().name, child.config.name,
                                            child.child_id, child.protocol, child.spi_in,
                                            child.spi_out, reason))
+
+    def child_state(self, spi_in: int) -> ChildState | None:
+        """The state of our CHILD_SA with this inbound SPI (None: there is none)."""
+        child = self._child_by_spi_in(spi_in)
+        return child.state if child is not None else None
 
     def _child_by_spi_in(self, spi: int) -> ChildSa | None:
         return next((c for c in self.children.values() if c.spi_in == spi), None)

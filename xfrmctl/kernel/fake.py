@@ -327,6 +327,16 @@ class FakeKernel(KernelIPsec):
             return event
         return None
 
+    def outbound_sa(self, src: IPAddress, dst: IPAddress, reqid: int) -> SaSpec | None:
+        """The SA a packet of a policy with this template leaves by, as xfrm_state_find
+        picks it: of the valid SAs, one not soft-expired (dying) before one that is, then
+        the most recently added."""
+        candidates = [(not e.soft_fired, e.added, order, e.spec)
+                      for order, e in enumerate(self.sas.values())
+                      if not e.larval and e.spec.reqid == reqid
+                      and (e.spec.src, e.spec.dst) == (src, dst)]
+        return max(candidates, key=lambda c: c[:3])[3] if candidates else None
+
     def inject(self, event: KernelEvent) -> None:
         self._queue.put_nowait(event)
 

@@ -250,11 +250,14 @@ class KernelIPsec(ABC):
         await self.install_children([child], raise_first=True)
 
     async def install_children(
-        self, children: Sequence[ChildInstall], raise_first: bool = False
+        self, children: Sequence[ChildInstall], raise_first: bool = False, *,
+        outbound: bool = True,
     ) -> list[KernelError | None]:
-        """Many CHILD_SAs in one batch; each is all-or-nothing on its own."""
+        """Many CHILD_SAs in one batch; each is all-or-nothing on its own. With
+        `outbound=False` the outbound SAs stay out (a rekey's responder adds them with
+        `add_sa` once the peer deleted the old CHILD_SA and takes the new one inbound)."""
         planned: dict[PolicyKey, list[PolicySpec]] = {}  # shared: children may share keys
-        plans = [self._child_steps(c, planned) for c in children]
+        plans = [self._child_steps(c, planned, outbound) for c in children]
         flat = [s for plan in plans for s in plan]
         results = await self._execute([s.op for s in flat])
         out: list[KernelError | None] = []
@@ -279,10 +282,12 @@ class KernelIPsec(ABC):
             raise first
         return out
 
-    async def remove_child(self, child: ChildInstall) -> None:
-        """Release the policies (reference counted) and delete both SAs. Every step is
-        attempted; the first failure is raised afterwards."""
-        await self.remove_children([child])
+    async def remove_child(self, child: ChildInstall, *, inbound: bool = True,
+                           outbound: bool = True) -> None:
+        """Release the policies (reference counted) and delete both SAs, or only those
+        asked for (an inbound SA kept a while for packets still in flight, an outbound
+        one never added). Every step is attempted; the first failure is raised after."""
+        await self.remove_children([child], inbound=inbound, outbound=outbound)
 
     async def move_child(self, old: ChildInstall, new: ChildInstall) -> None:
         """Re-address an installed CHILD_SA (the peer's NAT mapping moved): the same SPIs,
@@ -355,7 +360,8 @@ class KernelIPsec(ABC):
             await self._execute(ops)
         return len(sas), len(policies)
 
-    async def remove_children(self, children: Sequence[ChildInstall]) -> None:
+    async def remove_children(self, children: Sequence[ChildInstall], *, inbound: bool = True,
+                              outbound: bool = True) -> None:
         """remove_child for many, in one batch."""
         steps: list[_Step] = []
         for child in children:
@@ -364,16 +370,20 @@ class KernelIPsec(ABC):
                 if step is not None:
                     steps.append(step)
                     step.commit()  # later children sharing the key see the release
-            for sa in (child.outbound, child.inbound):
+            for sa, wanted in ((child.outbound, outbound), (child.inbound, inbound)):
+                if not wanted:
+                    continue
                 steps.append(_Step(Op(OpKind.DELETE_SA, sa.id), None, self._forget_larval(sa.id)))
         await self._run(steps, all_or_nothing=False)
 
     # --- step planning ---------------------------------------------------------------
 
     def _child_steps(
-        self, child: ChildInstall, planned: dict[PolicyKey, list[PolicySpec]]
+        self, child: ChildInstall, planned: dict[PolicyKey, list[PolicySpec]], outbound: bool
     ) -> list[_Step]:
-        steps = [self._add_sa_step(child.inbound), self._add_sa_step(child.outbound)]
+        steps = [self._add_sa_step(child.inbound)]
+        if outbound:
+            steps.append(self._add_sa_step(child.outbound))
         for p in child.policies:
             steps.append(self._add_policy_step(p, planned))
         return steps

@@ -345,6 +345,32 @@ async def test_children_sharing_policies_in_one_batch(env: KernelEnv) -> None:
     assert await env.kernel.dump_sas() == []
 
 
+async def test_rekey_responder_steps_inbound_first_outbound_later(env: KernelEnv) -> None:
+    """A rekey's responder: the new inbound SA and policies now, the outbound SA once the
+    old CHILD_SA is deleted; the old inbound SA outlives the rest of it for a while."""
+    env.require_esp()
+    old, new = child(0xC0000061, 0xC0000062), child(0xC0000063, 0xC0000064)
+    await env.kernel.install_child(old)
+    assert await env.kernel.install_children([new], outbound=False) == [None]
+    assert {s.spec.spi for s in await env.kernel.dump_sas()} == {0xC0000061, 0xC0000062,
+                                                                 0xC0000063}
+    await env.kernel.add_sa(new.outbound)
+    await env.kernel.remove_child(old, inbound=False)
+    assert {s.spec.spi for s in await env.kernel.dump_sas()} == {0xC0000061, 0xC0000063,
+                                                                 0xC0000064}
+    assert all(env.kernel.policy_refcount(p.key) == 1 for p in new.policies)
+    assert len(await env.kernel.dump_policies()) == 3
+    await env.kernel.delete_sa(old.inbound.id)
+    # a CHILD_SA whose outbound SA never went in leaves without it
+    await env.kernel.install_child(old)
+    await env.kernel.remove_child(new)
+    pending = child(0xC0000065, 0xC0000066)
+    assert await env.kernel.install_children([pending], outbound=False) == [None]
+    await env.kernel.remove_child(pending, outbound=False)
+    await env.kernel.remove_child(old)
+    assert await env.kernel.dump_sas() == [] and await env.kernel.dump_policies() == []
+
+
 def natted_child(spi_in: int, spi_out: int, peer: A, port: int) -> ChildInstall:  # type: ignore[valid-type]
     """`child` with the peer at `peer`:`port` behind a NAT (ESP in UDP)."""
     c = child(spi_in, spi_out)

@@ -1,0 +1,148 @@
+"""Make-before-break: at no moment of a CHILD_SA's setup or rekey does either gateway's
+kernel send on an SA the other one lacks, whichever side rekeys, and whichever kernel is
+the slower one (the race a real pair lost one ping to).
+
+A watcher looks after every batch of kernel work on either side, once the first CHILD_SA
+is up: for each outbound policy, the SA the kernel would pick (FakeKernel.outbound_sa, as
+xfrm_state_find) must be installed inbound at the peer. (Before, IKEv2 itself allows a
+loss: the IKE_AUTH responder sends on its SA before its response reached the initiator.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from xfrmctl.daemon import conf as cf
+from xfrmctl.daemon.controller import Controller
+from xfrmctl.daemon.ports import Target
+from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.kernel.interface import Op
+from xfrmctl.kernel.types import Direction, Expire
+
+from .test_controller import A, B, Gateways, _wire, connection
+
+LINGER = 0.3  # delete_rekeyed_delay of both gateways
+
+
+class SlowKernel(FakeKernel):
+    """A FakeKernel whose netlink batches take `delay` seconds, checked after each."""
+
+    delay: float = 0.0
+    after: Callable[[], None] | None = None
+
+    async def _execute(self, ops: Sequence[Op]) -> list[tuple[int, str]]:
+        await asyncio.sleep(self.delay)
+        results = await super()._execute(ops)
+        if self.after is not None:
+            self.after()
+        return results
+
+
+def unreachable(src: FakeKernel, dst: FakeKernel) -> list[str]:
+    """Outbound SAs of `src` that `dst` does not have inbound: a packet sent now is lost."""
+    inbound = {(e.spec.dst, e.spec.spi) for e in dst.sas.values() if not e.larval}
+    lost = []
+    for policy in src.policies.values():
+        if policy.direction is not Direction.OUT or not policy.templates:
+            continue
+        t = policy.templates[0]
+        assert t.src is not None and t.dst is not None
+        sa = src.outbound_sa(t.src, t.dst, t.reqid)
+        if sa is not None and (sa.dst, sa.spi) not in inbound:
+            lost.append(f"{sa.src} -> {sa.dst} on SPI {sa.spi:08x}")
+    return lost
+
+
+async def start_watched(slow: str) -> tuple[Gateways, list[str]]:
+    ka, kb = SlowKernel(), SlowKernel()
+    (ka if slow == "a" else kb).delay = 0.02
+    losses: list[str] = []
+
+    def check() -> None:
+        losses.extend(unreachable(ka, kb) + unreachable(kb, ka))
+    conf_a = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={"site-b": connection(
+        A, B, "198.51.100.0/24", "203.0.113.0/24", "start")})
+    conf_b = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={"site-a": connection(
+        B, A, "203.0.113.0/24", "198.51.100.0/24")})
+    a, b = Controller(conf_a, ka), Controller(conf_b, kb)
+    _wire(a, b)
+    _wire(b, a)
+    gw = Gateways(a, b, ka, kb)
+    await b.start()
+    await a.start()
+    await settle(gw)
+    assert len(ka.sas) == len(kb.sas) == 2  # the IKE_AUTH child
+    ka.after = kb.after = check
+    return gw, losses
+
+
+async def settle(gw: Gateways) -> None:
+    """Until both job queues stay idle across a round trip of slow kernel work."""
+    for _ in range(10):
+        await gw.settle()
+        await asyncio.sleep(0.05)
+        if gw.a._jobs_idle.is_set() and gw.b._jobs_idle.is_set():
+            await gw.settle()
+            return
+
+
+def inbound_of(controller: Controller) -> int:
+    (child,) = controller.children.values()
+    return child.event.spi_in
+
+
+@pytest.mark.parametrize("slow", ["a", "b"])
+@pytest.mark.parametrize("rekeyer", ["a", "b", "both"])
+async def test_rekey_never_sends_on_an_sa_the_peer_lacks(slow: str, rekeyer: str) -> None:
+    gw, losses = await start_watched(slow)
+    deleted: list[object] = []
+    for controller in (gw.a, gw.b):
+        controller.event_listeners.append(
+            lambda kind, fields: deleted.append(fields["reason"])
+            if kind == "ChildSaDeleted" else None)
+    old = {"a": inbound_of(gw.a), "b": inbound_of(gw.b)}
+    for side in ("a", "b") if rekeyer == "both" else (rekeyer,):  # both: a collision
+        kernel = gw.ka if side == "a" else gw.kb
+        sa = next(e.spec for e in kernel.sas.values() if e.spec.spi == old[side])
+        kernel.inject(Expire(sa.id, hard=False))
+    await settle(gw)
+    assert losses == []
+    # one side deleted the old CHILD_SA, the other heard; in a collision the loser
+    # deleted its own new one too
+    expected = ["deleted by peer", "rekeyed"]
+    if rekeyer == "both":
+        expected += ["deleted by peer", "rekey collision lost"]
+    assert sorted(map(str, deleted)) == sorted(expected)
+    new = {"a": inbound_of(gw.a), "b": inbound_of(gw.b)}
+    assert new["a"] != old["a"] and new["b"] != old["b"]
+    # both kernels now send on the new CHILD_SA, the peer's inbound one
+    for src, dst, spi in ((gw.ka, B, new["b"]), (gw.kb, A, new["a"])):
+        (out,) = [p for p in src.policies.values() if p.direction is Direction.OUT]
+        t = out.templates[0]
+        picked = src.outbound_sa(t.src, t.dst, t.reqid)  # type: ignore[arg-type]
+        assert picked is not None and (str(picked.dst), picked.spi) == (dst, spi)
+    # the replaced inbound SAs linger for packets in flight, then go
+    spis = {"a": {e.spec.spi for e in gw.ka.sas.values()},
+            "b": {e.spec.spi for e in gw.kb.sas.values()}}
+    assert old["a"] in spis["a"] and old["b"] in spis["b"]
+    await asyncio.sleep(LINGER + 0.1)
+    await settle(gw)
+    assert len(gw.ka.sas) == len(gw.kb.sas) == 2 and losses == []
+    await gw.a.stop()
+    await gw.b.stop()
+
+
+async def test_rekey_from_the_api_loses_nothing_either_way() -> None:
+    gw, losses = await start_watched("b")
+    for controller in (gw.a, gw.b, gw.a):
+        (child,) = await controller.list_child_sas()
+        await controller.rekey(Target("child_sa", child.id))
+        await settle(gw)
+    assert losses == []
+    assert all(not c.outbound_pending for c in (*gw.a.children.values(),
+                                                *gw.b.children.values()))
+    await gw.a.stop()
+    await gw.b.stop()
+    assert not gw.ka.sas and not gw.kb.sas  # lingering inbound SAs go with the daemon
