@@ -59,9 +59,10 @@ def _wire(src: Controller, dst: Controller) -> None:
 
 
 async def start_pair(conf_a: cf.DaemonConf, conf_b: cf.DaemonConf, links_a: Any = None,
-                     links_b: Any = None) -> Gateways:
+                     links_b: Any = None,
+                     kernels: tuple[FakeKernel, FakeKernel] | None = None) -> Gateways:
     """Two controllers on fake kernels, wired to each other; b (the responder) first."""
-    ka, kb = FakeKernel(), FakeKernel()
+    ka, kb = kernels or (FakeKernel(), FakeKernel())
     a, b = Controller(conf_a, ka, links=links_a), Controller(conf_b, kb, links=links_b)
     _wire(a, b)
     _wire(b, a)
@@ -73,12 +74,13 @@ async def start_pair(conf_a: cf.DaemonConf, conf_b: cf.DaemonConf, links_a: Any 
 
 
 async def make(start_a: str = "start", psk_b: str = PSK, linger: float = 5.0,
+               kernels: tuple[FakeKernel, FakeKernel] | None = None,
                **kwargs: object) -> Gateways:
     conf_a = cf.DaemonConf(delete_rekeyed_delay=linger, connections={"site-b": connection(
         A, B, "198.51.100.0/24", "203.0.113.0/24", start_a, **kwargs)})
     conf_b = cf.DaemonConf(delete_rekeyed_delay=linger, connections={"site-a": connection(
         B, A, "203.0.113.0/24", "198.51.100.0/24", psk=psk_b)})
-    return await start_pair(conf_a, conf_b)
+    return await start_pair(conf_a, conf_b, kernels=kernels)
 
 
 @pytest.fixture
@@ -178,18 +180,8 @@ async def test_trap_policy_acquire_brings_the_tunnel_up() -> None:
 
 
 async def test_failed_kernel_install_leaves_nothing_behind() -> None:
-    ka, kb = FakeKernel(fail_on={OpKind.ADD_POLICY}), FakeKernel()
-    conf_a = cf.DaemonConf(connections={"site-b": connection(
-        A, B, "198.51.100.0/24", "203.0.113.0/24", "start")})
-    conf_b = cf.DaemonConf(connections={"site-a": connection(
-        B, A, "203.0.113.0/24", "198.51.100.0/24")})
-    a, b = Controller(conf_a, ka), Controller(conf_b, kb)
-    _wire(a, b)
-    _wire(b, a)
-    gw = Gateways(a, b, ka, kb)
-    await b.start()
-    await a.start()
-    await gw.settle()
+    gw = await make(kernels=(FakeKernel(fail_on={OpKind.ADD_POLICY}), FakeKernel()))
+    a, b, ka, kb = gw.a, gw.b, gw.ka, gw.kb
     assert not ka.sas and not ka.policies  # rolled back
     assert not kb.sas and not await b.list_child_sas()  # and the peer was told
     assert (await a.status()).counters.failures["KERNEL_INSTALL"] == 1

@@ -14,14 +14,13 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import Op
 from xfrmctl.kernel.types import Direction, Expire
 
-from .test_controller import A, B, Gateways, _wire, connection
+from .test_controller import A, B, Gateways, make
 
 LINGER = 0.3  # delete_rekeyed_delay of both gateways
 
@@ -62,16 +61,8 @@ async def start_watched(slow: str) -> tuple[Gateways, list[str]]:
 
     def check() -> None:
         losses.extend(unreachable(ka, kb) + unreachable(kb, ka))
-    conf_a = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={"site-b": connection(
-        A, B, "198.51.100.0/24", "203.0.113.0/24", "start")})
-    conf_b = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={"site-a": connection(
-        B, A, "203.0.113.0/24", "198.51.100.0/24")})
-    a, b = Controller(conf_a, ka), Controller(conf_b, kb)
-    _wire(a, b)
-    _wire(b, a)
-    gw = Gateways(a, b, ka, kb)
-    await b.start()
-    await a.start()
+
+    gw = await make(linger=LINGER, kernels=(ka, kb))
     await settle(gw)
     assert len(ka.sas) == len(kb.sas) == 2  # the IKE_AUTH child
     ka.after = kb.after = check
