@@ -112,7 +112,8 @@ class ChildRecord:
     installed_at: float
     state: str = "INSTALLED"
     in_kernel: bool = False  # install_child succeeded: there is something to remove
-    # a rekey's responder: the outbound SA waits until the peer deleted the old CHILD_SA
+    # a rekey's responder, or either end of a collision: the outbound SA waits until the
+    # old CHILD_SA is deleted (see the module's docstring)
     outbound_pending: bool = False
 
 
