@@ -113,8 +113,9 @@ def report(results: dict[str, Phase], described: dict[str, str], n: int, warmup:
     elif not esp:
         print("  kernel without ESP: CHILD_SA installs fail on both responders. charon "
               "installs before it answers\n  (IKE_AUTH answer carries a child error "
-              "notify); xfrmctl answers with the SA payload, then fails\n  to install and "
-              "deletes the CHILD_SA (one INFORMATIONAL more). The IKE work compared "
+              "notify); xfrmctl tries the install (policies, SA refused,\n  rolled back), "
+              "answers with the SA payload and deletes the CHILD_SA (one INFORMATIONAL "
+              "more). The IKE work compared "
               "(IKE_SA_INIT,\n  IKE_AUTH with PSK, CHILD_SA negotiation) is the same.")
     x, c = results.get("xfrmctl"), results.get("charon")
 
