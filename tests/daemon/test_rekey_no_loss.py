@@ -4,8 +4,8 @@ the slower one (the race a real pair lost one ping to).
 
 A watcher looks after every batch of kernel work on either side, once the first CHILD_SA
 is up: for each outbound policy, the SA the kernel would pick (FakeKernel.outbound_sa, as
-xfrm_state_find) must be installed inbound at the peer. (Before, IKEv2 itself allows a
-loss: the IKE_AUTH responder sends on its SA before its response reached the initiator.)"""
+xfrm_state_find) must be installed inbound at the peer. (Until then IKEv2 itself allows
+a loss: the IKE_AUTH responder sends on its SA before its response reached the initiator.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from xfrmctl.kernel.types import Direction, Expire
 
 from .test_controller import A, B, Gateways, make
 
-LINGER = 0.3  # delete_rekeyed_delay of both gateways
+LINGER = 1.0  # delete_rekeyed_delay of both gateways
 
 
 class SlowKernel(FakeKernel):
