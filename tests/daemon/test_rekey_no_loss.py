@@ -121,6 +121,7 @@ async def test_rekey_never_sends_on_an_sa_the_peer_lacks(slow: str, rekeyer: str
     await asyncio.sleep(LINGER + 0.1)
     await settle(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2 and losses == []
+    assert gw.a._rekeys == gw.b._rekeys == {}  # the finished rekeys are forgotten
     await gw.a.stop()
     await gw.b.stop()
 
@@ -134,6 +135,7 @@ async def test_rekey_from_the_api_loses_nothing_either_way() -> None:
     assert losses == []
     assert all(not c.outbound_pending for c in (*gw.a.children.values(),
                                                 *gw.b.children.values()))
+    assert gw.a._rekeys == gw.b._rekeys == {}
     await gw.a.stop()
     await gw.b.stop()
     assert not gw.ka.sas and not gw.kb.sas  # lingering inbound SAs go with the daemon

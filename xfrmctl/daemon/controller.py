@@ -199,6 +199,9 @@ class Controller:
         self._outbox: list[Datagram] = []
         self._flushing = False
         self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
+        # Unfinished rekeys: the old CHILD_SA's inbound SPI -> the CHILD_SAs made from it
+        # (two in a collision), kept while the old one lives or a new one waits to send.
+        self._rekeys: dict[int, list[ChildRecord]] = {}
         self._job_ready = asyncio.Event()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
@@ -482,12 +485,16 @@ class Controller:
         # A rekey we answered: the peer sends on the new SA once it has our response, we
         # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
         # till the loser's SA is known.
-        pending = event.rekey_of in self.children and (
-            not event.initiator or any(c.event.rekey_of == event.rekey_of
-                                       for c in self.children.values()))
+        old = event.rekey_of
+        siblings = self._rekeys.setdefault(old, []) \
+            if old is not None and old in self.children else None
+        pending = siblings is not None and (not event.initiator or any(
+            c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
                             outbound_pending=pending)
         self.children[event.spi_in] = child
+        if siblings is not None:
+            siblings.append(child)
         self._queue_job(child)
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
@@ -510,12 +517,21 @@ class Controller:
 
     async def _retire(self, child: ChildRecord) -> None:
         """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
-        the old one goes), and a replaced CHILD_SA's inbound SA lingers."""
-        while (ready := next((c for c in self.children.values() if self._may_send(c)),
-                             None)) is not None:
-            await self._add_outbound(ready)  # one at a time: each may block the next
-        replaced = any(c.event.rekey_of == child.event.spi_in for c in self.children.values())
+        the old one goes), and a replaced CHILD_SA's inbound SA lingers. Only the rekeys
+        it was part of are looked at, as the old CHILD_SA or as a new one."""
+        rekeys = [k for k in (child.event.spi_in, child.event.rekey_of) if k in self._rekeys]
+        for old in rekeys:
+            made = self._rekeys[old]
+            while (ready := next((c for c in made if self._may_send(c)), None)) is not None:
+                await self._add_outbound(ready)  # one at a time: each may block the next
+        replaced = any(c.event.spi_in in self.children
+                       for c in self._rekeys.get(child.event.spi_in, ()))
         await self._remove(child, linger=replaced)
+        for old in rekeys:
+            if old not in self.children and not any(
+                    c.outbound_pending and c.event.spi_in in self.children
+                    for c in self._rekeys[old]):
+                del self._rekeys[old]  # done: the old one is gone, nobody waits
 
     def _may_send(self, waiting: ChildRecord) -> bool:
         """A CHILD_SA waiting for its outbound SA may have it now: its predecessor is
@@ -524,8 +540,9 @@ class Controller:
         if not (waiting.outbound_pending and waiting.in_kernel):
             return False
         old = waiting.event.rekey_of
-        if any(c.event.spi_in == old or (c.event.rekey_of == old and not c.outbound_pending)
-               for c in self.children.values() if c is not waiting):
+        if old is None or old in self.children or any(
+                c is not waiting and c.event.spi_in in self.children and not c.outbound_pending
+                for c in self._rekeys.get(old, ())):
             return False
         sa = self.manager.get(waiting.event.ike_sa)
         state = sa.child_state(waiting.event.spi_in) if sa is not None else None
