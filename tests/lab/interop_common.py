@@ -35,6 +35,7 @@ from tests.support.xfrmctl_daemon import (
     connection,
     daemon_conf,
     wait_installed,
+    wait_until,
     xfrm_policies,
     xfrm_states,
 )
@@ -247,13 +248,11 @@ def wait_sas_gone(netns: Sequence[str], event: Event, timeout: float = 30) -> No
     """The SAs of ``event``'s CHILD_SA leave every kernel in ``netns``: a rekeyed one's
     inbound SA lingers a few seconds (delete_rekeyed_delay, ours and charon's)."""
     spis = {int(event["spi_in"]), int(event["spi_out"])}
-    deadline = time.monotonic() + timeout
-    while True:
-        left = {ns: found for ns in netns if (found := spis & {s.spi for s in xfrm_states(ns)})}
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"still in the kernel: {left}"
-        time.sleep(0.5)
+
+    def left() -> dict[str, set[int]]:
+        return {ns: found for ns in netns if (found := spis & {s.spi for s in xfrm_states(ns)})}
+
+    wait_until(lambda: not left(), timeout, lambda: f"still in the kernel: {left()}")
 
 
 def until(start: float, seconds: float) -> float:

@@ -46,6 +46,7 @@ from tests.support.xfrmctl_daemon import (
     child,
     connection,
     daemon_conf,
+    wait_until,
     xfrm_policies,
     xfrm_states,
 )
@@ -283,15 +284,6 @@ def wait_installed(daemon: XfrmctlDaemon, conn: str, after: int) -> Event:
     wait_until(lambda: spis <= {s.spi for s in xfrm_states(daemon.netns)}, 30,
                lambda: f"SAs {spis} not in the kernel of {daemon.netns}\n{daemon.tail()}")
     return event
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: Callable[[], str],
-               interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(what())
-        time.sleep(interval)
 
 
 def case_errors(daemon: XfrmctlDaemon, after: int) -> list[Event]:

@@ -387,6 +387,16 @@ def keep_logs(results: Path, nodeid: str, daemons: Sequence[XfrmctlDaemon]) -> P
     return dest
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float, what: Callable[[], str],
+               interval: float = 0.5) -> None:
+    """Poll ``predicate`` until true; after ``timeout`` seconds fail saying ``what()``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(what())
+        time.sleep(interval)
+
+
 def wait_installed(daemon: XfrmctlDaemon, after: int = 0, timeout: float = 120.0,
                    **fields: Any) -> Event:
     """The next ChildSaNegotiated (with ``fields``) and both of its SAs in the kernel of the
