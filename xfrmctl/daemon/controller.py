@@ -195,7 +195,6 @@ class Controller:
         # and other jobs (callables returning an awaitable or None).
         # Datagrams wait for the kernel work queued before them (_SendAfter).
         self._jobs: deque[ChildRecord | _SendAfter | Callable[[], object]] = deque()
-        self._jobs_queued = 0
         self._outbox: list[Datagram] = []
         self._flushing = False
         self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
@@ -338,7 +337,7 @@ class Controller:
         self._outbox.extend(self.manager.datagrams_to_send())
         if self._flushing:
             return
-        self._flushing, queued = True, self._jobs_queued
+        self._flushing, queued = True, len(self._jobs)  # only grows until we return
         try:
             while (event := self.manager.next_event()) is not None:
                 self._on_event(event)
@@ -346,7 +345,7 @@ class Controller:
         finally:
             self._flushing = False
         datagrams, self._outbox = tuple(self._outbox), []
-        if datagrams and self._jobs_queued != queued:
+        if datagrams and len(self._jobs) != queued:
             self._queue_job(_SendAfter(datagrams))
         else:
             for datagram in datagrams:
@@ -581,7 +580,6 @@ class Controller:
 
     def _queue_job(self, job: ChildRecord | _SendAfter | Callable[[], object]) -> None:
         self._jobs.append(job)
-        self._jobs_queued += 1
         self._jobs_idle.clear()
         self._job_ready.set()
 
