@@ -6,11 +6,17 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.ports import ConnectionStatus
+from xfrmctl.daemon.ports import ConnectionStatus, DownReason
 from xfrmctl.store.models import Connection
 
 from ..deps import ReadDep, ServicesDep
-from ..schemas.live import ConnectionStatusPublic, CountersPublic, StatusPublic
+from ..schemas.live import (
+    ChildStatusPublic,
+    ConnectionStatusPublic,
+    CountersPublic,
+    FailurePublic,
+    StatusPublic,
+)
 
 router = APIRouter(prefix="/status", tags=["status"])
 
@@ -28,23 +34,28 @@ async def read_status(services: ServicesDep, _: ReadDep) -> StatusPublic:
         return StatusPublic(
             daemon=False, started_at=None, version="", counters=None,
             connections=[ConnectionStatusPublic(
-                id=cid, name=name, enabled=enabled, state=None, reason="daemon not running",
+                id=cid, name=name, enabled=enabled, state=None,
+                reason=DownReason.DAEMON_NOT_RUNNING,
                 detail={}, ike_sa_ids=[], since=None) for cid, name, enabled in configured])
     daemon = await services.controller.status()
     actual = {c.connection_id: c for c in daemon.connections}
     return StatusPublic(
         daemon=True, started_at=daemon.started_at, version=daemon.version,
         counters=CountersPublic.model_validate(daemon.counters),
-        connections=[_merge(cid, name, enabled, actual.get(cid))
-                     for cid, name, enabled in configured])
+        connections=[_merge(cid, name, enabled, actual.get(cid), daemon.not_loaded.get(name))
+                     for cid, name, enabled in configured],
+        unmatched=[FailurePublic.model_validate(f) for f in daemon.unmatched])
 
 
-def _merge(cid: int, name: str, enabled: bool,
-           actual: ConnectionStatus | None) -> ConnectionStatusPublic:
+def _merge(cid: int, name: str, enabled: bool, actual: ConnectionStatus | None,
+           why_not_loaded: str | None) -> ConnectionStatusPublic:
     if actual is None:
-        reason = "disabled" if not enabled else "not loaded by the daemon"
+        reason = DownReason.DISABLED if not enabled else DownReason.NOT_LOADED
+        detail = {"message": why_not_loaded or "the daemon has not loaded it (yet)"} \
+            if enabled else {}
         return ConnectionStatusPublic(id=cid, name=name, enabled=enabled, state=None,
-                                      reason=reason, detail={}, ike_sa_ids=[], since=None)
+                                      reason=reason, detail=detail, ike_sa_ids=[], since=None)
     return ConnectionStatusPublic(
         id=cid, name=name, enabled=enabled, state=actual.state, reason=actual.reason,
-        detail=dict(actual.detail), ike_sa_ids=list(actual.ike_sa_ids), since=actual.since)
+        detail=dict(actual.detail), ike_sa_ids=list(actual.ike_sa_ids), since=actual.since,
+        children=[ChildStatusPublic.model_validate(c) for c in actual.children])

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from xfrmctl.daemon.ports import ConnectionState
+from xfrmctl.daemon.ports import ConnectionState, DownReason
 
 from .common import Page
 
@@ -114,11 +114,63 @@ class PoliciesPublic(Page[PolicyPublic]):
     pass
 
 
+class KernelAlgorithmPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    bits: int
+
+
+class KernelSaPublic(BaseModel):
+    """One XFRM state (its keys never leave the daemon)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    src: str
+    dst: str
+    spi: str
+    proto: str
+    mode: str
+    reqid: int
+    algorithms: dict[str, KernelAlgorithmPublic]
+    if_id: int | None
+    encap: bool
+    bytes: int
+    packets: int
+
+    @field_validator("spi", mode="before")
+    @classmethod
+    def _spi(cls, value: object) -> object:
+        return _hex(8, value)
+
+
+class KernelPolicyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    direction: str
+    src: str
+    dst: str
+    proto: int  # 0: any
+    action: str
+    priority: int
+    if_id: int | None
+    reqids: list[int]
+
+
 class KernelViewPublic(BaseModel):
     """XFRM states and policies as the kernel holds them (keys never included)."""
 
-    states: list[dict[str, Any]]
-    policies: list[dict[str, Any]]
+    model_config = ConfigDict(from_attributes=True)
+    states: list[KernelSaPublic]
+    policies: list[KernelPolicyPublic]
+
+
+class ChildStatusPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    child_id: int | None
+    state: ConnectionState
+    reason: DownReason | None
+    detail: dict[str, Any]
+    child_sa_ids: list[str]
+    since: datetime | None
 
 
 class ConnectionStatusPublic(BaseModel):
@@ -126,10 +178,22 @@ class ConnectionStatusPublic(BaseModel):
     name: str
     enabled: bool
     state: ConnectionState | None  # None: daemon not reachable
-    reason: str | None
+    reason: DownReason | None
     detail: dict[str, Any]
     ike_sa_ids: list[str]
     since: datetime | None
+    children: list[ChildStatusPublic] = []
+
+
+class FailurePublic(BaseModel):
+    """A failure no connection owns, e.g. an IKE_SA_INIT that matched none."""
+
+    model_config = ConfigDict(from_attributes=True)
+    at: datetime
+    reason: DownReason
+    message: str
+    local: str | None
+    remote: str | None
 
 
 class CountersPublic(BaseModel):
@@ -148,6 +212,7 @@ class StatusPublic(BaseModel):
     version: str
     counters: CountersPublic | None
     connections: list[ConnectionStatusPublic]
+    unmatched: list[FailurePublic] = []  # newest last
 
 
 class ActionResult(BaseModel):

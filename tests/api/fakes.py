@@ -15,7 +15,10 @@ from xfrmctl.daemon.ports import (
     ConnectionStatus,
     Counters,
     DaemonStatus,
+    DownReason,
     IkeSaInfo,
+    KernelAlgorithm,
+    KernelSaInfo,
     KernelView,
     PolicyInfo,
     Target,
@@ -53,6 +56,7 @@ class FakeController:
     calls: list[tuple[str, object]] = field(default_factory=list)
     changes: list[tuple[ConfigKind, int, ConfigChange]] = field(default_factory=list)
     states: dict[int, ConnectionStatus] = field(default_factory=dict)
+    not_loaded: dict[str, str] = field(default_factory=dict)  # name -> why
     reject: bool = False
 
     def _known(self, target: Target) -> None:
@@ -88,19 +92,22 @@ class FakeController:
                 for c in self.children for d in ("out", "in", "fwd")]
 
     async def kernel_view(self) -> KernelView:
-        return KernelView(states=({"spi": "c0ffee01", "proto": "esp"},), policies=())
+        return KernelView(states=(KernelSaInfo(
+            src="192.0.2.1", dst="192.0.2.2", spi=0xC0FFEE01, proto="esp", mode="tunnel",
+            reqid=1, algorithms={"aead": KernelAlgorithm("rfc4106(gcm(aes))", 160)}),),
+            policies=())
 
     async def status(self) -> DaemonStatus:
         return DaemonStatus(started_at=NOW, connections=tuple(self.states.values()),
                             counters=Counters(ike_setups=3, rekeys=1,
                                               failures={"AUTH_FAILED": 2},
                                               kernel_installs=4, kernel_install_seconds=0.02),
-                            version="test")
+                            version="test", not_loaded=dict(self.not_loaded))
 
     async def config_changed(self, kind: ConfigKind, object_id: int,
                              change: ConfigChange) -> None:
         self.changes.append((kind, object_id, change))
 
-    def set_state(self, conn_id: int, state: ConnectionState, reason: str | None = None
-                  ) -> None:
+    def set_state(self, conn_id: int, state: ConnectionState,
+                  reason: DownReason | None = None) -> None:
         self.states[conn_id] = ConnectionStatus(conn_id, state, reason)

@@ -12,7 +12,9 @@ from api.main import create_app
 from tests.api.conftest import make_token
 from tests.api.fakes import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
-from xfrmctl.daemon.ports import ConnectionState, Target
+from xfrmctl.daemon import conf as cf
+from xfrmctl.daemon.controller import Controller
+from xfrmctl.daemon.ports import ConnectionState, DownReason, Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import REQID_MIN, Algorithm, Mode, Proto, SaSpec, Selector
 from xfrmctl.store.db import Database
@@ -74,13 +76,15 @@ async def test_status_desired_vs_actual(client: httpx.AsyncClient,
     up, down, unloaded = (await _conn(client, "a"), await _conn(client, "b"),
                           await _conn(client, "c"))
     controller.set_state(up, ConnectionState.UP)
-    controller.set_state(down, ConnectionState.DOWN, "AUTH_FAILED")
+    controller.set_state(down, ConnectionState.DOWN, DownReason.AUTHENTICATION_FAILED)
+    controller.not_loaded["c"] = "psk_file /etc/xfrmctl/c.psk: No such file"
     status = (await client.get("/status")).json()
     assert status["daemon"] is True and status["counters"]["failures"] == {"AUTH_FAILED": 2}
     by_name = {c["name"]: c for c in status["connections"]}
     assert by_name["a"]["state"] == "up"
-    assert (by_name["b"]["state"], by_name["b"]["reason"]) == ("down", "AUTH_FAILED")
-    assert by_name["c"]["state"] is None and by_name["c"]["reason"]
+    assert (by_name["b"]["state"], by_name["b"]["reason"]) == ("down", "AUTHENTICATION_FAILED")
+    assert (by_name["c"]["state"], by_name["c"]["reason"]) == (None, "not loaded")
+    assert by_name["c"]["detail"]["message"] == "psk_file /etc/xfrmctl/c.psk: No such file"
     assert unloaded == by_name["c"]["id"]
 
 
@@ -113,7 +117,10 @@ async def test_metrics(client: httpx.AsyncClient, controller: FakeController) ->
     assert 'xfrmctl_connections{state="up"} 1.0' in text
 
 
-async def test_kernel_view_hides_keys(settings: Settings, db: Database, tmp_path: Path) -> None:
+async def test_kernel_view_has_one_typed_shape_and_hides_keys(
+        settings: Settings, db: Database, tmp_path: Path) -> None:
+    """/kernel is served through the controller's port only: the same typed JSON whether
+    or not the app was also handed a kernel (it used to dump raw kernel dataclasses then)."""
     kernel = FakeKernel()
     key = bytes(range(36))
     await kernel.add_sa(SaSpec(
@@ -122,19 +129,27 @@ async def test_kernel_view_hides_keys(settings: Settings, db: Database, tmp_path
         selector=Selector(ipaddress.ip_network("192.0.2.0/24"),
                           ipaddress.ip_network("198.51.100.0/24")),
         aead=Algorithm("rfc4106(gcm(aes))", key, 128)))
-    app: FastAPI = create_app(settings, None, kernel, db=db)
     token = make_token(db, "r", Scope.READ)
+    bodies = []
+    for wired_kernel in (kernel, None):
+        app: FastAPI = create_app(settings, Controller(cf.DaemonConf(), kernel), wired_kernel,
+                                  db=db)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://test/api/v1",
+                                     headers={"authorization": f"Bearer {token}"}) as client:
+            r = await client.get("/kernel")
+        assert r.status_code == 200
+        assert key.hex() not in r.text and str(list(key)) not in r.text
+        bodies.append(r.json())
+    assert bodies[0] == bodies[1]
+    (state,) = bodies[0]["states"]
+    assert state["spi"] == "c0ffee01" and state["reqid"] == REQID_MIN
+    assert state["algorithms"] == {"aead": {"name": "rfc4106(gcm(aes))", "bits": 288}}
+    app = create_app(settings, None, kernel, db=db)  # no daemon: no kernel view
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://test/api/v1",
                                  headers={"authorization": f"Bearer {token}"}) as client:
-        r = await client.get("/kernel")
-    assert r.status_code == 200
-    states = r.json()["states"]
-    assert len(states) == 1
-    assert states[0]["spec"]["spi"] == 0xC0FFEE01
-    assert states[0]["spec"]["aead"]["name"] == "rfc4106(gcm(aes))"
-    assert "key" not in states[0]["spec"]["aead"]
-    assert key.hex() not in r.text and str(list(key)) not in r.text
+        assert (await client.get("/kernel")).status_code == 503
 
 
 async def test_healthz(anon: httpx.AsyncClient) -> None:

@@ -42,7 +42,6 @@ from xfrmctl.ike.events import (
     ChildSaDeleted,
     ChildSaNegotiated,
     Event,
-    FailureReason,
     IkeSaDown,
     IkeSaRekeyed,
     IkeSaUp,
@@ -78,13 +77,19 @@ from .pool import AddressPool
 from .ports import (
     ActionRejected,
     ChildSaInfo,
+    ChildStatus,
     ConfigChange,
     ConfigKind,
     ConnectionState,
     ConnectionStatus,
     Counters,
     DaemonStatus,
+    DownReason,
+    FailureInfo,
     IkeSaInfo,
+    KernelAlgorithm,
+    KernelPolicyInfo,
+    KernelSaInfo,
     KernelView,
     PolicyInfo,
     Target,
@@ -100,6 +105,8 @@ NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
 STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
+UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
+UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
 
 
 @dataclass(slots=True)
@@ -134,6 +141,13 @@ class _TrapChild:
     remote: str
 
 
+@dataclass(frozen=True, slots=True)
+class _ChildDown:
+    reason: DownReason
+    detail: dict[str, object]
+    since: float
+
+
 @dataclass(slots=True)
 class ConnectionRecord:
     id: int
@@ -141,9 +155,11 @@ class ConnectionRecord:
     conf: cf.ConnectionConf
     ike: IkeConfig
     state: ConnectionState = ConnectionState.DOWN
-    reason: str | None = None
+    reason: DownReason | None = None
     detail: dict[str, object] = field(default_factory=dict)
     since: float = 0.0
+    # children that failed or went down while the IKE_SA lives: name -> why
+    child_down: dict[str, _ChildDown] = field(default_factory=dict)
     traps: list[PolicySpec] = field(default_factory=list)
     links: list[str] = field(default_factory=list)  # interfaces we created
     wanted: bool = False  # should be up (start action, API initiate, DPD restart)
@@ -158,15 +174,12 @@ def _name(enum: type, value: int | None) -> str | None:
         return str(value)
 
 
-def _utc(ts_: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts_, UTC) if ts_ else None
-
-
 class Controller:
     """The running gateway. `send` is set by the endpoints once they are bound."""
 
     def __init__(self, conf: cf.DaemonConf, kernel: KernelIPsec, *,
-                 clock: Callable[[], float] = time.time, state: StateFile | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, state: StateFile | None = None,
                  links: KernelLinks | None = None) -> None:
         self.conf = conf
         self.links = links  # route-based children need it (XFRM interfaces, VTIs)
@@ -176,7 +189,10 @@ class Controller:
         self.state = state  # set: SAs are saved, and a restart keeps the tunnels
         self._dirty = False
         self.kernel = kernel
+        # Timers and the IKE core run on `clock` (monotonic: a step of the wall clock
+        # moves no deadline); `wall_clock` only dates what is shown and checks certificates.
         self.clock = clock
+        self.wall_clock = wall_clock
         self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
                                   spi_allocator=self._random_spi)
         self.send: Callable[[Datagram], None] = lambda d: None
@@ -188,6 +204,10 @@ class Controller:
         self.counters: dict[str, int] = {"ike_setups": 0, "child_setups": 0, "rekeys": 0,
                                          "kernel_installs": 0}
         self.failures: dict[str, int] = {}
+        self.unmatched: deque[FailureInfo] = deque(maxlen=UNMATCHED_KEPT)
+        self._unmatched_logged: dict[str, float] = {}  # remote address -> when
+        # connections the configuration names but that could not be loaded: name -> why
+        self.not_loaded: dict[str, str] = {}
         self.install_seconds = 0.0
         self.event_listeners: list[Callable[[str, dict[str, object]], None]] = []
         self._reqids: dict[tuple[str, str], int] = {}
@@ -211,6 +231,8 @@ class Controller:
         self._vips: dict[int, str] = {}  # IKE SA id -> virtual IP we put on VIP_DEVICE
         # Database mode: reads the desired state; config_changed reloads from it.
         self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
+        # and why it left connections out (name -> why)
+        self.load_problems: Callable[[], dict[str, str]] | None = None
         self._reload_lock = asyncio.Lock()
         self.load(conf)
 
@@ -236,17 +258,33 @@ class Controller:
             pool = None
             if conn.pool:
                 pool = self._pools.setdefault(name, AddressPool(conn.pool))
+            try:
+                ike = cf.ike_config(name, conn, pool)
+            except (OSError, ValueError) as exc:  # e.g. a psk_file or key that is missing
+                self._not_loadable(name, exc)
+                continue
+            self.not_loaded.pop(name, None)
             # The database's id if given; else kept across reloads, new ones numbered on.
             ident = conn.id or (old.id if old else self._next_id())
-            record = ConnectionRecord(ident, name, conn,
-                                      cf.ike_config(name, conn, pool))
+            record = ConnectionRecord(ident, name, conn, ike)
             self.connections[name] = record
             changed.append(name)
         for name in set(self.connections) - set(conf.connections):
             changed.append(name)
+        for name in set(self.not_loaded) - set(conf.connections):
+            del self.not_loaded[name]
         self.manager.configs = {r.name: r.ike for r in self.connections.values()
                                 if r.name in conf.connections}
         return changed
+
+    def _not_loadable(self, name: str, exc: Exception) -> None:
+        """One connection that cannot be loaded is left out (a running one keeps its
+        last good configuration); the others load. `status` says why."""
+        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename \
+            else str(exc)
+        if self.not_loaded.get(name) != why:
+            log.error("connection %s not loaded: %s", name, why)
+        self.not_loaded[name] = why
 
     def _next_id(self) -> int:
         return max((r.id for r in self.connections.values()), default=0) + 1
@@ -328,7 +366,9 @@ class Controller:
     # ----------------------------------------------------------------- datagrams
 
     def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.manager.receive_datagram(data, local, remote, self.clock())
+        now = self.clock()
+        self.manager.wall_offset = self.wall_clock() - now
+        self.manager.receive_datagram(data, local, remote, now)
         self._flush()
 
     def _flush(self) -> None:
@@ -412,29 +452,87 @@ class Controller:
             return
         if event.reason == "rekeyed":
             return
-        self._connection_down(record, event.reason)
+        reason = DownReason.of(event.reason)
+        if reason is DownReason.OTHER or not record.detail:
+            record.detail = {"message": event.reason}
+        self._connection_down(record, reason)
 
     def _on_failed(self, event: NegotiationFailed) -> None:
         self.failures[event.reason.value] = self.failures.get(event.reason.value, 0) + 1
-        log.warning("negotiation failed: %s: %s (ours: %s; theirs: %s)", event.connection,
-                    event.message, "; ".join(event.ours) or "-",
-                    "; ".join(event.theirs) or "-")
         record = self.connections.get(event.connection)
-        if record is None or event.child is not None:
+        if record is None:
+            self._unmatched(event)
             return
-        record.detail = {"message": event.message, "ours": list(event.ours),
-                         "theirs": list(event.theirs)}
-        self._connection_down(record, event.reason.value)
+        what = f"{event.connection}/{event.child}" if event.child else event.connection
+        log.warning("negotiation failed: %s: %s: %s (ours: %s; theirs: %s)", what,
+                    event.reason.value, event.message, "; ".join(event.ours) or "-",
+                    "; ".join(event.theirs) or "-")
+        reason = DownReason.of(event.reason.value)
+        detail: dict[str, object] = {"message": event.message, "ours": list(event.ours),
+                                     "theirs": list(event.theirs)}
+        sa = self.manager.get(event.ike_sa)
+        if event.child is not None or (sa is not None and sa.state is IkeState.ESTABLISHED):
+            self._children_refused(record, event, reason, detail)
+            return
+        if any(sa.id != event.ike_sa and sa.state is IkeState.ESTABLISHED
+               for sa in self._sas_of(record)):
+            return  # another attempt (e.g. a stranger's) failed; the tunnel is up
+        record.detail = detail
+        self._connection_down(record, reason)
 
-    def _connection_down(self, record: ConnectionRecord, reason: str) -> None:
+    def _children_refused(self, record: ConnectionRecord, event: NegotiationFailed,
+                          reason: DownReason, detail: dict[str, object]) -> None:
+        """A CHILD_SA was refused while its IKE_SA stays up: that child is down (when the
+        responder found no child for the peer's selectors, every child not up is)."""
+        names = [event.child] if event.child is not None else [
+            n for n in record.conf.children
+            if not any(c.event.child == n for c in self._children_of(event.ike_sa))]
+        for name in names:
+            conf = record.conf.children.get(name)
+            child_detail = dict(detail)
+            if conf is not None and reason is DownReason.TS_UNACCEPTABLE:
+                child_detail |= {"local_ts": list(conf.local_ts) or ["(local address)"],
+                                 "remote_ts": list(conf.remote_ts) or ["(remote address)"]}
+                log.warning("%s/%s: our selectors %s === %s", record.name, name,
+                            ",".join(conf.local_ts) or "(local address)",
+                            ",".join(conf.remote_ts) or "(remote address)")
+            record.child_down[name] = _ChildDown(reason, child_detail, self.clock())
+
+    def _unmatched(self, event: NegotiationFailed) -> None:
+        """A failure no loaded connection owns (an IKE_SA_INIT or identity that matches
+        none): counted, kept for `status`, logged and sent as an event at most once a
+        minute per remote address (a scan must not flood the log)."""
+        sa = self.manager.get(event.ike_sa) if event.ike_sa else None
+        local = event.local or (sa.local if sa is not None else None)
+        remote = event.remote or (sa.remote if sa is not None else None)
+        info = FailureInfo(self._wall(self.clock()) or datetime.now(UTC),
+                           DownReason.of(event.reason.value), event.message,
+                           f"{local[0]}:{local[1]}" if local else None,
+                           f"{remote[0]}:{remote[1]}" if remote else None)
+        self.unmatched.append(info)
+        now, key = self.clock(), remote[0] if remote else ""
+        if now - self._unmatched_logged.get(key, -UNMATCHED_LOG_INTERVAL) < \
+                UNMATCHED_LOG_INTERVAL:
+            return
+        if len(self._unmatched_logged) > 4096:
+            self._unmatched_logged.clear()
+        self._unmatched_logged[key] = now
+        log.warning("unmatched peer %s -> %s: %s: %s (ours: %s; theirs: %s)", info.remote,
+                    info.local, event.reason.value, event.message,
+                    "; ".join(event.ours) or "-", "; ".join(event.theirs) or "-")
+        self._emit("UnmatchedPeer", {"reason": event.reason.value, "message": event.message,
+                                     "local": info.local, "remote": info.remote,
+                                     "ours": list(event.ours), "theirs": list(event.theirs)})
+
+    def _connection_down(self, record: ConnectionRecord, reason: DownReason) -> None:
         was_up = record.state is ConnectionState.UP
         self._set_state(record, ConnectionState.DOWN, reason)
-        if reason in ("deleted", "daemon stopped"):
+        if reason in (DownReason.DELETED, DownReason.DAEMON_STOPPED):
             return
-        if reason == "deleted by peer":
+        if reason is DownReason.DELETED_BY_PEER:
             self._after_peer_delete(record)
             return
-        if was_up and reason == FailureReason.PEER_UNREACHABLE.value:
+        if was_up and reason is DownReason.PEER_UNREACHABLE:
             self._after_dead_peer(record)
         elif record.wanted:  # not up yet (unreachable, refused ...): keep trying
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
@@ -465,10 +563,10 @@ class Controller:
             self._initiate(record)
 
     def _set_state(self, record: ConnectionRecord, state: ConnectionState,
-                   reason: str | None) -> None:
+                   reason: DownReason | None) -> None:
         record.state, record.since = state, self.clock()
         record.reason = reason
-        if state is ConnectionState.UP:
+        if state in (ConnectionState.UP, ConnectionState.CONNECTING):
             record.detail = {}
 
     def _on_child(self, event: ChildSaNegotiated) -> None:
@@ -480,6 +578,8 @@ class Controller:
                         event.connection, event.child)
             self._delete_with_peer(event, "not configured")
             return
+        assert record is not None
+        record.child_down.pop(event.child, None)
         install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         # A rekey we answered: the peer sends on the new SA once it has our response, we
         # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
@@ -513,6 +613,21 @@ class Controller:
         if child is not None:
             child.state = "DELETED"
             self._queue_job(lambda: self._retire(child))
+        record = self.connections.get(event.connection)
+        if record is not None and not any(
+                c.event.ike_sa == event.ike_sa and c.event.child == event.child
+                for c in self._children_of(event.ike_sa)):
+            reason = DownReason.of(event.reason)
+            known = record.child_down.get(event.child)
+            if known is None or known.reason is not reason:  # else keep what it knows
+                detail: dict[str, object] = {"message": event.reason}
+                record.child_down[event.child] = _ChildDown(reason, detail, self.clock())
+
+    def _children_of(self, ike_sa: int) -> list[ChildRecord]:
+        """The CHILD_SAs of one IKE_SA (the IKE core's list, so no scan of every child)."""
+        sa = self.manager.get(ike_sa)
+        spis = [c.spi_in for c in sa.children.values()] if sa is not None else []
+        return [self.children[spi] for spi in spis if spi in self.children]
 
     async def _retire(self, child: ChildRecord) -> None:
         """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
@@ -637,7 +752,11 @@ class Controller:
         self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
         self.children.pop(child.event.spi_in, None)
         child.state = "FAILED"
-        self._delete_with_peer(child.event, "kernel install failed")
+        record = self.connections.get(child.event.connection)
+        if record is not None:
+            record.child_down[child.event.child] = _ChildDown(
+                DownReason.KERNEL_INSTALL_FAILED, {"message": str(exc)}, self.clock())
+        self._delete_with_peer(child.event, DownReason.KERNEL_INSTALL_FAILED.value)
 
     async def _remove(self, child: ChildRecord, linger: bool = False) -> None:
         """Take a CHILD_SA out of the kernel; with `linger` its inbound SA stays for
@@ -864,9 +983,8 @@ class Controller:
         spi_in = child.event.spi_in
         if event.hard:
             self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "hard expire"))
-        elif child.state == "INSTALLED":
-            child.state = "REKEYING"
-            with contextlib.suppress(Exception):
+        elif sa.child_state(spi_in) is ChildState.INSTALLED:  # once per CHILD_SA
+            with contextlib.suppress(LocalError):
                 self.manager.act(sa, lambda s: s.rekey_child(spi_in, now))
         self._flush()
 
@@ -891,6 +1009,8 @@ class Controller:
         remote_addr = conf.remote_addrs[0]
         local_addr = conf.local_addrs[0] if conf.local_addrs else self._source_for(remote_addr)
         self._set_state(record, ConnectionState.CONNECTING, None)
+        for name in children or list(record.child_down):
+            record.child_down.pop(name, None)  # a new attempt: its result will tell
         self.manager.initiate(record.name, (local_addr, conf.local_port),
                               (remote_addr, conf.remote_port), self.clock(), children)
         self._flush()
@@ -1099,6 +1219,12 @@ class Controller:
 
     # ----------------------------------------------------------------- read-only views
 
+    def _wall(self, moment: float | None) -> datetime | None:
+        """A moment of `clock` as the wall-clock time it was (or will be)."""
+        if not moment:
+            return None
+        return datetime.fromtimestamp(self.wall_clock() - (self.clock() - moment), UTC)
+
     async def list_ike_sas(self) -> Sequence[IkeSaInfo]:
         return [self._ike_info(sa) for sa in self.manager.all()]
 
@@ -1116,7 +1242,7 @@ class Controller:
             remote_id=str(sa.remote_id) if sa.remote_id else None,
             encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
             prf=_name(PrfId, suite.prf), dh_group=_name(DhId, suite.dh),
-            established_at=_utc(sa.established_at), rekey_at=_utc(rekey_at),
+            established_at=self._wall(sa.established_at), rekey_at=self._wall(rekey_at),
             nat_local=sa.nat_local, nat_remote=sa.nat_remote)
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
@@ -1152,18 +1278,25 @@ class Controller:
             id=str(event.child_id), ike_sa_id=str(event.ike_sa),
             connection_id=record.id if record else None,
             child_id=_child_id(record, event.child) if record else None,
-            name=event.child, state=child.state, mode=event.mode.value,
+            name=event.child, state=self._child_state(child), mode=event.mode.value,
             protocol=event.protocol.name.lower(), spi_in=event.spi_in, spi_out=event.spi_out,
             local_ts=tuple(map(ts.format_ts, event.local_ts)),
             remote_ts=tuple(map(ts.format_ts, event.remote_ts)),
             encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
             dh_group=_name(DhId, event.suite.dh), esn=event.suite.esn, encap=event.encap,
-            if_id=child.install.inbound.if_id or None, installed_at=_utc(child.installed_at),
-            rekey_at=_utc(child.installed_at + lifetime.soft_add_expires_seconds)
+            if_id=child.install.inbound.if_id or None, installed_at=self._wall(child.installed_at),
+            rekey_at=self._wall(child.installed_at + lifetime.soft_add_expires_seconds)
             if lifetime.soft_add_expires_seconds else None,
-            expire_at=_utc(child.installed_at + lifetime.hard_add_expires_seconds)
+            expire_at=self._wall(child.installed_at + lifetime.hard_add_expires_seconds)
             if lifetime.hard_add_expires_seconds else None,
             traffic=traffic)
+
+    def _child_state(self, child: ChildRecord) -> str:
+        """The IKE core's state of the CHILD_SA (INSTALLED, REKEYING, REKEYED, DELETING),
+        or ours once it left the core (DELETED, FAILED)."""
+        sa = self.manager.get(child.event.ike_sa)
+        state = sa.child_state(child.event.spi_in) if sa is not None else None
+        return state.name if state is not None else child.state
 
     async def list_policies(self) -> Sequence[PolicyInfo]:
         out = []
@@ -1176,20 +1309,50 @@ class Controller:
         return out
 
     async def kernel_view(self) -> KernelView:
-        states = [_sa_dict(s.spec, s.counters) for s in await self.kernel.dump_sas()]
-        policies = [_policy_dict(p.spec) for p in await self.kernel.dump_policies()]
+        states = [_kernel_sa(s.spec, s.counters) for s in await self.kernel.dump_sas()]
+        policies = [_kernel_policy(p.spec) for p in await self.kernel.dump_policies()]
         return KernelView(tuple(states), tuple(policies))
 
     async def status(self) -> DaemonStatus:
+        installed: dict[tuple[str, str], list[str]] = {}
+        for child in self.children.values():
+            key = (child.event.connection, child.event.child)
+            installed.setdefault(key, []).append(str(child.event.child_id))
         connections = tuple(
             ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
-                             tuple(str(sa.id) for sa in self._sas_of(r)), _utc(r.since))
+                             tuple(str(sa.id) for sa in self._sas_of(r)), self._wall(r.since),
+                             self._children_status(r, installed))
             for r in sorted(self.connections.values(), key=lambda r: r.id))
         counters = Counters(self.counters["ike_setups"], self.counters["child_setups"],
                             self.counters["rekeys"], dict(self.failures),
                             self.counters["kernel_installs"], self.install_seconds)
-        return DaemonStatus(_utc(self.started_at) or datetime.now(UTC), connections, counters,
-                            __version__)
+        not_loaded = dict(self.not_loaded)
+        if self.load_problems is not None:
+            not_loaded |= self.load_problems()
+        return DaemonStatus(self._wall(self.started_at) or datetime.now(UTC), connections,
+                            counters, __version__, tuple(self.unmatched), not_loaded)
+
+    def _children_status(self, record: ConnectionRecord,
+                         installed: dict[tuple[str, str], list[str]]
+                         ) -> tuple[ChildStatus, ...]:
+        """Each configured child: up with its CHILD_SAs; else down with its own reason
+        (refused, install failed, deleted), or as its connection is."""
+        out = []
+        for name in sorted(record.conf.children):
+            ids, down = installed.get((record.name, name)), record.child_down.get(name)
+            child_id = _child_id(record, name)
+            if ids:
+                out.append(ChildStatus(name, child_id, ConnectionState.UP,
+                                       child_sa_ids=tuple(ids)))
+            elif down is not None:
+                out.append(ChildStatus(name, child_id, ConnectionState.DOWN, down.reason,
+                                       dict(down.detail), since=self._wall(down.since)))
+            elif record.state is ConnectionState.UP:  # not negotiated (yet)
+                out.append(ChildStatus(name, child_id, ConnectionState.DOWN))
+            else:
+                out.append(ChildStatus(name, child_id, record.state, record.reason,
+                                       since=self._wall(record.since)))
+        return tuple(out)
 
 
 def _child_id(record: ConnectionRecord, name: str) -> int | None:
@@ -1216,21 +1379,21 @@ def _policy_info(p: PolicySpec, child_id: str | None, connection_id: int | None)
                       connection_id=connection_id)
 
 
-def _sa_dict(spec: SaSpec, counters: KernelCounters) -> dict[str, object]:
-    algs = {kind: {"name": alg.name, "bits": len(alg.key) * 8}
+def _kernel_sa(spec: SaSpec, counters: KernelCounters) -> KernelSaInfo:
+    algs = {kind: KernelAlgorithm(alg.name, len(alg.key) * 8)
             for kind, alg in (("aead", spec.aead), ("crypt", spec.crypt), ("auth", spec.auth))
             if alg is not None}
-    return {"src": str(spec.src), "dst": str(spec.dst), "spi": f"0x{spec.spi:08x}",
-            "proto": spec.proto.name.lower(), "mode": spec.mode.name.lower(),
-            "reqid": spec.reqid, "algorithms": algs, "if_id": spec.if_id,
-            "encap": bool(spec.encap), "bytes": counters.bytes, "packets": counters.packets}
+    return KernelSaInfo(src=str(spec.src), dst=str(spec.dst), spi=spec.spi,
+                        proto=spec.proto.name.lower(), mode=spec.mode.name.lower(),
+                        reqid=spec.reqid, algorithms=algs, if_id=spec.if_id or None,
+                        encap=bool(spec.encap), bytes=counters.bytes, packets=counters.packets)
 
 
-def _policy_dict(p: PolicySpec) -> dict[str, object]:
+def _kernel_policy(p: PolicySpec) -> KernelPolicyInfo:
     info = _policy_info(p, None, None)
-    return {"dir": info.direction, "src": info.src, "dst": info.dst, "proto": info.proto,
-            "action": info.action, "priority": info.priority, "if_id": info.if_id,
-            "reqids": [t.reqid for t in p.templates]}
+    return KernelPolicyInfo(direction=info.direction, src=info.src, dst=info.dst,
+                            proto=info.proto, action=info.action, priority=info.priority,
+                            if_id=info.if_id, reqids=tuple(t.reqid for t in p.templates))
 
 
 _PLAIN = (int, float, str, bool, type(None), list, tuple)

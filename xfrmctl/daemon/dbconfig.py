@@ -166,6 +166,10 @@ class DbSource:
         self.problems = problems
         return conf
 
+    def not_loaded(self) -> dict[str, str]:
+        """Connections left out of the last load: name -> why."""
+        return dict(self.problems.values())
+
 
 # --------------------------------------------------------------------------- importing
 

@@ -118,6 +118,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         from .recorder import Recorder  # noqa: PLC0415 - database mode only
 
         controller.config_source = source.load
+        controller.load_problems = source.not_loaded
         recorder = Recorder(controller, source.db)
     endpoints = Endpoints(controller.receive)
     addresses = conf.listen or local_addresses()

@@ -35,6 +35,44 @@ class ConnectionState(StrEnum):
     TRAPPED = "trapped"  # policies installed, waiting for traffic (start_action=trap)
 
 
+class DownReason(StrEnum):
+    """Why a connection or a child is down (or was refused). The negotiation failures
+    are the IKE core's FailureReason values; the rest say who ended it."""
+
+    NO_PROPOSAL_CHOSEN = "NO_PROPOSAL_CHOSEN"
+    INVALID_KE_PAYLOAD = "INVALID_KE_PAYLOAD"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    TS_UNACCEPTABLE = "TS_UNACCEPTABLE"
+    NO_MATCHING_CONFIG = "NO_MATCHING_CONFIG"
+    PEER_UNREACHABLE = "PEER_UNREACHABLE"
+    HALF_OPEN_TIMEOUT = "HALF_OPEN_TIMEOUT"
+    PROTOCOL_ERROR = "PROTOCOL_ERROR"
+    PEER_ERROR = "PEER_ERROR"
+    INTERNAL_ADDRESS_FAILURE = "INTERNAL_ADDRESS_FAILURE"
+    SINGLE_PAIR_REQUIRED = "SINGLE_PAIR_REQUIRED"
+    CHILD_SA_NOT_FOUND = "CHILD_SA_NOT_FOUND"
+    KERNEL_INSTALL_FAILED = "KERNEL_INSTALL_FAILED"
+    DELETED = "deleted"  # by us (API, CLI)
+    DELETED_BY_PEER = "deleted by peer"
+    DAEMON_STOPPED = "daemon stopped"
+    CONFIGURATION_CHANGED = "configuration changed"
+    HARD_EXPIRE = "hard expire"
+    NOT_CONFIGURED = "not configured"
+    LOST_IN_RESTART = "lost in restart"
+    REKEY_COLLISION_LOST = "rekey collision lost"
+    NOT_LOADED = "not loaded"  # the daemon could not load the configuration (see detail)
+    DISABLED = "disabled"
+    DAEMON_NOT_RUNNING = "daemon not running"
+    OTHER = "other"  # an unlisted reason; detail["message"] has its text
+
+    @classmethod
+    def of(cls, text: str) -> DownReason:
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """What an action applies to: a connection (by id) or an SA (by its unique id)."""
@@ -122,15 +160,41 @@ class PolicyInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildStatus:
+    """Actual state of one configured child: up while it has a CHILD_SA installed; when
+    down, why (e.g. TS_UNACCEPTABLE with both selector sets in `detail`)."""
+
+    name: str
+    child_id: int | None
+    state: ConnectionState
+    reason: DownReason | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    child_sa_ids: tuple[str, ...] = ()
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionStatus:
     """Actual state of one configured connection; `reason` says why it is down."""
 
     connection_id: int
     state: ConnectionState
-    reason: str | None = None  # e.g. NO_PROPOSAL_CHOSEN, AUTH_FAILED, TS_UNACCEPTABLE
+    reason: DownReason | None = None  # e.g. NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE
     detail: dict[str, Any] = field(default_factory=dict)  # e.g. both proposal lists
     ike_sa_ids: tuple[str, ...] = ()
     since: datetime | None = None
+    children: tuple[ChildStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """A failure no configured connection owns, e.g. an IKE_SA_INIT that matched none."""
+
+    at: datetime
+    reason: DownReason
+    message: str
+    local: str | None = None  # address:port
+    remote: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +215,55 @@ class DaemonStatus:
     connections: tuple[ConnectionStatus, ...]
     counters: Counters = field(default_factory=Counters)
     version: str = ""
+    # newest last, a bounded window (the counters keep the totals)
+    unmatched: tuple[FailureInfo, ...] = ()
+    # connections the daemon could not load: name -> why (e.g. a missing psk_file)
+    not_loaded: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelAlgorithm:
+    name: str  # the kernel's name, e.g. "rfc4106(gcm(aes))"
+    bits: int  # key length (the key itself never leaves the daemon)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSaInfo:
+    """One XFRM state as the kernel holds it (no key material)."""
+
+    src: str
+    dst: str
+    spi: int
+    proto: str  # esp | ah
+    mode: str  # tunnel | transport
+    reqid: int
+    algorithms: dict[str, KernelAlgorithm]  # aead | crypt | auth -> algorithm
+    if_id: int | None = None
+    encap: bool = False
+    bytes: int = 0
+    packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPolicyInfo:
+    """One XFRM policy as the kernel holds it."""
+
+    direction: str  # in | out | fwd
+    src: str
+    dst: str
+    proto: int  # 0: any
+    action: str
+    priority: int
+    if_id: int | None = None
+    reqids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class KernelView:
-    """The raw kernel state: XFRM states and policies as plain dicts (no key material)."""
+    """The raw kernel state: XFRM states and policies (no key material)."""
 
-    states: tuple[dict[str, Any], ...]
-    policies: tuple[dict[str, Any], ...]
+    states: tuple[KernelSaInfo, ...]
+    policies: tuple[KernelPolicyInfo, ...]
 
 
 @runtime_checkable

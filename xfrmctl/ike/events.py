@@ -120,6 +120,9 @@ class NegotiationFailed:
     child: str | None = None
     ours: tuple[str, ...] = ()
     theirs: tuple[str, ...] = ()
+    # the datagram's addresses, when no IKE_SA exists (an IKE_SA_INIT matching nothing)
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from .config import IkeConfig
 from .constants import ExchangeType, NotifyType
 from .errors import ProtocolError
-from .events import Event, IkeSaRekeyed
+from .events import Event, FailureReason, IkeSaRekeyed, NegotiationFailed
 from .message import Message, decode, encode, parse_header
 from .payloads import NoncePayload, NotifyPayload
 from .sa import Datagram, Endpoint, IkeSa, IkeState, random_child_spi
@@ -40,6 +40,9 @@ class IkeManager:
         self._cookie_secret = os.urandom(32)
         self._alloc_spi = spi_allocator
         self.dropped = 0  # datagrams that were malformed or for no SA
+        # `now` + this = the wall-clock time, for certificate validity when the caller's
+        # `now` is a monotonic clock (the caller keeps it current; 0: `now` is wall-clock)
+        self.wall_offset = 0.0
 
     # ----------------------------------------------------------------- outputs
 
@@ -112,6 +115,7 @@ class IkeManager:
         if sa is None:
             self.dropped += 1
             return
+        sa.wall_offset = self.wall_offset
         sa.receive_datagram(data, local, remote, now)
         self._collect(sa)
 
@@ -119,6 +123,7 @@ class IkeManager:
                       spi_i: bytes) -> None:
         existing = self._half_open.get((remote[0], spi_i))
         if existing is not None:
+            existing.wall_offset = self.wall_offset
             existing.receive_datagram(data, local, remote, now)
             self._collect(existing)
             return
@@ -137,6 +142,11 @@ class IkeManager:
         if not candidates:
             self._send_plain(request, local, remote,
                              NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN, 0, b"", b""))
+            self._events.append(NegotiationFailed(
+                0, "", FailureReason.NO_MATCHING_CONFIG,
+                f"IKE_SA_INIT from {remote[0]}:{remote[1]} to {local[0]}:{local[1]} matches "
+                "no connection (by address); answered NO_PROPOSAL_CHOSEN",
+                theirs=(f"{remote[0]} -> {local[0]}",), local=local, remote=remote))
             return
         sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi)
         self._register(sa)

@@ -230,7 +230,7 @@ class IkeSa:
         "_silent", "_spawned", "_tasks", "candidates", "children", "config", "created",
         "down_reason", "established_at", "id", "is_initiator", "local", "local_id", "nat_local",
         "nat_remote", "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i",
-        "spi_r", "state", "successor", "suite", "virtual_ip")
+        "spi_r", "state", "successor", "suite", "virtual_ip", "wall_offset")
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
@@ -243,6 +243,9 @@ class IkeSa:
         self.candidates = tuple(candidates) or ((config,) if config else ())
         self.state = IkeState.CREATED
         self.created = now
+        # `now` + this = the wall-clock time (certificate validity); the caller's `now`
+        # may be a monotonic clock (timers immune to clock steps). Set by the manager.
+        self.wall_offset = 0.0
         self.established_at: float | None = None
         self.spi_i = os.urandom(8) if initiator else b"\0" * 8
         self.spi_r = b"\0" * 8 if initiator else os.urandom(8)
@@ -1020,7 +1023,7 @@ class IkeSa:
 
     @property
     def _wall(self) -> float:
-        return self._last_peer_activity
+        return self._last_peer_activity + self.wall_offset
 
     def _select_config(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
         for conf in self.candidates:
@@ -1724,7 +1727,7 @@ class IkeSa:
               theirs: tuple[str, ...] = ()) -> None:
         name = self.config.name if self.config else ",".join(c.name for c in self.candidates)
         self._events.append(NegotiationFailed(self.id, name, reason, message, None, ours,
-                                              theirs))
+                                              theirs, self.local, self.remote))
         self._close(reason.value, quiet=True)
 
     def _close(self, reason: str, quiet: bool = False) -> None:
