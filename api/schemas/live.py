@@ -22,6 +22,7 @@ class TrafficPublic(BaseModel):
     bytes_out: int
     packets_in: int
     packets_out: int
+    last_used_at: datetime | None = None
 
 
 class IkeSaPublic(BaseModel):
@@ -43,6 +44,7 @@ class IkeSaPublic(BaseModel):
     integrity: str | None
     prf: str | None
     dh_group: str | None
+    proposal: str | None = None
     established_at: datetime | None
     rekey_at: datetime | None
     reauth_at: datetime | None
@@ -77,6 +79,8 @@ class ChildSaPublic(BaseModel):
     encryption: str | None
     integrity: str | None
     dh_group: str | None
+    proposal: str | None = None
+    reqid: int | None = None
     esn: bool
     encap: bool
     if_id: int | None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from xfrmctl.daemon.ports import (
@@ -35,7 +35,8 @@ def ike_sa(conn_id: int, sa_id: str = "ike-1") -> IkeSaInfo:
         initiator=True, spi_i=0x1122334455667788, spi_r=0x99AABBCCDDEEFF00,
         local_addr="192.0.2.1", local_port=500, remote_addr="198.51.100.1", remote_port=500,
         local_id="gw1.example", remote_id="gw2.example", encryption="AES_GCM_16_256",
-        prf="PRF_HMAC_SHA2_384", dh_group="CURVE_25519", established_at=NOW,
+        prf="PRF_HMAC_SHA2_384", dh_group="CURVE25519", proposal="aes256gcm16-prfsha384-x25519",
+        established_at=NOW,
         rekey_at=NOW + timedelta(hours=4), expire_at=NOW + timedelta(hours=5))
 
 
@@ -44,9 +45,10 @@ def child_sa(conn_id: int, sa_id: str = "child-1", ike_id: str = "ike-1") -> Chi
         id=sa_id, ike_sa_id=ike_id, connection_id=conn_id, child_id=None, name="net",
         state="INSTALLED", mode="tunnel", protocol="esp", spi_in=0xC0FFEE01,
         spi_out=0xC0FFEE02, local_ts=("192.0.2.0/24",), remote_ts=("198.51.100.0/24",),
-        encryption="AES_GCM_16_256", installed_at=NOW, rekey_at=NOW + timedelta(hours=1),
-        expire_at=NOW + timedelta(minutes=66),
-        traffic=Traffic(bytes_in=1500, bytes_out=3000, packets_in=10, packets_out=20))
+        encryption="AES_GCM_16_256", proposal="aes256gcm16", reqid=16385, installed_at=NOW,
+        rekey_at=NOW + timedelta(hours=1), expire_at=NOW + timedelta(minutes=66),
+        traffic=Traffic(bytes_in=1500, bytes_out=3000, packets_in=10, packets_out=20,
+                        last_used_at=NOW))
 
 
 @dataclass
@@ -57,6 +59,8 @@ class FakeController:
     changes: list[tuple[ConfigKind, int, ConfigChange]] = field(default_factory=list)
     states: dict[int, ConnectionStatus] = field(default_factory=dict)
     not_loaded: dict[str, str] = field(default_factory=dict)  # name -> why
+    outcome: ConnectionStatus | None = None  # the state an initiate leads to
+    extra_policies: list[PolicyInfo] = field(default_factory=list)
     reject: bool = False
 
     def _known(self, target: Target) -> None:
@@ -71,6 +75,8 @@ class FakeController:
             raise ActionRejected("connection is disabled")
         self.calls.append(("initiate", (connection_id, child_id)))
         self.ike.append(ike_sa(connection_id, f"ike-{len(self.ike) + 1}"))
+        if self.outcome is not None:  # what the daemon will report for this connection
+            self.states[connection_id] = replace(self.outcome, connection_id=connection_id)
 
     async def terminate(self, target: Target) -> None:
         self._known(target)
@@ -89,7 +95,7 @@ class FakeController:
     async def list_policies(self) -> Sequence[PolicyInfo]:
         return [PolicyInfo(direction=d, src="192.0.2.0/24", dst="198.51.100.0/24",
                            child_sa_id=c.id, connection_id=c.connection_id)
-                for c in self.children for d in ("out", "in", "fwd")]
+                for c in self.children for d in ("out", "in", "fwd")] + self.extra_policies
 
     async def kernel_view(self) -> KernelView:
         return KernelView(states=(KernelSaInfo(

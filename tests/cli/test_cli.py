@@ -31,7 +31,7 @@ def test_connection_lifecycle(server: Server) -> None:
     assert shown["children"][0]["name"] == "net"
     edited = server.json("conn", "edit", "gw2", "--start-action", "trap", "--disable")
     assert (edited["start_action"], edited["enabled"]) == ("trap", False)
-    assert server.run("conn", "up", "gw2").returncode == 0
+    assert server.run("conn", "up", "gw2", "--no-wait").returncode == 0
     assert server.controller.calls[-1] == ("initiate", (added["id"], None))
     assert server.run("conn", "down", str(added["id"])).returncode == 0
     assert server.controller.calls[-1] == ("terminate", Target("connection", str(added["id"])))
@@ -49,7 +49,7 @@ def test_sa_views(server: Server) -> None:
     table = server.run("sa", "list")
     assert table.returncode == 0, table.stderr
     for text in ("ike-1", "1122334455667788_i", "c0ffee01_i", "192.0.2.0/24 === 198.51.100.0/24",
-                 "1.5KiB/10p", "2.9KiB/20p", "ESTABLISHED", "AES_GCM_16_256"):
+                 "1.5KiB/10p", "2.9KiB/20p", "ESTABLISHED", "aes256gcm16-prfsha384-x25519"):
         assert text in table.stdout
     data = server.json("sa", "list")
     assert data["ike_sas"][0]["spi_r"] == "99aabbccddeeff00"
@@ -66,7 +66,7 @@ def test_status_over_unix_socket(server: Server) -> None:
     server.json("conn", "add", "a")
     result = server.run("status", url=server.socket_url)
     assert result.returncode == 0, result.stderr
-    assert "not loaded by the daemon" in result.stdout
+    assert "not loaded: the daemon has not loaded it (yet)" in result.stdout
     assert server.json("status", url=server.socket_url)["daemon"] is True
 
 

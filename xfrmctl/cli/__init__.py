@@ -26,6 +26,9 @@ SUBCOMMANDS: dict[str, str] = {
     "events": "xfrmctl.cli.live:events",
     "conn": "xfrmctl.cli.conn:conn",
     "token": "xfrmctl.cli.admin:token",
+    "secret": "xfrmctl.cli.creds:secret",
+    "ca": "xfrmctl.cli.creds:ca",
+    "cert": "xfrmctl.cli.creds:cert",
     "db": "xfrmctl.daemon.dbcommand:db",  # admin.db plus `db import`
     "daemon": "xfrmctl.daemon.command:daemon",
 }

@@ -51,10 +51,31 @@ def _describe(response: httpx.Response) -> str:
     return str(detail)
 
 
+START_HINT = "is the daemon running with its API? start it with `xfrmctl daemon --api` " \
+    "(or set --url / XFRMCTL_URL to where the API listens)"
+TOKEN_HINT = "create one on the gateway with `xfrmctl token create NAME --scope " \
+    "read|operate|admin --local` and pass it as --token or XFRMCTL_TOKEN"
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> ApiError:
+    where = f"socket {url.removeprefix('unix://')}" if url.startswith("unix://") else url
+    why = str(exc) or type(exc).__name__
+    return ApiError(f"cannot reach the API at {where} ({why}); {START_HINT}", EXIT_UNREACHABLE)
+
+
+def _failure(response: httpx.Response, token: str | None) -> ApiError:
+    message = f"{_describe(response)} (HTTP {response.status_code})"
+    if response.status_code == 401:
+        message += "; " + ("the token was refused (unknown, revoked or expired): "
+                           if token else "no API token given: ") + TOKEN_HINT
+    return ApiError(message, _STATUS_EXIT.get(response.status_code, EXIT_ERROR))
+
+
 class Api:
     """Thin wrapper over httpx.Client that raises ApiError with a meaningful exit code."""
 
     def __init__(self, options: ClientOptions) -> None:
+        self._url, self._token = options.url, options.token
         url, transport = options.url, None
         if url.startswith("unix://"):
             transport = httpx.HTTPTransport(uds=url.removeprefix("unix://"))
@@ -73,11 +94,10 @@ class Api:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(f"cannot reach the API: {exc}", EXIT_UNREACHABLE) from None
+            raise _unreachable(self._url, exc) from None
         if response.is_success:
             return response.json() if response.content else None
-        code = _STATUS_EXIT.get(response.status_code, EXIT_ERROR)
-        raise ApiError(f"{_describe(response)} (HTTP {response.status_code})", code)
+        raise _failure(response, self._token)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items()
@@ -100,13 +120,12 @@ class Api:
                                    timeout=httpx.Timeout(10.0, read=None)) as response:
                 if not response.is_success:
                     response.read()
-                    raise ApiError(f"{_describe(response)} (HTTP {response.status_code})",
-                                   _STATUS_EXIT.get(response.status_code, EXIT_ERROR))
+                    raise _failure(response, self._token)
                 for line in response.iter_lines():
                     if line.startswith("data: ") and line != "data: {}":
                         yield json.loads(line.removeprefix("data: "))
         except httpx.TransportError as exc:
-            raise ApiError(f"cannot reach the API: {exc}", EXIT_UNREACHABLE) from None
+            raise _unreachable(self._url, exc) from None
 
     def close(self) -> None:
         self._http.close()

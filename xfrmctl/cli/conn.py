@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
 
 from . import State, json_flag, pass_state
-from .live import resolve_connection
-from .output import col, emit_fields, emit_json, emit_table
+from .client import EXIT_ERROR, ApiError
+from .live import resolve_child_sas, resolve_connection
+from .output import col, emit_fields, emit_json, emit_table, why
 
 
 @click.group()
@@ -22,14 +24,35 @@ def conn() -> None:
 @json_flag
 @pass_state
 def conn_list(state: State) -> None:
+    """Connections with their children: selectors and proposals (swanctl --list-conns)."""
     rows = state.api.all("/connections")
+    children: dict[int, list[dict[str, Any]]] = {}
+    for child in state.api.all("/children"):
+        children.setdefault(child["connection_id"], []).append(child)
     if state.json:
-        emit_json(rows)
+        emit_json([{**r, "children": children.get(r["id"], [])} for r in rows])
         return
     emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("ENABLED", "enabled"),
                       col("LOCAL", "local_addrs"), col("REMOTE", "remote_addrs"),
                       col("AUTH", "auth"), col("START", "start_action"),
-                      col("IKE_PROPOSALS", "ike_proposals")])
+                      ("IKE", lambda r: _short(r.get("ike_proposals")))])
+    names = {r["id"]: r["name"] for r in rows}
+    listed = [{**c, "conn": names.get(c["connection_id"], c["connection_id"])}
+              for r in rows for c in children.get(r["id"], [])]
+    if listed:
+        click.echo()
+        emit_table(listed, [
+            col("CONN", "conn"), col("CHILD", "name"), col("MODE", "mode"),
+            ("SELECTORS", lambda c: f"{','.join(c.get('local_ts') or ['dynamic'])} === "
+                                    f"{','.join(c.get('remote_ts') or ['dynamic'])}"),
+            ("ESP", lambda c: _short(c.get("esp_proposals") or c.get("ah_proposals")))])
+
+
+def _short(proposals: str | None) -> str | None:
+    """Proposals as swanctl writes them: keywords joined by '-', proposals by ','."""
+    if not proposals:
+        return None
+    return ",".join(p.strip().lower() for p in proposals.split(",") if p.strip())
 
 
 @conn.command("show")
@@ -183,11 +206,62 @@ def _action(state: State, ref: str, action: str) -> None:
 
 @conn.command("up")
 @click.argument("ref")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="seconds to wait for the connection and its children")
+@click.option("--no-wait", is_flag=True, help="return once the daemon started it")
 @json_flag
 @pass_state
-def conn_up(state: State, ref: str) -> None:
-    """Initiate a connection."""
-    _action(state, ref, "initiate")
+def conn_up(state: State, ref: str, timeout: float, no_wait: bool) -> None:
+    """Initiate a connection and wait until it and its children are up; on failure exit
+    1 with the reason (e.g. TS_UNACCEPTABLE and the selectors)."""
+    current = resolve_connection(state, ref)
+    result = state.api.request("POST", f"/connections/{current['id']}/initiate")
+    if no_wait:
+        emit_json(result) if state.json else click.echo(f"initiate: {current['name']}")
+        return
+    status = _wait_up(state, current, timeout)
+    if state.json:
+        emit_json(status)
+    else:
+        sas = ", ".join(status["ike_sa_ids"]) or "-"
+        click.echo(f"connection {current['name']} up (IKE_SA {sas}); children: "
+                   + (", ".join(c["name"] for c in status.get("children", [])) or "-"))
+
+
+POLL_INTERVAL = 0.25
+
+
+def _wait_up(state: State, conn: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Poll /status until the connection and every child is up, or one failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = next((c for c in state.api.get("/status")["connections"]
+                       if c["id"] == conn["id"]), None)
+        if status is None:
+            raise ApiError(f"connection {conn['name']} is gone", EXIT_ERROR)
+        failure = _failure(status)
+        if failure is not None:
+            raise ApiError(f"connection {conn['name']} failed: {failure}", EXIT_ERROR)
+        if status["state"] == "up" and all(c["state"] == "up"
+                                           for c in status.get("children", [])):
+            return dict(status)
+        if time.monotonic() >= deadline:
+            waiting = [c["name"] for c in status.get("children", []) if c["state"] != "up"]
+            raise ApiError(
+                f"connection {conn['name']} not up after {timeout:g}s (state "
+                f"{status['state']}{'; waiting for ' + ', '.join(waiting) if waiting else ''}"
+                "); see `xfrmctl status` and `xfrmctl events`", EXIT_ERROR)
+        time.sleep(POLL_INTERVAL)
+
+
+def _failure(status: dict[str, Any]) -> str | None:
+    """Why the connection or one of its children is down, if it failed."""
+    if status["state"] in ("down", None) and status.get("reason"):
+        return why(status)
+    for child in status.get("children", []):
+        if child["state"] == "down" and child.get("reason"):
+            return f"child {child['name']}: {why(child)}"
+    return None
 
 
 @conn.command("down")
@@ -201,8 +275,15 @@ def conn_down(state: State, ref: str) -> None:
 
 @conn.command("rekey")
 @click.argument("ref")
+@click.option("--child", help="only this child's CHILD_SAs (its name)")
 @json_flag
 @pass_state
-def conn_rekey(state: State, ref: str) -> None:
-    """Rekey a connection's SAs."""
-    _action(state, ref, "rekey")
+def conn_rekey(state: State, ref: str, child: str | None) -> None:
+    """Rekey a connection's SAs, or only one child's CHILD_SAs."""
+    if child is None:
+        _action(state, ref, "rekey")
+        return
+    ids = resolve_child_sas(state, child, ref)
+    results = [state.api.request("POST", f"/child-sas/{i}/rekey") for i in ids]
+    emit_json(results) if state.json else click.echo(
+        f"rekey: {ref}/{child} (CHILD_SA {', '.join(ids)})")

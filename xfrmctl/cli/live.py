@@ -9,7 +9,16 @@ import click
 
 from . import State, json_flag, pass_state
 from .client import EXIT_NOT_FOUND, ApiError
-from .output import ago, col, emit_fields, emit_json, emit_table, human_bytes
+from .output import (
+    ago,
+    col,
+    emit_fields,
+    emit_json,
+    emit_table,
+    human_bytes,
+    protocol,
+    why,
+)
 
 
 def resolve_connection(state: State, ref: str) -> dict[str, Any]:
@@ -28,24 +37,30 @@ IKE_COLUMNS = [
     ("LOCAL", lambda s: f"{s['local_addr']}[{s['local_id'] or ''}]"),
     ("REMOTE", lambda s: f"{s['remote_addr']}[{s['remote_id'] or ''}]"),
     ("SPIS", lambda s: f"{s['spi_i']}_i {s['spi_r']}_r"),
-    ("ALGORITHMS", lambda s: "/".join(a for a in (s["encryption"], s["integrity"], s["prf"],
-                                                    s["dh_group"]) if a)),
+    ("PROPOSAL", lambda s: s.get("proposal") or _algorithms(s, "encryption", "integrity",
+                                                             "dh_group")),
+    ("PRF", lambda s: s.get("prf")),
     ("AGE", lambda s: ago(s["established_at"])), ("REKEY", lambda s: ago(s["rekey_at"])),
 ]
 CHILD_COLUMNS = [
     col("CHILD_SA", "id"), col("IKE_SA", "ike_sa_id"), col("NAME", "name"),
-    col("STATE", "state"), col("MODE", "mode"),
+    col("STATE", "state"), col("MODE", "mode"), col("REQID", "reqid"),
     ("SPIS", lambda s: f"{s['spi_in']}_i {s['spi_out']}_o"),
-    ("ALGORITHMS", lambda s: "/".join(a for a in (s["encryption"], s["integrity"],
-                                                    s["dh_group"]) if a)),
+    ("PROPOSAL", lambda s: s.get("proposal") or _algorithms(s, "encryption", "integrity",
+                                                             "dh_group")),
     ("SELECTORS", lambda s: f"{','.join(s['local_ts'])} === {','.join(s['remote_ts'])}"),
     ("IN", lambda s: f"{human_bytes(s['traffic']['bytes_in'])}/"
                      f"{s['traffic']['packets_in']}p"),
     ("OUT", lambda s: f"{human_bytes(s['traffic']['bytes_out'])}/"
                       f"{s['traffic']['packets_out']}p"),
+    ("LAST_USED", lambda s: ago(s["traffic"].get("last_used_at"))),
     ("AGE", lambda s: ago(s["installed_at"])), ("REKEY", lambda s: ago(s["rekey_at"])),
     ("EXPIRE", lambda s: ago(s["expire_at"])),
 ]
+
+
+def _algorithms(sa: dict[str, Any], *keys: str) -> str:
+    return "/".join(sa[k] for k in keys if sa.get(k))
 
 
 @click.group()
@@ -104,10 +119,21 @@ def status(state: State) -> None:
         return
     if not data["daemon"]:
         click.echo("daemon: not running (desired state only)")
-    emit_table(data["connections"], [
+    rows: list[dict[str, Any]] = []
+    for conn in data["connections"]:
+        rows.append({**conn, "why": why(conn)})
+        rows += [{**child, "id": "", "name": f"  {conn['name']}/{child['name']}",
+                  "enabled": None, "ike_sa_ids": child["child_sa_ids"], "why": why(child)}
+                 for child in conn.get("children", [])]
+    emit_table(rows, [
         col("ID", "id"), col("CONNECTION", "name"), col("ENABLED", "enabled"),
-        ("STATE", lambda c: c["state"] or "unknown"), col("REASON", "reason"),
-        ("IKE_SAS", lambda c: len(c["ike_sa_ids"])), ("SINCE", lambda c: ago(c["since"]))])
+        ("STATE", lambda c: c["state"] or "unknown"), col("REASON", "why"),
+        ("SAS", lambda c: len(c["ike_sa_ids"])), ("SINCE", lambda c: ago(c["since"]))])
+    if data.get("unmatched"):
+        click.echo("\nrecent peers that matched no connection:")
+        emit_table(data["unmatched"], [
+            ("WHEN", lambda f: ago(f["at"])), col("REMOTE", "remote"), col("LOCAL", "local"),
+            col("REASON", "reason"), col("MESSAGE", "message")])
 
 
 @click.group()
@@ -126,7 +152,8 @@ def policy_list(state: State, conn_ref: str | None) -> None:
         emit_json(rows)
         return
     emit_table(rows, [col("DIR", "direction"), col("SRC", "src"), col("DST", "dst"),
-                      col("PROTO", "proto"), col("ACTION", "action"), col("PRIO", "priority"),
+                      ("PROTO", lambda p: protocol(p["proto"])), col("ACTION", "action"),
+                      col("PRIO", "priority"),
                       col("IF_ID", "if_id"), col("CHILD_SA", "child_sa_id")])
 
 
@@ -158,3 +185,62 @@ def events(state: State, follow: bool, kind: str | None, type_: str | None,
         else:
             click.echo(f"{event['ts']}  {event['kind']:<8}  {event['type']:<24}  "
                        f"{event['message']}")
+
+
+def resolve_child_sas(state: State, ref: str, conn_ref: str | None = None) -> list[str]:
+    """CHILD_SA ids by a CHILD_SA's id or by a child's name (every CHILD_SA it has)."""
+    conn_id = resolve_connection(state, conn_ref)["id"] if conn_ref else None
+    children = state.api.all("/child-sas", connection_id=conn_id)
+    ids = [c["id"] for c in children if c["id"] == ref] or \
+        [c["id"] for c in children if c["name"] == ref]
+    if not ids:
+        where = f" of connection {conn_ref}" if conn_ref else ""
+        raise ApiError(f"no CHILD_SA {ref!r}{where} (a CHILD_SA id or a child's name; see "
+                       "`xfrmctl sa list`)", EXIT_NOT_FOUND)
+    return ids
+
+
+def _sa_action(state: State, action: str, sa_id: str | None, child: str | None,
+               ike: str | None, conn_ref: str | None) -> None:
+    if sum(x is not None for x in (sa_id, child, ike)) != 1:
+        raise click.UsageError("name one SA: SA_ID, --child ID|NAME or --ike ID")
+    targets: list[tuple[str, str]]
+    if child is not None:
+        targets = [("child-sas", i) for i in resolve_child_sas(state, child, conn_ref)]
+    elif ike is not None:
+        targets = [("ike-sas", ike)]
+    else:
+        assert sa_id is not None
+        try:
+            state.api.get(f"/ike-sas/{sa_id}")
+            targets = [("ike-sas", sa_id)]
+        except ApiError as exc:
+            if exc.exit_code != EXIT_NOT_FOUND:
+                raise
+            targets = [("child-sas", sa_id)]
+    results = [state.api.request("POST", f"/{kind}/{ident}/{action}")
+               for kind, ident in targets]
+    if state.json:
+        emit_json(results)
+    else:
+        for kind, ident in targets:
+            click.echo(f"{action}: {'CHILD_SA' if kind == 'child-sas' else 'IKE_SA'} {ident}")
+
+
+def _sa_action_command(action: str, doc: str) -> click.Command:
+    @sa.command(action, help=doc)
+    @click.argument("sa_id", required=False)
+    @click.option("--child", help="a CHILD_SA's id, or a child's name (all its CHILD_SAs)")
+    @click.option("--ike", help="an IKE_SA's id")
+    @click.option("--conn", "conn_ref", help="with --child NAME: only this connection")
+    @json_flag
+    @pass_state
+    def command(state: State, sa_id: str | None, child: str | None, ike: str | None,
+                conn_ref: str | None) -> None:
+        _sa_action(state, action, sa_id, child, ike, conn_ref)
+
+    return command
+
+
+_sa_action_command("rekey", "Rekey an IKE_SA or CHILD_SA (make-before-break).")
+_sa_action_command("terminate", "Delete an IKE_SA (with its CHILD_SAs) or one CHILD_SA.")

@@ -55,6 +55,8 @@ def ago(iso: str | None, now: datetime | None = None) -> str:
     if not iso:
         return "-"
     moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:  # the API's times are UTC
+        moment = moment.replace(tzinfo=UTC)
     seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
     text = human_seconds(abs(seconds))
     return f"{text} ago" if seconds >= 0 else f"in {text}"
@@ -67,6 +69,17 @@ def human_seconds(seconds: int) -> str:
     return f"{seconds}s"
 
 
+_PROTOCOLS = {0: "any", 1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
+              58: "ipv6-icmp", 132: "sctp"}
+
+
+def protocol(number: int | None) -> str:
+    """An IP protocol number as `ip xfrm` and swanctl name it: 0 is any."""
+    if number is None:
+        return "any"
+    return _PROTOCOLS.get(number, str(number))
+
+
 def human_bytes(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -74,3 +87,15 @@ def human_bytes(count: int) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     return f"{count}B"
+
+
+def why(item: dict[str, Any]) -> str | None:
+    """The reason with what the detail adds: the message, or each side's selectors."""
+    reason, detail = item.get("reason"), item.get("detail") or {}
+    if reason is None:
+        return None
+    extra = [str(detail["message"])] if detail.get("message") else []
+    if detail.get("local_ts") or detail.get("remote_ts"):
+        extra.append(f"ours {','.join(detail.get('local_ts', []))} === "
+                     f"{','.join(detail.get('remote_ts', []))}")
+    return f"{reason}: {'; '.join(extra)}" if extra else str(reason)

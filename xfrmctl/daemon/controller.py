@@ -36,7 +36,7 @@ from typing import Any
 from xfrmctl import __version__
 from xfrmctl.ike import persist, ts
 from xfrmctl.ike.config import IkeConfig, Mode
-from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
+from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId, TransformType
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import (
     ChildSaDeleted,
@@ -51,7 +51,7 @@ from xfrmctl.ike.events import (
 )
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.payloads import TrafficSelector
-from xfrmctl.ike.proposals import Suite
+from xfrmctl.ike.proposals import KEYWORDS, Suite
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
@@ -1241,8 +1241,10 @@ class Controller:
             local_id=str(sa.local_id) if sa.local_id else None,
             remote_id=str(sa.remote_id) if sa.remote_id else None,
             encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
-            prf=_name(PrfId, suite.prf), dh_group=_name(DhId, suite.dh),
-            established_at=self._wall(sa.established_at), rekey_at=self._wall(rekey_at),
+            prf=f"PRF_{_name(PrfId, suite.prf)}" if suite.prf is not None else None,
+            dh_group=_name(DhId, suite.dh),
+            proposal=_proposal(suite), established_at=self._wall(sa.established_at),
+            rekey_at=self._wall(rekey_at),
             nat_local=sa.nat_local, nat_remote=sa.nat_remote)
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
@@ -1268,7 +1270,9 @@ class Controller:
                 await self.kernel.counters(child.install.outbound.id)
         except KernelError:
             return Traffic()
-        return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets)
+        used = max(inbound.use_time, outbound.use_time)  # the kernel's wall-clock seconds
+        return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets,
+                       datetime.fromtimestamp(used, UTC) if used else None)
 
     def _child_info(self, child: ChildRecord, traffic: Traffic) -> ChildSaInfo:
         event = child.event
@@ -1283,7 +1287,8 @@ class Controller:
             local_ts=tuple(map(ts.format_ts, event.local_ts)),
             remote_ts=tuple(map(ts.format_ts, event.remote_ts)),
             encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
-            dh_group=_name(DhId, event.suite.dh), esn=event.suite.esn, encap=event.encap,
+            dh_group=_name(DhId, event.suite.dh), proposal=_proposal(event.suite),
+            reqid=child.reqid, esn=event.suite.esn, encap=event.encap,
             if_id=child.install.inbound.if_id or None, installed_at=self._wall(child.installed_at),
             rekey_at=self._wall(child.installed_at + lifetime.soft_add_expires_seconds)
             if lifetime.soft_add_expires_seconds else None,
@@ -1361,6 +1366,24 @@ def _child_id(record: ConnectionRecord, name: str) -> int | None:
     if child is None:
         return None
     return child.id or sorted(record.conf.children).index(name) + 1
+
+
+_KEYWORD_OF = {(t, ident, bits): word for word, (t, ident, bits) in reversed(KEYWORDS.items())}
+
+
+def _proposal(suite: Suite) -> str | None:
+    """A negotiated suite in proposal keywords (as configured): aes128gcm16-prfsha256-x25519."""
+    words = []
+    for kind, ident, bits in ((TransformType.ENCR, suite.encr, suite.encr_bits or None),
+                              (TransformType.INTEG, suite.integ, None),
+                              (TransformType.PRF, suite.prf, None),
+                              (TransformType.DH, suite.dh, None)):
+        if ident is None or (ident == 0 and kind in (TransformType.INTEG, TransformType.DH)):
+            continue
+        words.append(_KEYWORD_OF.get((kind, ident, bits), f"{kind.name.lower()}{ident}"))
+    if suite.esn:
+        words.append("esn")
+    return "-".join(words) or None
 
 
 def _encr_name(suite: Suite) -> str | None:

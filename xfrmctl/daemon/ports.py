@@ -87,6 +87,7 @@ class Traffic:
     bytes_out: int = 0
     packets_in: int = 0
     packets_out: int = 0
+    last_used_at: datetime | None = None  # the last packet in or out (kernel use time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,9 @@ class IkeSaInfo:
     remote_id: str | None = None
     encryption: str | None = None  # e.g. "AES_GCM_16_128"
     integrity: str | None = None
-    prf: str | None = None
+    prf: str | None = None  # labelled as one: PRF_HMAC_SHA2_256 (an integrity name looks alike)
     dh_group: str | None = None
+    proposal: str | None = None  # the chosen suite in keywords: aes256gcm16-prfsha384-x25519
     established_at: datetime | None = None
     rekey_at: datetime | None = None
     reauth_at: datetime | None = None
@@ -133,6 +135,8 @@ class ChildSaInfo:
     encryption: str | None = None
     integrity: str | None = None
     dh_group: str | None = None
+    proposal: str | None = None  # the chosen suite in keywords: aes256gcm16-x25519
+    reqid: int | None = None  # the kernel's reqid (ties SAs to policies)
     esn: bool = False
     encap: bool = False
     if_id: int | None = None

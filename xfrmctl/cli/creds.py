@@ -1,0 +1,281 @@
+"""`xfrmctl secret`, `ca`, `cert`: credentials. Secret values are write-only: read from a
+file, stdin or a hidden prompt, sent once, and never printed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import State, json_flag, pass_state
+from .client import EXIT_NOT_FOUND, ApiError
+from .output import ago, col, emit_fields, emit_json, emit_table
+
+SECRET_KINDS = ("psk", "private_key")
+
+
+def resolve(state: State, path: str, ref: str, what: str) -> dict[str, Any]:
+    """An object of a collection by id or by name."""
+    if ref.isdigit():
+        found: dict[str, Any] = state.api.get(f"{path}/{ref}")
+        return found
+    for item in state.api.all(path):
+        if item["name"] == ref:
+            return item
+    raise ApiError(f"no {what} named {ref!r}", EXIT_NOT_FOUND)
+
+
+def read_value(from_file: Path | None, kind: str, *, confirm: bool = True) -> str:
+    """The secret's value: from a file, from stdin when it is not a terminal, else a
+    hidden prompt (asked twice for a PSK)."""
+    if from_file is not None:
+        try:
+            text = from_file.read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {from_file}: {exc.strerror}",
+                                     param_hint="--from-file") from None
+    elif not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        text = click.prompt(f"{kind} value", hide_input=True,
+                            confirmation_prompt=confirm and kind == "psk")
+    value = text.strip() if kind == "psk" else text
+    if not value.strip():
+        raise click.BadParameter("the secret is empty", param_hint="value")
+    return value
+
+
+def _done(state: State, data: dict[str, Any], text: str) -> None:
+    emit_json(data) if state.json else click.echo(text)
+
+
+# --------------------------------------------------------------------------- secrets
+
+@click.group()
+def secret() -> None:
+    """Secrets (PSKs, private keys): write-only, never shown."""
+
+
+@secret.command("list")
+@click.option("--kind", type=click.Choice(SECRET_KINDS))
+@json_flag
+@pass_state
+def secret_list(state: State, kind: str | None) -> None:
+    rows = state.api.all("/secrets", kind=kind)
+    if state.json:
+        emit_json(rows)
+        return
+    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("KIND", "kind"),
+                      ("CREATED", lambda r: ago(r.get("created_at"))),
+                      ("UPDATED", lambda r: ago(r.get("updated_at")))])
+
+
+_from_file = click.option("--from-file", type=click.Path(path_type=Path, dir_okay=False),
+                          help="read the value from this file (else stdin, else a prompt)")
+
+
+@secret.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(SECRET_KINDS), default="psk", show_default=True)
+@_from_file
+@json_flag
+@pass_state
+def secret_create(state: State, name: str, kind: str, from_file: Path | None) -> None:
+    """Store a secret; its value is never printed."""
+    created = state.api.request("POST", "/secrets", json={
+        "name": name, "kind": kind, "value": read_value(from_file, kind)})
+    _done(state, created, f"created secret {name} (id {created['id']})")
+
+
+@secret.command("replace")
+@click.argument("ref")
+@_from_file
+@json_flag
+@pass_state
+def secret_replace(state: State, ref: str, from_file: Path | None) -> None:
+    """Replace a secret's value (connections using it pick it up)."""
+    current = resolve(state, "/secrets", ref, "secret")
+    updated = state.api.request("PUT", f"/secrets/{current['id']}", json={
+        "value": read_value(from_file, current["kind"])})
+    _done(state, updated, f"replaced the value of secret {current['name']}")
+
+
+@secret.command("delete")
+@click.argument("ref")
+@json_flag
+@pass_state
+def secret_delete(state: State, ref: str) -> None:
+    current = resolve(state, "/secrets", ref, "secret")
+    state.api.request("DELETE", f"/secrets/{current['id']}")
+    _done(state, {"deleted": current["id"]}, f"deleted secret {current['name']}")
+
+
+# --------------------------------------------------------------------------- CAs
+
+def _pem(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="PEM") from None
+
+
+_pem_arg = click.argument("pem_file", metavar="PEM", type=click.Path(
+    path_type=Path, dir_okay=False, exists=True))
+
+
+@click.group()
+def ca() -> None:
+    """Certificate authorities trusted to authenticate peers."""
+
+
+@ca.command("list")
+@json_flag
+@pass_state
+def ca_list(state: State) -> None:
+    rows = state.api.all("/cas")
+    if state.json:
+        emit_json(rows)
+        return
+    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"),
+                      col("NOT_AFTER", "not_after")])
+
+
+@ca.command("show")
+@click.argument("ref")
+@json_flag
+@pass_state
+def ca_show(state: State, ref: str) -> None:
+    data = resolve(state, "/cas", ref, "CA")
+    emit_json(data) if state.json else emit_fields(data)
+
+
+@ca.command("add")
+@click.argument("name")
+@_pem_arg
+@json_flag
+@pass_state
+def ca_add(state: State, name: str, pem_file: Path) -> None:
+    """Trust a CA certificate (PEM file)."""
+    created = state.api.request("POST", "/cas", json={"name": name, "pem": _pem(pem_file)})
+    _done(state, created, f"added CA {name} (id {created['id']}): {created['subject']}")
+
+
+@ca.command("replace")
+@click.argument("ref")
+@_pem_arg
+@json_flag
+@pass_state
+def ca_replace(state: State, ref: str, pem_file: Path) -> None:
+    """Replace a CA's certificate (e.g. a renewed one)."""
+    current = resolve(state, "/cas", ref, "CA")
+    updated = state.api.request("PATCH", f"/cas/{current['id']}",
+                                json={"pem": _pem(pem_file)})
+    _done(state, updated, f"replaced CA {current['name']}: {updated['subject']}")
+
+
+@ca.command("delete")
+@click.argument("ref")
+@json_flag
+@pass_state
+def ca_delete(state: State, ref: str) -> None:
+    current = resolve(state, "/cas", ref, "CA")
+    state.api.request("DELETE", f"/cas/{current['id']}")
+    _done(state, {"deleted": current["id"]}, f"deleted CA {current['name']}")
+
+
+# --------------------------------------------------------------------------- certificates
+
+@click.group()
+def cert() -> None:
+    """Our own certificates (with the private key as a secret)."""
+
+
+@cert.command("list")
+@json_flag
+@pass_state
+def cert_list(state: State) -> None:
+    rows = state.api.all("/certificates")
+    if state.json:
+        emit_json(rows)
+        return
+    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"),
+                      col("ISSUER", "issuer"), col("NOT_AFTER", "not_after"),
+                      col("CA", "ca_id"), col("KEY_SECRET", "key_secret_id")])
+
+
+@cert.command("show")
+@click.argument("ref")
+@json_flag
+@pass_state
+def cert_show(state: State, ref: str) -> None:
+    data = resolve(state, "/certificates", ref, "certificate")
+    emit_json(data) if state.json else emit_fields(data)
+
+
+def _cert_refs(state: State, ca_ref: str | None, key_secret: str | None
+               ) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if ca_ref:
+        body["ca_id"] = resolve(state, "/cas", ca_ref, "CA")["id"]
+    if key_secret:
+        body["key_secret_id"] = resolve(state, "/secrets", key_secret, "secret")["id"]
+    return body
+
+
+@cert.command("add")
+@click.argument("name")
+@_pem_arg
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="its private key (PEM): stored as the secret '<name>-key'")
+@click.option("--key-secret", help="or an existing private_key secret (name or id)")
+@click.option("--ca", "ca_ref", help="the CA that issued it (name or id)")
+@json_flag
+@pass_state
+def cert_add(state: State, name: str, pem_file: Path, key_file: Path | None,
+             key_secret: str | None, ca_ref: str | None) -> None:
+    """Add a certificate, optionally with its private key."""
+    if key_file and key_secret:
+        raise click.UsageError("give --key-file or --key-secret, not both")
+    body = {"name": name, "pem": _pem(pem_file), **_cert_refs(state, ca_ref, key_secret)}
+    key_id = None
+    if key_file is not None:
+        key_id = state.api.request("POST", "/secrets", json={
+            "name": f"{name}-key", "kind": "private_key",
+            "value": read_value(key_file, "private_key")})["id"]
+        body["key_secret_id"] = key_id
+    try:
+        created = state.api.request("POST", "/certificates", json=body)
+    except ApiError:
+        if key_id is not None:  # no orphaned key when the certificate is refused
+            state.api.request("DELETE", f"/secrets/{key_id}")
+        raise
+    _done(state, created, f"added certificate {name} (id {created['id']}): "
+                          f"{created['subject']}")
+
+
+@cert.command("replace")
+@click.argument("ref")
+@_pem_arg
+@click.option("--key-secret", help="switch to this private_key secret (name or id)")
+@click.option("--ca", "ca_ref", help="the CA that issued it (name or id)")
+@json_flag
+@pass_state
+def cert_replace(state: State, ref: str, pem_file: Path, key_secret: str | None,
+                 ca_ref: str | None) -> None:
+    """Replace a certificate (e.g. renewed); connections using it pick it up."""
+    current = resolve(state, "/certificates", ref, "certificate")
+    body = {"pem": _pem(pem_file), **_cert_refs(state, ca_ref, key_secret)}
+    updated = state.api.request("PATCH", f"/certificates/{current['id']}", json=body)
+    _done(state, updated, f"replaced certificate {current['name']}: {updated['subject']}")
+
+
+@cert.command("delete")
+@click.argument("ref")
+@json_flag
+@pass_state
+def cert_delete(state: State, ref: str) -> None:
+    current = resolve(state, "/certificates", ref, "certificate")
+    state.api.request("DELETE", f"/certificates/{current['id']}")
+    _done(state, {"deleted": current["id"]}, f"deleted certificate {current['name']}")
