@@ -416,6 +416,9 @@ class Controller:
 
     def _on_event(self, event: Event) -> None:
         handler = _EVENT_HANDLERS.get(type(event))
+        if isinstance(event, NegotiationFailed) and event.connection not in self.connections:
+            self._on_failed(event)  # a stranger's: reported as UnmatchedPeer, rate-limited
+            return
         if self.event_listeners or log.isEnabledFor(logging.INFO):
             self._emit(type(event).__name__, _event_fields(event))
         if handler is not None:
@@ -520,7 +523,9 @@ class Controller:
         log.warning("unmatched peer %s -> %s: %s: %s (ours: %s; theirs: %s)", info.remote,
                     info.local, event.reason.value, event.message,
                     "; ".join(event.ours) or "-", "; ".join(event.theirs) or "-")
-        self._emit("UnmatchedPeer", {"reason": event.reason.value, "message": event.message,
+        self._emit("UnmatchedPeer", {"failure": event.reason.value,
+                                     "message": f"{event.reason.value} from {info.remote} to "
+                                                f"{info.local}: {event.message}",
                                      "local": info.local, "remote": info.remote,
                                      "ours": list(event.ours), "theirs": list(event.theirs)})
 
