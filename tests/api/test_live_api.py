@@ -40,7 +40,8 @@ async def test_sa_lists_filters_and_format(client: httpx.AsyncClient,
     child = (await client.get("/child-sas/child-1")).json()
     assert child["spi_in"] == "c0ffee01"
     assert child["traffic"] == {"bytes_in": 1500, "bytes_out": 3000, "packets_in": 10,
-                                "packets_out": 20}
+                                "packets_out": 20, "last_used_at": "2025-01-01T12:00:00Z"}
+    assert (child["reqid"], child["proposal"]) == (16385, "aes256gcm16")
     assert child["local_ts"] == ["192.0.2.0/24"]
     by_ike = (await client.get("/child-sas", params={"ike_sa_id": "ike-2"})).json()
     assert [c["id"] for c in by_ike["data"]] == ["child-2"]

@@ -183,7 +183,7 @@ class Recorder:
 
 def ike_row(info: IkeSaInfo) -> dict[str, Any]:
     row = asdict(info)
-    for extra in ("connection_name", "nat_local", "nat_remote"):
+    for extra in ("connection_name", "nat_local", "nat_remote", "proposal"):
         row.pop(extra)
     row["spi_i"], row["spi_r"] = f"{info.spi_i:016x}", f"{info.spi_r:016x}"
     return row
@@ -191,7 +191,7 @@ def ike_row(info: IkeSaInfo) -> dict[str, Any]:
 
 def child_row(info: ChildSaInfo, ike_sa_id: str) -> dict[str, Any]:
     row = asdict(info)
-    for extra in ("connection_id", "traffic", "encap"):
+    for extra in ("connection_id", "traffic", "encap", "proposal", "reqid"):
         row.pop(extra)
     row.update(ike_sa_id=ike_sa_id, spi_in=f"{info.spi_in:08x}",
                spi_out=f"{info.spi_out:08x}", local_ts=list(info.local_ts),
