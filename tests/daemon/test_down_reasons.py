@@ -90,7 +90,20 @@ async def test_an_established_child_is_up_with_its_sa() -> None:
     gw = await make()
     child = await _child(gw.a)
     assert child.state is ConnectionState.UP and child.reason is None
-    assert child.child_sa_ids == tuple(c.id for c in await gw.a.list_child_sas())
+    (sa,) = await gw.a.list_child_sas()
+    assert child.child_sa_ids == (sa.id,)
+    # what `sa list` shows: the suite in proposal keywords, the reqid, the last packet
+    assert sa.proposal == "aes128gcm16"  # no DH: the first CHILD_SA comes with IKE_AUTH
+    assert sa.traffic.last_used_at is None
+    assert sa.reqid == next(iter(gw.ka.sas.values())).spec.reqid
+    (ike,) = await gw.a.list_ike_sas()
+    assert ike.prf is not None and ike.prf.startswith("PRF_HMAC_SHA2_")
+    assert ike.proposal is not None and "-prfsha" in ike.proposal
+    gw.ka.now = 1_800_000_000.0
+    gw.ka.account(next(e.spec.id for e in gw.ka.sas.values() if e.spec.spi == sa.spi_out), 100)
+    (sa,) = await gw.a.list_child_sas()
+    assert sa.traffic.last_used_at is not None
+    assert sa.traffic.last_used_at.timestamp() == 1_800_000_000
     await _stop(gw)
 
 
