@@ -16,6 +16,7 @@ from tests.support.pki import Credential, make_ca, make_cert
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import ChildStatus, ConnectionState, DownReason
+from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.kernel.fake import FakeKernel
@@ -222,3 +223,40 @@ async def test_timers_on_a_monotonic_clock_certificates_and_display_on_the_wall_
     assert a.manager.get_timer() == deadline  # no deadline moved
     assert Controller(conf_b, FakeKernel()).clock is time.monotonic  # how the daemon runs
     await _stop(gw)
+
+
+async def test_saved_deadlines_keep_their_distance_across_a_reboot(tmp_path: Path) -> None:
+    """The monotonic clock restarts with the machine: a restored IKE_SA's rekey deadline
+    is moved by the wall-clock time that passed, not left on the old boot's clock."""
+    mono, wall = [50_000.0], [1_800_000_000.0]
+    conf_a = cf.DaemonConf(connections={"site-b": connection(A, B, NET_A, NET_B, "start")})
+    conf_b = cf.DaemonConf(connections={"site-a": connection(B, A, NET_B, NET_A)})
+    state = StateFile(tmp_path / "state.bin", tmp_path / "state.key")
+    ka, kb = FakeKernel(), FakeKernel()
+    a = Controller(conf_a, ka, clock=lambda: mono[0], wall_clock=lambda: wall[0], state=state)
+    a.boot_id = lambda: "boot-1"
+    b = Controller(conf_b, kb)
+    _wire(a, b)
+    _wire(b, a)
+    await b.start()
+    await a.start()
+    await Gateways(a, b, ka, kb).settle()
+    (sa,) = a.manager.all()
+    assert sa.rekey_deadline is not None
+    left = sa.rekey_deadline - mono[0]
+    await a.stop()  # keeps the tunnels, saves the state
+    mono[0], wall[0] = 30.0, wall[0] + 100.0  # rebooted: 100 s later, a new monotonic clock
+    a2 = Controller(conf_a, FakeKernel(sas=dict(ka.sas), policies=dict(ka.policies)),
+                    clock=lambda: mono[0], wall_clock=lambda: wall[0], state=state)
+    a2.boot_id = lambda: "boot-2"
+    _wire(a2, b)
+    _wire(b, a2)
+    await a2.start()
+    (restored,) = a2.manager.all()
+    assert restored.rekey_deadline is not None
+    assert restored.rekey_deadline - mono[0] == pytest.approx(left - 100.0)
+    (ike,) = await a2.list_ike_sas()
+    assert ike.established_at is not None
+    assert ike.established_at.timestamp() == pytest.approx(wall[0] - 100.0)
+    await a2.stop(keep_tunnels=False)
+    await b.stop()

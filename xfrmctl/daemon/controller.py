@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from xfrmctl import __version__
@@ -105,6 +106,7 @@ NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
 STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
 UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
 
@@ -193,6 +195,7 @@ class Controller:
         # moves no deadline); `wall_clock` only dates what is shown and checks certificates.
         self.clock = clock
         self.wall_clock = wall_clock
+        self.boot_id: Callable[[], str | None] = read_boot_id
         self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
                                   spi_allocator=self._random_spi)
         self.send: Callable[[Datagram], None] = lambda d: None
@@ -1140,7 +1143,9 @@ class Controller:
                                              for c in self.children.values()
                                              if c.event.ike_sa == sa.id}})
         return {"reqids": [[c, n, r] for (c, n), r in self._reqids.items()],
-                "ike_sas": ike_sas}
+                "ike_sas": ike_sas, "clock": {"boot_id": self.boot_id(),
+                                              "monotonic": self.clock(),
+                                              "wall": self.wall_clock()}}
 
     async def _state_writer(self, state: StateFile) -> None:
         while True:
@@ -1160,6 +1165,9 @@ class Controller:
             data = {}
         for conn, child, reqid in data.get("reqids", []):
             self._reqids[(conn, child)] = reqid
+        shift = self._clock_shift(data.get("clock"))
+        for saved in data.get("ike_sas", []):
+            _shift_times(saved, shift)
         present = {(s.spec.dst, s.spec.spi, s.spec.proto) for s in await self.kernel.dump_sas()}
         kept: set[tuple[IPAddress, int, Proto]] = set()
         for saved in data.get("ike_sas", []):
@@ -1172,6 +1180,16 @@ class Controller:
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
                  len(self.manager.all()), len(self.children), *removed)
         self._flush()
+
+    def _clock_shift(self, saved: dict[str, Any] | None) -> float:
+        """Saved times are on the previous process's monotonic clock: the same clock after
+        a daemon restart, but another one after a reboot. Then they are moved by the
+        wall-clock time that passed, so deadlines keep their distance."""
+        boot = self.boot_id()
+        if not saved or (boot is not None and saved.get("boot_id") == boot):
+            return 0.0
+        elapsed = self.wall_clock() - float(saved["wall"])
+        return self.clock() - elapsed - float(saved["monotonic"])
 
     def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]
                         ) -> set[tuple[IPAddress, int, Proto]]:
@@ -1363,6 +1381,26 @@ class Controller:
                 out.append(ChildStatus(name, child_id, record.state, record.reason,
                                        since=self._wall(record.since)))
         return tuple(out)
+
+
+def _shift_times(saved: dict[str, Any], shift: float) -> None:
+    """Move one saved IKE_SA's times (see Controller._clock_shift)."""
+    if not shift:
+        return
+    ike = saved["ike"]
+    for key in ("established_at", "rekey_deadline"):
+        if ike.get(key) is not None:
+            ike[key] += shift
+    saved["installed_at"] = {spi: at + shift
+                             for spi, at in saved.get("installed_at", {}).items()}
+
+
+def read_boot_id() -> str | None:
+    """This boot's id (monotonic clocks restart with it)."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _child_id(record: ConnectionRecord, name: str) -> int | None:
