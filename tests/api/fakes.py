@@ -16,6 +16,7 @@ from xfrmctl.daemon.ports import (
     Counters,
     DaemonStatus,
     DownReason,
+    FailureInfo,
     IkeSaInfo,
     KernelAlgorithm,
     KernelSaInfo,
@@ -61,6 +62,7 @@ class FakeController:
     not_loaded: dict[str, str] = field(default_factory=dict)  # name -> why
     outcome: ConnectionStatus | None = None  # the state an initiate leads to
     extra_policies: list[PolicyInfo] = field(default_factory=list)
+    unmatched: list[FailureInfo] = field(default_factory=list)
     reject: bool = False
 
     def _known(self, target: Target) -> None:
@@ -108,7 +110,8 @@ class FakeController:
                             counters=Counters(ike_setups=3, rekeys=1,
                                               failures={"AUTH_FAILED": 2},
                                               kernel_installs=4, kernel_install_seconds=0.02),
-                            version="test", not_loaded=dict(self.not_loaded))
+                            version="test", not_loaded=dict(self.not_loaded),
+                            unmatched=tuple(self.unmatched))
 
     async def config_changed(self, kind: ConfigKind, object_id: int,
                              change: ConfigChange) -> None:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -19,6 +20,7 @@ from xfrmctl.daemon.ports import (
     ConnectionState,
     ConnectionStatus,
     DownReason,
+    FailureInfo,
     PolicyInfo,
     Target,
 )
@@ -89,6 +91,14 @@ def test_status_shows_children_and_unmatched_peers(server: Server) -> None:
     assert "down" in child and "NO_PROPOSAL_CHOSEN" in child
     data = server.json("status")
     assert data["connections"][0]["children"][0]["reason"] == "NO_PROPOSAL_CHOSEN"
+    server.controller.unmatched.append(FailureInfo(
+        datetime.now(UTC), DownReason.NO_MATCHING_CONFIG, "IKE_SA_INIT matches no connection",
+        "192.0.2.1:500", "203.0.113.9:500"))
+    shown = server.run("status").stdout
+    assert "matched no connection" in shown
+    line = next(line for line in shown.splitlines() if "203.0.113.9:500" in line)
+    assert "192.0.2.1:500" in line and "NO_MATCHING_CONFIG" in line
+    assert server.json("status")["unmatched"][0]["remote"] == "203.0.113.9:500"
 
 
 def test_lists_show_children_proposals_reqid_prf_and_any(server: Server) -> None:
