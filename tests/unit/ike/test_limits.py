@@ -16,7 +16,9 @@ import os
 import tracemalloc
 from dataclasses import dataclass, field
 
-from tests.support.ike_pair import psk_config
+from tests.support.ike_pair import make_pair, psk_config
+from xfrmctl.ike import ts
+from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import (
     IKE_HEADER_SIZE,
     DhId,
@@ -152,11 +154,10 @@ def test_fragment_flood_after_ike_sa_init_stays_bounded_and_is_freed_on_expiry()
         for mid, size in enumerate(sizes, 2):
             net.inject(skf(attacker, mid, size), "198.51.100.7")
         net.inject(skf(attacker, 1, 40_000), "198.51.100.7")  # the one in the window
-        held = net.responder.budget.fragment_bytes
         grown = traced_bytes() - before
-        assert held <= 40_000 + 64  # only message ID 1, plus padding
-        assert net.responder.budget.fragments == 1
         assert grown < 400_000, f"{grown} octets held after {sum(sizes)} sent"
+        assert net.responder.budget.fragment_bytes <= 40_000 + 64  # message ID 1 only
+        assert net.responder.budget.fragments == 1
         net.advance(31.0)  # the half-open timeout (30 s) expires
         assert net.responder.half_open == 0 and not net.responder.sas
         assert net.responder.budget.fragment_bytes == 0 == net.responder.budget.fragments
@@ -173,6 +174,7 @@ def test_fragments_outside_the_window_are_not_buffered_but_a_real_auth_completes
     for mid in (0, 2, 7, 2**31):
         net.inject(skf(sa, mid, 1000), "198.51.100.8")
     assert net.responder.budget.fragments == 0
+    assert net.responder.datagrams_to_send() == []  # nor answered (mid 0: IKE_SA_INIT's)
     net.hold_auth.clear()
     net.advance(5.0)  # the IKE_AUTH request is retransmitted, and now it arrives
     assert sa.state is IkeState.ESTABLISHED
@@ -460,3 +462,25 @@ def test_error_answers_are_plain_and_small() -> None:
     (d,) = net.responder.datagrams_to_send()
     assert len(d.data) <= IKE_HEADER_SIZE + 8 + 1 < len(data)
     assert isinstance(decode(d.data).payloads[0], NotifyPayload)
+
+
+def test_retransmitted_fragmented_request_resends_the_answer_on_fragment_1_only() -> None:
+    """RFC 7383 2.6.1: fragments of a request already answered are not reassembled
+    again; fragment 1 makes the responder send its cached answer once more."""
+    many = tuple(ts.parse(f"198.51.{i}.0/24") for i in range(100))
+    lan = ChildConfig("lan", many, (ts.parse("203.0.113.0/24"),))
+    back = ChildConfig("lan", (ts.parse("203.0.113.0/24"),), many)
+    pair = make_pair(psk_config(children=(lan,), fragment_size=576),
+                     psk_config(children=(back,), fragment_size=576))
+    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now)
+    pair.pump()
+    assert [type(e) for e in pair.of("b", IkeSaUp)] == [IkeSaUp]
+    request = [d for side, d in pair.wire if side == "a" and _is_ike_auth(d)]
+    answer = [d for side, d in pair.wire if side == "b" and _is_ike_auth(d)]
+    assert len(request) > 2 and len(answer) > 2
+    for d in reversed(request[1:]):
+        pair.b.receive_datagram(d.data, d.remote, d.local, pair.now)
+    assert pair.b.datagrams_to_send() == [] and pair.b.budget.fragments == 0
+    first = request[0]
+    pair.b.receive_datagram(first.data, first.remote, first.local, pair.now)
+    assert [d.data for d in pair.b.datagrams_to_send()] == [d.data for d in answer]
