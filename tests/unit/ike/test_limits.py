@@ -17,6 +17,8 @@ import tracemalloc
 from dataclasses import dataclass, field
 
 from tests.support.ike_pair import make_pair, psk_config
+from xfrmctl.daemon.conf import DaemonConf
+from xfrmctl.daemon.controller import Controller
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import (
@@ -47,6 +49,7 @@ from xfrmctl.ike.message import (
 from xfrmctl.ike.payloads import NotifyPayload, Proposal, SaPayload, Transform, UnknownPayload
 from xfrmctl.ike.proposals import parse_proposals, select
 from xfrmctl.ike.sa import Datagram, IkeSa, IkeState
+from xfrmctl.kernel.fake import FakeKernel
 
 RESPONDER = "192.0.2.1"
 START = 1_700_000_000.0
@@ -540,3 +543,22 @@ def test_cookie_secret_rotates_and_the_previous_one_still_counts() -> None:
     garbled[30:32] = b"\xff\xff"  # first payload's length past the end
     net.inject(bytes(garbled), "198.51.100.30")
     assert net.responder.datagrams_to_send() == []
+
+
+def test_daemon_configuration_limits_section() -> None:
+    conf = DaemonConf.model_validate({"limits": {
+        "memory_bytes": 2**20, "half_open_per_address": 4, "block_time": 5,
+        "block_networks": ["203.0.113.0/24", "2001:db8:1::/48"]}})
+    limits = conf.limits.to_core()
+    assert limits.memory == 2**20 and limits.half_open_per_address == 4
+    assert limits.block_time == 5 and limits.blocked_network("2001:db8:1::7")
+    assert limits.blocked_network("203.0.113.9") and not limits.blocked_network("192.0.2.9")
+    assert DaemonConf().limits.to_core() == Limits()  # the documented defaults agree
+    assert Controller(conf, FakeKernel()).manager.limits == limits  # wired into the core
+    for bad in ({"block_networks": ["300.0.0.0/8"]}, {"half_open": 0}, {"spare": 1}):
+        try:
+            DaemonConf.model_validate({"limits": bad})
+        except ValueError as exc:
+            assert "limits" in str(exc)
+        else:
+            raise AssertionError(f"{bad} accepted")
