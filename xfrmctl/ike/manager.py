@@ -123,7 +123,7 @@ class IkeManager:
     def initiate(self, name: str, local: Endpoint, remote: Endpoint, now: float,
                  children: Sequence[str] | None = None) -> IkeSa:
         sa = IkeSa.initiator(self.configs[name], local, remote, now,
-                             spi_allocator=self._alloc_spi, budget=self.budget)
+                             spi_allocator=self._alloc_spi)
         self._register(sa)
         sa.initiate(now, children)
         self._collect(sa)
@@ -207,8 +207,7 @@ class IkeManager:
         if not self._make_room(charge):
             self.refused += 1
             return
-        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi,
-                             budget=self.budget)
+        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi)
         self._register(sa)
         key = (address, spi_i)
         self._half_open[key] = sa
@@ -347,6 +346,7 @@ class IkeManager:
     # ----------------------------------------------------------------- bookkeeping
 
     def _register(self, sa: IkeSa) -> None:
+        sa.use_budget(self.budget)  # every SA's fragment buffers are charged to us
         self._by_id[sa.id] = sa
         self.sas[sa.our_spi] = sa
 
