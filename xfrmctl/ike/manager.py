@@ -8,14 +8,14 @@ drive all timers from one place.
 What unauthenticated peers can make it hold is bounded by `limits.Limits` (see there):
 half-open IKE SAs (in total, per address, in octets), fragment buffers, blocked
 addresses. Before an IKE SA exists, an IKE_SA_INIT request goes through, in order: the
-static block list, the temporary block of an address, parsing (an unknown critical
-payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD, RFC 7296 2.5), the cookie check
-(a COOKIE is required once `cookie_threshold` SAs are half-open, or half the half-open
-table or memory budget is in use, or `limits.cookie_threshold_per_address` are from that
-address), the per-address limit, and
-room in the half-open table (the oldest half-open SA makes way). A request of a higher major
-version gets INVALID_MAJOR_VERSION (RFC 7296 1.5, 2.5). Error answers outside an SA are
-rate-limited.
+static block list, the temporary block of its address, the cookie check on a walk of
+the payload headers (a COOKIE is required once `cookie_threshold` SAs are half-open, or
+half the half-open table or memory budget is in use, or
+`limits.cookie_threshold_per_address` are from that address), parsing (an unknown
+critical payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD, RFC 7296 2.5), the
+per-address limit, and room in the half-open table (the oldest half-open SA makes way).
+A request of a higher major version gets INVALID_MAJOR_VERSION (RFC 7296 1.5, 2.5).
+Error answers outside an SA are rate-limited.
 """
 
 from __future__ import annotations
