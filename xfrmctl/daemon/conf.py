@@ -23,7 +23,8 @@ Top-level keys besides `connections`: `listen`, `ike_port`, `nat_port`,
 `cookie_threshold`, `install_routes` / `route_table` / `route_priority` (routes of
 policy-based tunnels, default on, table and rule priority 220; see daemon/routes.py), and
 `delete_rekeyed_delay` (seconds a rekeyed CHILD_SA's inbound SA stays in the kernel for
-packets still on the wire, default 5, as strongSwan's setting of that name).
+packets still on the wire, default 5, as strongSwan's setting of that name), and
+`limits` (what unauthenticated peers may make the daemon hold; README "Security").
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
@@ -65,6 +66,7 @@ from xfrmctl.ike.config import (
     Retransmit,
 )
 from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
+from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
 
 from .pool import AddressPool
@@ -212,6 +214,36 @@ class ConnectionConf(_Strict):
         return self
 
 
+class LimitsConf(_Strict):
+    """Limits on what unauthenticated peers make the daemon hold (README, "Security";
+    the rules are in xfrmctl/ike/limits.py). strongSwan's nearest settings in brackets."""
+
+    memory_bytes: int = Field(default=64 * 2**20, ge=1024)  # the one cap on all of it
+    half_open: int = Field(default=5000, ge=1)  # [init_limit_half_open] oldest dropped
+    half_open_per_address: int = Field(default=10, ge=1)  # [block_threshold]
+    cookie_threshold_per_address: int = Field(default=3, ge=0)  # [cookie_threshold_ip]
+    block_after: int = Field(default=50, ge=1)  # refusals over the per-address limit
+    block_time: float = Field(default=60.0, ge=0, le=86400)  # seconds; 0: never block
+    block_networks: list[str] = Field(default_factory=list)  # never answered
+    fragments_per_sa: int = Field(default=64, ge=1, le=0xFFFF)
+    fragment_bytes_per_sa: int = Field(default=65535, ge=1280)
+    fragments: int = Field(default=16384, ge=1)
+    fragment_bytes: int = Field(default=16 * 2**20, ge=65535)
+    answers_per_second: float = Field(default=100.0, ge=0)  # error answers outside an SA
+
+    @field_validator("block_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ipaddress.ip_network(text, strict=False)  # ValueError names the bad network
+        return value
+
+    def to_core(self) -> Limits:
+        fields = self.model_dump(exclude={"memory_bytes", "block_networks"})
+        return Limits(memory=self.memory_bytes, block_networks=tuple(
+            ipaddress.ip_network(n, strict=False) for n in self.block_networks), **fields)
+
+
 class DaemonConf(_Strict):
     listen: list[str] = Field(default_factory=list, description="empty: every address")
     ike_port: int = 500
@@ -225,6 +257,7 @@ class DaemonConf(_Strict):
     # A CHILD_SA replaced by a rekey keeps its inbound SA this long (seconds): the peer's
     # packets sent on it just before the switch still arrive.
     delete_rekeyed_delay: float = Field(default=5.0, ge=0, le=3600)
+    limits: LimitsConf = Field(default_factory=LimitsConf)
     connections: dict[str, ConnectionConf] = Field(default_factory=dict)
 
 

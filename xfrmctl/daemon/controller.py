@@ -178,7 +178,8 @@ class Controller:
         self.kernel = kernel
         self.clock = clock
         self.manager = IkeManager(cookie_threshold=conf.cookie_threshold,
-                                  spi_allocator=self._random_spi)
+                                  spi_allocator=self._random_spi,
+                                  limits=conf.limits.to_core())
         self.send: Callable[[Datagram], None] = lambda d: None
         # NAT keepalive sender (RFC 3948 4): set by the endpoints, like `send`.
         self.keepalive: Callable[[Endpoint, Endpoint], None] = lambda local, remote: None

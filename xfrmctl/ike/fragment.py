@@ -8,7 +8,10 @@ already integrity-checked) and gives back the whole message once all are there.
 Reassembly rules (RFC 7383 2.6): fragments of another message ID start a new
 reassembly; a larger Total Fragments restarts it (the sender re-fragmented for a
 smaller PMTU), a smaller one is dropped; duplicates are dropped. The caller filters
-message IDs against its window before `add`.
+message IDs against its window before `add` (an unauthenticated peer could otherwise open
+one buffer per message ID). With a `Budget`, every fragment held is charged to it and a
+fragment the budget has no room for is dropped; the charge is given back when the message
+completes, fails, is replaced or `clear()`ed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from . import rules
 from .constants import IKE_HEADER_SIZE, PAYLOAD_HEADER_SIZE, PayloadType
 from .errors import LocalError, ProtocolError
+from .limits import Budget
 from .message import FRAGMENT_FIELDS, Message, SkFragment, seal
 from .payloads import pull_chain, push_chain
 from .sk import SkCipher
@@ -70,17 +74,28 @@ class _Pending:
 class Reassembler:
     """Collects the fragments of one message at a time (one instance per direction)."""
 
-    def __init__(self, max_fragments: int = 64, max_bytes: int = 65535) -> None:
+    __slots__ = ("_budget", "_pending", "max_bytes", "max_fragments")
+
+    def __init__(self, max_fragments: int = 64, max_bytes: int = 65535,
+                 budget: Budget | None = None) -> None:
         self.max_fragments = max_fragments
         self.max_bytes = max_bytes
+        self._budget = budget
         self._pending: _Pending | None = None
 
     @property
     def pending_message_id(self) -> int | None:
         return None if self._pending is None else self._pending.message.message_id
 
+    @property
+    def held_bytes(self) -> int:
+        return 0 if self._pending is None else self._pending.size
+
     def clear(self) -> None:
-        self._pending = None
+        """Forget the message being reassembled and give its octets back to the budget."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._budget is not None:
+            self._budget.release_fragments(len(pending.parts), pending.size)
 
     def add(self, msg: Message) -> Message | None:
         """Add one decoded datagram; return the whole message when it is complete.
@@ -92,23 +107,27 @@ class Reassembler:
         if frag is None:
             return msg
         if frag.total > self.max_fragments:
-            self._pending = None
+            self.clear()
             raise ProtocolError(f"{frag.total} fragments exceed the limit {self.max_fragments}")
         pending = self._pending
         if pending is None or not _same_message(pending.message, msg) or frag.total > pending.total:
+            self.clear()
             pending = self._pending = _Pending(msg, frag.total)
         elif frag.total < pending.total or frag.number in pending.parts:
             return None  # stale re-fragmentation or duplicate
-        pending.size += len(frag.plaintext)
-        if pending.size > self.max_bytes:
-            self._pending = None
+        size = len(frag.plaintext)
+        if pending.size + size > self.max_bytes:
+            self.clear()
             raise ProtocolError(f"fragments exceed {self.max_bytes} octets")
+        if self._budget is not None and not self._budget.reserve_fragment(size):
+            return None  # no room: dropped (the sender retransmits every fragment)
+        pending.size += size
         pending.parts[frag.number] = frag.plaintext
         if frag.number == 1:
             pending.first_type = frag.next_payload
         if len(pending.parts) < pending.total:
             return None
-        self._pending = None
+        self.clear()
         return _assemble(pending)
 
 

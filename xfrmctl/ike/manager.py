@@ -4,42 +4,71 @@ answers with cookies under load, and keeps every SA's timer in one heap.
 The daemon's endpoints feed `receive_datagram()` and send what `datagrams_to_send()`
 returns; `next_event()` yields the events of every SA; `get_timer()`/`handle_timer()`
 drive all timers from one place.
+
+What unauthenticated peers can make it hold is bounded by `limits.Limits` (see there):
+half-open IKE SAs (in total, per address, in octets), fragment buffers, blocked
+addresses. Before an IKE SA exists, an IKE_SA_INIT request goes through, in order: the
+static block list, the temporary block of an address, parsing (an unknown critical
+payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD, RFC 7296 2.5), the cookie check
+(a COOKIE is required once `cookie_threshold` SAs are half-open, or
+`limits.cookie_threshold_per_address` from that address), the per-address limit, and
+room in the half-open table (the oldest half-open SA makes way). A request of a higher major
+version gets INVALID_MAJOR_VERSION (RFC 7296 1.5, 2.5). Error answers outside an SA are
+rate-limited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import IkeConfig
-from .constants import ExchangeType, NotifyType
+from .constants import IKE_HEADER_SIZE, IKE_VERSION, ExchangeType, HeaderFlag, NotifyType
 from .errors import ProtocolError
 from .events import Event, IkeSaRekeyed
-from .message import Message, decode, encode, parse_header
-from .payloads import NoncePayload, NotifyPayload
+from .limits import HALF_OPEN_COST, MAX_BLOCKED, Budget, Limits
+from .message import HEADER, Message, decode, encode, parse_header
+from .payloads import NoncePayload, NotifyPayload, push_chain
 from .sa import Datagram, Endpoint, IkeSa, IkeState, random_child_spi
 
 COOKIE_VERSION = b"\x00\x01"
+COOKIE_SECRET_LIFETIME = 120.0  # a new cookie secret this often; the previous one still counts
 
 
 class IkeManager:
     def __init__(self, configs: Iterable[IkeConfig] = (), *, cookie_threshold: int = 200,
-                 spi_allocator: Callable[[], int] = random_child_spi) -> None:
+                 spi_allocator: Callable[[], int] = random_child_spi,
+                 limits: Limits | None = None) -> None:
         self.configs: dict[str, IkeConfig] = {c.name: c for c in configs}
         self.cookie_threshold = cookie_threshold
+        self.limits = limits or Limits()
+        self.budget = Budget(self.limits)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         self._by_id: dict[int, IkeSa] = {}
+        # Half-open responder SAs, oldest first: (source address, peer's SPI) -> SA, and
+        # by SA id -> (that key, octets charged to the budget).
         self._half_open: dict[tuple[str, bytes], IkeSa] = {}
+        self._half_open_ids: dict[int, tuple[tuple[str, bytes], int]] = {}
+        self._per_address: dict[str, int] = {}  # half-open SAs per source address
+        self._refusals: dict[str, int] = {}  # refused IKE_SA_INITs, while it has half-open
+        self._blocked: dict[str, float] = {}  # address -> blocked until (oldest first)
+        self._answer_tokens = 0.0
+        self._answer_at: float | None = None
         self._timers: list[tuple[float, int]] = []
         self._scheduled: dict[int, float] = {}  # SA id -> the deadline its newest entry has
         self._events: deque[Event] = deque()
         self._out: list[Datagram] = []
         self._cookie_secret = os.urandom(32)
+        self._cookie_secret_old = self._cookie_secret
+        self._cookie_secret_at: float | None = None
         self._alloc_spi = spi_allocator
         self.dropped = 0  # datagrams that were malformed or for no SA
+        self.refused = 0  # IKE_SA_INITs over a per-address limit, or from blocked addresses
+        self.evicted = 0  # half-open SAs dropped to make room for newer ones
 
     # ----------------------------------------------------------------- outputs
 
@@ -72,13 +101,20 @@ class IkeManager:
     def get(self, sa_id: int) -> IkeSa | None:
         return self._by_id.get(sa_id)
 
+    @property
+    def half_open(self) -> int:
+        return len(self._half_open)
+
+    def blocked_addresses(self, now: float) -> list[str]:
+        return [a for a, until in self._blocked.items() if until > now]
+
     def all(self) -> list[IkeSa]:
         return list(self._by_id.values())
 
     def initiate(self, name: str, local: Endpoint, remote: Endpoint, now: float,
                  children: Sequence[str] | None = None) -> IkeSa:
         sa = IkeSa.initiator(self.configs[name], local, remote, now,
-                             spi_allocator=self._alloc_spi)
+                             spi_allocator=self._alloc_spi, budget=self.budget)
         self._register(sa)
         sa.initiate(now, children)
         self._collect(sa)
@@ -98,9 +134,14 @@ class IkeManager:
 
     def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint,
                          now: float) -> None:
+        if self.limits.block_networks and self.limits.blocked_network(remote[0]):
+            self.dropped += 1
+            return
         try:
             header = parse_header(data)
-        except ProtocolError:
+        except ProtocolError as exc:
+            if exc.notify == NotifyType.INVALID_MAJOR_VERSION:
+                self._answer_major_version(data, local, remote, now)
             self.dropped += 1
             return
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response \
@@ -117,49 +158,166 @@ class IkeManager:
 
     def _receive_init(self, data: bytes, local: Endpoint, remote: Endpoint, now: float,
                       spi_i: bytes) -> None:
-        existing = self._half_open.get((remote[0], spi_i))
+        address = remote[0]
+        existing = self._half_open.get((address, spi_i))
         if existing is not None:
             existing.receive_datagram(data, local, remote, now)
             self._collect(existing)
             return
+        if self._is_blocked(address, now):
+            self.refused += 1
+            return
         try:
             request = decode(data)
-        except ProtocolError:
+        except ProtocolError as exc:
             self.dropped += 1
+            if exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                self._answer_error(spi_i, local, remote, now, exc.notify, exc.notify_data)
             return
-        if len(self._half_open) >= self.cookie_threshold and \
-                not self._cookie_valid(request, remote):
-            self._send_plain(request, local, remote,
+        count = self._per_address.get(address, 0)
+        if (len(self._half_open) >= self.cookie_threshold
+                or count >= self.limits.cookie_threshold_per_address) \
+                and not self._cookie_valid(request, remote, now):
+            self._send_plain(request.spi_i, local, remote,
                              NotifyPayload(NotifyType.COOKIE, 0, b"",
-                                           self._cookie(request, remote)))
+                                           self._cookie(request, remote, self._cookie_secret)))
             return
-        candidates = [c for c in self.configs.values() if c.accepts(local[0], remote[0])]
+        if count >= self.limits.half_open_per_address:
+            self._refuse(address, now)
+            return
+        candidates = [c for c in self.configs.values() if c.accepts(local[0], address)]
         if not candidates:
-            self._send_plain(request, local, remote,
-                             NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN, 0, b"", b""))
+            self._answer_error(spi_i, local, remote, now, NotifyType.NO_PROPOSAL_CHOSEN)
             return
-        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi)
+        charge = HALF_OPEN_COST + len(data)
+        if not self._make_room(charge):
+            self.refused += 1
+            return
+        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi,
+                             budget=self.budget)
         self._register(sa)
-        self._half_open[(remote[0], spi_i)] = sa
+        key = (address, spi_i)
+        self._half_open[key] = sa
+        self._half_open_ids[sa.id] = (key, charge)
+        self._per_address[address] = count + 1
+        self.budget.half_open_bytes += charge
         sa.receive_message(request, data, now)
         self._collect(sa)
 
-    def _send_plain(self, request: Message, local: Endpoint, remote: Endpoint,
+    # ----------------------------------------------------------------- limits
+
+    def _is_blocked(self, address: str, now: float) -> bool:
+        blocked = self._blocked
+        while blocked:  # forget expired blocks, oldest first (one block_time for all)
+            first = next(iter(blocked))
+            if blocked[first] > now:
+                break
+            del blocked[first]
+        return address in blocked
+
+    def _refuse(self, address: str, now: float) -> None:
+        """An IKE_SA_INIT (with a valid cookie, so from a real address) over the
+        per-address limit: dropped; after `block_after` of them the address is blocked."""
+        self.refused += 1
+        refusals = self._refusals.get(address, 0) + 1
+        self._refusals[address] = refusals
+        if refusals >= self.limits.block_after and self.limits.block_time > 0:
+            del self._refusals[address]
+            while len(self._blocked) >= MAX_BLOCKED:
+                del self._blocked[next(iter(self._blocked))]
+            self._blocked.pop(address, None)
+            self._blocked[address] = now + self.limits.block_time
+
+    def _make_room(self, charge: int) -> bool:
+        """Drop the oldest half-open SAs until one more of `charge` octets fits."""
+        limits, budget = self.limits, self.budget
+        while self._half_open and (len(self._half_open) >= limits.half_open
+                                   or not budget.room(charge)):
+            oldest = next(iter(self._half_open.values()))
+            self.evicted += 1
+            oldest.drop_half_open()
+            self._collect(oldest)
+            if oldest.id in self._half_open_ids:  # never loop on an SA that did not go
+                self._forget_half_open(oldest)
+        return len(self._half_open) < limits.half_open and budget.room(charge)
+
+    def _forget_half_open(self, sa: IkeSa) -> None:
+        entry = self._half_open_ids.pop(sa.id, None)
+        if entry is None:
+            return
+        key, charge = entry
+        self._half_open.pop(key, None)
+        self.budget.half_open_bytes -= charge
+        address = key[0]
+        count = self._per_address.get(address, 0) - 1
+        if count > 0:
+            self._per_address[address] = count
+        else:
+            self._per_address.pop(address, None)
+            self._refusals.pop(address, None)
+
+    def _may_answer(self, now: float) -> bool:
+        """Token bucket for answers to unauthenticated requests (no reflection floods)."""
+        rate = self.limits.answers_per_second
+        burst = max(1.0, rate)
+        if self._answer_at is None:
+            self._answer_tokens = burst
+        else:
+            self._answer_tokens = min(burst, self._answer_tokens
+                                      + max(0.0, now - self._answer_at) * rate)
+        self._answer_at = now
+        if self._answer_tokens < 1.0:
+            return False
+        self._answer_tokens -= 1.0
+        return True
+
+    def _answer_error(self, spi_i: bytes, local: Endpoint, remote: Endpoint, now: float,
+                      notify: int, data: bytes = b"") -> None:
+        if self._may_answer(now):
+            self._send_plain(spi_i, local, remote, NotifyPayload(notify, 0, b"", data))
+
+    def _answer_major_version(self, data: bytes, local: Endpoint, remote: Endpoint,
+                              now: float) -> None:
+        """RFC 7296 1.5/2.5: a request of a higher major version is answered with
+        INVALID_MAJOR_VERSION, version 2 in the header, SPIs, exchange type and message
+        ID copied, the Response flag set. Responses, and IKEv1 (lower), are not."""
+        if len(data) < IKE_HEADER_SIZE:
+            return
+        spi_i, spi_r, _, version, exchange, flags, mid, _ = HEADER.unpack_from(data)
+        if version >> 4 <= IKE_VERSION >> 4 or flags & HeaderFlag.RESPONSE \
+                or not self._may_answer(now):
+            return
+        body = push_chain([NotifyPayload(NotifyType.INVALID_MAJOR_VERSION, 0, b"", b"")])
+        ours = HeaderFlag.RESPONSE | (0 if flags & HeaderFlag.INITIATOR else
+                                      HeaderFlag.INITIATOR)
+        head = HEADER.pack(spi_i, spi_r, NotifyPayload.payload_type, IKE_VERSION, exchange,
+                           ours, mid, IKE_HEADER_SIZE + len(body))
+        self._out.append(Datagram(head + body, local, remote))
+
+    def _send_plain(self, spi_i: bytes, local: Endpoint, remote: Endpoint,
                     notify: NotifyPayload) -> None:
-        reply = Message(ExchangeType.IKE_SA_INIT, request.spi_i, b"\0" * 8, 0, False, True,
-                        [notify])
+        reply = Message(ExchangeType.IKE_SA_INIT, spi_i, b"\0" * 8, 0, False, True, [notify])
         self._out.append(Datagram(encode(reply), local, remote))
 
-    def _cookie(self, request: Message, remote: Endpoint) -> bytes:
+    def _cookie(self, request: Message, remote: Endpoint, secret: bytes) -> bytes:
         nonce = request.find(NoncePayload)
         ni = nonce.data if nonce else b""
-        digest = hashlib.sha256(ni + remote[0].encode() + request.spi_i + self._cookie_secret)
+        digest = hashlib.sha256(ni + remote[0].encode() + request.spi_i + secret)
         return COOKIE_VERSION + digest.digest()
 
-    def _cookie_valid(self, request: Message, remote: Endpoint) -> bool:
+    def _cookie_valid(self, request: Message, remote: Endpoint, now: float) -> bool:
+        """A COOKIE made with the current or the previous secret (RFC 7296 2.6: the
+        secret changes every COOKIE_SECRET_LIFETIME; no state per peer)."""
+        if self._cookie_secret_at is None:
+            self._cookie_secret_at = now
+        elif now - self._cookie_secret_at >= COOKIE_SECRET_LIFETIME:
+            self._cookie_secret_old, self._cookie_secret = self._cookie_secret, os.urandom(32)
+            self._cookie_secret_at = now
         first = request.payloads[0] if request.payloads else None
-        return isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE \
-            and first.data == self._cookie(request, remote)
+        if not isinstance(first, NotifyPayload) or first.notify_type != NotifyType.COOKIE:
+            return False
+        return any(hmac.compare_digest(first.data, self._cookie(request, remote, secret))
+                   for secret in (self._cookie_secret, self._cookie_secret_old))
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -186,7 +344,7 @@ class IkeManager:
         self._scheduled.pop(sa.id, None)
         if self.sas.get(sa.our_spi) is sa:
             del self.sas[sa.our_spi]
-        self._half_open.pop((sa.remote[0], sa.spi_i), None)
+        self._forget_half_open(sa)
 
     def _collect(self, sa: IkeSa) -> None:
         """Move an SA's output into ours, follow rekeys, forget closed SAs."""
@@ -200,7 +358,7 @@ class IkeManager:
                 self._register(sa.successor)
                 self._collect(sa.successor)
         if sa.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.DELETING):
-            self._half_open.pop((sa.remote[0], sa.spi_i), None)
+            self._forget_half_open(sa)
         if sa.state is IkeState.CLOSED:
             self._unregister(sa)
             return

@@ -308,12 +308,24 @@ def _match(spec: ProposalSpec, peer: Proposal, dh: DhRule) -> tuple[Transform, .
     return tuple(chosen)
 
 
+def acceptable(peer: Proposal, spi_size: int | None = None) -> bool:
+    """Can a proposal be considered at all? Not with a transform of a type we do not know
+    (RFC 7296 3.3.6: the whole proposal is skipped, not just that transform), nor with an
+    SPI of the wrong size (3.3.1: none in IKE_SA_INIT, so `spi_size` 0 there)."""
+    if spi_size is not None and len(peer.spi) != spi_size:
+        return False
+    return all(t.type in TransformType._value2member_map_ for t in peer.transforms)
+
+
 def select(local: Sequence[ProposalSpec], offered: Sequence[Proposal],
-           dh: DhRule = DhRule.REQUIRE) -> Proposal | None:
+           dh: DhRule = DhRule.REQUIRE, spi_size: int | None = None) -> Proposal | None:
     """Choose a proposal as responder; None means NO_PROPOSAL_CHOSEN.
 
     The result carries the peer's proposal number and SPI, one transform per type.
+    Proposals that are not `acceptable` (unknown transform types, an SPI not of
+    `spi_size` octets when given) are skipped.
     """
+    offered = [p for p in offered if acceptable(p, spi_size)]
     for spec in local:
         for peer in offered:
             if peer.protocol != spec.protocol:

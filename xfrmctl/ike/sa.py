@@ -84,6 +84,7 @@ from .events import (
     VirtualIpAssigned,
 )
 from .fragment import Reassembler, encode_fragments
+from .limits import Budget, Limits
 from .message import Message, decode, encode, parse_header
 from .payloads import (
     AuthPayload,
@@ -115,6 +116,7 @@ MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving 
 RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE, plus up to as much again at random
 REDUNDANT_TIMEOUT = 30.0  # a rekey collision's loser should have deleted its SA by then
 _ids = itertools.count(1)
+_DEFAULT_LIMITS = Limits()  # fragment caps of an SA made without a manager's budget
 
 
 def _retry_delay() -> float:
@@ -221,7 +223,8 @@ class IkeSa:
     """An IKE SA as initiator or responder. Create with `initiator()` or `responder()`."""
 
     # No per-instance dict: a gateway holds one of these per tunnel (memory per IKE_SA).
-    __slots__ = ("_alloc_spi", "_auth_child", "_cached_response", "_child_retries", "_cipher_in",
+    __slots__ = ("_alloc_spi", "_auth_child", "_budget", "_cached_response", "_child_retries",
+        "_cipher_in",
         "_cipher_out", "_collision", "_cookie", "_dpd_deadline", "_events", "_expected_peer_id",
         "_half_open_deadline", "_ike_rekey_pending", "_init_request", "_init_response",
         "_init_retries", "_ke", "_keys", "_last_peer_activity", "_next_request_id", "_nonce_i",
@@ -234,7 +237,8 @@ class IkeSa:
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
-                 spi_allocator: Callable[[], int] = random_child_spi) -> None:
+                 spi_allocator: Callable[[], int] = random_child_spi,
+                 budget: Budget | None = None) -> None:
         self.id = next(_ids)
         self.is_initiator = initiator  # original initiator of this IKE SA
         self.local = local
@@ -285,7 +289,8 @@ class IkeSa:
         self._dpd_deadline: float | None = None
         self._pending_children: list[ChildConfig] = []
         self._auth_child: IkeSa._ChildRequest | None = None
-        self._reassembly: dict[int, Reassembler] = {}
+        self._budget = budget  # the manager's: fragment buffers are charged to it
+        self._reassembly: dict[bool, Reassembler] | None = None  # by is_response
         self._ike_rekey_pending = False  # our IKE rekey request is out
         self._collision: tuple[bytes, IkeSa] | None = None  # peer's rekey during ours
         self._spawned: list[IkeSa] = []
@@ -299,15 +304,17 @@ class IkeSa:
 
     @classmethod
     def initiator(cls, config: IkeConfig, local: Endpoint, remote: Endpoint, now: float,
-                  spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
+                  spi_allocator: Callable[[], int] = random_child_spi,
+                  budget: Budget | None = None) -> IkeSa:
         return cls(initiator=True, local=local, remote=remote, now=now, config=config,
-                   spi_allocator=spi_allocator)
+                   spi_allocator=spi_allocator, budget=budget)
 
     @classmethod
     def responder(cls, candidates: Sequence[IkeConfig], local: Endpoint, remote: Endpoint,
-                  now: float, spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
+                  now: float, spi_allocator: Callable[[], int] = random_child_spi,
+                  budget: Budget | None = None) -> IkeSa:
         sa = cls(initiator=False, local=local, remote=remote, now=now, config=None,
-                 candidates=candidates, spi_allocator=spi_allocator)
+                 candidates=candidates, spi_allocator=spi_allocator, budget=budget)
         sa._half_open_deadline = now + min(c.half_open_timeout for c in candidates)
         return sa
 
@@ -406,6 +413,12 @@ class IkeSa:
         self.down_reason = reason
         self._start_request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())],
                             lambda m, t: self._close(reason), now)
+
+    def drop_half_open(self) -> None:
+        """Give up a half-open responder SA without a word (the manager makes room for a
+        newer one); an established SA is not touched."""
+        if not self.is_initiator and self.state in (IkeState.CREATED, IkeState.INIT_DONE):
+            self._close("half-open SA dropped", quiet=True)
 
     def liveness_check(self, now: float) -> None:
         if self.state is IkeState.ESTABLISHED and not self._outstanding and not self._tasks:
@@ -552,16 +565,54 @@ class IkeSa:
         self.receive_message(msg, data, now)
 
     def _reassemble(self, msg: Message) -> Message | None:
-        key = (msg.message_id << 1) | int(msg.is_response)
-        reassembler = self._reassembly.setdefault(key, Reassembler())
+        """Add an (integrity-checked) fragment; the whole message once complete.
+
+        Only the message the window expects is reassembled (RFC 7383 2.6): the response to
+        our outstanding request, or the peer's next request; fragment 1 of a request
+        already answered resends the answer (2.6.1). At most one buffer per direction,
+        within the per-SA caps; anything else is dropped."""
+        frag = msg.fragment
+        assert frag is not None
+        if not self._fragment_in_window(msg, frag.number):
+            return None
+        store = self._reassembly if self._reassembly is not None else {}
+        self._reassembly = store
+        reassembler = store.get(msg.is_response)
+        if reassembler is None:
+            limits = self._budget.limits if self._budget is not None else _DEFAULT_LIMITS
+            reassembler = store[msg.is_response] = Reassembler(
+                limits.fragments_per_sa, limits.fragment_bytes_per_sa, self._budget)
+        other = store.get(not msg.is_response)
+        if other is not None and other.held_bytes + reassembler.held_bytes \
+                + len(frag.plaintext) > reassembler.max_bytes:
+            return None  # both directions together stay within the per-SA cap
         try:
             full = reassembler.add(msg)
         except ProtocolError:
-            self._reassembly.pop(key, None)
-            return None
-        if full is not None:
-            self._reassembly.pop(key, None)
+            full = None
+        if reassembler.pending_message_id is None:
+            del store[msg.is_response]
+            if not store:
+                self._reassembly = None
         return full
+
+    def _fragment_in_window(self, msg: Message, number: int) -> bool:
+        if self.state is IkeState.CLOSED:
+            return False
+        if msg.is_response:
+            return self._outstanding is not None \
+                and msg.message_id == self._outstanding.message_id
+        cached = self._cached_response
+        if cached is not None and msg.message_id == cached[0]:
+            if number == 1:
+                self._emit_datagrams(cached[1])
+            return False
+        return msg.message_id == self._expected_peer_id
+
+    def _clear_reassembly(self) -> None:
+        for reassembler in (self._reassembly or {}).values():
+            reassembler.clear()
+        self._reassembly = None
 
     def _update_remote(self, remote: Endpoint, local: Endpoint, msg: Message) -> None:
         # Follow the peer's port when NAT moves it (RFC 7296 2.23) once the SA is keyed.
@@ -818,7 +869,9 @@ class IkeSa:
         self.spi_i = msg.spi_i
         self._init_request = raw
         ours = [spec for conf in self.candidates for spec in conf.proposals]
-        chosen = proposals.select(ours, sa.proposals)
+        # RFC 7296 3.3.1: an IKE_SA_INIT proposal carries no SPI (it is in the header); one
+        # that does is skipped, and the SPI is never echoed.
+        chosen = proposals.select(ours, sa.proposals, spi_size=0)
         if chosen is None:
             self._respond(msg, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)], plain=True)
             self._fail(FailureReason.NO_PROPOSAL_CHOSEN, "no common IKE proposal",
@@ -1614,7 +1667,7 @@ class IkeSa:
         assert self._prf is not None and self._keys is not None and suite.prf is not None
         assert suite.encr is not None
         new = IkeSa(initiator=initiator, local=self.local, remote=self.remote, now=now,
-                    config=conf, spi_allocator=self._alloc_spi)
+                    config=conf, spi_allocator=self._alloc_spi, budget=self._budget)
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite = suite
         new._prf = Prf(suite.prf)
@@ -1741,6 +1794,7 @@ class IkeSa:
                 and not self.is_initiator and self.successor is None:
             self.config.pool.release(str(self.remote_id))
         self.state = IkeState.CLOSED
+        self._clear_reassembly()
         self.down_reason = self.down_reason or reason
         self._outstanding = None
         self._tasks.clear()
