@@ -138,6 +138,11 @@ class Peer:
         reply = self.ask(encode(request))
         assert reply is not None and reply.message is not None, "no IKE_SA_INIT answer"
         sa.receive_datagram(reply.data, self.endpoint, (RESPONDER, 500), time.time())
+        if reply.message.notify(NotifyType.COOKIE) is not None:  # RFC 7296 2.6: again
+            (again,) = sa.datagrams_to_send()
+            reply = self.ask(again.data)
+            assert reply is not None, "no answer to IKE_SA_INIT with the cookie"
+            sa.receive_datagram(reply.data, self.endpoint, (RESPONDER, 500), time.time())
         assert sa.state in (IkeState.INIT_DONE, IkeState.AUTH_SENT), \
             f"initiator in {sa.state}: {reply.message}"
         auth = [d.data for d in sa.datagrams_to_send()]
