@@ -179,6 +179,8 @@ class XfrmctlResponder(Responder):
         conf = {
             "listen": [RESPONDER],
             "cookie_threshold": HUGE,
+            "limits": {"half_open": HUGE, "half_open_per_address": HUGE,
+                       "cookie_threshold_per_address": HUGE},
             "connections": {"bench": {
                 "local_addrs": [RESPONDER], "remote_addrs": [], "auth": "psk", "psk": PSK,
                 "ike_proposals": IKE_PROPOSAL, "dpd_delay": 0, "rekey_time": 0,
@@ -219,7 +221,7 @@ class _TunedCharon(strongswan.Charon):
     TUNING = f"""\
 charon {{
     # many IKE SAs from one address: hash table sized for them, no DoS limits (our
-    # daemon gets the same: cookie_threshold {HUGE})
+    # daemon gets the same: cookie_threshold and limits {HUGE})
     ikesa_table_size = 65536
     ikesa_table_segments = 16
     block_threshold = {HUGE}

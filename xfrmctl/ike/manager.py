@@ -259,6 +259,8 @@ class IkeManager:
     def _may_answer(self, now: float) -> bool:
         """Token bucket for answers to unauthenticated requests (no reflection floods)."""
         rate = self.limits.answers_per_second
+        if rate <= 0:
+            return False
         burst = max(1.0, rate)
         if self._answer_at is None:
             self._answer_tokens = burst

@@ -604,7 +604,8 @@ class IkeSa:
                 and msg.message_id == self._outstanding.message_id
         cached = self._cached_response
         if cached is not None and msg.message_id == cached[0]:
-            if number == 1:
+            # (an IKE_SA_INIT answer is never fragmented: an SKF cannot ask for it again)
+            if number == 1 and cached[1][0] is not self._init_response:
                 self._emit_datagrams(cached[1])
             return False
         return msg.message_id == self._expected_peer_id
