@@ -15,7 +15,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from tests.fuzz.targets import kernel_messages
+from tests.fuzz.targets import identity, kernel_messages
 from xfrmctl.kernel import codec
 from xfrmctl.kernel.types import Algorithm, SaNotify, SaSpec
 
@@ -58,3 +58,12 @@ def test_undecodable_kernel_message_raises_kernel_message_error(raw: bytes) -> N
     with pytest.raises(codec.KernelMessageError):
         codec.decode_event(raw)
     kernel_messages(raw)  # the fuzzing target's contract holds for it
+
+
+@pytest.mark.xfail(strict=True, reason="open in xfrmctl/ike: str(Identity) raises ValueError "
+                   "for an ID_IPV4_ADDR whose data is not 4 octets (reported)")
+def test_address_identity_of_wrong_length_formats() -> None:
+    """identity target: IDi type ID_IPV4_ADDR with 17 octets of data. Printing it (as the
+    responder does when no connection accepts the peer) raised ValueError; live case:
+    tests/hostile/test_auth.py::test_bad_address_identity_to_a_named_connection_is_refused."""
+    identity(bytes.fromhex("01020000006c6566742e6578616d706c652e6f7267"))

@@ -27,6 +27,7 @@ from xfrmctl.ike.message import encode
 from xfrmctl.ike.payloads import NotifyPayload
 
 LEGIT = "192.0.2.2"
+NAMED_RESPONDER, NAMED_PEER = "192.0.2.5", "peer.example.org"
 CASE_ADDRS = [f"192.0.2.{i}" for i in range(10, 250)]
 RSS_BOUND_KIB = 200 * 1024  # the responder after the hostile cases (it starts near 70 MiB)
 
@@ -46,9 +47,9 @@ class HostileLab:
     _addrs: Iterator[str] = field(default_factory=lambda: iter(CASE_ADDRS))
     _peers: list[Peer] = field(default_factory=list)
 
-    def peer(self, addr: str | None = None, port: int = 500) -> Peer:
-        """A hostile peer on an address no other case used."""
-        p = Peer(self.attacker, addr or next(self._addrs), port)
+    def peer(self, addr: str | None = None, port: int = 500, target: str = RESPONDER) -> Peer:
+        """A hostile peer on an address no other case used (talking to `target`)."""
+        p = Peer(self.attacker, addr or next(self._addrs), port, target)
         self._peers.append(p)
         return p
 
@@ -70,7 +71,7 @@ class HostileLab:
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
 
-    def assert_healthy(self) -> None:
+    def assert_healthy(self, after: int = 0) -> None:
         """Alive, answers a legitimate IKE_SA_INIT (after a COOKIE if it asks for one) and
         completes its IKE_AUTH, no traceback logged, memory bounded."""
         assert self.daemon.running, f"daemon died\n{self.daemon.tail()}"
@@ -79,7 +80,7 @@ class HostileLab:
             legit.setup()  # IKE_SA_INIT (with a cookie if asked) and IKE_AUTH
         finally:
             legit.close()
-        tracebacks = [e for e in self.daemon.lines() if "exception" in e
+        tracebacks = [e for e in self.daemon.lines()[after:] if "exception" in e
                       or "Traceback" in str(e.get("message", ""))]
         assert not tracebacks, f"the daemon logged a traceback: {tracebacks[:2]}"
         assert self.rss_kib() < RSS_BOUND_KIB, f"RSS {self.rss_kib()} KiB"
@@ -98,9 +99,13 @@ def legit_init(peer: Peer, timeout: float = 5.0) -> Reply | None:
 
 
 def responder_conf(**extra: Any) -> dict[str, Any]:
-    gw = connection(RESPONDER, None, {"net": child(["198.51.100.0/24"], ["203.0.113.0/24"])},
-                    psk=PSK.decode())
-    return daemon_conf([RESPONDER], {"gw": gw}, install_routes=False, **extra)
+    """`gw` on RESPONDER takes any peer identity; `named` on NAMED_RESPONDER only
+    NAMED_PEER (so a peer of another identity gets no connection)."""
+    net = {"net": child(["198.51.100.0/24"], ["203.0.113.0/24"])}
+    gw = connection(RESPONDER, None, net, psk=PSK.decode())
+    named = connection(NAMED_RESPONDER, None, net, psk=PSK.decode(), remote_id=NAMED_PEER)
+    return daemon_conf([RESPONDER, NAMED_RESPONDER], {"gw": gw, "named": named},
+                       install_routes=False, **extra)
 
 
 _ns_ids = itertools.count()
@@ -111,6 +116,7 @@ def start_lab(stack: ExitStack, workdir: Path, conf: dict[str, Any]) -> HostileL
     resp = stack.enter_context(netns("xh-r"))
     att = stack.enter_context(netns("xh-a"))
     veth(resp, att, f"{RESPONDER}/24", f"{LEGIT}/24")
+    resp.add_addr("veth0", f"{NAMED_RESPONDER}/24")
     batch = "".join(f"address add {a}/24 dev veth0\n" for a in CASE_ADDRS)
     subprocess.run(["ip", "-n", att.name, "-batch", "-"], input=batch, text=True,
                    check=True, capture_output=True)
@@ -130,7 +136,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileLab]:
 
 @pytest.fixture
 def healthy(lab: HostileLab) -> Iterator[HostileLab]:
-    """The module's lab, checked healthy after the case."""
+    """The module's lab, checked healthy after the case (the log: since it started)."""
+    mark = lab.daemon.mark()
     yield lab
     lab.close_peers()
-    lab.assert_healthy()
+    lab.assert_healthy(after=mark)

@@ -69,6 +69,7 @@ class Peer:
     ns: Netns
     addr: str
     port: int = 500
+    target: str = RESPONDER  # the responder's address this peer talks to
     sock: socket.socket = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class Peer:
         return (self.addr, self.port)
 
     def send(self, data: bytes, port: int = 500) -> None:
-        self.sock.sendto(data, (RESPONDER, port))
+        self.sock.sendto(data, (self.target, port))
 
     def recv(self, timeout: float = REPLY_TIMEOUT) -> bytes | None:
         ready, _, _ = select.select([self.sock], [], [], timeout)
@@ -121,7 +122,7 @@ class Peer:
     # ------------------------------------------------------------- building messages
 
     def initiator(self, config: IkeConfig | None = None) -> IkeSa:
-        sa = IkeSa.initiator(config or initiator_config(), self.endpoint, (RESPONDER, 500),
+        sa = IkeSa.initiator(config or initiator_config(), self.endpoint, (self.target, 500),
                              time.time())
         sa.initiate(time.time())
         return sa
@@ -137,12 +138,12 @@ class Peer:
         sa, request = self.init_request(config)
         reply = self.ask(encode(request))
         assert reply is not None and reply.message is not None, "no IKE_SA_INIT answer"
-        sa.receive_datagram(reply.data, self.endpoint, (RESPONDER, 500), time.time())
+        sa.receive_datagram(reply.data, self.endpoint, (self.target, 500), time.time())
         if reply.message.notify(NotifyType.COOKIE) is not None:  # RFC 7296 2.6: again
             (again,) = sa.datagrams_to_send()
             reply = self.ask(again.data)
             assert reply is not None, "no answer to IKE_SA_INIT with the cookie"
-            sa.receive_datagram(reply.data, self.endpoint, (RESPONDER, 500), time.time())
+            sa.receive_datagram(reply.data, self.endpoint, (self.target, 500), time.time())
         assert sa.state in (IkeState.INIT_DONE, IkeState.AUTH_SENT), \
             f"initiator in {sa.state}: {reply.message}"
         auth = [d.data for d in sa.datagrams_to_send()]
@@ -158,7 +159,7 @@ class Peer:
         while sa.state is not IkeState.ESTABLISHED and time.monotonic() < deadline:
             raw = self.recv(0.2)
             if raw is not None:
-                sa.receive_datagram(raw, self.endpoint, (RESPONDER, 500), time.time())
+                sa.receive_datagram(raw, self.endpoint, (self.target, 500), time.time())
             for d in sa.datagrams_to_send():
                 self.send(d.data)
             if sa.state is IkeState.CLOSED:
@@ -305,7 +306,7 @@ def establish(keyed: Keyed, datagrams: list[bytes] | None = None,
             and time.monotonic() < deadline:
         raw = peer.recv(0.2)
         if raw is not None:
-            sa.receive_datagram(raw, peer.endpoint, (RESPONDER, 500), time.time())
+            sa.receive_datagram(raw, peer.endpoint, (peer.target, 500), time.time())
     events = []
     while (e := sa.next_event()) is not None:
         events.append(e)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.hostile.conftest import HostileLab
+from tests.hostile.conftest import NAMED_RESPONDER, HostileLab
 from tests.hostile.peer import (
     Keyed,
     core_bug,
@@ -259,3 +259,43 @@ def test_notify_only_informational_from_unauthenticated_spi_guess(healthy: Hosti
 
 
 __all__ = ["NotifyPayload"]
+
+
+@pytest.mark.parametrize("id_type,data", [(IdType.IPV4_ADDR, b"\x00left.example.org"),
+                                          (IdType.IPV6_ADDR, b"\xc0\x00\x02\x01")],
+                         ids=["ipv4-of-17-octets", "ipv6-of-4-octets"])
+def test_address_identity_of_wrong_length_is_refused(healthy: HostileLab, id_type: int,
+                                                     data: bytes) -> None:
+    """An ID_IPV4_ADDR / ID_IPV6_ADDR whose data is not 4 / 16 octets (found by the
+    `identity` fuzzing target): refused with AUTHENTICATION_FAILED or INVALID_SYNTAX,
+    no traceback (the `healthy` check reads the log)."""
+    keyed = healthy.peer().handshake()
+    msg = auth_message(keyed)
+    odd = [IdiPayload(id_type, data) if isinstance(p, IdiPayload) else p
+           for p in msg.protected or ()]
+    reply = answer(keyed, encode(replace(msg, protected=odd), keyed.cipher))
+    assert reply is not None, "no answer"
+    assert {n.notify_type for n in reply.notifies()} & {NT.AUTHENTICATION_FAILED,
+                                                         NT.INVALID_SYNTAX}, reply
+
+
+@core_bug("str(Identity) raises ValueError for an ID_IPV4_ADDR/ID_IPV6_ADDR of the wrong "
+          "length; IKE_AUTH to a connection with remote_id formats it and the exception "
+          "escapes IkeManager.receive_datagram")
+def test_bad_address_identity_to_a_named_connection_is_refused(healthy: HostileLab) -> None:
+    """An ID_IPV4_ADDR of 17 octets against a connection that names its peer
+    (remote_id): the responder must refuse it (AUTHENTICATION_FAILED or INVALID_SYNTAX)
+    without a traceback."""
+    id_type, data = IdType.IPV4_ADDR, b"\x00left.example.org"
+    mark = healthy.daemon.mark()
+    keyed = healthy.peer(target=NAMED_RESPONDER).handshake()
+    msg = auth_message(keyed)
+    odd = [IdiPayload(id_type, data) if isinstance(p, IdiPayload) else p
+           for p in msg.protected or ()]
+    reply = answer(keyed, encode(replace(msg, protected=odd), keyed.cipher))
+    crashes = [e for e in healthy.daemon.lines()[mark:] if "exception" in e
+               or "Traceback" in str(e.get("message", ""))]
+    assert not crashes, f"the daemon logged a traceback: {crashes[:1]}"
+    assert reply is not None, "no answer"
+    assert {n.notify_type for n in reply.notifies()} & {NT.AUTHENTICATION_FAILED,
+                                                         NT.INVALID_SYNTAX}, reply
