@@ -8,13 +8,14 @@ drive all timers from one place.
 What unauthenticated peers can make it hold is bounded by `limits.Limits` (see there):
 half-open IKE SAs (in total, per address, in octets), fragment buffers, blocked
 addresses. Before an IKE SA exists, an IKE_SA_INIT request goes through, in order: the
-static block list, the temporary block of an address, parsing (an unknown critical
-payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD, RFC 7296 2.5), the cookie check
-(a COOKIE is required once `cookie_threshold` SAs are half-open, or
-`limits.cookie_threshold_per_address` from that address), the per-address limit, and
-room in the half-open table (the oldest half-open SA makes way). A request of a higher major
-version gets INVALID_MAJOR_VERSION (RFC 7296 1.5, 2.5). Error answers outside an SA are
-rate-limited.
+static block list, the temporary block of its address, the cookie check on a walk of
+the payload headers (a COOKIE is required once `cookie_threshold` SAs are half-open, or
+half the half-open table or memory budget is in use, or
+`limits.cookie_threshold_per_address` are from that address), parsing (an unknown
+critical payload is answered with UNSUPPORTED_CRITICAL_PAYLOAD, RFC 7296 2.5), the
+per-address limit, and room in the half-open table (the oldest half-open SA makes way).
+A request of a higher major version gets INVALID_MAJOR_VERSION (RFC 7296 1.5, 2.5).
+Error answers outside an SA are rate-limited.
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import IkeConfig
-from .constants import IKE_HEADER_SIZE, IKE_VERSION, ExchangeType, HeaderFlag, NotifyType
+from .constants import (
+    IKE_HEADER_SIZE,
+    IKE_VERSION,
+    PAYLOAD_HEADER_SIZE,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+)
 from .errors import ProtocolError
 from .events import Event, IkeSaRekeyed
 from .limits import HALF_OPEN_COST, MAX_BLOCKED, Budget, Limits
 from .message import HEADER, Message, decode, encode, parse_header
-from .payloads import NoncePayload, NotifyPayload, push_chain
+from .payloads import GENERIC_HEADER, NotifyPayload, push_chain
 from .sa import Datagram, Endpoint, IkeSa, IkeState, random_child_spi
 
 COOKIE_VERSION = b"\x00\x01"
@@ -114,7 +123,7 @@ class IkeManager:
     def initiate(self, name: str, local: Endpoint, remote: Endpoint, now: float,
                  children: Sequence[str] | None = None) -> IkeSa:
         sa = IkeSa.initiator(self.configs[name], local, remote, now,
-                             spi_allocator=self._alloc_spi, budget=self.budget)
+                             spi_allocator=self._alloc_spi)
         self._register(sa)
         sa.initiate(now, children)
         self._collect(sa)
@@ -167,20 +176,25 @@ class IkeManager:
         if self._is_blocked(address, now):
             self.refused += 1
             return
+        count = self._per_address.get(address, 0)
+        if self._under_load() or count >= self.limits.cookie_threshold_per_address:
+            # Checked before the whole request is parsed: a flood costs a header walk.
+            fields = _cookie_fields(data)
+            if fields is None:
+                self.dropped += 1
+                return
+            cookie, nonce = fields
+            if not self._cookie_valid(cookie, nonce, address, spi_i, now):
+                self._send_plain(spi_i, local, remote, NotifyPayload(
+                    NotifyType.COOKIE, 0, b"",
+                    self._cookie(nonce, address, spi_i, self._cookie_secret)))
+                return
         try:
             request = decode(data)
         except ProtocolError as exc:
             self.dropped += 1
             if exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
                 self._answer_error(spi_i, local, remote, now, exc.notify, exc.notify_data)
-            return
-        count = self._per_address.get(address, 0)
-        if (len(self._half_open) >= self.cookie_threshold
-                or count >= self.limits.cookie_threshold_per_address) \
-                and not self._cookie_valid(request, remote, now):
-            self._send_plain(request.spi_i, local, remote,
-                             NotifyPayload(NotifyType.COOKIE, 0, b"",
-                                           self._cookie(request, remote, self._cookie_secret)))
             return
         if count >= self.limits.half_open_per_address:
             self._refuse(address, now)
@@ -193,8 +207,7 @@ class IkeManager:
         if not self._make_room(charge):
             self.refused += 1
             return
-        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi,
-                             budget=self.budget)
+        sa = IkeSa.responder(candidates, local, remote, now, spi_allocator=self._alloc_spi)
         self._register(sa)
         key = (address, spi_i)
         self._half_open[key] = sa
@@ -205,6 +218,13 @@ class IkeManager:
         self._collect(sa)
 
     # ----------------------------------------------------------------- limits
+
+    def _under_load(self) -> bool:
+        """Cookies for everyone: `cookie_threshold` SAs half-open, or half of the
+        half-open table or of the memory budget in use."""
+        half_open = len(self._half_open)
+        return half_open >= self.cookie_threshold or 2 * half_open >= self.limits.half_open \
+            or 2 * self.budget.held >= self.limits.memory
 
     def _is_blocked(self, address: str, now: float) -> bool:
         blocked = self._blocked
@@ -301,29 +321,32 @@ class IkeManager:
         reply = Message(ExchangeType.IKE_SA_INIT, spi_i, b"\0" * 8, 0, False, True, [notify])
         self._out.append(Datagram(encode(reply), local, remote))
 
-    def _cookie(self, request: Message, remote: Endpoint, secret: bytes) -> bytes:
-        nonce = request.find(NoncePayload)
-        ni = nonce.data if nonce else b""
-        digest = hashlib.sha256(ni + remote[0].encode() + request.spi_i + secret)
+    @staticmethod
+    def _cookie(nonce: bytes, address: str, spi_i: bytes, secret: bytes) -> bytes:
+        """RFC 7296 2.6: Hash(Ni | IPi | SPIi | secret), after a version of our format."""
+        digest = hashlib.sha256(nonce + address.encode() + spi_i + secret)
         return COOKIE_VERSION + digest.digest()
 
-    def _cookie_valid(self, request: Message, remote: Endpoint, now: float) -> bool:
-        """A COOKIE made with the current or the previous secret (RFC 7296 2.6: the
-        secret changes every COOKIE_SECRET_LIFETIME; no state per peer)."""
+    def _cookie_valid(self, cookie: bytes | None, nonce: bytes, address: str, spi_i: bytes,
+                      now: float) -> bool:
+        """A COOKIE made with the current or the previous secret (the secret changes every
+        COOKIE_SECRET_LIFETIME; no state per peer)."""
         if self._cookie_secret_at is None:
             self._cookie_secret_at = now
         elif now - self._cookie_secret_at >= COOKIE_SECRET_LIFETIME:
-            self._cookie_secret_old, self._cookie_secret = self._cookie_secret, os.urandom(32)
+            stale = now - self._cookie_secret_at >= 2 * COOKIE_SECRET_LIFETIME
+            self._cookie_secret_old = os.urandom(32) if stale else self._cookie_secret
+            self._cookie_secret = os.urandom(32)
             self._cookie_secret_at = now
-        first = request.payloads[0] if request.payloads else None
-        if not isinstance(first, NotifyPayload) or first.notify_type != NotifyType.COOKIE:
+        if cookie is None:
             return False
-        return any(hmac.compare_digest(first.data, self._cookie(request, remote, secret))
+        return any(hmac.compare_digest(cookie, self._cookie(nonce, address, spi_i, secret))
                    for secret in (self._cookie_secret, self._cookie_secret_old))
 
     # ----------------------------------------------------------------- bookkeeping
 
     def _register(self, sa: IkeSa) -> None:
+        sa.use_budget(self.budget)  # every SA's fragment buffers are charged to us
         self._by_id[sa.id] = sa
         self.sas[sa.our_spi] = sa
 
@@ -367,3 +390,23 @@ class IkeManager:
         for each in (sa, sa.successor):  # an old SA may set its successor's timers
             if each is not None and each.id in self._by_id:
                 self._schedule(each)
+
+
+def _cookie_fields(data: bytes) -> tuple[bytes | None, bytes] | None:
+    """(COOKIE notify data if it is the first payload, Nonce data) of an IKE_SA_INIT
+    request, by walking the generic payload headers only; None when the chain is broken
+    or has no Nonce."""
+    ptype, at, end = data[16], IKE_HEADER_SIZE, len(data)
+    cookie: bytes | None = None
+    while ptype != PayloadType.NONE and at + PAYLOAD_HEADER_SIZE <= end:
+        next_type, _, length = GENERIC_HEADER.unpack_from(data, at)
+        if length < PAYLOAD_HEADER_SIZE or at + length > end:
+            return None
+        body = at + PAYLOAD_HEADER_SIZE
+        if ptype == PayloadType.NOTIFY and at == IKE_HEADER_SIZE and length >= 8 \
+                and int.from_bytes(data[body + 2 : body + 4], "big") == NotifyType.COOKIE:
+            cookie = data[body + 4 + data[body + 1] : at + length]
+        elif ptype == PayloadType.NONCE:
+            return cookie, data[body : at + length]
+        ptype, at = next_type, at + length
+    return None

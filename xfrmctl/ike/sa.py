@@ -237,8 +237,7 @@ class IkeSa:
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
-                 spi_allocator: Callable[[], int] = random_child_spi,
-                 budget: Budget | None = None) -> None:
+                 spi_allocator: Callable[[], int] = random_child_spi) -> None:
         self.id = next(_ids)
         self.is_initiator = initiator  # original initiator of this IKE SA
         self.local = local
@@ -289,7 +288,7 @@ class IkeSa:
         self._dpd_deadline: float | None = None
         self._pending_children: list[ChildConfig] = []
         self._auth_child: IkeSa._ChildRequest | None = None
-        self._budget = budget  # the manager's: fragment buffers are charged to it
+        self._budget: Budget | None = None  # the manager's: fragment buffers are charged to it
         self._reassembly: dict[bool, Reassembler] | None = None  # by is_response
         self._ike_rekey_pending = False  # our IKE rekey request is out
         self._collision: tuple[bytes, IkeSa] | None = None  # peer's rekey during ours
@@ -304,17 +303,15 @@ class IkeSa:
 
     @classmethod
     def initiator(cls, config: IkeConfig, local: Endpoint, remote: Endpoint, now: float,
-                  spi_allocator: Callable[[], int] = random_child_spi,
-                  budget: Budget | None = None) -> IkeSa:
+                  spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
         return cls(initiator=True, local=local, remote=remote, now=now, config=config,
-                   spi_allocator=spi_allocator, budget=budget)
+                   spi_allocator=spi_allocator)
 
     @classmethod
     def responder(cls, candidates: Sequence[IkeConfig], local: Endpoint, remote: Endpoint,
-                  now: float, spi_allocator: Callable[[], int] = random_child_spi,
-                  budget: Budget | None = None) -> IkeSa:
+                  now: float, spi_allocator: Callable[[], int] = random_child_spi) -> IkeSa:
         sa = cls(initiator=False, local=local, remote=remote, now=now, config=None,
-                 candidates=candidates, spi_allocator=spi_allocator, budget=budget)
+                 candidates=candidates, spi_allocator=spi_allocator)
         sa._half_open_deadline = now + min(c.half_open_timeout for c in candidates)
         return sa
 
@@ -413,6 +410,10 @@ class IkeSa:
         self.down_reason = reason
         self._start_request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, ())],
                             lambda m, t: self._close(reason), now)
+
+    def use_budget(self, budget: Budget) -> None:
+        """Charge this SA's fragment buffers to `budget` (the manager's) from now on."""
+        self._budget = budget
 
     def drop_half_open(self) -> None:
         """Give up a half-open responder SA without a word (the manager makes room for a
@@ -1668,7 +1669,7 @@ class IkeSa:
         assert self._prf is not None and self._keys is not None and suite.prf is not None
         assert suite.encr is not None
         new = IkeSa(initiator=initiator, local=self.local, remote=self.remote, now=now,
-                    config=conf, spi_allocator=self._alloc_spi, budget=self._budget)
+                    config=conf, spi_allocator=self._alloc_spi)
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite = suite
         new._prf = Prf(suite.prf)

@@ -17,6 +17,8 @@ import tracemalloc
 from dataclasses import dataclass, field
 
 from tests.support.ike_pair import make_pair, psk_config
+from xfrmctl.daemon.conf import DaemonConf
+from xfrmctl.daemon.controller import Controller
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import (
@@ -47,6 +49,7 @@ from xfrmctl.ike.message import (
 from xfrmctl.ike.payloads import NotifyPayload, Proposal, SaPayload, Transform, UnknownPayload
 from xfrmctl.ike.proposals import parse_proposals, select
 from xfrmctl.ike.sa import Datagram, IkeSa, IkeState
+from xfrmctl.kernel.fake import FakeKernel
 
 RESPONDER = "192.0.2.1"
 START = 1_700_000_000.0
@@ -484,3 +487,78 @@ def test_retransmitted_fragmented_request_resends_the_answer_on_fragment_1_only(
     first = request[0]
     pair.b.receive_datagram(first.data, first.remote, first.local, pair.now)
     assert [d.data for d in pair.b.datagrams_to_send()] == [d.data for d in answer]
+
+
+def test_spoofed_init_flood_from_20000_addresses_while_200_peers_connect() -> None:
+    """20,000 IKE_SA_INITs from as many (spoofed) addresses, 200 legitimate setups in
+    between: every legitimate one completes (through a COOKIE round trip once the flood
+    fills half the memory cap), the account stays within its cap, memory is bounded."""
+    cap = 1024 * 1024  # smaller than cookie_threshold half-open SAs would take
+    net = make_net(Limits(memory=cap))
+    template = bytearray(encode(_init_request(net, "192.0.2.250")))
+    net.peers.clear()
+    legit = []
+    tracemalloc.start()
+    try:
+        before = traced_bytes()
+        for i in range(20_000):
+            template[:8] = os.urandom(8)  # a new SPIi per spoofed request
+            net.inject(bytes(template), f"2001:db8::{i + 1:x}")
+            net.responder.datagrams_to_send()  # the answers go to nobody
+            assert net.responder.budget.held <= cap
+            if i % 100 == 99:
+                legit.append(net.initiate(f"203.0.113.{len(legit) % 250 + 1}"))
+                net.pump()
+        grown = traced_bytes() - before
+    finally:
+        tracemalloc.stop()
+    assert sum(sa.state is IkeState.ESTABLISHED for sa in legit) == 200
+    assert 2 * net.responder.budget.held <= cap + 16 * 1024  # cookies from half the cap
+    assert grown < 4 * cap + 200 * 20_000, grown  # the account, plus 200 established SAs
+
+
+def test_cookie_secret_rotates_and_the_previous_one_still_counts() -> None:
+    net = make_net(cookie_threshold=0)  # cookies for everyone
+
+    def ask(request: Message) -> Message:
+        net.inject(encode(request), "198.51.100.30")
+        (answer,) = _answers(net)
+        return answer
+
+    first = _init_request(net, "198.51.100.30")
+    cookie = ask(first).notify(NotifyType.COOKIE)
+    assert cookie is not None and net.responder.half_open == 0
+    first.payloads.insert(0, cookie)
+    net.now += 121  # one rotation: made with the previous secret, still good
+    assert ask(first).find(SaPayload) is not None and net.responder.half_open == 1
+    second = _init_request(net, "198.51.100.30")
+    cookie = ask(second).notify(NotifyType.COOKIE)
+    assert cookie is not None
+    second.payloads.insert(0, cookie)
+    net.now += 2 * 121  # two rotations later it is refused: a new COOKIE instead
+    again = ask(second)
+    assert again.find(SaPayload) is None and again.notify(NotifyType.COOKIE) is not None
+    garbled = bytearray(encode(second))
+    garbled[-1] ^= 0xFF  # broken tail: a header walk finds no Nonce, nothing answered
+    garbled[30:32] = b"\xff\xff"  # first payload's length past the end
+    net.inject(bytes(garbled), "198.51.100.30")
+    assert net.responder.datagrams_to_send() == []
+
+
+def test_daemon_configuration_limits_section() -> None:
+    conf = DaemonConf.model_validate({"limits": {
+        "memory_bytes": 2**20, "half_open_per_address": 4, "block_time": 5,
+        "block_networks": ["203.0.113.0/24", "2001:db8:1::/48"]}})
+    limits = conf.limits.to_core()
+    assert limits.memory == 2**20 and limits.half_open_per_address == 4
+    assert limits.block_time == 5 and limits.blocked_network("2001:db8:1::7")
+    assert limits.blocked_network("203.0.113.9") and not limits.blocked_network("192.0.2.9")
+    assert DaemonConf().limits.to_core() == Limits()  # the documented defaults agree
+    assert Controller(conf, FakeKernel()).manager.limits == limits  # wired into the core
+    for bad in ({"block_networks": ["300.0.0.0/8"]}, {"half_open": 0}, {"spare": 1}):
+        try:
+            DaemonConf.model_validate({"limits": bad})
+        except ValueError as exc:
+            assert "limits" in str(exc)
+        else:
+            raise AssertionError(f"{bad} accepted")
