@@ -17,6 +17,7 @@ from socket import htonl, htons, ntohl, ntohs
 from typing import Any
 
 from pyroute2.netlink import nlmsg
+from pyroute2.netlink.exceptions import NetlinkDecodeError
 
 from . import messages as m
 from .interface import AeState
@@ -731,13 +732,26 @@ EVENT_DECODERS: dict[int, Any] = {
 }
 
 
+class KernelMessageError(ValueError):
+    """A message from the kernel that does not decode (truncated, unknown enum value...)."""
+
+
+# What decoding a malformed message raises, from pyroute2 and from our own decoders.
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error,
+                  NetlinkDecodeError)
+
+
 def decode_event(data: bytes | bytearray, offset: int = 0) -> KernelEvent | None:
-    """A multicast message -> event dataclass (None for types we don't report)."""
-    (msg_type,) = struct.unpack_from("=H", data, offset + 4)
-    decoder = EVENT_DECODERS.get(msg_type)
-    if decoder is None:
-        return None
-    result: KernelEvent = decoder(m.decode(data, offset))
+    """A multicast message -> event dataclass (None for types we don't report).
+    Raises KernelMessageError, and only that, when the message does not decode."""
+    try:
+        (msg_type,) = struct.unpack_from("=H", data, offset + 4)
+        decoder = EVENT_DECODERS.get(msg_type)
+        if decoder is None:
+            return None
+        result: KernelEvent = decoder(m.decode(data, offset))
+    except _DECODE_ERRORS as exc:
+        raise KernelMessageError(f"undecodable kernel message at {offset}: {exc!r}") from None
     return result
 
 

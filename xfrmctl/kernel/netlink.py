@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import struct
@@ -40,6 +41,8 @@ from .types import (
     SpdInfo,
     SpdThresholds,
 )
+
+log = logging.getLogger(__name__)
 
 NETLINK_XFRM = 6
 SOL_NETLINK = 270
@@ -355,7 +358,11 @@ class NetlinkKernel(KernelIPsec):
                 self._queue.put_nowait(EventsLost(exc.errno or errno.EIO))
                 continue
             for offset, _length, _type, _seq in codec.split(data):
-                event = codec.decode_event(data, offset)
+                try:
+                    event = codec.decode_event(data, offset)
+                except codec.KernelMessageError as exc:  # an event we cannot read: resync
+                    log.warning("%s", exc)
+                    event = EventsLost(errno.EBADMSG)
                 if event is not None:
                     self._queue.put_nowait(event)
 
