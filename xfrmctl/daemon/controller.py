@@ -60,6 +60,7 @@ from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
     ChildInstall,
+    Direction,
     Expire,
     IPAddress,
     KernelError,
@@ -73,6 +74,7 @@ from xfrmctl.kernel.types import Counters as KernelCounters
 from xfrmctl.kernel.types import Mapping as KernelMapping
 
 from . import conf as cf
+from . import confdiff
 from .install import build_child, interface_mtu, trap_policies
 from .pool import AddressPool
 from .ports import (
@@ -115,6 +117,13 @@ class ChildRecord:
     # a rekey's responder, or either end of a collision: the outbound SA waits until the
     # old CHILD_SA is deleted (see the module's docstring)
     outbound_pending: bool = False
+    # the CHILD_SA this one replaces (its inbound SPI): a rekey's, or a replacement's (a
+    # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
+    predecessor: int | None = None
+    conf: cf.ChildConf | None = None  # the configuration it was negotiated with
+    # withheld while the outbound SA waits: the OUT policies of new selectors (a
+    # replacement whose selectors changed; the old policies carry the traffic till then)
+    held_policies: tuple[PolicySpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +207,16 @@ class Controller:
         self._outbox: list[Datagram] = []
         self._flushing = False
         self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
+        self._lingering_of: dict[SaId, str] = {}  # their connection
         # Unfinished rekeys: the old CHILD_SA's inbound SPI -> the CHILD_SAs made from it
         # (two in a collision), kept while the old one lives or a new one waits to send.
         self._rekeys: dict[int, list[ChildRecord]] = {}
+        # Replacements we asked for: (IKE SA id, child) -> the CHILD_SAs (inbound SPIs) to
+        # delete once the new one is installed.
+        self._replace_after: dict[tuple[int, str], tuple[int, ...]] = {}
+        # Reauthentications under way: the new IKE SA's id -> (old IKE SA's id, the
+        # children still to come up on the new one).
+        self._reauths: dict[int, tuple[int, set[str]]] = {}
         self._job_ready = asyncio.Event()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
@@ -222,7 +238,7 @@ class Controller:
     def reqid(self, connection: str, child: str) -> int:
         key = (connection, child)
         if key not in self._reqids:
-            self._reqids[key] = REQID_MIN + len(self._reqids) + 1
+            self._reqids[key] = max(self._reqids.values(), default=REQID_MIN) + 1
         return self._reqids[key]
 
     def load(self, conf: cf.DaemonConf) -> list[str]:
@@ -240,6 +256,10 @@ class Controller:
             ident = conn.id or (old.id if old else self._next_id())
             record = ConnectionRecord(ident, name, conn,
                                       cf.ike_config(name, conn, pool))
+            if old is not None:  # what runs stays: reload() applies the difference
+                record.state, record.reason, record.detail = old.state, old.reason, old.detail
+                record.since, record.traps, record.links = old.since, old.traps, old.links
+                record.wanted = old.wanted
             self.connections[name] = record
             changed.append(name)
         for name in set(self.connections) - set(conf.connections):
@@ -403,6 +423,7 @@ class Controller:
             self._vips[event.new_ike_sa] = self._vips.pop(event.ike_sa)
 
     def _on_ike_down(self, event: IkeSaDown) -> None:
+        self._reauth_failed(event.ike_sa)
         vip = self._vips.pop(event.ike_sa, None)
         if vip is not None and event.reason != "rekeyed":
             self._queue_job(lambda: self._vip_address(vip, add=False))
@@ -412,6 +433,7 @@ class Controller:
             return
         if event.reason == "rekeyed":
             return
+        self._forget_lingering(record.name)  # no IKE SA left: nothing more in flight
         self._connection_down(record, event.reason)
 
     def _on_failed(self, event: NegotiationFailed) -> None:
@@ -419,6 +441,12 @@ class Controller:
         log.warning("negotiation failed: %s: %s (ours: %s; theirs: %s)", event.connection,
                     event.message, "; ".join(event.ours) or "-",
                     "; ".join(event.theirs) or "-")
+        if event.ike_sa in self._reauths:  # the old IKE SA stays meanwhile
+            if event.child is not None:
+                self._reauth_child_done(event.ike_sa, event.child)
+            else:
+                self._reauth_failed(event.ike_sa)
+            return
         record = self.connections.get(event.connection)
         if record is None or event.child is not None:
             return
@@ -480,24 +508,72 @@ class Controller:
                         event.connection, event.child)
             self._delete_with_peer(event, "not configured")
             return
-        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         # A rekey we answered: the peer sends on the new SA once it has our response, we
         # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
-        # till the loser's SA is known.
-        old = event.rekey_of
-        siblings = self._rekeys.setdefault(old, []) \
-            if old is not None and old in self.children else None
+        # till the loser's SA is known. A replacement (a new CHILD_SA of a child that has
+        # one: changed configuration, reauthentication) is treated as a rekey of it.
+        old = event.rekey_of if event.rekey_of in self.children else self._replaced(event)
+        reqid = self._child_reqid(event, old)
+        install = build_child(event, child_conf, reqid)
+        siblings = self._rekeys.setdefault(old, []) if old is not None else None
         pending = siblings is not None and (not event.initiator or any(
             c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
-                            outbound_pending=pending)
+                            outbound_pending=pending, predecessor=old, conf=child_conf)
+        if pending and old is not None and self.children[old].reqid != reqid:
+            # new selectors: their OUT policies come with the outbound SA
+            child.held_policies = tuple(p for p in install.policies
+                                        if p.direction is Direction.OUT)
+            child.install = replace(install, policies=tuple(
+                p for p in install.policies if p.direction is not Direction.OUT))
         self.children[event.spi_in] = child
         if siblings is not None:
             siblings.append(child)
         self._queue_job(child)
+        self._reauth_child_done(event.ike_sa, event.child)
+        replaces = self._replace_after.pop((event.ike_sa, event.child), ())
+        if replaces and event.rekey_of is None:
+            self._queue_job(lambda: self._delete_replaced(event.ike_sa, replaces))
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
             self._queue_job(lambda: self._set_mtu(name, mtu))
+
+    def _replaced(self, event: ChildSaNegotiated) -> int | None:
+        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection
+        and child that nothing replaces yet."""
+        olds = [c for c in self.children.values()
+                if c.event.connection == event.connection and c.event.child == event.child
+                and c.event.spi_in != event.spi_in and c.state != "DELETED"
+                and not any(n.event.spi_in in self.children
+                            for n in self._rekeys.get(c.event.spi_in, ()))]
+        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
+
+    def _child_reqid(self, event: ChildSaNegotiated, old: int | None) -> int:
+        """The child's reqid; a replacement with other selectors gets a new one, so the
+        kernel never picks one CHILD_SA's SA for the other's policies."""
+        reqid = self.reqid(event.connection, event.child)
+        if old is None:
+            return reqid
+        before = self.children[old].event
+        if (before.local_ts, before.remote_ts) == (event.local_ts, event.remote_ts):
+            return self.children[old].reqid
+        if reqid == self.children[old].reqid:
+            reqid = max(self._reqids.values(), default=REQID_MIN) + 1
+            self._reqids[(event.connection, event.child)] = reqid
+        return reqid
+
+    def _delete_replaced(self, ike_sa: int, spis: Sequence[int]) -> None:
+        """The replacing CHILD_SA is installed: delete the ones it replaces."""
+        sa = self.manager.get(ike_sa)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
+            return
+        now = self.clock()
+        for spi in spis:
+            if spi in self.children:
+                with contextlib.suppress(LocalError):
+                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
+                        spi, now, "replaced"))
+        self._flush()
 
     def _delete_with_peer(self, event: ChildSaNegotiated, reason: str) -> None:
         """Delete a CHILD_SA we will not keep, telling the peer (INFORMATIONAL)."""
@@ -518,7 +594,7 @@ class Controller:
         """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
         the old one goes), and a replaced CHILD_SA's inbound SA lingers. Only the rekeys
         it was part of are looked at, as the old CHILD_SA or as a new one."""
-        rekeys = [k for k in (child.event.spi_in, child.event.rekey_of) if k in self._rekeys]
+        rekeys = [k for k in (child.event.spi_in, child.predecessor) if k in self._rekeys]
         for old in rekeys:
             made = self._rekeys[old]
             while (ready := next((c for c in made if self._may_send(c)), None)) is not None:
@@ -538,7 +614,7 @@ class Controller:
         core is not deleting it (a collision's loser)."""
         if not (waiting.outbound_pending and waiting.in_kernel):
             return False
-        old = waiting.event.rekey_of
+        old = waiting.predecessor
         if old is None or old in self.children or any(
                 c is not waiting and c.event.spi_in in self.children and not c.outbound_pending
                 for c in self._rekeys.get(old, ())):
@@ -555,6 +631,14 @@ class Controller:
             self._install_failed(child, exc)
             return
         child.outbound_pending = False
+        held, child.held_policies = child.held_policies, ()
+        for policy in held:  # the outbound SA is there: its OUT policies may pick it
+            try:
+                await self.kernel.add_policy(policy)
+            except KernelError as exc:
+                log.error("OUT policy of CHILD_SA %s: %s", child.event.child, exc)
+                continue
+            child.install = replace(child.install, policies=(*child.install.policies, policy))
 
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
@@ -652,11 +736,13 @@ class Controller:
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
         if linger:
-            self._linger(child.install.inbound.id)
+            self._linger(child.install.inbound.id, child.event.connection)
         if self.routes is not None:
             await self.routes.release(child.event.spi_in)
 
-    def _linger(self, sa: SaId) -> None:
+    def _linger(self, sa: SaId, connection: str) -> None:
+        self._lingering_of[sa] = connection
+
         def expired() -> None:
             self._queue_job(lambda: self._delete_lingering(sa))
 
@@ -664,7 +750,9 @@ class Controller:
         self._lingering[sa] = loop.call_later(self.conf.delete_rekeyed_delay, expired)
 
     async def _delete_lingering(self, sa: SaId) -> None:
-        if self._lingering.pop(sa, None) is not None:
+        self._lingering_of.pop(sa, None)
+        if (handle := self._lingering.pop(sa, None)) is not None:
+            handle.cancel()
             with contextlib.suppress(KernelError):  # expired in the kernel meanwhile
                 await self.kernel.delete_sa(sa)
 
@@ -980,25 +1068,164 @@ class Controller:
         log.info("%s %s %s: reloaded %s", kind, object_id, change, ", ".join(changed) or "-")
 
     async def reload(self, conf: cf.DaemonConf) -> list[str]:
-        """Apply a new configuration, touching only connections that changed."""
-        before = dict(self.connections)
+        """Apply a new configuration, doing the least that reaches it (see confdiff.py):
+        running SAs of a changed connection are changed make-before-break, never torn
+        down and set up again."""
+        before = {name: r.conf for name, r in self.connections.items()}
         changed = self.load(conf)
-        now = self.clock()
         for name in changed:
-            old = before.get(name)
-            if old is not None:
-                old.wanted = False
-                await self._remove_traps(old)
-                await self._remove_links(old)
-                for sa in self._sas_of(old):
-                    self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
-            if name not in conf.connections:
+            diff = confdiff.diff_connection(name, before.get(name), conf.connections.get(name))
+            record = self.connections[name]
+            if diff.removed:
+                await self._drop_connection(record)
                 self.connections.pop(name, None)
                 continue
-            await self._ensure_links(self.connections[name])
-            await self._apply_start_action(self.connections[name])
+            log.info("%s: %s", name, _describe(diff))
+            live = [sa for sa in self._sas_of(record) if sa.state is IkeState.ESTABLISHED]
+            if diff.added or not live:
+                await self._restart_connection(record, fresh=diff.added)
+                continue
+            await self._update_traps(record, before[name])
+            await self._ensure_links(record)
+            if diff.reauth:
+                for sa in live:
+                    sa.config = record.ike  # what rekeys it until the new one is up
+                    if self._drives(sa, record):
+                        self._reauthenticate(sa, record)
+            elif diff.negotiates:
+                for sa in live:
+                    self._apply_children(sa, record)
+            else:
+                for sa in live:
+                    sa.config = record.ike  # local settings: the next rekey reads them
         self._flush()
         return changed
+
+    async def _drop_connection(self, record: ConnectionRecord) -> None:
+        now = self.clock()
+        record.wanted = False
+        await self._remove_traps(record)
+        await self._remove_links(record)
+        for sa in self._sas_of(record):
+            self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
+        self._forget_lingering(record.name)
+
+    def _forget_lingering(self, connection: str) -> None:
+        for sa_id in [k for k, c in self._lingering_of.items() if c == connection]:
+            self._queue_job(functools.partial(self._delete_lingering, sa_id))
+
+    async def _restart_connection(self, record: ConnectionRecord, fresh: bool) -> None:
+        """A new connection, or one with no IKE SA up: (re)start it as configured."""
+        if not fresh:
+            now = self.clock()
+            for sa in self._sas_of(record):  # half-open with the old settings
+                self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
+            await self._remove_traps(record)
+            await self._remove_links(record)
+            record.links = []
+        wanted = record.wanted
+        await self._ensure_links(record)
+        await self._apply_start_action(record)
+        if wanted and not record.wanted and record.conf.remote_addrs:
+            record.wanted = True  # brought up by the API: keep it up
+            self._initiate(record)
+
+    async def _update_traps(self, record: ConnectionRecord, before: cf.ConnectionConf) -> None:
+        """Trap policies of the new configuration first, then the old ones go (the kernel
+        counts shared policies: those that stay are never missing)."""
+        old = record.traps
+        if not old:
+            return
+        record.traps = []
+        if record.conf.start_action is cf.StartAction.TRAP:
+            await self._install_traps(record)
+        for policy in old:
+            with contextlib.suppress(KernelError):
+                await self.kernel.remove_policy(policy)
+
+    def _apply_children(self, sa: IkeSa, record: ConnectionRecord) -> None:
+        """Bring the CHILD_SAs of a running IKE SA to the configured children: create the
+        new, delete the removed, replace the changed (new first, then the old deleted)."""
+        sa.config = record.ike
+        now = self.clock()
+        running: dict[str, list[ChildRecord]] = {}
+        for child in self.children.values():
+            if child.event.ike_sa == sa.id and child.state != "DELETED":
+                running.setdefault(child.event.child, []).append(child)
+        for name, children in running.items():
+            conf = record.conf.children.get(name)
+            for child in children:
+                if conf is None:
+                    spi = child.event.spi_in
+                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
+                        spi, now, "removed from the configuration"))
+            if conf is not None and self._drives(sa, record, conf) and any(
+                    c.conf is not None and confdiff.diff_child(c.conf, conf) for c in children):
+                self._replace_after[(sa.id, name)] = tuple(c.event.spi_in for c in children)
+                self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
+                    name, now))
+        for name, conf in record.conf.children.items():
+            if name not in running and self._drives(sa, record, conf):
+                self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
+                    name, now))
+
+    @staticmethod
+    def _drives(sa: IkeSa, record: ConnectionRecord, child: cf.ChildConf | None = None
+                ) -> bool:
+        """Whether this end brings a change to a running IKE SA: its original initiator,
+        or an end that starts the child itself. A passive responder leaves it to the peer
+        (both ends changed alike would otherwise both act)."""
+        start = (child.start_action if child else None) or record.conf.start_action
+        return sa.is_initiator or record.wanted or start is not cf.StartAction.NONE
+
+    # ----------------------------------------------------------------- reauthentication
+
+    def _reauthenticate(self, sa: IkeSa, record: ConnectionRecord) -> None:
+        """RFC 7296 2.8.3, make-before-break: a new IKE SA with the children of the old
+        one (as configured now) comes up; then the old one is deleted."""
+        if any(old == sa.id for old, _ in self._reauths.values()):
+            return  # already under way
+        names = sorted({c.event.child for c in self.children.values()
+                        if c.event.ike_sa == sa.id} & set(record.conf.children))
+        names += [n for n, c in record.conf.children.items()
+                  if n not in names and self._drives(sa, record, c)]
+        if not names:
+            names = list(record.conf.children)
+        try:
+            new = self.manager.initiate(record.name, sa.local, sa.remote, self.clock(),
+                                        names, reauth=True)
+        except LocalError as exc:
+            log.error("reauthenticating %s: %s", record.name, exc)
+            return
+        log.info("reauthenticating IKE SA %d of %s as %d (make-before-break)", sa.id,
+                 record.name, new.id)
+        self._reauths[new.id] = (sa.id, set(names))
+
+    def _reauth_child_done(self, ike_sa: int, child: str) -> None:
+        """A child came up (or failed) on a reauthentication's new IKE SA; when none is
+        left, the old IKE SA goes, after the kernel work queued so far."""
+        entry = self._reauths.get(ike_sa)
+        if entry is None:
+            return
+        entry[1].discard(child)
+        if not entry[1]:
+            del self._reauths[ike_sa]
+            self._queue_job(functools.partial(self._finish_reauth, entry[0], ike_sa))
+
+    def _finish_reauth(self, old_id: int, new_id: int) -> None:
+        old, new = self.manager.get(old_id), self.manager.get(new_id)
+        if old is None or new is None or new.state is not IkeState.ESTABLISHED:
+            return
+        log.info("IKE SA %d of %s reauthenticated as %d: deleting the old one", old_id,
+                 old.name, new_id)
+        now = self.clock()
+        self.manager.act(old, lambda s: s.delete(now, "reauthenticated"))
+        self._flush()
+
+    def _reauth_failed(self, ike_sa: int) -> None:
+        entry = self._reauths.pop(ike_sa, None)
+        if entry is not None:
+            log.warning("reauthentication of IKE SA %d failed: keeping it", entry[0])
 
     # ----------------------------------------------------------------- saved state
 
@@ -1190,6 +1417,19 @@ class Controller:
                             self.counters["kernel_installs"], self.install_seconds)
         return DaemonStatus(_utc(self.started_at) or datetime.now(UTC), connections, counters,
                             __version__)
+
+
+def _describe(diff: confdiff.ConnectionDiff) -> str:
+    if diff.added:
+        return "added"
+    parts = ["reauthenticating" if diff.reauth else ""]
+    for what, names in (("new", diff.children_added), ("removed", diff.children_removed),
+                        ("replaced", diff.children_replaced)):
+        if names and not diff.reauth:
+            parts.append(f"{what} children {', '.join(names)}")
+    if diff.local_fields:
+        parts.append(f"local settings {', '.join(diff.local_fields)}")
+    return "; ".join(p for p in parts if p) or "nothing to negotiate"
 
 
 def _child_id(record: ConnectionRecord, name: str) -> int | None:
