@@ -60,7 +60,6 @@ from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
     ChildInstall,
-    Direction,
     Expire,
     IPAddress,
     KernelError,
@@ -121,9 +120,6 @@ class ChildRecord:
     # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
     predecessor: int | None = None
     conf: cf.ChildConf | None = None  # the configuration it was negotiated with
-    # withheld while the outbound SA waits: the OUT policies of new selectors (a
-    # replacement whose selectors changed; the old policies carry the traffic till then)
-    held_policies: tuple[PolicySpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +234,7 @@ class Controller:
     def reqid(self, connection: str, child: str) -> int:
         key = (connection, child)
         if key not in self._reqids:
-            self._reqids[key] = max(self._reqids.values(), default=REQID_MIN) + 1
+            self._reqids[key] = REQID_MIN + len(self._reqids) + 1
         return self._reqids[key]
 
     def load(self, conf: cf.DaemonConf) -> list[str]:
@@ -513,19 +509,14 @@ class Controller:
         # till the loser's SA is known. A replacement (a new CHILD_SA of a child that has
         # one: changed configuration, reauthentication) is treated as a rekey of it.
         old = event.rekey_of if event.rekey_of in self.children else self._replaced(event)
-        reqid = self._child_reqid(event, old)
-        install = build_child(event, child_conf, reqid)
+        # A replacement keeps the reqid even with other selectors: while both live, the
+        # peer's inbound policies accept either SA (templates match by reqid).
+        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         siblings = self._rekeys.setdefault(old, []) if old is not None else None
         pending = siblings is not None and (not event.initiator or any(
             c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
                             outbound_pending=pending, predecessor=old, conf=child_conf)
-        if pending and old is not None and self.children[old].reqid != reqid:
-            # new selectors: their OUT policies come with the outbound SA
-            child.held_policies = tuple(p for p in install.policies
-                                        if p.direction is Direction.OUT)
-            child.install = replace(install, policies=tuple(
-                p for p in install.policies if p.direction is not Direction.OUT))
         self.children[event.spi_in] = child
         if siblings is not None:
             siblings.append(child)
@@ -547,20 +538,6 @@ class Controller:
                 and not any(n.event.spi_in in self.children
                             for n in self._rekeys.get(c.event.spi_in, ()))]
         return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
-
-    def _child_reqid(self, event: ChildSaNegotiated, old: int | None) -> int:
-        """The child's reqid; a replacement with other selectors gets a new one, so the
-        kernel never picks one CHILD_SA's SA for the other's policies."""
-        reqid = self.reqid(event.connection, event.child)
-        if old is None:
-            return reqid
-        before = self.children[old].event
-        if (before.local_ts, before.remote_ts) == (event.local_ts, event.remote_ts):
-            return self.children[old].reqid
-        if reqid == self.children[old].reqid:
-            reqid = max(self._reqids.values(), default=REQID_MIN) + 1
-            self._reqids[(event.connection, event.child)] = reqid
-        return reqid
 
     def _delete_replaced(self, ike_sa: int, spis: Sequence[int]) -> None:
         """The replacing CHILD_SA is installed: delete the ones it replaces."""
@@ -631,14 +608,6 @@ class Controller:
             self._install_failed(child, exc)
             return
         child.outbound_pending = False
-        held, child.held_policies = child.held_policies, ()
-        for policy in held:  # the outbound SA is there: its OUT policies may pick it
-            try:
-                await self.kernel.add_policy(policy)
-            except KernelError as exc:
-                log.error("OUT policy of CHILD_SA %s: %s", child.event.child, exc)
-                continue
-            child.install = replace(child.install, policies=(*child.install.policies, policy))
 
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
