@@ -48,6 +48,7 @@ from xfrmctl.ike.events import (
     IkeSaUp,
     NegotiationFailed,
     PeerMoved,
+    ReauthDue,
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
@@ -1170,6 +1171,19 @@ class Controller:
                  record.name, new.id)
         self._reauths[new.id] = (sa.id, set(names))
 
+    def _on_reauth_due(self, event: ReauthDue) -> None:
+        """reauth_time reached: reauthenticate, make-before-break. A responder cannot do
+        it for a remote-access client (it holds a virtual IP from us): that IKE SA ends at
+        its hard lifetime unless the client reauthenticates (as strongSwan)."""
+        sa, record = self.manager.get(event.ike_sa), self.connections.get(event.connection)
+        if sa is None or record is None or sa.state is not IkeState.ESTABLISHED:
+            return
+        if not sa.is_initiator and sa.virtual_ip is not None:
+            log.warning("IKE SA %d of %s: the client did not reauthenticate; it expires at "
+                        "its hard lifetime (over_time)", sa.id, record.name)
+            return
+        self._reauthenticate(sa, record)
+
     def _reauth_child_done(self, ike_sa: int, child: str) -> None:
         """A child came up (or failed) on a reauthentication's new IKE SA; when none is
         left, the old IKE SA goes, after the kernel work queued so far."""
@@ -1473,6 +1487,7 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     ChildSaDeleted: Controller._on_child_deleted,
     VirtualIpAssigned: Controller._on_vip,
     PeerMoved: Controller._on_peer_moved,
+    ReauthDue: Controller._on_reauth_due,
 }
 
 
