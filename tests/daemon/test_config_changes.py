@@ -242,3 +242,49 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     assert losses == []
     assert gw.a._reauths == {} and gw.b._rekeys == {}
     await stop(gw)
+
+
+@pytest.mark.parametrize("slow", ["a", "b"])
+async def test_reauth_time_reauthenticates_make_before_break(slow: str) -> None:
+    a, _ = confs(LAN, _mirror(LAN), reauth_time=2)
+    _, b = confs(LAN, _mirror(LAN))
+    gw, losses = await watched(a, b, slow, [(HOST_A, HOST_B)])
+    (old,) = gw.a.manager.all()
+    assert old.config is not None and old.config.reauth_time == 2
+    await asyncio.sleep(2.2)  # reauth_time, less up to 10%
+    await settle(gw)
+    (new,) = gw.a.manager.all()
+    assert new.id != old.id and new.state.name == "ESTABLISHED"
+    (child,) = gw.a.children.values()
+    assert child.event.ike_sa == new.id
+    assert losses == []
+    await stop(gw)
+
+
+async def test_mark_masks_reach_the_sas_and_policies() -> None:
+    lan = {"lan": _child(LAN_A, LAN_B, mark_in=0x100, mark_in_mask=0xF00,
+                         mark_out=0x20, mark_out_mask=0xF0)}
+    a, b = confs(lan, _mirror(LAN))
+    gw, _ = await watched(a, b, "b", [])
+    (child,) = gw.a.children.values()
+    out = next(e.spec for e in gw.ka.sas.values() if e.spec.spi == child.event.spi_out)
+    assert out.mark is not None and (out.mark.value, out.mark.mask) == (0x20, 0xF0)
+    marks = {p.direction: (p.mark.value, p.mark.mask) for p in gw.ka.policies.values()
+             if p.mark is not None}
+    assert marks == {Direction.OUT: (0x20, 0xF0), Direction.IN: (0x100, 0xF00),
+                     Direction.FWD: (0x100, 0xF00)}
+    await stop(gw)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+async def test_tfc_padding_only_to_a_peer_that_takes_it(mode: str) -> None:
+    hosts = {"lan": cf.ChildConf(mode=mode, tfc_padding=512,  # type: ignore[arg-type]
+                                 esp_proposals=ESP)}
+    a, b = confs(hosts, hosts)
+    gw = await start_pair(a, b)
+    await settle(gw)
+    (child,) = gw.a.children.values()
+    out = next(e.spec for e in gw.ka.sas.values() if e.spec.spi == child.event.spi_out)
+    # in transport mode the peer said ESP_TFC_PADDING_NOT_SUPPORTED
+    assert out.tfcpad == (512 if mode == "tunnel" else 0)
+    await stop(gw)

@@ -1178,6 +1178,11 @@ class Controller:
         sa, record = self.manager.get(event.ike_sa), self.connections.get(event.connection)
         if sa is None or record is None or sa.state is not IkeState.ESTABLISHED:
             return
+        if any(other.established_at is not None and sa.established_at is not None
+               and other.established_at > sa.established_at
+               and other.state is IkeState.ESTABLISHED and other.remote == sa.remote
+               and other.id not in self._reauths for other in self._sas_of(record)):
+            return  # the peer reauthenticated it already: it deletes this one
         if not sa.is_initiator and sa.virtual_ip is not None:
             log.warning("IKE SA %d of %s: the client did not reauthenticate; it expires at "
                         "its hard lifetime (over_time)", sa.id, record.name)
