@@ -1104,8 +1104,8 @@ class Controller:
         """Trap policies of the new configuration first, then the old ones go (the kernel
         counts shared policies: those that stay are never missing)."""
         old = record.traps
-        if not old:
-            return
+        if not old and before.start_action is cf.StartAction.TRAP:
+            return  # its traps were not installed (or failed): nothing to replace
         record.traps = []
         if record.conf.start_action is cf.StartAction.TRAP:
             await self._install_traps(record)
@@ -1285,7 +1285,8 @@ class Controller:
             self.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
             self.children[event.spi_in] = ChildRecord(event, install, install.inbound.reqid,
-                                                      installed_at, in_kernel=True)
+                                                      installed_at, in_kernel=True,
+                                                      conf=child_conf)
             kept |= ids
         self._set_state(record, ConnectionState.UP, None)
         return kept
@@ -1332,6 +1333,7 @@ class Controller:
             encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
             prf=_name(PrfId, suite.prf), dh_group=_name(DhId, suite.dh),
             established_at=_utc(sa.established_at), rekey_at=_utc(rekey_at),
+            reauth_at=_utc(sa.reauth_deadline), expire_at=_utc(sa.expire_deadline),
             nat_local=sa.nat_local, nat_remote=sa.nat_remote)
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:

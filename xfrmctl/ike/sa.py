@@ -333,6 +333,16 @@ class IkeSa:
         return self._rekey_deadline
 
     @property
+    def reauth_deadline(self) -> float | None:
+        """When the daemon is asked to reauthenticate it (ReauthDue), if ever."""
+        return self._reauth_deadline
+
+    @property
+    def expire_deadline(self) -> float | None:
+        """Its hard lifetime: deleted then unless rekeyed or reauthenticated."""
+        return self._expire_deadline
+
+    @property
     def our_spi(self) -> bytes:
         return self.spi_i if self.is_initiator else self.spi_r
 
