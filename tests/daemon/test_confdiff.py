@@ -42,8 +42,16 @@ def test_local_settings_negotiate_nothing(field: str, value: object) -> None:
     assert d.local_fields == ((field,) if field != "id" else ("id",))
 
 
+def test_new_ike_proposals_alone_are_an_ike_rekey() -> None:
+    d = diff_connection("x", conn(), conn(ike_proposals="aes256gcm16-prfsha384-ecp384"))
+    assert d.ike_rekey and not d.reauth and d.negotiates
+    d = diff_connection("x", conn(), conn(ike_proposals="aes256gcm16-prfsha384-ecp384",
+                                          local_id="@a.example"))
+    assert d.reauth and not d.ike_rekey
+
+
 @pytest.mark.parametrize("field,value", [
-    ("ike_proposals", "aes256gcm16-prfsha384-ecp384"), ("local_id", "@a.example"),
+    ("local_id", "@a.example"),
     ("remote_id", "@b.example"), ("psk", "another test-only psk"),
     ("remote_addrs", ["192.0.2.3"]), ("local_port", 4500), ("fragmentation", False),
     ("encap", True)])

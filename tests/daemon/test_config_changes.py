@@ -179,7 +179,7 @@ async def test_a_removed_child_is_a_child_sa_delete_only() -> None:
 
 
 @pytest.mark.parametrize("slow", ["a", "b"])
-@pytest.mark.parametrize("change", ["proposals", "selectors", "mode-and-proposals"])
+@pytest.mark.parametrize("change", ["proposals", "selectors", "proposals-and-replay-window"])
 async def test_a_changed_child_is_replaced_new_before_old(slow: str, change: str) -> None:
     a, b = confs(LAN, _mirror(LAN))
     gw, losses = await watched(a, b, slow, [(HOST_A, HOST_B)])
@@ -187,12 +187,13 @@ async def test_a_changed_child_is_replaced_new_before_old(slow: str, change: str
     (old,) = gw.a.children.values()
     new = {"selectors": {"lan": _child(LAN_A, "203.0.113.0/25")},
            "proposals": {"lan": _child(LAN_A, LAN_B, "aes256gcm16-x25519")},
-           "mode-and-proposals": {"lan": _child(LAN_A, LAN_B, "aes256gcm16-ecp256",
+           "proposals-and-replay-window": {"lan": _child(LAN_A, LAN_B, "aes256gcm16-ecp256",
                                                 replay_window=128)}}[change]
     await apply(gw, *confs(new, _mirror(new)))
     assert ike_ids(gw.a) == ike  # the IKE SA stays
     (now,) = gw.a.children.values()
     assert now.event.spi_in != old.event.spi_in
+    assert now.event.rekey_of == old.event.spi_in  # a rekey with the new configuration
     if change == "selectors":
         assert [str(t) for t in now.event.remote_ts] != [str(t) for t in old.event.remote_ts]
         assert carried(gw.ka, gw.kb, (HOST_A, "203.0.113.200")) is not None  # left out
@@ -208,9 +209,26 @@ async def test_a_changed_child_is_replaced_new_before_old(slow: str, change: str
 
 
 @pytest.mark.parametrize("slow", ["a", "b"])
-@pytest.mark.parametrize("change", [{"ike_proposals": "aes256gcm16-prfsha384-ecp384"},
-                                    {"local_id": "@gw-a.example"}],
-                         ids=["proposals", "identity"])
+async def test_new_ike_proposals_rekey_the_ike_sa_children_untouched(slow: str) -> None:
+    a, b = confs(LAN, _mirror(LAN))
+    gw, losses = await watched(a, b, slow, [(HOST_A, HOST_B)])
+    (old,) = gw.a.manager.all()
+    spis = (set(gw.ka.sas), set(gw.kb.sas))
+    await apply(gw, *confs(LAN, _mirror(LAN), ike_proposals="aes256gcm16-prfsha384-ecp384"))
+    (new,) = gw.a.manager.all()
+    assert new.id != old.id and new.suite is not None and new.suite.encr_bits == 256
+    assert (set(gw.ka.sas), set(gw.kb.sas)) == spis  # the CHILD_SAs moved over as they are
+    (child,) = gw.a.children.values()
+    assert child.event.ike_sa == new.id
+    assert losses == []
+    await stop(gw)
+
+
+@pytest.mark.parametrize("slow", ["a", "b"])
+@pytest.mark.parametrize("change", [{"local_id": "@gw-a.example"},
+                                    {"local_id": "@gw-a.example",
+                                     "ike_proposals": "aes256gcm16-prfsha384-ecp384"}],
+                         ids=["identity", "identity-and-proposals"])
 async def test_an_ike_change_reauthenticates_make_before_break(
         slow: str, change: dict[str, object]) -> None:
     a, b = confs(LAN, _mirror(LAN))
@@ -219,12 +237,10 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     a2, b2 = confs(LAN, _mirror(LAN))
     a2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
         "site-b": a2.connections["site-b"].model_copy(update=change)})
-    if "local_id" in change:
-        b2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
-            "site-a": b2.connections["site-a"].model_copy(update={"remote_id": "@gw-a.example"})})
-    else:
-        b2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
-            "site-a": b2.connections["site-a"].model_copy(update=change)})
+    peer_change = {"remote_id": "@gw-a.example", **{
+        k: v for k, v in change.items() if k == "ike_proposals"}}
+    b2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
+        "site-a": b2.connections["site-a"].model_copy(update=peer_change)})
     await apply(gw, a2, b2)
     (new,) = gw.a.manager.all()
     assert new.id != old.id and new.state.name == "ESTABLISHED"
@@ -232,8 +248,7 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     assert peer.spi_i == new.spi_i
     if "ike_proposals" in change:
         assert new.suite is not None and new.suite.encr_bits == 256
-    else:
-        assert str(peer.remote_id) == "gw-a.example"
+    assert str(peer.remote_id) == "gw-a.example"
     (child,) = gw.a.children.values()
     assert child.event.ike_sa == new.id
     await asyncio.sleep(LINGER + 0.1)
@@ -291,4 +306,24 @@ async def test_tfc_padding_only_to_a_peer_that_takes_it(mode: str) -> None:
     out = next(e.spec for e in gw.ka.sas.values() if e.spec.spi == child.event.spi_out)
     # in transport mode the peer said ESP_TFC_PADDING_NOT_SUPPORTED
     assert out.tfcpad == (512 if mode == "tunnel" else 0)
+    await stop(gw)
+
+
+async def test_a_mode_change_is_a_new_child_sa_then_the_old_deleted() -> None:
+    """A rekey cannot change the mode: a new CHILD_SA is made, then the old one deleted."""
+    hosts = {"lan": cf.ChildConf(esp_proposals=ESP)}
+    a, b = confs(hosts, hosts)
+    gw = await start_pair(a, b)
+    await settle(gw)
+    ike = ike_ids(gw.a)
+    (old,) = gw.a.children.values()
+    transport = {"lan": cf.ChildConf(esp_proposals=ESP, mode="transport")}  # type: ignore[arg-type]
+    await apply(gw, *confs(transport, transport))
+    assert ike_ids(gw.a) == ike
+    (new,) = gw.a.children.values()
+    assert new.event.mode.value == "transport" and new.event.rekey_of is None
+    assert new.predecessor == old.event.spi_in  # installed before the old one went
+    await asyncio.sleep(LINGER + 0.1)
+    await settle(gw)
+    assert len(gw.ka.sas) == len(gw.kb.sas) == 2
     await stop(gw)

@@ -7,7 +7,9 @@ Applying a change does the least that reaches the new state, make-before-break:
   CHILD_SA delete;
 - a child whose negotiated or installed properties change (selectors, proposals, mode,
   marks, interface ...) is replaced: a new CHILD_SA first, the old one deleted after;
-- an IKE-level change (addresses, identities, authentication, IKE proposals ...) is a
+- new IKE proposals alone are an IKE_SA rekey (RFC 7296 2.18, which may pick other
+  algorithms): the CHILD_SAs move to the new IKE_SA untouched;
+- any other IKE-level change (addresses, identities, authentication ...) is a
   reauthentication (RFC 7296 2.8.3): a new IKE_SA with its children, then the old one
   is deleted.
 """
@@ -23,6 +25,8 @@ CONNECTION_LOCAL = frozenset({
     "id", "description", "start_action", "dpd_delay", "dpd_action", "close_action",
     "rekey_time", "reauth_time", "over_time", "children",
 })
+# ConnectionConf fields that an IKE_SA rekey brings in (no reauthentication needed).
+IKE_REKEY = frozenset({"ike_proposals"})
 # ChildConf fields that only apply to CHILD_SAs made from now on (the next rekey).
 CHILD_LOCAL = frozenset({
     "id", "description", "start_action", "rekey_time", "life_time", "rekey_bytes",
@@ -38,6 +42,7 @@ class ConnectionDiff:
     added: bool = False  # a new connection
     removed: bool = False  # gone from the configuration
     reauth: bool = False  # IKE-level change: a new IKE_SA replaces the running one
+    ike_rekey: bool = False  # new IKE proposals only: rekey the IKE_SA with them
     children_added: tuple[str, ...] = ()
     children_removed: tuple[str, ...] = ()
     children_replaced: tuple[str, ...] = ()  # a new CHILD_SA, then the old one deleted
@@ -46,7 +51,7 @@ class ConnectionDiff:
     @property
     def negotiates(self) -> bool:
         """Whether a running IKE_SA has anything to exchange with its peer."""
-        return self.reauth or bool(self.children_added or self.children_removed
+        return self.reauth or self.ike_rekey or bool(self.children_added or self.children_removed
                                    or self.children_replaced)
 
 
@@ -69,12 +74,14 @@ def diff_connection(name: str, old: ConnectionConf | None,
         return ConnectionDiff(name, removed=True)
     fields = sorted(set(ConnectionConf.model_fields) | set(type(new).model_fields))
     changed = _changed(old, new, fields)
-    reauth = bool(set(changed) - CONNECTION_LOCAL)
+    ike_level = set(changed) - CONNECTION_LOCAL
+    reauth = bool(ike_level - IKE_REKEY)
     children_added = tuple(sorted(set(new.children) - set(old.children)))
     children_removed = tuple(sorted(set(old.children) - set(new.children)))
     replaced = tuple(sorted(n for n in set(old.children) & set(new.children)
                             if diff_child(old.children[n], new.children[n])))
     local = tuple(f for f in changed if f in CONNECTION_LOCAL and f != "children")
-    return ConnectionDiff(name, reauth=reauth, children_added=children_added,
+    return ConnectionDiff(name, reauth=reauth, ike_rekey=bool(ike_level) and not reauth,
+                          children_added=children_added,
                           children_removed=children_removed, children_replaced=replaced,
                           local_fields=local)

@@ -1065,6 +1065,8 @@ class Controller:
             elif diff.negotiates:
                 for sa in live:
                     self._apply_children(sa, record)
+                    if diff.ike_rekey and self._drives(sa, record):  # the CHILD_SAs move
+                        self.manager.act(sa, functools.partial(IkeSa.rekey, now=self.clock()))
             else:
                 for sa in live:
                     sa.config = record.ike  # local settings: the next rekey reads them
@@ -1129,15 +1131,37 @@ class Controller:
                     spi = child.event.spi_in
                     self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
                         spi, now, "removed from the configuration"))
-            if conf is not None and self._drives(sa, record, conf) and any(
-                    c.conf is not None and confdiff.diff_child(c.conf, conf) for c in children):
-                self._replace_after[(sa.id, name)] = tuple(c.event.spi_in for c in children)
-                self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
-                    name, now))
+            stale = [c for c in children if conf is not None and c.conf is not None
+                     and confdiff.diff_child(c.conf, conf)]
+            if conf is None or not stale or not self._drives(sa, record, conf):
+                continue
+            if all(self._rekey_with(sa, c, record, now) for c in stale):
+                continue
+            self._replace_after[(sa.id, name)] = tuple(c.event.spi_in for c in stale)
+            self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
+                name, now))
         for name, conf in record.conf.children.items():
             if name not in running and self._drives(sa, record, conf):
                 self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
                     name, now))
+
+    def _rekey_with(self, sa: IkeSa, child: ChildRecord, record: ConnectionRecord,
+                    now: float) -> bool:
+        """Replace a CHILD_SA by rekeying it with its child's new configuration: both ends
+        then keep sending on the old one until it is deleted (make-before-break even with
+        a peer that installs a new CHILD_SA's outbound SA at once). Not for a change of
+        mode or protocol, which a rekey cannot carry."""
+        old, new = child.conf, record.conf.children[child.event.child]
+        assert old is not None
+        if (old.mode, bool(old.ah_proposals)) != (new.mode, bool(new.ah_proposals)):
+            return False
+        spi, config = child.event.spi_in, record.ike.child(child.event.child)
+        try:
+            self.manager.act(sa, lambda s: s.rekey_child(spi, now, config))
+        except LocalError:
+            return False  # being rekeyed or deleted right now
+        child.state = "REKEYING"
+        return True
 
     @staticmethod
     def _drives(sa: IkeSa, record: ConnectionRecord, child: cf.ChildConf | None = None
@@ -1412,7 +1436,8 @@ class Controller:
 def _describe(diff: confdiff.ConnectionDiff) -> str:
     if diff.added:
         return "added"
-    parts = ["reauthenticating" if diff.reauth else ""]
+    parts = ["reauthenticating" if diff.reauth else "rekeying the IKE SA"
+             if diff.ike_rekey else ""]
     for what, names in (("new", diff.children_added), ("removed", diff.children_removed),
                         ("replaced", diff.children_replaced)):
         if names and not diff.reauth:

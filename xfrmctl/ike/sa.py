@@ -400,13 +400,24 @@ class IkeSa:
         self._queue(_Task(f"create {name}", lambda t: self._build_create_child(child, None)),
                     now)
 
-    def rekey_child(self, spi_in: int, now: float) -> None:
+    def rekey_child(self, spi_in: int, now: float, config: ChildConfig | None = None) -> None:
+        """Rekey a CHILD_SA with its child's current configuration, or `config`: a changed
+        child is replaced this way, make-before-break on both ends (RFC 7296 2.9.2 only
+        says the selectors and algorithms SHOULD NOT change)."""
         child = self._child_by_spi_in(spi_in)
         if child is None or child.state is not ChildState.INSTALLED:
             raise LocalError(f"no installed CHILD_SA with inbound SPI {spi_in:08x}")
         child.state = ChildState.REKEYING
+        new = config or self._current_child_config(child.config)
         self._queue(_Task(f"rekey {spi_in:08x}",
-                          lambda t: self._build_create_child(child.config, child)), now)
+                          lambda t: self._build_create_child(new, child)), now)
+
+    def _current_child_config(self, old: ChildConfig) -> ChildConfig:
+        """The configuration of a running CHILD_SA's child as it is now (changed since?)."""
+        try:
+            return self.config.child(old.name) if self.config is not None else old
+        except KeyError:
+            return old
 
     def delete_child(self, spi_in: int, now: float, reason: str = "deleted") -> None:
         child = self._child_by_spi_in(spi_in)
@@ -1216,8 +1227,8 @@ class IkeSa:
         nonce = os.urandom(NONCE_SIZE)
         groups = [g for spec in child.proposals for g in spec.dh_groups]
         ke = dh.new_key_exchange(group or groups[0]) if create_child_sa and groups else None
-        if rekey_of is not None:
-            local_ts, remote_ts = rekey_of.local_ts, rekey_of.remote_ts
+        if rekey_of is not None and child == rekey_of.config:
+            local_ts, remote_ts = rekey_of.local_ts, rekey_of.remote_ts  # as negotiated
         else:
             local_ts, remote_ts = self._child_ts(child)
         payloads: list[Payload] = []
@@ -1387,12 +1398,13 @@ class IkeSa:
         tsi, tsr = msg.find(TsiPayload), msg.find(TsrPayload)
         if tsi is None or tsr is None:
             raise ProtocolError("CHILD_SA request lacks TSi or TSr")
-        configs = (rekey_of.config,) if rekey_of else self._conf().children
+        configs = (self._current_child_config(rekey_of.config),) if rekey_of \
+            else self._conf().children
         best: tuple[int, ChildConfig, tuple[TrafficSelector, ...],
                     tuple[TrafficSelector, ...]] | None = None
         for child in configs:
             local, remote = self._child_ts(child)
-            if rekey_of is not None:
+            if rekey_of is not None and child == rekey_of.config:
                 local, remote = rekey_of.local_ts, rekey_of.remote_ts
             narrowed_remote = tuple(ts.narrow(tsi.selectors, remote))
             narrowed_local = tuple(ts.narrow(tsr.selectors, local))
@@ -1571,7 +1583,10 @@ class IkeSa:
         assert self.suite is not None
         new_spi = os.urandom(8)
         wire = tuple(spec.to_wire(i + 1, new_spi) for i, spec in enumerate(conf.proposals))
-        ke = dh.new_key_exchange(group or self.suite.dh or conf.proposals[0].dh_groups[0])
+        groups = [g for spec in conf.proposals for g in spec.dh_groups]
+        # the current group while configured, else the first of the (changed) proposals
+        ke = dh.new_key_exchange(group or (self.suite.dh if self.suite.dh in groups
+                                           else groups[0]))
         nonce = os.urandom(NONCE_SIZE)
         msg = self._message(ExchangeType.CREATE_CHILD_SA, [
             SaPayload(wire), NoncePayload(nonce), KePayload(ke.group, ke.public_key)])
