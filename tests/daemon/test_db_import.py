@@ -72,6 +72,10 @@ connections:
         esp_proposals: aes128gcm16-x25519
         rekey_time: 1800
         life_time: 2000
+        mark_in: 5
+        mark_in_mask: 0x0f
+        mark_out: 0x60
+        mark_out_mask: 0xf0
       host:
         mode: transport
   hq:
@@ -84,6 +88,9 @@ connections:
     private_key: {tmp_path}/gw.key
     ca: [{tmp_path}/ca.pem]
     encap: true
+    fragmentation: force
+    reauth_time: 7200
+    over_time: 600
     children:
       vti:
         remote_ts: [192.0.2.128/25]

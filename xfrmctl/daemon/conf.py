@@ -115,7 +115,9 @@ class ChildConf(_Strict):
     routes: list[str] = Field(default_factory=list)
     mtu: int | None = None
     mark_in: int | None = None
+    mark_in_mask: int | None = Field(None, ge=0, le=0xFFFFFFFF)  # None: all bits
     mark_out: int | None = None
+    mark_out_mask: int | None = Field(None, ge=0, le=0xFFFFFFFF)
     replay_window: int = Field(32, ge=0, le=4096)
     esn: bool = False
     rekey_time: int = Field(3600, ge=0)
@@ -175,7 +177,9 @@ class ConnectionConf(_Strict):
     dpd_action: DpdAction = DpdAction.CLEAR
     close_action: CloseAction = CloseAction.NONE  # when the peer deletes the IKE SA
     rekey_time: int = Field(14400, ge=0)
-    fragmentation: bool = True
+    reauth_time: int = Field(0, ge=0)  # 0: no reauthentication
+    over_time: int = Field(0, ge=0)  # hard IKE_SA lifetime after rekey/reauth; 0: 10%
+    fragmentation: bool | Literal["force"] = True  # force: even if the peer did not offer
     encap: bool = False
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
@@ -347,9 +351,12 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None)
         if conf.ike_proposals else DEFAULT_IKE,
         children=tuple(_child(n, c) for n, c in conf.children.items()),
         rekey_time=float(conf.rekey_time),
+        reauth_time=float(conf.reauth_time),
+        over_time=float(conf.over_time),
         dpd_delay=float(conf.dpd_delay),
         retransmit=Retransmit(),
-        fragmentation=conf.fragmentation,
+        fragmentation=bool(conf.fragmentation),
+        force_fragmentation=conf.fragmentation == "force",
         request_virtual_ip=conf.request_virtual_ip,
         pool=pool,
         force_encap=conf.encap,

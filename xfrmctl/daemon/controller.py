@@ -48,6 +48,7 @@ from xfrmctl.ike.events import (
     IkeSaUp,
     NegotiationFailed,
     PeerMoved,
+    ReauthDue,
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
@@ -73,6 +74,7 @@ from xfrmctl.kernel.types import Counters as KernelCounters
 from xfrmctl.kernel.types import Mapping as KernelMapping
 
 from . import conf as cf
+from . import confdiff
 from .install import build_child, interface_mtu, trap_policies
 from .pool import AddressPool
 from .ports import (
@@ -124,6 +126,10 @@ class ChildRecord:
     # a rekey's responder, or either end of a collision: the outbound SA waits until the
     # old CHILD_SA is deleted (see the module's docstring)
     outbound_pending: bool = False
+    # the CHILD_SA this one replaces (its inbound SPI): a rekey's, or a replacement's (a
+    # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
+    predecessor: int | None = None
+    conf: cf.ChildConf | None = None  # the configuration it was negotiated with
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +228,16 @@ class Controller:
         self._outbox: list[Datagram] = []
         self._flushing = False
         self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
+        self._lingering_of: dict[SaId, str] = {}  # their connection
         # Unfinished rekeys: the old CHILD_SA's inbound SPI -> the CHILD_SAs made from it
         # (two in a collision), kept while the old one lives or a new one waits to send.
         self._rekeys: dict[int, list[ChildRecord]] = {}
+        # Replacements we asked for: (IKE SA id, child) -> the CHILD_SAs (inbound SPIs) to
+        # delete once the new one is installed.
+        self._replace_after: dict[tuple[int, str], tuple[int, ...]] = {}
+        # Reauthentications under way: the new IKE SA's id -> (old IKE SA's id, the
+        # children still to come up on the new one).
+        self._reauths: dict[int, tuple[int, set[str]]] = {}
         self._job_ready = asyncio.Event()
         self._jobs_idle = asyncio.Event()
         self._jobs_idle.set()
@@ -271,6 +284,10 @@ class Controller:
             # The database's id if given; else kept across reloads, new ones numbered on.
             ident = conn.id or (old.id if old else self._next_id())
             record = ConnectionRecord(ident, name, conn, ike)
+            if old is not None:  # what runs stays: reload() applies the difference
+                record.state, record.reason, record.detail = old.state, old.reason, old.detail
+                record.since, record.traps, record.links = old.since, old.traps, old.links
+                record.wanted = old.wanted
             self.connections[name] = record
             changed.append(name)
         for name in set(self.connections) - set(conf.connections):
@@ -450,6 +467,7 @@ class Controller:
             self._vips[event.new_ike_sa] = self._vips.pop(event.ike_sa)
 
     def _on_ike_down(self, event: IkeSaDown) -> None:
+        self._reauth_failed(event.ike_sa)
         vip = self._vips.pop(event.ike_sa, None)
         if vip is not None and event.reason != "rekeyed":
             self._queue_job(lambda: self._vip_address(vip, add=False))
@@ -459,6 +477,7 @@ class Controller:
             return
         if event.reason == "rekeyed":
             return
+        self._forget_lingering(record.name)  # no IKE SA left: nothing more in flight
         reason = DownReason.of(event.reason)
         if reason is DownReason.OTHER or not record.detail:
             record.detail = {"message": event.reason}
@@ -466,6 +485,14 @@ class Controller:
 
     def _on_failed(self, event: NegotiationFailed) -> None:
         self.failures[event.reason.value] = self.failures.get(event.reason.value, 0) + 1
+        if event.ike_sa in self._reauths:  # the old IKE SA stays meanwhile
+            log.warning("reauthentication of %s failed: %s: %s", event.connection,
+                        event.reason.value, event.message)
+            if event.child is not None:
+                self._reauth_child_done(event.ike_sa, event.child)
+            else:
+                self._reauth_failed(event.ike_sa)
+            return
         record = self.connections.get(event.connection)
         if record is None:
             self._unmatched(event)
@@ -589,24 +616,53 @@ class Controller:
             return
         assert record is not None
         record.child_down.pop(event.child, None)
-        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
         # A rekey we answered: the peer sends on the new SA once it has our response, we
         # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
-        # till the loser's SA is known.
-        old = event.rekey_of
-        siblings = self._rekeys.setdefault(old, []) \
-            if old is not None and old in self.children else None
+        # till the loser's SA is known. A replacement (a new CHILD_SA of a child that has
+        # one: changed configuration, reauthentication) is treated as a rekey of it.
+        old = event.rekey_of if event.rekey_of in self.children else self._replaced(event)
+        # A replacement keeps the reqid even with other selectors: while both live, the
+        # peer's inbound policies accept either SA (templates match by reqid).
+        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
+        siblings = self._rekeys.setdefault(old, []) if old is not None else None
         pending = siblings is not None and (not event.initiator or any(
             c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
-                            outbound_pending=pending)
+                            outbound_pending=pending, predecessor=old, conf=child_conf)
         self.children[event.spi_in] = child
         if siblings is not None:
             siblings.append(child)
         self._queue_job(child)
+        self._reauth_child_done(event.ike_sa, event.child)
+        replaces = self._replace_after.pop((event.ike_sa, event.child), ())
+        if replaces and event.rekey_of is None:
+            self._queue_job(lambda: self._delete_replaced(event.ike_sa, replaces))
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
             self._queue_job(lambda: self._set_mtu(name, mtu))
+
+    def _replaced(self, event: ChildSaNegotiated) -> int | None:
+        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection
+        and child that nothing replaces yet."""
+        olds = [c for c in self.children.values()
+                if c.event.connection == event.connection and c.event.child == event.child
+                and c.event.spi_in != event.spi_in and c.state != "DELETED"
+                and not any(n.event.spi_in in self.children
+                            for n in self._rekeys.get(c.event.spi_in, ()))]
+        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
+
+    def _delete_replaced(self, ike_sa: int, spis: Sequence[int]) -> None:
+        """The replacing CHILD_SA is installed: delete the ones it replaces."""
+        sa = self.manager.get(ike_sa)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
+            return
+        now = self.clock()
+        for spi in spis:
+            if spi in self.children:
+                with contextlib.suppress(LocalError):
+                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
+                        spi, now, "replaced"))
+        self._flush()
 
     def _delete_with_peer(self, event: ChildSaNegotiated, reason: str) -> None:
         """Delete a CHILD_SA we will not keep, telling the peer (INFORMATIONAL)."""
@@ -642,7 +698,7 @@ class Controller:
         """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
         the old one goes), and a replaced CHILD_SA's inbound SA lingers. Only the rekeys
         it was part of are looked at, as the old CHILD_SA or as a new one."""
-        rekeys = [k for k in (child.event.spi_in, child.event.rekey_of) if k in self._rekeys]
+        rekeys = [k for k in (child.event.spi_in, child.predecessor) if k in self._rekeys]
         for old in rekeys:
             made = self._rekeys[old]
             while (ready := next((c for c in made if self._may_send(c)), None)) is not None:
@@ -662,7 +718,7 @@ class Controller:
         core is not deleting it (a collision's loser)."""
         if not (waiting.outbound_pending and waiting.in_kernel):
             return False
-        old = waiting.event.rekey_of
+        old = waiting.predecessor
         if old is None or old in self.children or any(
                 c is not waiting and c.event.spi_in in self.children and not c.outbound_pending
                 for c in self._rekeys.get(old, ())):
@@ -780,11 +836,13 @@ class Controller:
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
         if linger:
-            self._linger(child.install.inbound.id)
+            self._linger(child.install.inbound.id, child.event.connection)
         if self.routes is not None:
             await self.routes.release(child.event.spi_in)
 
-    def _linger(self, sa: SaId) -> None:
+    def _linger(self, sa: SaId, connection: str) -> None:
+        self._lingering_of[sa] = connection
+
         def expired() -> None:
             self._queue_job(lambda: self._delete_lingering(sa))
 
@@ -792,7 +850,9 @@ class Controller:
         self._lingering[sa] = loop.call_later(self.conf.delete_rekeyed_delay, expired)
 
     async def _delete_lingering(self, sa: SaId) -> None:
-        if self._lingering.pop(sa, None) is not None:
+        self._lingering_of.pop(sa, None)
+        if (handle := self._lingering.pop(sa, None)) is not None:
+            handle.cancel()
             with contextlib.suppress(KernelError):  # expired in the kernel meanwhile
                 await self.kernel.delete_sa(sa)
 
@@ -1109,25 +1169,206 @@ class Controller:
         log.info("%s %s %s: reloaded %s", kind, object_id, change, ", ".join(changed) or "-")
 
     async def reload(self, conf: cf.DaemonConf) -> list[str]:
-        """Apply a new configuration, touching only connections that changed."""
-        before = dict(self.connections)
+        """Apply a new configuration, doing the least that reaches it (see confdiff.py):
+        running SAs of a changed connection are changed make-before-break, never torn
+        down and set up again."""
+        before = {name: r.conf for name, r in self.connections.items()}
         changed = self.load(conf)
-        now = self.clock()
         for name in changed:
-            old = before.get(name)
-            if old is not None:
-                old.wanted = False
-                await self._remove_traps(old)
-                await self._remove_links(old)
-                for sa in self._sas_of(old):
-                    self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
-            if name not in conf.connections:
+            diff = confdiff.diff_connection(name, before.get(name), conf.connections.get(name))
+            record = self.connections[name]
+            if diff.removed:
+                await self._drop_connection(record)
                 self.connections.pop(name, None)
                 continue
-            await self._ensure_links(self.connections[name])
-            await self._apply_start_action(self.connections[name])
+            log.info("%s: %s", name, _describe(diff))
+            live = [sa for sa in self._sas_of(record) if sa.state is IkeState.ESTABLISHED]
+            if diff.added or not live:
+                await self._restart_connection(record, fresh=diff.added)
+                continue
+            await self._update_traps(record, before[name])
+            await self._ensure_links(record)
+            if diff.reauth:
+                for sa in live:
+                    sa.config = record.ike  # what rekeys it until the new one is up
+                    if self._drives(sa, record):
+                        self._reauthenticate(sa, record)
+            elif diff.negotiates:
+                for sa in live:
+                    self._apply_children(sa, record)
+                    if diff.ike_rekey and self._drives(sa, record):  # the CHILD_SAs move
+                        self.manager.act(sa, functools.partial(IkeSa.rekey, now=self.clock()))
+            else:
+                for sa in live:
+                    sa.config = record.ike  # local settings: the next rekey reads them
         self._flush()
         return changed
+
+    async def _drop_connection(self, record: ConnectionRecord) -> None:
+        now = self.clock()
+        record.wanted = False
+        await self._remove_traps(record)
+        await self._remove_links(record)
+        for sa in self._sas_of(record):
+            self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
+        self._forget_lingering(record.name)
+
+    def _forget_lingering(self, connection: str) -> None:
+        for sa_id in [k for k, c in self._lingering_of.items() if c == connection]:
+            self._queue_job(functools.partial(self._delete_lingering, sa_id))
+
+    async def _restart_connection(self, record: ConnectionRecord, fresh: bool) -> None:
+        """A new connection, or one with no IKE SA up: (re)start it as configured."""
+        if not fresh:
+            now = self.clock()
+            for sa in self._sas_of(record):  # half-open with the old settings
+                self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
+            await self._remove_traps(record)
+            await self._remove_links(record)
+            record.links = []
+        wanted = record.wanted
+        await self._ensure_links(record)
+        await self._apply_start_action(record)
+        if wanted and not record.wanted and record.conf.remote_addrs:
+            record.wanted = True  # brought up by the API: keep it up
+            self._initiate(record)
+
+    async def _update_traps(self, record: ConnectionRecord, before: cf.ConnectionConf) -> None:
+        """Trap policies of the new configuration first, then the old ones go (the kernel
+        counts shared policies: those that stay are never missing)."""
+        old = record.traps
+        if not old and before.start_action is cf.StartAction.TRAP:
+            return  # its traps were not installed (or failed): nothing to replace
+        record.traps = []
+        if record.conf.start_action is cf.StartAction.TRAP:
+            await self._install_traps(record)
+        for policy in old:
+            with contextlib.suppress(KernelError):
+                await self.kernel.remove_policy(policy)
+
+    def _apply_children(self, sa: IkeSa, record: ConnectionRecord) -> None:
+        """Bring the CHILD_SAs of a running IKE SA to the configured children: create the
+        new, delete the removed, replace the changed (new first, then the old deleted)."""
+        sa.config = record.ike
+        now = self.clock()
+        running: dict[str, list[ChildRecord]] = {}
+        for child in self.children.values():
+            if child.event.ike_sa == sa.id and child.state != "DELETED":
+                running.setdefault(child.event.child, []).append(child)
+        for name, children in running.items():
+            conf = record.conf.children.get(name)
+            for child in children:
+                if conf is None:
+                    spi = child.event.spi_in
+                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
+                        spi, now, "removed from the configuration"))
+            stale = [c for c in children if conf is not None and c.conf is not None
+                     and confdiff.diff_child(c.conf, conf)]
+            if conf is None or not stale or not self._drives(sa, record, conf):
+                continue
+            if all(self._rekey_with(sa, c, record, now) for c in stale):
+                continue
+            self._replace_after[(sa.id, name)] = tuple(c.event.spi_in for c in stale)
+            self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
+                name, now))
+        for name, conf in record.conf.children.items():
+            if name not in running and self._drives(sa, record, conf):
+                self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
+                    name, now))
+
+    def _rekey_with(self, sa: IkeSa, child: ChildRecord, record: ConnectionRecord,
+                    now: float) -> bool:
+        """Replace a CHILD_SA by rekeying it with its child's new configuration: both ends
+        then keep sending on the old one until it is deleted (make-before-break even with
+        a peer that installs a new CHILD_SA's outbound SA at once). Not for a change of
+        mode or protocol, which a rekey cannot carry."""
+        old, new = child.conf, record.conf.children[child.event.child]
+        assert old is not None
+        if (old.mode, bool(old.ah_proposals)) != (new.mode, bool(new.ah_proposals)):
+            return False
+        spi, config = child.event.spi_in, record.ike.child(child.event.child)
+        try:
+            self.manager.act(sa, lambda s: s.rekey_child(spi, now, config))
+        except LocalError:
+            return False  # being rekeyed or deleted right now
+        child.state = "REKEYING"
+        return True
+
+    @staticmethod
+    def _drives(sa: IkeSa, record: ConnectionRecord, child: cf.ChildConf | None = None
+                ) -> bool:
+        """Whether this end brings a change to a running IKE SA: its original initiator,
+        or an end that starts the child itself. A passive responder leaves it to the peer
+        (both ends changed alike would otherwise both act)."""
+        start = (child.start_action if child else None) or record.conf.start_action
+        return sa.is_initiator or record.wanted or start is not cf.StartAction.NONE
+
+    # ----------------------------------------------------------------- reauthentication
+
+    def _reauthenticate(self, sa: IkeSa, record: ConnectionRecord) -> None:
+        """RFC 7296 2.8.3, make-before-break: a new IKE SA with the children of the old
+        one (as configured now) comes up; then the old one is deleted."""
+        if any(old == sa.id for old, _ in self._reauths.values()):
+            return  # already under way
+        names = sorted({c.event.child for c in self.children.values()
+                        if c.event.ike_sa == sa.id} & set(record.conf.children))
+        names += [n for n, c in record.conf.children.items()
+                  if n not in names and self._drives(sa, record, c)]
+        if not names:
+            names = list(record.conf.children)
+        try:
+            new = self.manager.initiate(record.name, sa.local, sa.remote, self.clock(),
+                                        names, reauth=True)
+        except LocalError as exc:
+            log.error("reauthenticating %s: %s", record.name, exc)
+            return
+        log.info("reauthenticating IKE SA %d of %s as %d (make-before-break)", sa.id,
+                 record.name, new.id)
+        self._reauths[new.id] = (sa.id, set(names))
+
+    def _on_reauth_due(self, event: ReauthDue) -> None:
+        """reauth_time reached: reauthenticate, make-before-break. A responder cannot do
+        it for a remote-access client (it holds a virtual IP from us): that IKE SA ends at
+        its hard lifetime unless the client reauthenticates (as strongSwan)."""
+        sa, record = self.manager.get(event.ike_sa), self.connections.get(event.connection)
+        if sa is None or record is None or sa.state is not IkeState.ESTABLISHED:
+            return
+        if any(other.established_at is not None and sa.established_at is not None
+               and other.established_at > sa.established_at
+               and other.state is IkeState.ESTABLISHED and other.remote == sa.remote
+               and other.id not in self._reauths for other in self._sas_of(record)):
+            return  # the peer reauthenticated it already: it deletes this one
+        if not sa.is_initiator and sa.virtual_ip is not None:
+            log.warning("IKE SA %d of %s: the client did not reauthenticate; it expires at "
+                        "its hard lifetime (over_time)", sa.id, record.name)
+            return
+        self._reauthenticate(sa, record)
+
+    def _reauth_child_done(self, ike_sa: int, child: str) -> None:
+        """A child came up (or failed) on a reauthentication's new IKE SA; when none is
+        left, the old IKE SA goes, after the kernel work queued so far."""
+        entry = self._reauths.get(ike_sa)
+        if entry is None:
+            return
+        entry[1].discard(child)
+        if not entry[1]:
+            del self._reauths[ike_sa]
+            self._queue_job(functools.partial(self._finish_reauth, entry[0], ike_sa))
+
+    def _finish_reauth(self, old_id: int, new_id: int) -> None:
+        old, new = self.manager.get(old_id), self.manager.get(new_id)
+        if old is None or new is None or new.state is not IkeState.ESTABLISHED:
+            return
+        log.info("IKE SA %d of %s reauthenticated as %d: deleting the old one", old_id,
+                 old.name, new_id)
+        now = self.clock()
+        self.manager.act(old, lambda s: s.delete(now, "reauthenticated"))
+        self._flush()
+
+    def _reauth_failed(self, ike_sa: int) -> None:
+        entry = self._reauths.pop(ike_sa, None)
+        if entry is not None:
+            log.warning("reauthentication of IKE SA %d failed: keeping it", entry[0])
 
     # ----------------------------------------------------------------- saved state
 
@@ -1214,7 +1455,8 @@ class Controller:
             self.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
             self.children[event.spi_in] = ChildRecord(event, install, install.inbound.reqid,
-                                                      installed_at, in_kernel=True)
+                                                      installed_at, in_kernel=True,
+                                                      conf=child_conf)
             kept |= ids
         self._set_state(record, ConnectionState.UP, None)
         return kept
@@ -1268,7 +1510,8 @@ class Controller:
             prf=f"PRF_{_name(PrfId, suite.prf)}" if suite.prf is not None else None,
             dh_group=_name(DhId, suite.dh),
             proposal=_proposal(suite), established_at=self._wall(sa.established_at),
-            rekey_at=self._wall(rekey_at),
+            rekey_at=self._wall(rekey_at), reauth_at=self._wall(sa.reauth_deadline),
+            expire_at=self._wall(sa.expire_deadline),
             nat_local=sa.nat_local, nat_remote=sa.nat_remote)
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
@@ -1389,7 +1632,7 @@ def _shift_times(saved: dict[str, Any], shift: float) -> None:
     if not shift:
         return
     ike = saved["ike"]
-    for key in ("established_at", "rekey_deadline"):
+    for key in ("established_at", "rekey_deadline", "reauth_deadline"):
         if ike.get(key) is not None:
             ike[key] += shift
     saved["installed_at"] = {spi: at + shift
@@ -1402,6 +1645,20 @@ def read_boot_id() -> str | None:
         return BOOT_ID.read_text().strip() or None
     except OSError:
         return None
+
+
+def _describe(diff: confdiff.ConnectionDiff) -> str:
+    if diff.added:
+        return "added"
+    parts = ["reauthenticating" if diff.reauth else "rekeying the IKE SA"
+             if diff.ike_rekey else ""]
+    for what, names in (("new", diff.children_added), ("removed", diff.children_removed),
+                        ("replaced", diff.children_replaced)):
+        if names and not diff.reauth:
+            parts.append(f"{what} children {', '.join(names)}")
+    if diff.local_fields:
+        parts.append(f"local settings {', '.join(diff.local_fields)}")
+    return "; ".join(p for p in parts if p) or "nothing to negotiate"
 
 
 def _child_id(record: ConnectionRecord, name: str) -> int | None:
@@ -1494,6 +1751,7 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     ChildSaDeleted: Controller._on_child_deleted,
     VirtualIpAssigned: Controller._on_vip,
     PeerMoved: Controller._on_peer_moved,
+    ReauthDue: Controller._on_reauth_due,
 }
 
 

@@ -70,8 +70,11 @@ def _lifetime(event: ChildSaNegotiated, jitter: float) -> Lifetime:
     )
 
 
-def _mark(value: int | None) -> Mark | None:
-    return Mark(value) if value else None
+def _mark(value: int | None, mask: int | None = None) -> Mark | None:
+    """A mark with its mask (None: all 32 bits); a mark of 0 means none unless masked."""
+    if value is None or (not value and not mask):
+        return None
+    return Mark(value, 0xFFFFFFFF if mask is None else mask)
 
 
 def _sa_flags(proto: Proto, local: ipaddress.IPv4Address | ipaddress.IPv6Address) -> SaFlag:
@@ -106,7 +109,8 @@ def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildI
     outbound = replace(
         inbound, src=local, dst=remote, spi=event.spi_out, aead=aead, crypt=crypt, auth=auth,
         encap=Encap(event.local[1], event.remote[1]) if event.encap else None,
-        mark=_mark(conf.mark_out), tfcpad=conf.tfc_padding)
+        mark=_mark(conf.mark_out, conf.mark_out_mask),
+        tfcpad=conf.tfc_padding if event.tfc_padding else 0)
     policies = tuple(policies_for(event.local_ts, event.remote_ts, local, remote, mode, proto,
                                   reqid, conf))
     return ChildInstall(inbound, outbound, policies)
@@ -143,7 +147,8 @@ def policies_for(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[Traffic
     in_tmpl = Template(reqid, proto, mode, remote if tunnel else None,
                        local if tunnel else None)
     if_id = conf.if_id or 0
-    mark_in, mark_out = _mark(conf.mark_in), _mark(conf.mark_out)
+    mark_in = _mark(conf.mark_in, conf.mark_in_mask)
+    mark_out = _mark(conf.mark_out, conf.mark_out_mask)
     for lts, rts in itertools.product(local_ts, remote_ts):
         for out_sel, in_sel, prio in _selectors(lts, rts):
             yield PolicySpec(out_sel, Direction.OUT, (out_tmpl,), prio, mark=mark_out,

@@ -160,10 +160,15 @@ class IkeConfig:
     proposals: tuple[ProposalSpec, ...] = DEFAULT_IKE
     children: tuple[ChildConfig, ...] = ()
     rekey_time: float = 14400.0  # 0: never
+    reauth_time: float = 0.0  # 0: never (RFC 7296 2.8.3, the daemon reauthenticates)
+    over_time: float = 0.0  # hard lifetime after rekey/reauth time; 0: 10% of the larger
     dpd_delay: float = 30.0  # 0: no liveness checks
     retransmit: Retransmit = Retransmit()
     half_open_timeout: float = 30.0
     fragmentation: bool = True
+    # strongSwan's fragmentation=force: fragment large messages even if the peer did not
+    # announce IKEV2_FRAGMENTATION_SUPPORTED (IKE_SA_INIT is never fragmented, RFC 7383)
+    force_fragmentation: bool = False
     fragment_size: int = 1280
     send_certreq: bool = True
     send_cert: SendCert = SendCert.IFASKED

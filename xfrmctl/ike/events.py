@@ -95,6 +95,9 @@ class ChildSaNegotiated:
     life_packets: int = 0
     rekey_of: int | None = None  # spi_in of the CHILD_SA this one replaces
     initiator: bool = True  # whether we initiated the exchange that made it
+    # False: the peer sent ESP_TFC_PADDING_NOT_SUPPORTED (RFC 7296 3.10.1), so our
+    # outbound SA must not pad
+    tfc_padding: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,16 @@ class VirtualIpAssigned:
 
 
 @dataclass(frozen=True, slots=True)
+class ReauthDue:
+    """The IKE SA reached its reauth_time: the daemon makes a new IKE SA with the same
+    peer and children (RFC 7296 2.8.3, make-before-break), then deletes this one. If
+    none replaces it, it is deleted at its hard lifetime (over_time later)."""
+
+    ike_sa: int
+    connection: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerMoved:
     """The peer's address or port changed (a NAT rebinding): its CHILD_SAs must follow."""
 
@@ -144,4 +157,4 @@ class PeerMoved:
 
 
 Event = (IkeSaUp | IkeSaRekeyed | IkeSaDown | ChildSaNegotiated | ChildSaDeleted
-         | NegotiationFailed | VirtualIpAssigned | PeerMoved)
+         | NegotiationFailed | VirtualIpAssigned | PeerMoved | ReauthDue)

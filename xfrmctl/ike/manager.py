@@ -26,6 +26,7 @@ import hmac
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from .config import IkeConfig
 from .constants import (
@@ -124,9 +125,13 @@ class IkeManager:
         return list(self._by_id.values())
 
     def initiate(self, name: str, local: Endpoint, remote: Endpoint, now: float,
-                 children: Sequence[str] | None = None) -> IkeSa:
-        sa = IkeSa.initiator(self.configs[name], local, remote, now,
-                             spi_allocator=self._alloc_spi)
+                 children: Sequence[str] | None = None, *, reauth: bool = False) -> IkeSa:
+        """A new IKE SA as initiator. `reauth`: it replaces one with the same peer (RFC
+        7296 2.8.3), so no INITIAL_CONTACT (the peer would drop the old one at once)."""
+        config = self.configs[name]
+        if reauth:
+            config = replace(config, initial_contact=False)
+        sa = IkeSa.initiator(config, local, remote, now, spi_allocator=self._alloc_spi)
         self._register(sa)
         sa.initiate(now, children)
         self._collect(sa)

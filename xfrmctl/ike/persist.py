@@ -77,6 +77,7 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "virtual_ip": sa.virtual_ip,
         "established_at": sa.established_at,
         "rekey_deadline": sa._rekey_deadline,
+        "reauth_deadline": sa._reauth_deadline,
         "children": [_child(c) for c in sa.children.values()],
     }
 
@@ -115,6 +116,7 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
         sa.children[restored.child_id] = restored
     sa.state = IkeState.ESTABLISHED
     sa._rekey_deadline = data["rekey_deadline"]
+    sa._arm_lifetime(now, data.get("reauth_deadline"))
     sa._arm_dpd(now)
     return sa
 

@@ -81,6 +81,7 @@ from .events import (
     IkeSaUp,
     NegotiationFailed,
     PeerMoved,
+    ReauthDue,
     VirtualIpAssigned,
 )
 from .fragment import Reassembler, encode_fragments
@@ -215,6 +216,18 @@ def _notify(ntype: NotifyType, data: bytes = b"", protocol: int = 0,
     return NotifyPayload(ntype, protocol, spi, data)
 
 
+def _tfc_notify(mode: Mode) -> list[Payload]:
+    """ESP_TFC_PADDING_NOT_SUPPORTED (RFC 7296 3.10.1) where we cannot take TFC padding:
+    in transport mode Linux has no inner header to find where the payload ends."""
+    return [_notify(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED)] if mode is Mode.TRANSPORT \
+        else []
+
+
+def _peer_takes_tfc(msg: Message) -> bool:
+    """False when the peer said it does not accept TFC padding on this CHILD_SA."""
+    return msg.notify(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED) is None
+
+
 def _error_notify(msg: Message) -> NotifyPayload | None:
     return next((n for n in msg.notifies() if n.notify_type < 16384), None)
 
@@ -224,16 +237,16 @@ class IkeSa:
 
     # No per-instance dict: a gateway holds one of these per tunnel (memory per IKE_SA).
     __slots__ = ("_alloc_spi", "_auth_child", "_budget", "_cached_response", "_child_retries",
-        "_cipher_in",
-        "_cipher_out", "_collision", "_cookie", "_dpd_deadline", "_events", "_expected_peer_id",
-        "_half_open_deadline", "_ike_rekey_pending", "_init_request", "_init_response",
-        "_init_retries", "_ke", "_keys", "_last_peer_activity", "_next_request_id", "_nonce_i",
-        "_nonce_r", "_out", "_outstanding", "_peer_certreq", "_peer_certs", "_pending_children",
-        "_prf", "_reassembly", "_redundant_deadline", "_rekey_deadline", "_sent_ike_proposals",
-        "_silent", "_spawned", "_tasks", "candidates", "children", "config", "created",
-        "down_reason", "established_at", "id", "is_initiator", "local", "local_id", "nat_local",
-        "nat_remote", "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i",
-        "spi_r", "state", "successor", "suite", "virtual_ip", "wall_offset")
+        "_cipher_in", "_cipher_out", "_collision", "_cookie", "_dpd_deadline", "_events",
+        "_expected_peer_id", "_expire_deadline", "_half_open_deadline", "_ike_rekey_pending",
+        "_init_request", "_init_response", "_init_retries", "_ke", "_keys", "_last_peer_activity",
+        "_next_request_id", "_nonce_i", "_nonce_r", "_out", "_outstanding", "_peer_certreq",
+        "_peer_certs", "_pending_children", "_prf", "_reassembly", "_reauth_deadline",
+        "_redundant_deadline", "_rekey_deadline", "_sent_ike_proposals", "_silent", "_spawned",
+        "_tasks", "candidates", "children", "config", "created", "down_reason", "established_at",
+        "id", "is_initiator", "local", "local_id", "nat_local", "nat_remote",
+        "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i", "spi_r", "state",
+        "successor", "suite", "virtual_ip", "wall_offset")
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
@@ -288,6 +301,8 @@ class IkeSa:
         self._last_peer_activity = now
         self._half_open_deadline: float | None = None
         self._rekey_deadline: float | None = None
+        self._reauth_deadline: float | None = None  # ReauthDue then
+        self._expire_deadline: float | None = None  # the hard lifetime (over_time)
         self._dpd_deadline: float | None = None
         self._pending_children: list[ChildConfig] = []
         self._auth_child: IkeSa._ChildRequest | None = None
@@ -324,6 +339,16 @@ class IkeSa:
         return self._rekey_deadline
 
     @property
+    def reauth_deadline(self) -> float | None:
+        """When the daemon is asked to reauthenticate it (ReauthDue), if ever."""
+        return self._reauth_deadline
+
+    @property
+    def expire_deadline(self) -> float | None:
+        """Its hard lifetime: deleted then unless rekeyed or reauthenticated."""
+        return self._expire_deadline
+
+    @property
     def our_spi(self) -> bytes:
         return self.spi_i if self.is_initiator else self.spi_r
 
@@ -349,6 +374,7 @@ class IkeSa:
         deadlines = [d for d in (
             self._outstanding.deadline if self._outstanding else None,
             self._half_open_deadline, self._rekey_deadline, self._dpd_deadline,
+            self._reauth_deadline, self._expire_deadline,
             min(r[0] for r in self._child_retries) if self._child_retries else None,
             self._redundant_deadline,
         ) if d is not None]
@@ -380,13 +406,24 @@ class IkeSa:
         self._queue(_Task(f"create {name}", lambda t: self._build_create_child(child, None)),
                     now)
 
-    def rekey_child(self, spi_in: int, now: float) -> None:
+    def rekey_child(self, spi_in: int, now: float, config: ChildConfig | None = None) -> None:
+        """Rekey a CHILD_SA with its child's current configuration, or `config`: a changed
+        child is replaced this way, make-before-break on both ends (RFC 7296 2.9.2 only
+        says the selectors and algorithms SHOULD NOT change)."""
         child = self._child_by_spi_in(spi_in)
         if child is None or child.state is not ChildState.INSTALLED:
             raise LocalError(f"no installed CHILD_SA with inbound SPI {spi_in:08x}")
         child.state = ChildState.REKEYING
+        new = config or self._current_child_config(child.config)
         self._queue(_Task(f"rekey {spi_in:08x}",
-                          lambda t: self._build_create_child(child.config, child)), now)
+                          lambda t: self._build_create_child(new, child)), now)
+
+    def _current_child_config(self, old: ChildConfig) -> ChildConfig:
+        """The configuration of a running CHILD_SA's child as it is now (changed since?)."""
+        try:
+            return self.config.child(old.name) if self.config is not None else old
+        except KeyError:
+            return old
 
     def delete_child(self, spi_in: int, now: float, reason: str = "deleted") -> None:
         child = self._child_by_spi_in(spi_in)
@@ -449,6 +486,14 @@ class IkeSa:
         if self._rekey_deadline is not None and now >= self._rekey_deadline:
             self._rekey_deadline = None
             self.rekey(now)
+        if self._reauth_deadline is not None and now >= self._reauth_deadline:
+            self._reauth_deadline = None
+            if self.state is IkeState.ESTABLISHED:
+                self._events.append(ReauthDue(self.id, self.name))
+        if self._expire_deadline is not None and now >= self._expire_deadline:
+            self._expire_deadline = None
+            if self.state is IkeState.ESTABLISHED:
+                self.delete(now, "expired (over_time)")
         if self._dpd_deadline is not None and now >= self._dpd_deadline:
             self._dpd_deadline = None
             self.liveness_check(now)
@@ -459,6 +504,19 @@ class IkeSa:
             self._redundant_deadline = None
             if self.state is IkeState.ESTABLISHED and self._silent:
                 self._delete_redundant(now)  # the peer did not: we do
+
+    def _arm_lifetime(self, now: float, reauth_at: float | None = None) -> None:
+        """Reauthentication (strongSwan's reauth_time, up to 10% earlier as its rand_time)
+        and the hard lifetime: over_time after the later of rekey and reauth (default
+        10% of the longer of the two), unless a rekey or reauthentication replaced it."""
+        conf = self._conf()
+        if reauth_at is None and conf.reauth_time:
+            jitter = int.from_bytes(os.urandom(2), "big") / 65535 * conf.reauth_time * 0.1
+            reauth_at = now + conf.reauth_time - jitter
+        self._reauth_deadline = reauth_at
+        due = [d for d in (self._rekey_deadline, reauth_at) if d is not None]
+        over = conf.over_time or 0.1 * max(conf.rekey_time, conf.reauth_time)
+        self._expire_deadline = max(due) + over if due else None
 
     def _run_child_retries(self, now: float) -> None:
         due = [r for r in self._child_retries if r[0] <= now]
@@ -531,7 +589,8 @@ class IkeSa:
         assert cipher is not None
         data = encode(msg, cipher)
         conf = self.config or self.candidates[0]
-        if (len(data) > conf.fragment_size and self.peer_fragmentation and conf.fragmentation
+        if (len(data) > conf.fragment_size and conf.fragmentation
+                and (self.peer_fragmentation or conf.force_fragmentation)
                 and msg.exchange != ExchangeType.IKE_SA_INIT):
             return encode_fragments(msg, cipher, conf.fragment_size)
         return [data]
@@ -1144,6 +1203,7 @@ class IkeSa:
         if conf.rekey_time:
             jitter = int.from_bytes(os.urandom(2), "big") / 65535 * conf.rekey_time * 0.1
             self._rekey_deadline = now + conf.rekey_time - jitter
+        self._arm_lifetime(now)
         self._arm_dpd(now)
         assert self.suite is not None and self.local_id and self.remote_id
         self._events.append(IkeSaUp(
@@ -1224,8 +1284,8 @@ class IkeSa:
         nonce = os.urandom(NONCE_SIZE)
         groups = [g for spec in child.proposals for g in spec.dh_groups]
         ke = dh.new_key_exchange(group or groups[0]) if create_child_sa and groups else None
-        if rekey_of is not None:
-            local_ts, remote_ts = rekey_of.local_ts, rekey_of.remote_ts
+        if rekey_of is not None and child == rekey_of.config:
+            local_ts, remote_ts = rekey_of.local_ts, rekey_of.remote_ts  # as negotiated
         else:
             local_ts, remote_ts = self._child_ts(child)
         payloads: list[Payload] = []
@@ -1234,6 +1294,7 @@ class IkeSa:
                                     spi=rekey_of.spi_in.to_bytes(4, "big")))
         if child.mode is Mode.TRANSPORT:
             payloads.append(_notify(NotifyType.USE_TRANSPORT_MODE))
+        payloads += _tfc_notify(child.mode)
         payloads.append(SaPayload(wire))
         if create_child_sa:
             payloads.append(NoncePayload(nonce))
@@ -1353,12 +1414,13 @@ class IkeSa:
         return self._add_child(request.config, chosen, request.spi_in,
                                int.from_bytes(chosen.spi, "big"), local_ts, remote_ts, mode,
                                nonce_i, nonce_r, shared, now, exchange_initiator=True,
-                               rekey_of=request.rekey_of)
+                               rekey_of=request.rekey_of, peer_tfc=_peer_takes_tfc(msg))
 
     def _add_child(self, config: ChildConfig, chosen: Proposal, spi_in: int, spi_out: int,
                    local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...],
                    mode: Mode, nonce_i: bytes, nonce_r: bytes, shared: bytes | None,
-                   now: float, *, exchange_initiator: bool, rekey_of: ChildSa | None) -> ChildSa:
+                   now: float, *, exchange_initiator: bool, rekey_of: ChildSa | None,
+                   peer_tfc: bool = True) -> ChildSa:
         assert self._prf is not None and self._keys is not None
         suite = suite_of(chosen)
         encr_size = encr_key_size(suite.encr, suite.encr_bits) if suite.encr is not None else 0
@@ -1382,7 +1444,7 @@ class IkeSa:
             enc_in, int_in, enc_out, int_out, self.nat_local or self.nat_remote,
             config.rekey_time, config.life_time, config.rekey_bytes, config.life_bytes,
             config.rekey_packets, config.life_packets,
-            rekey_of.spi_in if rekey_of is not None else None, exchange_initiator))
+            rekey_of.spi_in if rekey_of is not None else None, exchange_initiator, peer_tfc))
         return child
 
     def _select_child(self, msg: Message, rekey_of: ChildSa | None
@@ -1393,12 +1455,13 @@ class IkeSa:
         tsi, tsr = msg.find(TsiPayload), msg.find(TsrPayload)
         if tsi is None or tsr is None:
             raise ProtocolError("CHILD_SA request lacks TSi or TSr")
-        configs = (rekey_of.config,) if rekey_of else self._conf().children
+        configs = (self._current_child_config(rekey_of.config),) if rekey_of \
+            else self._conf().children
         best: tuple[int, ChildConfig, tuple[TrafficSelector, ...],
                     tuple[TrafficSelector, ...]] | None = None
         for child in configs:
             local, remote = self._child_ts(child)
-            if rekey_of is not None:
+            if rekey_of is not None and child == rekey_of.config:
                 local, remote = rekey_of.local_ts, rekey_of.remote_ts
             narrowed_remote = tuple(ts.narrow(tsi.selectors, remote))
             narrowed_local = tuple(ts.narrow(tsr.selectors, local))
@@ -1479,7 +1542,7 @@ class IkeSa:
                           chosen.transforms)
         child = self._add_child(config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,
                                 nonce_i, nonce_r, shared, now, exchange_initiator=False,
-                                rekey_of=rekey_of)
+                                rekey_of=rekey_of, peer_tfc=_peer_takes_tfc(msg))
         if rekey_of is not None:
             rekey_of.rekeys["theirs"] = (min(nonce_i, nonce_r), child)
             if rekey_of.state is ChildState.INSTALLED:
@@ -1488,8 +1551,8 @@ class IkeSa:
                 self._resolve_rekey(rekey_of, now)
         transport: list[Payload] = [_notify(NotifyType.USE_TRANSPORT_MODE)] \
             if mode is Mode.TRANSPORT else []
-        return [*transport, SaPayload((chosen,)), *response, TsiPayload(remote_ts),
-                TsrPayload(local_ts)]
+        return [*transport, *_tfc_notify(mode), SaPayload((chosen,)), *response,
+                TsiPayload(remote_ts), TsrPayload(local_ts)]
 
     def _resolve_rekey(self, old: ChildSa, now: float) -> None:
         """After our rekey of `old` completed, or a collision became known (RFC 7296 2.8.1):
@@ -1577,7 +1640,10 @@ class IkeSa:
         assert self.suite is not None
         new_spi = os.urandom(8)
         wire = tuple(spec.to_wire(i + 1, new_spi) for i, spec in enumerate(conf.proposals))
-        ke = dh.new_key_exchange(group or self.suite.dh or conf.proposals[0].dh_groups[0])
+        groups = [g for spec in conf.proposals for g in spec.dh_groups]
+        # the current group while configured, else the first of the (changed) proposals
+        ke = dh.new_key_exchange(group or (self.suite.dh if self.suite.dh in groups
+                                           else groups[0]))
         nonce = os.urandom(NONCE_SIZE)
         msg = self._message(ExchangeType.CREATE_CHILD_SA, [
             SaPayload(wire), NoncePayload(nonce), KePayload(ke.group, ke.public_key)])
@@ -1709,8 +1775,9 @@ class IkeSa:
         conf = self._conf()
         if conf.rekey_time:
             new._rekey_deadline = now + conf.rekey_time * 0.9
+        new._arm_lifetime(now, self._reauth_deadline)  # a rekey does not reauthenticate
         self.successor = new
-        self._rekey_deadline = None
+        self._rekey_deadline = self._reauth_deadline = self._expire_deadline = None
         self._dpd_deadline = None
         assert new.suite is not None
         self._events.append(IkeSaRekeyed(self.id, new.id, new.spi_i, new.spi_r, new.suite))
@@ -1804,7 +1871,7 @@ class IkeSa:
         self._outstanding = None
         self._tasks.clear()
         self._half_open_deadline = self._rekey_deadline = self._dpd_deadline = None
-        self._redundant_deadline = None
+        self._redundant_deadline = self._reauth_deadline = self._expire_deadline = None
         self._child_retries = []
         if not self._silent and (was_up or not quiet):
             name = self.config.name if self.config else ""
