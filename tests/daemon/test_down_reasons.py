@@ -176,6 +176,8 @@ async def test_a_failed_rekey_leaves_the_child_installed_not_rekeying() -> None:
     (child_b,) = sa_b.children.values()
     child_b.config = replace(child_b.config, proposals=parse_proposals(
         "aes256-sha512-modp4096", ProtocolId.ESP))
+    assert sa_b.config is not None  # a rekey answers with the child's current configuration
+    sa_b.config = replace(sa_b.config, children=(child_b.config,))
     (old,) = await gw.a.list_child_sas()
     gw.ka.inject(Expire(next(iter(gw.ka.sas.values())).spec.id, hard=False))
     await gw.settle()
