@@ -285,8 +285,6 @@ class Controller:
         self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
                        loop.create_task(self._kernel_event_loop(), name="kernel-events"),
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
-        if self.state is None:
-            self._restored.set()
         if self.state is not None:
             try:
                 await self._restore(self.state)
@@ -294,6 +292,7 @@ class Controller:
                 self._restored.set()
             self._tasks.append(loop.create_task(self._state_writer(self.state),
                                                 name="state-writer"))
+        self._restored.set()
         for record in self.connections.values():
             await self._ensure_links(record)
             if not self._sas_of(record):
