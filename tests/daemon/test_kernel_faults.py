@@ -10,14 +10,16 @@ import asyncio
 import errno
 import functools
 import random
+from pathlib import Path
 
 import pytest
 
-from tests.daemon.test_controller import PSK, A, B, Gateways, connection, start_pair
+from tests.daemon.test_controller import PSK, A, B, Gateways, _wire, connection, start_pair
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import controller
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.ports import Target
+from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
@@ -177,6 +179,47 @@ async def test_kernel_matches_the_daemon_after_injected_faults(seed: int) -> Non
     assert {c.event.connection for c in gw.a.children.values()} == {"c0", "c1"}
     spis_a = {c.event.spi_in for c in gw.a.children.values()}
     assert spis_a == {c.event.spi_out for c in gw.b.children.values()}  # the peers agree
+    await gw.a.stop(keep_tunnels=False)
+    await gw.b.stop(keep_tunnels=False)
+    assert not gw.ka.sas and not gw.ka.policies
+
+
+async def _restart_a(gw: Gateways, state: StateFile, plan: FaultPlan) -> None:
+    """Stop a keeping its tunnels and start a new process on the same kernel state (the
+    faults go on: the restore itself meets them)."""
+    await gw.a.stop()
+    kernel = FakeKernel(now=gw.ka.now, sas=dict(gw.ka.sas), policies=dict(gw.ka.policies),
+                        faults=plan)
+    a2 = Controller(gw.a.conf, kernel, state=state)
+    _wire(a2, gw.b)
+    _wire(gw.b, a2)
+    gw.a, gw.ka = a2, kernel
+    await a2.start()
+    await gw.settle()
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_restarts_amid_faults_leave_nothing_orphaned(seed: int, tmp_path: Path) -> None:
+    plans = (FaultPlan(seed=seed, rate=0.12, lose_events=0.05),
+             FaultPlan(seed=seed + 1000, rate=0.12, lose_events=0.05))
+    gw = await _pair(*plans)
+    state = StateFile(tmp_path / "state.bin", tmp_path / "state.key")
+    gw.a.state = state
+    rng = random.Random(seed)
+    restarts = 0
+    for step in range(48):
+        await _step(gw, rng)
+        if step % 8 == 7:
+            await _restart_a(gw, state, plans[0])
+            restarts += 1
+    for plan in plans:
+        plan.stop()
+    problem = await converge(gw)
+    assert not problem, f"seed {seed}: {problem}"
+    assert restarts == 6 and sum(len(p.injected) for p in plans) >= 10
+    await bring_up(gw)
+    assert not await converge(gw)
+    assert {c.event.connection for c in gw.a.children.values()} == {"c0", "c1"}
     await gw.a.stop(keep_tunnels=False)
     await gw.b.stop(keep_tunnels=False)
     assert not gw.ka.sas and not gw.ka.policies

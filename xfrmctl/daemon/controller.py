@@ -1184,7 +1184,12 @@ class Controller:
         for record in self.connections.values():
             await self._adopt_traps(record)
         # only what was there before any request was answered can be an orphan
-        removed = await self.kernel.remove_orphans(kept, among=present)
+        try:
+            removed = await self.kernel.remove_orphans(kept, among=present)
+        except KernelError as exc:
+            log.warning("removing orphans of the previous process: %s", exc)
+            removed = (0, 0)
+            self._schedule_resync("orphan removal failed")
         for child in list(self.children.values()):
             await self._hold_child_routes(child)  # kept in the kernel: counted again
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",

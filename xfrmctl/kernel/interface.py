@@ -356,7 +356,7 @@ class KernelIPsec(ABC):
         and our policies nobody holds a reference to: what a previous process left behind.
         With `among` (a snapshot taken before any request was answered) only SAs in it
         can be orphans. Never touches another daemon's state. Returns (SAs, policies)
-        removed."""
+        removed; KernelError when a delete failed (after trying all)."""
         sas = [s.spec.id for s in await self.dump_sas()
                if (s.spec.dst, s.spec.spi, s.spec.proto) not in keep_sas
                and (among is None or (s.spec.dst, s.spec.spi, s.spec.proto) in among)]
@@ -364,8 +364,11 @@ class KernelIPsec(ABC):
                     if p.spec.owned() and p.spec.key not in self._policy_refs]
         ops = [Op(OpKind.DELETE_SA, sa) for sa in sas]
         ops += [Op(OpKind.DELETE_POLICY, key) for key in policies]
-        if ops:
-            await self._execute(ops)
+        results = await self._execute(ops) if ops else []
+        errors = [op.error(code, detail) for op, (code, detail) in zip(ops, results, strict=True)
+                  if code and not _already_gone(op, code)]
+        if errors:  # every delete was tried; what failed is left for a resync
+            raise errors[0]
         return len(sas), len(policies)
 
     async def resync(self, keep_sas: set[tuple[IPAddress, int, Proto]],
