@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import logging
@@ -55,12 +56,14 @@ from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.payloads import TrafficSelector
 from xfrmctl.ike.proposals import KEYWORDS, Suite
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
+from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
     ChildInstall,
+    EventsLost,
     Expire,
     IPAddress,
     KernelError,
@@ -111,6 +114,19 @@ STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
 UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
+RESYNC_DELAY = 1.0  # seconds before comparing the kernel with our state after a failure
+RESYNC_MAX = 60.0  # back-off limit while the comparison itself keeps failing
+INSTALL_RETRY = 2.0  # seconds before a failed CHILD_SA install is negotiated again
+INSTALL_RETRY_MAX = 300.0  # back-off limit (doubling per failure of the same child)
+
+
+@dataclass(slots=True)
+class InstallFailure:
+    """A child whose last kernel install failed: why, how often, and the next try."""
+
+    reason: str
+    attempts: int
+    retry_at: float
 
 
 @dataclass(slots=True)
@@ -251,6 +267,17 @@ class Controller:
         # and why it left connections out (name -> why)
         self.load_problems: Callable[[], dict[str, str]] | None = None
         self._reload_lock = asyncio.Lock()
+        # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
+        # by IKE whose removal is queued. `resync` keeps exactly these.
+        self._installed: dict[int, ChildRecord] = {}
+        # kernel work waits for the restore (its orphan removal must not see new SAs)
+        self._restored = asyncio.Event()
+        self.resync_delay = RESYNC_DELAY
+        self._resync_backoff = RESYNC_DELAY
+        self._resync_queued = False
+        self.install_retry = INSTALL_RETRY
+        # (connection, child) -> the last failed install, until one succeeds
+        self.install_failures: dict[tuple[str, str], InstallFailure] = {}
         self.load(conf)
 
     # ----------------------------------------------------------------- configuration
@@ -318,9 +345,13 @@ class Controller:
                        loop.create_task(self._kernel_event_loop(), name="kernel-events"),
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
         if self.state is not None:
-            await self._restore(self.state)
+            try:
+                await self._restore(self.state)
+            finally:
+                self._restored.set()
             self._tasks.append(loop.create_task(self._state_writer(self.state),
                                                 name="state-writer"))
+        self._restored.set()
         for record in self.connections.values():
             await self._ensure_links(record)
             if not self._sas_of(record):
@@ -764,6 +795,7 @@ class Controller:
         self._job_ready.set()
 
     async def _job_loop(self) -> None:
+        await self._restored.wait()
         while True:
             await self._job_ready.wait()
             while self._jobs:
@@ -803,8 +835,9 @@ class Controller:
             self.send(datagram)
         for child, error in results:
             if error is None:
-                child.in_kernel = True
+                self._set_installed(child)
                 self.counters["kernel_installs"] += 1
+                self.install_failures.pop((child.event.connection, child.event.child), None)
             else:
                 self._install_failed(child, error)
         for child in batch:
@@ -812,16 +845,116 @@ class Controller:
                 await self._hold_child_routes(child)
 
     def _install_failed(self, child: ChildRecord, exc: KernelError) -> None:
-        """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone."""
-        log.error("installing CHILD_SA %s failed: %s", child.event.child, exc)
+        """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone, and
+        negotiate it again after a back-off (doubling per failure of the same child)."""
+        event = child.event
+        key = (event.connection, event.child)
+        attempts = self.install_failures[key].attempts + 1 if key in self.install_failures \
+            else 1
+        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2 ** (attempts - 1))
+        reason = kernel_reason(exc)
+        self.install_failures[key] = InstallFailure(reason, attempts, self.clock() + delay)
+        log.error("installing CHILD_SA %s/%s failed (attempt %d, again in %.0f s): %s",
+                  *key, attempts, delay, reason)
+        self._emit("ChildInstallFailed", {"connection": event.connection, "child": event.child,
+                                          "ike_sa": event.ike_sa, "spi_in": event.spi_in,
+                                          "reason": reason, "attempt": attempts,
+                                          "retry_in": delay})
         self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
-        self.children.pop(child.event.spi_in, None)
+        self.children.pop(event.spi_in, None)
         child.state = "FAILED"
-        record = self.connections.get(child.event.connection)
+        record = self.connections.get(event.connection)
         if record is not None:
-            record.child_down[child.event.child] = _ChildDown(
-                DownReason.KERNEL_INSTALL_FAILED, {"message": str(exc)}, self.clock())
-        self._delete_with_peer(child.event, DownReason.KERNEL_INSTALL_FAILED.value)
+            record.child_down[event.child] = _ChildDown(
+                DownReason.KERNEL_INSTALL_FAILED, {"message": reason}, self.clock())
+        self._delete_with_peer(event, DownReason.KERNEL_INSTALL_FAILED.value)
+        asyncio.get_running_loop().call_later(delay, self._retry_install, event)
+        self._schedule_resync("a kernel install failed")  # an undo may have failed too
+
+    def _retry_install(self, failed: ChildSaNegotiated) -> None:
+        """Negotiate a child again whose install failed: rekey its predecessor if that
+        still lives, else create it on its IKE SA unless one of its name is there."""
+        sa = self.manager.get(failed.ike_sa)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
+            return  # the connection's own retry (start action, DPD, close action) rules
+        now, name, old = self.clock(), failed.child, failed.rekey_of
+        if old is None or old not in self.children:
+            if any(c.event.ike_sa == sa.id and c.event.child == name
+                   for c in self.children.values()):
+                return  # a CHILD_SA of that name is up (or coming) again
+            old = None
+        with contextlib.suppress(LocalError, ValueError, KeyError):
+            if old is not None:
+                self.manager.act(sa, lambda s: s.rekey_child(old, now))
+            else:
+                self.manager.act(sa, lambda s: s.create_child(name, now))
+        self._flush()
+
+    def _set_installed(self, child: ChildRecord) -> None:
+        child.in_kernel = True
+        self._installed[child.event.spi_in] = child
+
+    def _schedule_resync(self, why: str, delay: float | None = None) -> None:
+        """Compare the kernel with what we believe in, soon (one pending at a time)."""
+        if self._resync_queued:
+            return
+        self._resync_queued = True
+        wait = self.resync_delay if delay is None else delay
+        log.info("resynchronising with the kernel in %.1f s: %s", wait, why)
+        asyncio.get_running_loop().call_later(
+            wait, self._queue_job, functools.partial(self._resync, why))
+
+    async def _resync(self, why: str) -> None:
+        """Make the kernel hold exactly our CHILD_SAs, lingering SAs and traps; replace
+        CHILD_SAs whose SAs vanished (a hard expire whose event was lost) and rekey those
+        whose soft expire passed unnoticed. On failure, again with back-off."""
+        self._resync_queued = False
+        keep: set[tuple[IPAddress, int, Proto]] = {(sa.dst, sa.spi, sa.proto)
+                                                   for sa in self._lingering}
+        policies: list[PolicySpec] = []
+        for record in self.connections.values():
+            policies += record.traps
+        for child in self._installed.values():
+            keep.add(_key(child.install.inbound))
+            if not child.outbound_pending:
+                keep.add(_key(child.install.outbound))
+            policies += child.install.policies
+        try:
+            result = await self.kernel.resync(keep, policies)
+        except KernelError as exc:
+            self._resync_backoff = min(RESYNC_MAX, self._resync_backoff * 2)
+            log.warning("resynchronising with the kernel failed: %s", exc)
+            self._schedule_resync(why, self._resync_backoff)
+            return
+        self._resync_backoff = self.resync_delay
+        log.info("resynchronised with the kernel (%s): removed %d SAs, %d policies; "
+                 "restored %d policies; %d SAs missing", why, result.sas_removed,
+                 result.policies_removed, result.policies_restored, len(result.missing_sas))
+        now = self.clock()
+        for child in list(self._installed.values()):
+            sas = {_key(child.install.inbound)}
+            if not child.outbound_pending:
+                sas.add(_key(child.install.outbound))
+            if sas & result.missing_sas:
+                await self._lost_from_kernel(child, now)
+            elif child.event.spi_in in self.children and child.state == "INSTALLED" and \
+                    0 < child.install.inbound.lifetime.soft_add_expires_seconds <= \
+                    now - child.installed_at:
+                self._on_expire(Expire(child.install.inbound.id, False, child.reqid))
+
+    async def _lost_from_kernel(self, child: ChildRecord, now: float) -> None:
+        """A CHILD_SA whose SA the kernel lost: remove the rest, replace it with the peer."""
+        await self._remove(child)
+        if self.children.pop(child.event.spi_in, None) is None:
+            return  # IKE deleted it already
+        child.state = "DELETED"
+        sa = self.manager.get(child.event.ike_sa)
+        if sa is not None and sa.state is IkeState.ESTABLISHED:
+            record = self.connections.get(child.event.connection)
+            configured = record is not None and child.event.child in record.conf.children
+            with contextlib.suppress(LocalError, ValueError, KeyError):
+                self._replace_lost_child(sa, child.event, configured, now)
+            self._flush()
 
     async def _remove(self, child: ChildRecord, linger: bool = False) -> None:
         """Take a CHILD_SA out of the kernel; with `linger` its inbound SA stays for
@@ -829,12 +962,14 @@ class Controller:
         if not child.in_kernel:
             return
         child.in_kernel = False
+        self._installed.pop(child.event.spi_in, None)
         linger = linger and self.conf.delete_rekeyed_delay > 0
         try:
             await self.kernel.remove_child(child.install, inbound=not linger,
                                            outbound=not child.outbound_pending)
         except KernelError as exc:
             log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
+            self._schedule_resync(f"removing CHILD_SA {child.event.child} failed")
         if linger:
             self._linger(child.install.inbound.id, child.event.connection)
         if self.routes is not None:
@@ -853,8 +988,11 @@ class Controller:
         self._lingering_of.pop(sa, None)
         if (handle := self._lingering.pop(sa, None)) is not None:
             handle.cancel()
-            with contextlib.suppress(KernelError):  # expired in the kernel meanwhile
-                await self.kernel.delete_sa(sa)
+            try:
+                await self.kernel.delete_sa(sa)  # ESRCH (expired meanwhile) passes
+            except KernelError as exc:
+                log.warning("deleting rekeyed SA %s: %s", sa, exc)
+                self._schedule_resync("deleting a rekeyed SA failed")
 
     async def _hold_child_routes(self, child: ChildRecord) -> None:
         event = child.event
@@ -998,7 +1136,11 @@ class Controller:
                 log.exception("kernel event %s", event)
 
     def _on_kernel_event(self, event: KernelEvent) -> None:
-        if isinstance(event, Expire):
+        if isinstance(event, EventsLost):  # the monitor socket overran (ENOBUFS)
+            log.warning("kernel events were lost (%s): resynchronising with the kernel",
+                        errno.errorcode.get(event.errno, event.errno))
+            self._schedule_resync("kernel events lost", 0.0)
+        elif isinstance(event, Expire):
             self._on_expire(event)
         elif isinstance(event, Acquire):
             self._on_acquire(event)
@@ -1416,7 +1558,13 @@ class Controller:
             kept |= self._restore_ike_sa(saved, present)
         for record in self.connections.values():
             await self._adopt_traps(record)
-        removed = await self.kernel.remove_orphans(kept)
+        # only what was there before any request was answered can be an orphan
+        try:
+            removed = await self.kernel.remove_orphans(kept, among=present)
+        except KernelError as exc:
+            log.warning("removing orphans of the previous process: %s", exc)
+            removed = (0, 0)
+            self._schedule_resync("orphan removal failed")
         for child in list(self.children.values()):
             await self._hold_child_routes(child)  # kept in the kernel: counted again
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
@@ -1454,9 +1602,9 @@ class Controller:
             install = build_child(event, child_conf, self.reqid(event.connection, event.child))
             self.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
-            self.children[event.spi_in] = ChildRecord(event, install, install.inbound.reqid,
-                                                      installed_at, in_kernel=True,
-                                                      conf=child_conf)
+            self._set_installed(ChildRecord(event, install, install.inbound.reqid,
+                                            installed_at, conf=child_conf))
+            self.children[event.spi_in] = self._installed[event.spi_in]
             kept |= ids
         self._set_state(record, ConnectionState.UP, None)
         return kept
@@ -1753,6 +1901,10 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     PeerMoved: Controller._on_peer_moved,
     ReauthDue: Controller._on_reauth_due,
 }
+
+
+def _key(sa: SaSpec) -> tuple[IPAddress, int, Proto]:
+    return sa.dst, sa.spi, sa.proto
 
 
 def _proto(event: ChildSaNegotiated) -> Proto:

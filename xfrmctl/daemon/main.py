@@ -102,8 +102,10 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     source: DbSource | None = None
     try:
         if config_path is None:
-            source = await _database_source(listen)
-            conf = await source.load()
+            opened = await _wait_for_database(listen)
+            if isinstance(opened, int):
+                return opened
+            source, conf = opened
         else:
             conf = cf.load(config_path)
     except (OSError, ValueError, ValidationError) as exc:
@@ -172,6 +174,33 @@ async def _reload(controller: Controller, path: Path | None) -> None:
         return
     changed = await controller.reload(conf)
     log.info("reloaded %s: %s", path, ", ".join(changed) or "nothing changed")
+
+
+async def _wait_for_database(listen: Sequence[str]) -> tuple[DbSource, cf.DaemonConf] | int:
+    """Open the database and read the configuration. A database that is locked,
+    read-only or full is waited for with back-off, saying so (the kernel keeps forwarding
+    the tunnels meanwhile; systemd hears the status, not a failure to restart on); a
+    corrupt one ends the start with EX_CONFIG (the unit does not restart on it)."""
+    from . import dbfaults  # noqa: PLC0415 - database mode only
+
+    wait: float | None = None
+    while True:
+        try:
+            source = await _database_source(listen)
+            return source, await source.load()
+        except Exception as exc:
+            fault = dbfaults.classify_chain(exc)
+            if fault is None or fault.kind == "unreachable":
+                raise
+            if not fault.transient:
+                log.error("configuration from the database: %s", fault.sentence)
+                return dbfaults.EX_CONFIG
+            wait = dbfaults.backoff(wait)
+            log.error("configuration from the database: %s; retrying in %.0f s (the kernel "
+                      "keeps forwarding the tunnels)", fault.sentence, wait)
+            notify_systemd(f"STATUS=waiting for the database: {fault.sentence}\n"
+                           f"EXTEND_TIMEOUT_USEC={int((wait + 60) * 1e6)}")
+            await asyncio.sleep(wait)
 
 
 async def _database_source(listen: Sequence[str]) -> DbSource:

@@ -26,6 +26,7 @@ from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
 
+from . import dbfaults
 from .controller import Controller
 from .ports import ChildSaInfo, IkeSaInfo
 
@@ -45,6 +46,9 @@ class Recorder:
         self._successor: dict[str, str] = {}  # rekeyed IKE_SA id -> its replacement
         self._counters: dict[str, tuple[int, int, int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.paused: dbfaults.DbFault | None = None  # the database fault we wait out
+        self.retry_first = dbfaults.RETRY_FIRST
+        self._last_wait = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -52,7 +56,13 @@ class Recorder:
         """Listen to the controller, drop SA rows it does not know, start the tasks."""
         self.controller.event_listeners.append(self._on_event)
         known = [sa.id for sa in await self.controller.list_ike_sas()]
-        await self.db.run(_keep_only, known)
+        try:
+            await self.db.run(_keep_only, known)
+        except Exception as exc:  # a database fault must not stop the daemon
+            fault = dbfaults.classify(exc)
+            if fault is None:
+                raise
+            log.error("recording: %s; stale SA rows stay until the next start", fault.sentence)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._writer(), name="recorder-writer"),
                        loop.create_task(self._poll_counters(), name="recorder-counters")]
@@ -94,15 +104,36 @@ class Recorder:
                     self._queue.task_done()
 
     async def _write(self, ops: list[Op]) -> None:
-        try:
-            await self.db.run(apply_ops, ops)
-        except Exception:
-            log.exception("recording %d operations failed; retrying one by one", len(ops))
-            for op in ops:  # one bad row must not lose the others
-                try:
-                    await self.db.run(apply_ops, [op])
-                except Exception as exc:
-                    log.error("not recorded: %s: %s", op[0], exc)
+        """One transaction; a database fault (locked, read-only, full, corrupt) is waited
+        out with back-off, keeping the batch (events queue up meanwhile, up to the
+        queue's size); a row the database refuses is dropped alone."""
+        wait: float | None = None
+        while True:
+            try:
+                await self.db.run(apply_ops, ops)
+                break
+            except Exception as exc:
+                fault = dbfaults.classify(exc)
+                if fault is None:
+                    await self._write_one_by_one(ops)
+                    break
+                wait = self.retry_first if wait is None else dbfaults.backoff(wait)
+                if self.paused is None or wait > self._last_wait:
+                    log.error("recording paused: %s; retrying in %.0f s (tunnels and "
+                              "negotiation go on)", fault.sentence, wait)
+                self.paused, self._last_wait = fault, wait
+                await asyncio.sleep(wait)
+        if self.paused is not None:
+            log.warning("recording resumed: the database is writable again")
+            self.paused = None
+
+    async def _write_one_by_one(self, ops: list[Op]) -> None:
+        log.error("recording %d operations failed; retrying one by one", len(ops))
+        for op in ops:  # one bad row must not lose the others
+            try:
+                await self.db.run(apply_ops, [op])
+            except Exception as exc:
+                log.error("not recorded: %s: %s", op[0], exc)
 
     def _ops(self, kind: str, fields: dict[str, object]) -> list[Op]:
         ops: list[Op] = [("event", self._event(kind, fields))]
@@ -163,8 +194,12 @@ class Recorder:
             await asyncio.sleep(self.interval)
             try:
                 await self.record_counters()
-            except Exception:
-                log.exception("recording CHILD_SA counters failed")
+            except Exception as exc:
+                fault = dbfaults.classify(exc)
+                if fault is None:
+                    log.exception("recording CHILD_SA counters failed")
+                else:  # the next round tries again
+                    log.warning("CHILD_SA counters not recorded: %s", fault.sentence)
 
     async def record_counters(self) -> int:
         """Copy the kernel's counters of every CHILD_SA that changed; returns rows hit."""

@@ -167,6 +167,12 @@ async def _probe_in(ns: str) -> Capabilities:
     return Capabilities(netlink, esp, algorithms, xfrmi, vti, sa_dir)
 
 
+def kernel_reason(exc: KernelError) -> str:
+    """A failed kernel write as one sentence: what to do first (a module to load, when
+    that is why), then the kernel's own answer."""
+    return f"{exc.hint} [{exc}]" if exc.hint else str(exc)
+
+
 _cached: list[Capabilities] = []
 
 

@@ -2,8 +2,12 @@
 
 Errnos follow net/xfrm/xfrm_user.c: EEXIST for a duplicate SA or policy, ESRCH for
 a missing SA, ENOENT for a missing policy, ENOSYS for an algorithm name the kernel
-doesn't know, EINVAL for a key of the wrong size. Time only moves with `advance()`;
-traffic only with `account()`; a trap fires with `trigger()`.
+doesn't know, EINVAL for a key of the wrong size, EPROTONOSUPPORT for an SA of a
+protocol the kernel was built without (`missing_protocols`). Time only moves with
+`advance()`; traffic only with `account()`; a trap fires with `trigger()`.
+
+Faults: a `FaultPlan` (seeded, so a failing run can be replayed) makes chosen writes
+fail, anywhere in a batch, and drops events as a monitor socket overrun does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .types import (
     Algorithm,
     Counters,
     Direction,
+    EventsLost,
     Expire,
     IPAddress,
     KernelError,
@@ -55,6 +60,52 @@ KEY_SIZES: dict[str, frozenset[int]] = {
 AEAD_ICV_BITS = frozenset({64, 96, 128})
 
 SaKey = tuple[IPAddress, int, Proto, Mark | None]
+FAULT_ERRNOS = (errno.EEXIST, errno.ESRCH, errno.ENOBUFS, errno.EPERM, errno.ENOMEM)
+
+
+@dataclass
+class FaultPlan:
+    """Which kernel writes fail with which errno, and which events get lost.
+
+    Every write (one operation of a batch, counted from 0 in `writes`) fails with
+    probability `rate` (if its kind is in `kinds`), with an errno drawn from `errnos`;
+    `at` names exact writes and their errno. A failed write changes nothing, except
+    that ESRCH/ENOENT on a delete means the object vanished meanwhile (an expire raced
+    the delete): it is gone and the error is returned. An event is lost with
+    probability `lose_events`; the reader then gets EventsLost(ENOBUFS) in its place,
+    as from an overrun netlink socket. `injected` lists (write, kind, errno)."""
+
+    seed: int = 0
+    rate: float = 0.0
+    errnos: tuple[int, ...] = FAULT_ERRNOS
+    kinds: frozenset[OpKind] = frozenset(OpKind)
+    at: dict[int, int] = field(default_factory=dict)
+    lose_events: float = 0.0
+    writes: int = 0
+    lost_events: int = 0
+    injected: list[tuple[int, OpKind, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def fault(self, op: Op) -> int:
+        """The errno this write fails with, or 0."""
+        n, self.writes = self.writes, self.writes + 1
+        code = self.at.get(n, 0)
+        if not code and op.kind in self.kinds and self._random.random() < self.rate:
+            code = self._random.choice(self.errnos)
+        if code:
+            self.injected.append((n, op.kind, code))
+        return code
+
+    def lose(self) -> bool:
+        lost = self.lose_events > 0 and self._random.random() < self.lose_events
+        self.lost_events += lost
+        return lost
+
+    def stop(self) -> None:
+        """No more faults from now on (the plan's record stays)."""
+        self.rate, self.lose_events, self.at = 0.0, 0.0, {}
 
 
 def _sa_key(sa: SaId) -> SaKey:
@@ -91,8 +142,11 @@ class FakeKernel(KernelIPsec):
     policies: dict[PolicyKey, PolicySpec] = field(default_factory=dict)
     thresholds: SpdThresholds = field(default_factory=SpdThresholds)
     fail_on: set[OpKind] = field(default_factory=set)  # force a failure (tests)
+    faults: FaultPlan | None = None
+    missing_protocols: frozenset[Proto] = frozenset()  # built without ESP (or AH)
     _queue: asyncio.Queue[KernelEvent] = field(default_factory=asyncio.Queue)
     _next_index: int = 8
+    _overrun: bool = False
 
     def __post_init__(self) -> None:
         KernelIPsec.__init__(self)
@@ -105,6 +159,15 @@ class FakeKernel(KernelIPsec):
     def _apply(self, op: Op) -> tuple[int, str]:
         if op.kind in self.fail_on:
             return errno.ENOMEM, "injected failure"
+        code = self.faults.fault(op) if self.faults is not None else 0
+        if code:
+            if (op.kind, code) in {(OpKind.DELETE_SA, errno.ESRCH),
+                                   (OpKind.DELETE_POLICY, errno.ENOENT)}:
+                self._apply_handler(op)  # gone meanwhile
+            return code, "injected failure"
+        return self._apply_handler(op), ""
+
+    def _apply_handler(self, op: Op) -> int:
         handler = {
             OpKind.ADD_SA: self._add_sa,
             OpKind.UPDATE_SA: self._update_sa,
@@ -113,7 +176,7 @@ class FakeKernel(KernelIPsec):
             OpKind.UPDATE_POLICY: self._update_policy,
             OpKind.DELETE_POLICY: self._delete_policy,
         }[op.kind]
-        return handler(op.obj), ""  # type: ignore[operator]
+        return int(handler(op.obj))  # type: ignore[operator]
 
     def _add_sa(self, sa: SaSpec) -> int:
         if _sa_key(sa.id) in self.sas:
@@ -126,7 +189,7 @@ class FakeKernel(KernelIPsec):
         return self._store_sa(sa, "update")
 
     def _store_sa(self, sa: SaSpec, kind: str) -> int:
-        code = _check_sa(sa)
+        code = errno.EPROTONOSUPPORT if sa.proto in self.missing_protocols else _check_sa(sa)
         if code == 0:
             spec = replace(sa, selector=sa.effective_selector())
             old = self.sas.get(_sa_key(sa.id))
@@ -135,14 +198,14 @@ class FakeKernel(KernelIPsec):
                 self.sas[_sa_key(sa.id)] = replace(old, spec=spec)
             else:
                 self.sas[_sa_key(sa.id)] = _Sa(spec, self.now)
-            self._queue.put_nowait(SaNotify(kind, sa.id, sa.reqid))
+            self._notify(SaNotify(kind, sa.id, sa.reqid))
         return code
 
     def _delete_sa(self, sa: SaId) -> int:
         entry = self.sas.pop(_sa_key(sa), None)
         if entry is None:
             return errno.ESRCH
-        self._queue.put_nowait(SaNotify("delete", sa, entry.spec.reqid))
+        self._notify(SaNotify("delete", sa, entry.spec.reqid))
         return 0
 
     def _add_policy(self, p: PolicySpec) -> int:
@@ -157,7 +220,7 @@ class FakeKernel(KernelIPsec):
         old = self.policies.get(p.key)
         index = old.index if old is not None else self._alloc_index(p.direction)
         self.policies[p.key] = replace(p, index=index)
-        self._queue.put_nowait(PolicyNotify(kind, p.key, index))
+        self._notify(PolicyNotify(kind, p.key, index))
         return 0
 
     def _alloc_index(self, direction: Direction) -> int:
@@ -168,7 +231,7 @@ class FakeKernel(KernelIPsec):
         old = self.policies.pop(key, None)
         if old is None:
             return errno.ENOENT
-        self._queue.put_nowait(PolicyNotify("delete", key, old.index))
+        self._notify(PolicyNotify("delete", key, old.index))
         return 0
 
     async def _allocate_spi(
@@ -266,7 +329,10 @@ class FakeKernel(KernelIPsec):
 
     async def events(self) -> AsyncIterator[KernelEvent]:
         while True:
-            yield await self._queue.get()
+            event = await self._queue.get()
+            if isinstance(event, EventsLost):
+                self._overrun = False
+            yield event
 
     async def close(self) -> None:
         pass
@@ -305,7 +371,7 @@ class FakeKernel(KernelIPsec):
         elif e.soft_fired:
             return
         e.soft_fired = True
-        self._queue.put_nowait(Expire(e.spec.id, hard, e.spec.reqid, e.spec.src))
+        self._notify(Expire(e.spec.id, hard, e.spec.reqid, e.spec.src))
 
     def trigger(self, src: IPAddress, dst: IPAddress, proto: int = 0) -> Acquire | None:
         """A packet src -> dst leaves: if an outbound policy with a template matches
@@ -323,7 +389,7 @@ class FakeKernel(KernelIPsec):
                 t.src or src, t.dst or dst, t.proto, t.reqid, sel, p.direction, p.index,
                 if_id=p.if_id,
             )  # fmt: skip
-            self._queue.put_nowait(event)
+            self._notify(event)
             return event
         return None
 
@@ -339,6 +405,14 @@ class FakeKernel(KernelIPsec):
 
     def inject(self, event: KernelEvent) -> None:
         self._queue.put_nowait(event)
+
+    def _notify(self, event: KernelEvent) -> None:
+        """Queue an event for the reader, unless the fault plan loses it (overrun)."""
+        if self.faults is None or not self.faults.lose():
+            self._queue.put_nowait(event)
+        elif not self._overrun:  # one notice per overrun, as the socket gives
+            self._overrun = True
+            self._queue.put_nowait(EventsLost(errno.ENOBUFS))
 
 
 def _advance(r: ReplayState, packets: int, inbound: bool) -> ReplayState:

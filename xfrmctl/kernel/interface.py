@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from .modules import missing_support
 from .types import (
     REQID_MAX,
     REQID_MIN,
@@ -73,7 +74,10 @@ class Op:
         obj = self.obj.id if isinstance(self.obj, SaSpec) else self.obj
         if isinstance(obj, PolicySpec):
             obj = obj.key
-        return KernelError(self.kind.value, obj, code, detail)
+        error = KernelError(self.kind.value, obj, code, detail)
+        if isinstance(self.obj, SaSpec):
+            error.hint = missing_support(self.obj, code)
+        return error
 
 
 @dataclass
@@ -275,8 +279,7 @@ class KernelIPsec(ABC):
             done = [s for s, r in zip(plan, mine, strict=True) if not r[0]]
             undo.extend(s.undo for s in reversed(done) if s.undo is not None)
             out.append(failed[0].op.error(*failed[1]))
-        if undo:
-            await self._execute(undo)
+        await self._undo(undo)
         first = next((e for e in out if e is not None), None)
         if raise_first and first is not None:
             raise first
@@ -346,19 +349,57 @@ class KernelIPsec(ABC):
         for policy in child.policies:
             self.adopt_policy(policy)
 
-    async def remove_orphans(self, keep_sas: set[tuple[IPAddress, int, Proto]]) -> tuple[int, int]:
+    async def remove_orphans(self, keep_sas: set[tuple[IPAddress, int, Proto]],
+                             among: set[tuple[IPAddress, int, Proto]] | None = None
+                             ) -> tuple[int, int]:
         """Delete our SAs (reqid in the owned range) not in `keep_sas` ((dst, spi, proto))
         and our policies nobody holds a reference to: what a previous process left behind.
-        Never touches another daemon's state. Returns (SAs, policies) removed."""
+        With `among` (a snapshot taken before any request was answered) only SAs in it
+        can be orphans. Never touches another daemon's state. Returns (SAs, policies)
+        removed; KernelError when a delete failed (after trying all)."""
         sas = [s.spec.id for s in await self.dump_sas()
-               if (s.spec.dst, s.spec.spi, s.spec.proto) not in keep_sas]
+               if (s.spec.dst, s.spec.spi, s.spec.proto) not in keep_sas
+               and (among is None or (s.spec.dst, s.spec.spi, s.spec.proto) in among)]
         policies = [p.spec.key for p in await self.dump_policies()
                     if p.spec.owned() and p.spec.key not in self._policy_refs]
         ops = [Op(OpKind.DELETE_SA, sa) for sa in sas]
         ops += [Op(OpKind.DELETE_POLICY, key) for key in policies]
-        if ops:
-            await self._execute(ops)
+        results = await self._execute(ops) if ops else []
+        errors = [op.error(code, detail) for op, (code, detail) in zip(ops, results, strict=True)
+                  if code and not _already_gone(op, code)]
+        if errors:  # every delete was tried; what failed is left for a resync
+            raise errors[0]
         return len(sas), len(policies)
+
+    async def resync(self, keep_sas: set[tuple[IPAddress, int, Proto]],
+                     policies: Sequence[PolicySpec]) -> Resync:
+        """Make the kernel hold exactly what the daemon believes in, after events were lost
+        or writes failed: the SAs `keep_sas` ((dst, spi, proto)) and the `policies` (one
+        entry per reference, oldest first: the last of a key is the one installed). Our
+        other SAs and policies are deleted; held policies that are missing or differ are
+        written again. SAs to keep that the kernel lacks are reported, not re-added (their
+        sequence numbers are lost: the caller replaces those CHILD_SAs). A failed write
+        raises KernelError after every other write was tried: call again later."""
+        refs: dict[PolicyKey, list[PolicySpec]] = {}
+        for p in policies:
+            refs.setdefault(p.key, []).append(p)
+        self._policy_refs = refs
+        sas = [s.spec for s in await self.dump_sas() if s.spec.spi]  # spi 0: acquire state
+        present = {(s.dst, s.spi, s.proto) for s in sas}
+        current = {p.spec.key: p.spec for p in await self._dump_policies()}
+        ops = [Op(OpKind.DELETE_SA, s.id) for s in sas if (s.dst, s.spi, s.proto) not in keep_sas]
+        ops += [Op(OpKind.DELETE_POLICY, key) for key, spec in current.items()
+                if spec.owned() and key not in refs]
+        ops += [Op(OpKind.UPDATE_POLICY, held[-1]) for key, held in refs.items()
+                if key not in current or not _same_policy(current[key], held[-1])]
+        results = await self._execute(ops) if ops else []
+        errors = [op.error(code, detail) for op, (code, detail) in zip(ops, results, strict=True)
+                  if code and not _already_gone(op, code)]
+        if errors:
+            raise errors[0]
+        kinds = [op.kind for op in ops]
+        return Resync(kinds.count(OpKind.DELETE_SA), kinds.count(OpKind.DELETE_POLICY),
+                      kinds.count(OpKind.UPDATE_POLICY), frozenset(keep_sas - present))
 
     async def remove_children(self, children: Sequence[ChildInstall], *, inbound: bool = True,
                               outbound: bool = True) -> None:
@@ -438,14 +479,22 @@ class KernelIPsec(ABC):
             return None
         return _Step(Op(OpKind.UPDATE_POLICY, remaining[-1]), None, commit)
 
+    async def _undo(self, ops: list[Op]) -> None:
+        """Roll back a failed batch's writes; a failed undo is tried again (ENOMEM and
+        ENOBUFS pass). What still fails stays until the caller's `resync`."""
+        for _ in range(UNDO_ATTEMPTS):
+            if not ops:
+                return
+            results = await self._execute(ops)
+            ops = [op for op, (code, _) in zip(ops, results, strict=True)
+                   if code and not _already_gone(op, code)]
+
     async def _run(self, steps: list[_Step], all_or_nothing: bool = True) -> None:
         results = await self._execute([s.op for s in steps])
         failures = [(s, r) for s, r in zip(steps, results, strict=True) if r[0]]
         if failures and all_or_nothing:
             done = [s for s, r in zip(steps, results, strict=True) if not r[0]]
-            undo = [s.undo for s in reversed(done) if s.undo is not None]
-            if undo:
-                await self._execute(undo)
+            await self._undo([s.undo for s in reversed(done) if s.undo is not None])
         else:
             for s, r in zip(steps, results, strict=True):
                 if not r[0] or _already_gone(s.op, r[0]):
@@ -455,6 +504,7 @@ class KernelIPsec(ABC):
             raise step.op.error(code, detail)
 
 
+UNDO_ATTEMPTS = 3
 OSEQ_MARGIN = 1024  # sequence numbers skipped when an outbound SA is re-addressed
 
 
@@ -464,6 +514,21 @@ def _advance(replay: ReplayState, by: int) -> ReplayState:
     if not replay.replay_window:  # legacy 32-bit format
         return replace(replay, oseq=min(oseq, 0xFFFFFFFF))
     return replace(replay, oseq=oseq & 0xFFFFFFFF, oseq_hi=oseq >> 32)
+
+
+@dataclass(frozen=True)
+class Resync:
+    """What `KernelIPsec.resync` changed, and which SAs to keep it found missing."""
+
+    sas_removed: int
+    policies_removed: int
+    policies_restored: int
+    missing_sas: frozenset[tuple[IPAddress, int, Proto]]
+
+
+def _same_policy(a: PolicySpec, b: PolicySpec) -> bool:
+    return (a.priority, a.action, [t.reqid for t in a.templates]) == \
+        (b.priority, b.action, [t.reqid for t in b.templates])
 
 
 def _already_gone(op: Op, code: int) -> bool:

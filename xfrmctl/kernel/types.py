@@ -473,6 +473,7 @@ class KernelError(Exception):
         self.op = op
         self.obj = obj
         self.errno = errno
+        self.hint: str | None = None  # what to do, when known (e.g. a module to load)
         name = _errno.errorcode.get(errno, str(errno))
         text = f"{op} {obj}: {name} ({os.strerror(errno)})"
         super().__init__(f"{text}: {detail}" if detail else text)
