@@ -12,7 +12,7 @@ so a file is also an import format for the API. Example (YAML):
         psk_file: /etc/xfrmctl/site-b.psk      # or: psk: "..." (kept out of logs)
         ike_proposals: aes128gcm16-prfsha256-x25519
         start_action: start                      # none | start | trap
-        dpd_delay: 30
+        dpd_delay: 30                            # default 0: off, as strongSwan
         children:
           lan:
             local_ts: [198.51.100.0/24]
@@ -169,12 +169,14 @@ class ConnectionConf(_Strict):
     ca_pem: list[str] = Field(default_factory=list)
     ike_proposals: str | None = None
     start_action: StartAction = StartAction.NONE
-    dpd_delay: int = Field(30, ge=0)
+    # 0 = off, strongSwan's default (and the API's): DPD only where asked for
+    dpd_delay: int = Field(0, ge=0)
     dpd_action: DpdAction = DpdAction.CLEAR
     close_action: CloseAction = CloseAction.NONE  # when the peer deletes the IKE SA
     rekey_time: int = Field(14400, ge=0)
     fragmentation: bool = True
     encap: bool = False
+    mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
     children: dict[str, ChildConf] = Field(default_factory=dict)
@@ -197,6 +199,20 @@ class ConnectionConf(_Strict):
         for text in value:
             if text != "%any":
                 ipaddress.ip_network(text, strict=False)
+        return value
+
+    @field_validator("mobike")
+    @classmethod
+    def _mobike(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("MOBIKE is not supported yet: set mobike to false")
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_network(value, strict=False)  # ValueError naming the prefix
         return value
 
     @model_validator(mode="after")

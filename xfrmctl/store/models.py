@@ -88,6 +88,12 @@ class DpdAction(enum.StrEnum):
     TRAP = "trap"
 
 
+class CloseAction(enum.StrEnum):
+    NONE = "none"
+    START = "start"
+    TRAP = "trap"
+
+
 class Fragmentation(enum.StrEnum):
     YES = "yes"
     NO = "no"
@@ -197,7 +203,7 @@ class Connection(Timestamps, Base):
     ike_proposals: Mapped[str] = mapped_column(Text, default=DEFAULT_IKE_PROPOSALS)
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
-    dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off
+    dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off (strongSwan)
     dpd_action: Mapped[DpdAction] = mapped_column(_enum(DpdAction), default=DpdAction.CLEAR)
     rekey_time: Mapped[int] = mapped_column(Integer, default=14400)
     reauth_time: Mapped[int] = mapped_column(Integer, default=0)
@@ -205,7 +211,14 @@ class Connection(Timestamps, Base):
     fragmentation: Mapped[Fragmentation] = mapped_column(
         _enum(Fragmentation), default=Fragmentation.YES)
     encap: Mapped[bool] = mapped_column(Boolean, default=False)  # force UDP encapsulation
-    mobike: Mapped[bool] = mapped_column(Boolean, default=True)
+    mobike: Mapped[bool] = mapped_column(Boolean, default=False)  # refused as on (no MOBIKE)
+    close_action: Mapped[CloseAction] = mapped_column(
+        _enum(CloseAction), default=CloseAction.NONE)  # when the peer deletes the IKE_SA
+    pool: Mapped[str | None] = mapped_column(String(64))  # remote access: virtual IP prefix
+    request_virtual_ip: Mapped[bool] = mapped_column(Boolean, default=False)
+    # None: created through the API/CLI; "file:<path>": applied from that configuration
+    # file, which alone changes it (the API refuses writes until it is taken over).
+    managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
 
 
 class Child(Timestamps, Base):
