@@ -447,11 +447,21 @@ def load_file(path: Path) -> cf.DaemonConf:
         try:
             cf.ike_config(name, conn)
         except OSError as exc:
-            raise FileRefused(f"{path}: connection {name}: cannot read "
-                              f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+            raise FileRefused(f"{path}: connection {name}: {_file_field(conn, exc)}: "
+                              f"cannot read {exc.filename or ''}: {exc.strerror or exc}"
+                              ) from exc
         except (ValueError, TypeError) as exc:
             raise FileRefused(f"{path}: connection {name}: {exc}") from exc
     return conf
+
+
+def _file_field(conn: cf.ConnectionConf, exc: OSError) -> str:
+    """Which field named the file that could not be read."""
+    for name, value in (("psk_file", conn.psk_file), ("certificate", conn.certificate),
+                        ("private_key", conn.private_key)):
+        if value is not None and str(value) == str(exc.filename):
+            return name
+    return "ca"
 
 
 def apply_file(db: Database, box: SecretBox, path: Path) -> tuple[cf.DaemonConf, Applied]:
