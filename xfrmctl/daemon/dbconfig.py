@@ -29,7 +29,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from cryptography import x509
 from pydantic import ValidationError
-from sqlalchemy import make_url, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -481,6 +481,12 @@ def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
     """Validate a daemon file and create its connections in one transaction."""
     conf = load_file(path)
     return db.call(import_conf, box, conf, actor=f"import:{path.name}")
+
+
+def last_change(session: Session) -> int | None:
+    """The newest audit record's id: it moves whenever the configuration is written."""
+    return session.scalar(select(func.max(m.Event.id))
+                          .where(m.Event.kind == m.EventKind.AUDIT))
 
 
 def take_over(session: Session, ident: int, *, actor: str) -> m.Connection:

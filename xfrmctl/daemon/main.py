@@ -111,6 +111,9 @@ async def _open_kernel(kind: str) -> tuple[KernelIPsec, KernelLinks | None]:
 
 
 MEMORY = "memory"
+# How often the daemon looks for configuration written by another process (`db import`,
+# another gateway's API on a shared PostgreSQL): one indexed query on the audit log.
+WATCH_INTERVAL = 2.0
 
 
 async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
@@ -168,10 +171,14 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         server_task = asyncio.gather(*(s._serve() for s in servers))
     await controller.start()
     await recorder.start()
+    watcher = loop.create_task(_watch_database(controller, source), name="db-watch")
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")
     log.info("stopping")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await controller.stop(keep_tunnels=False if clear_on_exit else None)
     endpoints.close()
     if server_task is not None:
@@ -234,6 +241,22 @@ async def _reload(controller: Controller, source: DbSource, path: Path | None) -
         log.exception("reload of %s failed", path or "the database")
         return
     log.info("reloaded %s: %s", path or "the database", summary)
+
+
+async def _watch_database(controller: Controller, source: DbSource) -> None:
+    """Apply configuration changes other processes write (they leave audit records)."""
+    from .dbconfig import last_change  # noqa: PLC0415
+
+    seen = await source.db.run(last_change)
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        try:
+            latest = await source.db.run(last_change)
+            if latest != seen:
+                seen = latest
+                await controller.config_changed("connection", 0, "updated")
+        except Exception as exc:  # the database may be away for a moment: try again
+            log.warning("checking the database for changes: %s", exc)
 
 
 async def _database_source(listen: Sequence[str]) -> DbSource:
