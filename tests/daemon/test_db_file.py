@@ -92,8 +92,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 @asynccontextmanager
-async def daemon(settings: Settings, config: Path | None,
-                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Daemon]:
+async def daemon(settings: Settings, config: Path | None, monkeypatch: pytest.MonkeyPatch,
+                 listen: tuple[str, ...] = ()) -> AsyncIterator[Daemon]:
     started: asyncio.Future[Controller] = asyncio.get_running_loop().create_future()
     original = Controller.start
 
@@ -103,7 +103,7 @@ async def daemon(settings: Settings, config: Path | None,
 
     monkeypatch.setattr(Controller, "start", start)
     task = asyncio.get_running_loop().create_task(
-        main.run(config, kernel_kind="memory"))
+        main.run(config, kernel_kind="memory", listen=listen))
     await asyncio.wait([started, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
     assert not task.done(), f"the daemon ended with {task.result()}"
     db = Database(settings.database_url)
@@ -345,3 +345,25 @@ def test_same_defaults_in_file_and_api_and_mobike_refused(tmp_path: Path) -> Non
     path.write_text("connections:\n  a:\n    psk: x\n    mobike: true\n")
     with pytest.raises(ValueError, match=r"connections\.a\.mobike"):
         load_file(path)
+
+
+async def test_pool_and_close_action_through_the_api(
+        env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote access (a pool) and close_action were refused in database mode."""
+    async with daemon(env, None, monkeypatch, ("192.0.2.1",)) as d:
+        secret = await d.call("POST", "/secrets", 201, json={
+            "name": "ra", "kind": "psk", "value": PSK})
+        await d.call("POST", "/connections", 201, json={
+            "name": "ra", "secret_id": secret["id"], "pool": "10.3.0.0/28",
+            "close_action": "trap", "local_addrs": ["192.0.2.1"]})
+        record = d.controller.connections["ra"]
+        assert record.ike.pool is not None and record.conf.pool == "10.3.0.0/28"
+        assert record.conf.close_action is cf.CloseAction.TRAP
+        lease = record.ike.pool.acquire("client.example.org")
+        assert str(lease) == "10.3.0.1"
+        r = await d.api.post("/connections", json={
+            "name": "bad", "secret_id": secret["id"], "pool": "10.3.0.1/28"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == "pool"
+        r = await d.api.post("/connections", json={
+            "name": "bad", "secret_id": secret["id"], "mobike": True})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == "mobike"

@@ -24,6 +24,9 @@ from .main import run, setup_logging
               default="netlink", show_default=True,
               help="memory: an in-memory kernel, nothing installed (no root or ESP needed; "
               "for trying the API, CLI and dashboard).")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write IKE/CHILD SAs, counters and protocol events into the database "
+              "(the API's live views and actions work either way).")
 @click.option("--api/--no-api", default=False, show_default=True,
               help="Serve the REST API (unix socket and 127.0.0.1; see XFRMCTL_* settings).")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -34,7 +37,7 @@ from .main import run, setup_logging
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kernel_kind: str,
-           api: bool, state_dir: Path | None, clear_on_exit: bool, log_json: bool,
+           record: bool, api: bool, state_dir: Path | None, clear_on_exit: bool, log_json: bool,
            log_level: str) -> None:
     """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
     if config_path is not None and (use_db or listen):
@@ -43,4 +46,4 @@ def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kern
     setup_logging(log_json, log_level)
     sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
                              clear_on_exit=clear_on_exit, listen=listen,
-                             kernel_kind=kernel_kind)))
+                             kernel_kind=kernel_kind, record=record)))

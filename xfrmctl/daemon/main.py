@@ -118,7 +118,7 @@ WATCH_INTERVAL = 2.0
 
 async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
               clear_on_exit: bool = False, listen: Sequence[str] = (),
-              kernel_kind: str = "netlink") -> int:
+              kernel_kind: str = "netlink", record: bool = True) -> int:
     """The configuration is the database's (settings); `config_path` is applied into it."""
     try:
         source = await _database_source(listen)
@@ -143,9 +143,13 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     controller.config_source = load
     from .recorder import Recorder  # noqa: PLC0415
 
-    recorder = Recorder(controller, source.db)
+    recorder = Recorder(controller, source.db) if record else None
     endpoints = Endpoints(controller.receive)
-    addresses = conf.listen or local_addresses()
+    # pyroute2's synchronous API runs its own event loop: not on this one
+    addresses = conf.listen or await asyncio.to_thread(local_addresses)
+    if not addresses:
+        log.warning("no address to listen on (only loopback here): set `listen` in the "
+                    "file or --listen")
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
     controller.send = endpoints.send
     controller.keepalive = endpoints.send_keepalive
@@ -170,7 +174,8 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
         server_task = asyncio.gather(*(s._serve() for s in servers))
     await controller.start()
-    await recorder.start()
+    if recorder is not None:
+        await recorder.start()
     watcher = loop.create_task(_watch_database(controller, source), name="db-watch")
     notify_systemd("READY=1")
     await stop.wait()
@@ -186,7 +191,8 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
             server.should_exit = True  # a clean shutdown rather than a cancelled one
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 5)
-    await recorder.stop()
+    if recorder is not None:
+        await recorder.stop()
     source.db.dispose()
     if links is not None:
         await links.close()
