@@ -24,13 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from api.main import create_app
-from api.schemas.config import ConnectionCreate
+from api.schemas.config import ChildCreate, ConnectionCreate
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import main
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.dbconfig import FileRefused, apply_file, load_file, read_conf
 from xfrmctl.daemon.ports import ConnectionState
+from xfrmctl.ike.constants import ProtocolId
+from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_proposals
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -338,6 +340,12 @@ def test_same_defaults_in_file_and_api_and_mobike_refused(tmp_path: Path) -> Non
     api_default = ConnectionCreate(name="a").dpd_delay
     assert file_default == api_default == 0  # strongSwan's: off
     assert m.Connection.__table__.c.dpd_delay.default.arg == 0
+    # proposals left out: the same set either way (they were narrower through the API)
+    api_conn = ConnectionCreate(name="a")
+    assert parse_proposals(api_conn.ike_proposals, ProtocolId.IKE) == DEFAULT_IKE
+    api_child = ChildCreate(name="c", local_ts=["192.0.2.0/24"])
+    assert api_child.esp_proposals is not None
+    assert parse_proposals(api_child.esp_proposals, ProtocolId.ESP) == DEFAULT_ESP
     assert ConnectionCreate(name="a").mobike is False
     with pytest.raises(ValueError, match="mobike"):
         ConnectionCreate(name="a", mobike=True)
@@ -367,3 +375,11 @@ async def test_pool_and_close_action_through_the_api(
         r = await d.api.post("/connections", json={
             "name": "bad", "secret_id": secret["id"], "mobike": True})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == "mobike"
+
+
+async def test_daemon_without_listen_starts(env: Settings,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `listen`: the local addresses are read (this crashed: pyroute2's synchronous
+    API on the daemon's running loop, "This event loop is already running")."""
+    async with daemon(env, None, monkeypatch) as d:
+        assert d.controller.connections == {}

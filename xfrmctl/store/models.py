@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -37,8 +39,10 @@ NAMING = {
 }
 
 
-DEFAULT_IKE_PROPOSALS = "aes256gcm16-prfsha384-x25519, aes128-sha256-modp3072"
-DEFAULT_ESP_PROPOSALS = "aes256gcm16, aes128-sha256"
+# The same defaults as a configuration file that leaves proposals out (strongSwan's
+# "default" set: AEAD first, then AES-CBC with HMAC-SHA2; curves, then MODP >= 2048).
+DEFAULT_IKE_PROPOSALS = ", ".join(p.text for p in DEFAULT_IKE)
+DEFAULT_ESP_PROPOSALS = ", ".join(p.text for p in DEFAULT_ESP)
 
 
 def utcnow() -> datetime:
