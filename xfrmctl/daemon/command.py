@@ -41,8 +41,8 @@ def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kern
            log_level: str) -> None:
     """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
     if config_path is not None and (use_db or listen):
-        raise click.UsageError("--db and --listen are for database mode, not with --config "
-                               "(the file has `listen`)")
+        raise click.UsageError("--db and --listen are for a daemon without --config "
+                               "(with a file, its `listen` says where to listen)")
     setup_logging(log_json, log_level)
     sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
                              clear_on_exit=clear_on_exit, listen=listen,

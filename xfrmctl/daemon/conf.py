@@ -27,15 +27,17 @@ packets still on the wire, default 5, as strongSwan's setting of that name).
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
-Two ways to run the daemon:
-- file mode, `xfrmctl daemon --config FILE`: connections come from FILE; SIGHUP reloads it.
-- database mode, `xfrmctl daemon` (no --config): the database named by the settings
-  (XFRMCTL_DATABASE_URL) is the source of truth. Enabled connections, their children and
-  secrets (decrypted with XFRMCTL_SECRET_KEY_FILE) are read into this same model
-  (xfrmctl/daemon/dbconfig.py); REST changes take effect at once, the daemon records
-  IKE/CHILD SAs, counters and protocol events in the database. A file becomes an import
-  format: `xfrmctl db import FILE`. In this mode `id` fields carry the database ids and
-  certificates/keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+How the file relates to the database (xfrmctl/daemon/dbconfig.py): the database
+(XFRMCTL_DATABASE_URL, SQLite by default) is always the daemon's configuration. A file
+given with `xfrmctl daemon --config FILE` is applied into it at start and on SIGHUP, all
+or nothing; its connections are marked `managed_by: file:<path>`, the API refuses writes
+to them (409) until they are taken over, and the file removes only its own connections.
+`xfrmctl db import FILE` creates a file's connections once, managed by the API from then
+on. Read back from the database, `id` fields carry the database ids and certificates and
+keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+
+Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
+true until MOBIKE exists), proposals left out = the core's default set.
 """
 
 from __future__ import annotations
