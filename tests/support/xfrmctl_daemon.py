@@ -32,7 +32,8 @@ from tests.support.process import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
-START_TIMEOUT = 300.0  # seconds: under TCG a cold Python start with our imports is slow
+START_TIMEOUT = 600.0  # seconds: under TCG a cold Python start with our imports is slow
+# (SQLAlchemy too since the database is always the configuration)
 CODE_CACHE = Path("/tmp/xfrmctl-lab-code")
 
 _code_root: Path | None = None
