@@ -217,6 +217,9 @@ class StatusPublic(BaseModel):
     counters: CountersPublic | None
     connections: list[ConnectionStatusPublic]
     unmatched: list[FailurePublic] = []  # newest last
+    # "netlink": the Linux kernel; "memory": the in-memory kernel (--kernel memory),
+    # nothing is installed and no traffic is protected; None: no daemon
+    kernel: str | None = None
 
 
 class ActionResult(BaseModel):

@@ -32,7 +32,8 @@ from tests.support.process import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
-START_TIMEOUT = 300.0  # seconds: under TCG a cold Python start with our imports is slow
+START_TIMEOUT = 600.0  # seconds: under TCG a cold Python start with our imports is slow
+# (SQLAlchemy too since the database is always the configuration)
 CODE_CACHE = Path("/tmp/xfrmctl-lab-code")
 
 _code_root: Path | None = None
@@ -165,7 +166,10 @@ class XfrmctlDaemon:
         self.config_path.write_text(render(self.conf))
         self.config_path.chmod(0o600)
         argv = self.argv()
+        # The daemon's database (the file is applied into it): one per daemon.
         env = {**os.environ, "PYTHONPATH": str(code_root()), "PYTHONUNBUFFERED": "1",
+               "XFRMCTL_DATABASE_URL": f"sqlite:///{self.workdir}/xfrmctl.db",
+               "XFRMCTL_SECRET_KEY_FILE": str(self.workdir / "secret.key"),
                **self.extra_env}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         self._offset, self._events, self._partial = 0, [], b""

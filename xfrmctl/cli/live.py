@@ -119,6 +119,9 @@ def status(state: State) -> None:
         return
     if not data["daemon"]:
         click.echo("daemon: not running (desired state only)")
+    elif data.get("kernel") == "memory":
+        click.echo("kernel: IN MEMORY (--kernel memory): nothing is installed, no traffic "
+                   "is protected")
     rows: list[dict[str, Any]] = []
     for conn in data["connections"]:
         rows.append({**conn, "why": why(conn)})

@@ -266,6 +266,7 @@ class Controller:
         self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
         # and why it left connections out (name -> why)
         self.load_problems: Callable[[], dict[str, str]] | None = None
+        self.kernel_kind = "netlink"  # "memory": the in-memory kernel (said in status)
         self._reload_lock = asyncio.Lock()
         # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
         # by IKE whose removal is queued. `resync` keeps exactly these.
@@ -1750,7 +1751,8 @@ class Controller:
         if self.load_problems is not None:
             not_loaded |= self.load_problems()
         return DaemonStatus(self._wall(self.started_at) or datetime.now(UTC), connections,
-                            counters, __version__, tuple(self.unmatched), not_loaded)
+                            counters, __version__, tuple(self.unmatched), not_loaded,
+                            self.kernel_kind)
 
     def _children_status(self, record: ConnectionRecord,
                          installed: dict[tuple[str, str], list[str]]

@@ -223,6 +223,7 @@ class DaemonStatus:
     unmatched: tuple[FailureInfo, ...] = ()
     # connections the daemon could not load: name -> why (e.g. a missing psk_file)
     not_loaded: dict[str, str] = field(default_factory=dict)
+    kernel: str = "netlink"  # "memory": nothing reaches the Linux kernel (--kernel memory)
 
 
 @dataclass(frozen=True, slots=True)
