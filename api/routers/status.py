@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.ports import ConnectionStatus, DownReason
+from xfrmctl.daemon.ports import ConnectionState, ConnectionStatus, DownReason
 from xfrmctl.store.models import Connection
 
 from ..deps import ReadDep, ServicesDep
@@ -54,7 +54,8 @@ def _merge(cid: int, name: str, enabled: bool, actual: ConnectionStatus | None,
         reason = DownReason.DISABLED if not enabled else DownReason.NOT_LOADED
         detail = {"message": why_not_loaded or "the daemon has not loaded it (yet)"} \
             if enabled else {}
-        return ConnectionStatusPublic(id=cid, name=name, enabled=enabled, state=None,
+        return ConnectionStatusPublic(id=cid, name=name, enabled=enabled,
+                                      state=ConnectionState.DOWN if enabled else None,
                                       reason=reason, detail=detail, ike_sa_ids=[], since=None)
     return ConnectionStatusPublic(
         id=cid, name=name, enabled=enabled, state=actual.state, reason=actual.reason,

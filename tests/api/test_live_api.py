@@ -84,7 +84,7 @@ async def test_status_desired_vs_actual(client: httpx.AsyncClient,
     by_name = {c["name"]: c for c in status["connections"]}
     assert by_name["a"]["state"] == "up"
     assert (by_name["b"]["state"], by_name["b"]["reason"]) == ("down", "AUTHENTICATION_FAILED")
-    assert (by_name["c"]["state"], by_name["c"]["reason"]) == (None, "not loaded")
+    assert (by_name["c"]["state"], by_name["c"]["reason"]) == ("down", "not loaded")
     assert by_name["c"]["detail"]["message"] == "psk_file /etc/xfrmctl/c.psk: No such file"
     assert unloaded == by_name["c"]["id"]
 

