@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,6 +19,8 @@ from xfrmctl.store.db import Database
 from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope, allows
 
+from .throttle import AuthThrottle
+
 
 @dataclass
 class Services:
@@ -28,6 +32,7 @@ class Services:
     bus: EventBus
     controller: Controller | None
     kernel: KernelIPsec | None
+    throttle: AuthThrottle = field(default_factory=AuthThrottle)
 
 
 @dataclass(frozen=True)
@@ -66,18 +71,59 @@ ControllerDep = Annotated[Controller, Depends(get_controller)]
 _bearer = HTTPBearer(auto_error=False, description="API token (`xfrmctl token create`)")
 
 
+class AuthFailed(Exception):
+    """Authentication refused: the HTTP status, detail and headers to answer with."""
+
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail, self.headers = status_code, detail, headers
+
+
+def client_key(scope: Mapping[str, Any]) -> str:
+    """Who is asking, for the back-off: the peer's IP address, or `uid:N` on the unix
+    socket (set from SO_PEERCRED by api.server)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def authenticate(services: Services, client: str, token: str | None) -> Principal:
+    """The principal for `token`, or AuthFailed: 429 while `client` is backing off after
+    failures (its token is not even checked), 401 for a missing or invalid token."""
+    wait = services.throttle.retry_after(client)
+    if wait > 0:
+        raise AuthFailed(status.HTTP_429_TOO_MANY_REQUESTS,
+                         "too many failed authentications from this client; retry later",
+                         {"Retry-After": str(math.ceil(wait))})
+    row = None
+    if token is not None and token.isascii() and token.isprintable() and len(token) <= 512:
+        row = await services.db.run(repo.authenticate, token)
+    if row is None:
+        services.throttle.failed(client)
+        raise AuthFailed(status.HTTP_401_UNAUTHORIZED, "missing or invalid token",
+                         {"WWW-Authenticate": "Bearer"})
+    services.throttle.succeeded(client)
+    return Principal(row.id, row.name, tuple(row.scopes))
+
+
 async def get_principal(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, services: ServicesDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    unauthorized = HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid token",
-                                 headers={"WWW-Authenticate": "Bearer"})
-    if credentials is None or not credentials.credentials.isprintable():
-        raise unauthorized
-    token = await services.db.run(repo.authenticate, credentials.credentials)
-    if token is None:
-        raise unauthorized
-    return Principal(token.id, token.name, tuple(token.scopes))
+    """Set by api.auth.AuthFirst before the body is read; authenticated here only when
+    the app runs without that middleware."""
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal):
+        return principal
+    try:
+        return await authenticate(services, client_key(request.scope),
+                                  bearer_token(request.headers))
+    except AuthFailed as exc:
+        raise HTTPException(exc.status_code, exc.detail, headers=exc.headers) from None
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from xfrmctl.daemon.ports import ActionRejected, UnknownTarget
@@ -35,7 +37,17 @@ async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     return unprocessable(exc.field, str(exc))
 
 
+async def _validation(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 without the `input` of each error: it may be a secret (a PSK, a key,
+    a token, or a whole body holding one, or a misnamed field's value). The field is
+    named by `loc` and the problem by `msg`."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(UnknownTarget, _not_found)
     app.add_exception_handler(Conflict, _conflict)

@@ -17,6 +17,7 @@ from xfrmctl.store.db import Database
 from xfrmctl.store.secrets import SecretBox
 
 from . import errors
+from .auth import AuthFirst
 from .deps import Services
 from .routers import (
     certificates,
@@ -32,6 +33,7 @@ from .routers import (
     system,
     tokens,
 )
+from .throttle import AuthThrottle
 
 API_PREFIX = "/api/v1"
 
@@ -47,6 +49,8 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "unknown id"},
     409: {"model": ErrorPublic, "description": "conflict: name in use, still referenced, "
                                                 "or action not possible now"},
+    429: {"model": ErrorPublic, "description": "this client failed to authenticate too "
+                                                "often: wait Retry-After seconds"},
     503: {"model": ErrorPublic, "description": "the daemon is not running"},
 }
 
@@ -81,9 +85,11 @@ def create_app(settings: Settings, controller: Controller | None = None,
                   description="Linux IPsec control plane: desired state, live SAs, actions.")
     app.state.services = Services(
         settings=settings, db=database, box=SecretBox.from_file(settings.secret_key_file),
-        bus=event_bus, controller=controller, kernel=kernel)
+        bus=event_bus, controller=controller, kernel=kernel,
+        throttle=AuthThrottle(maximum=settings.auth_backoff_max))
+    app.add_middleware(AuthFirst)
     errors.install(app)
     app.include_router(api_router())
-    app.include_router(system.router, responses={401: COMMON_RESPONSES[401],
-                                                  403: COMMON_RESPONSES[403]})
+    app.include_router(system.router, responses={
+        code: COMMON_RESPONSES[code] for code in (401, 403, 429)})
     return app

@@ -6,6 +6,7 @@ exists). Daemon and CLI share this module; the CLI only reads `url`, `token` and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None  # set: clients must present a certificate
     allow_remote: bool = False  # api_host may be a non-loopback address only if set
+    # The unix socket is mode 0660; this group (name or number) may use it besides root.
+    api_socket_group: str | None = None
+    # Failed authentications: per-client exponential back-off (seconds), capped.
+    auth_backoff_max: float = Field(default=30.0, ge=0)
 
     # CLI client side.
     url: str = f"unix://{DEFAULT_SOCKET}"
@@ -90,4 +95,11 @@ class Settings(BaseSettings):
 
 
 def is_loopback(host: str) -> bool:
-    return host in {"127.0.0.1", "::1", "localhost"} or host.startswith("127.")
+    """True only for a loopback IP address (127.0.0.0/8, ::1) or `localhost`; a name
+    such as `127.evil.example` is not resolved and does not count."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

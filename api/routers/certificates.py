@@ -6,10 +6,18 @@ from typing import Any
 
 from cryptography import x509
 from fastapi import APIRouter, status
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xfrmctl.store import repo
-from xfrmctl.store.models import Certificate, CertificateAuthority, Secret, SecretKind
+from xfrmctl.store import pki, repo
+from xfrmctl.store.models import (
+    Certificate,
+    CertificateAuthority,
+    Connection,
+    Secret,
+    SecretKind,
+)
+from xfrmctl.store.secrets import SecretBox
 
 from .. import crud
 from ..deps import AdminDep, IdPath, PagingDep, ReadDep, ServicesDep
@@ -29,10 +37,8 @@ router = APIRouter(prefix="/certificates", tags=["certificates"])
 
 
 def parse_pem(pem: str) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(pem.encode())
-    except ValueError as exc:
-        raise repo.InvalidField("pem", f"not a PEM X.509 certificate: {exc}") from None
+    """The first certificate (the schema's CertificatePem checked that all parse)."""
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def _ca_fields(pem: str | None) -> dict[str, Any]:
@@ -58,13 +64,25 @@ def _cert_fields(pem: str | None) -> dict[str, Any]:
             "not_before": cert.not_valid_before_utc, "not_after": cert.not_valid_after_utc}
 
 
-def check_certificate(session: Session, v: dict[str, Any]) -> None:
-    secret_id = v.get("key_secret_id")
-    if secret_id is None:
-        return
-    secret = session.get(Secret, secret_id)
-    if secret is not None and secret.kind != SecretKind.PRIVATE_KEY:
-        raise repo.InvalidField("key_secret_id", "key_secret_id must name a private_key secret")
+def certificate_check(box: SecretBox) -> crud.Check:
+    """The key secret, if given, is a private key matching the certificate."""
+
+    def check(session: Session, v: dict[str, Any]) -> None:
+        secret_id = v.get("key_secret_id")
+        secret = session.get(Secret, secret_id) if secret_id is not None else None
+        if secret is not None and secret.kind != SecretKind.PRIVATE_KEY:
+            raise repo.InvalidField("key_secret_id",
+                                    "key_secret_id must name a private_key secret")
+        users = [] if v.get("id") is None else list(session.scalars(
+            select(Secret).join(Connection, Connection.secret_id == Secret.id)
+            .where(Connection.certificate_id == v["id"])))
+        for key_secret in [s for s in (secret, *users) if s is not None]:
+            key = pki.load_private_key(box.decrypt(key_secret.name, key_secret.ciphertext))
+            if not pki.key_matches(key, v["pem"]):
+                raise repo.InvalidField(
+                    "key_secret_id" if key_secret is secret else "pem",
+                    f"private key {key_secret.name!r} does not match this certificate")
+    return check
 
 
 @ca_router.get("", response_model=CasPublic)
@@ -111,7 +129,7 @@ async def create_certificate(services: ServicesDep, who: AdminDep, body: Certifi
                              ) -> Certificate:
     values = {**body.model_dump(exclude={"pem"}), **_cert_fields(body.pem)}
     return await crud.create(services, who, Certificate, "certificate", values,
-                             check_certificate)
+                             certificate_check(services.box))
 
 
 @router.get("/{certificate_id}", response_model=CertificatePublic)
@@ -126,7 +144,7 @@ async def update_certificate(services: ServicesDep, who: AdminDep, certificate_i
     patch = body.model_dump(exclude_unset=True)
     values = {**patch, **_cert_fields(patch.get("pem"))}
     return await crud.update(services, who, Certificate, "certificate", certificate_id, values,
-                             check_certificate)
+                             certificate_check(services.box))
 
 
 @router.delete("/{certificate_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -17,8 +17,17 @@ from sqlalchemy.orm import Session
 
 from xfrmctl.daemon.dbconfig import take_over
 from xfrmctl.daemon.ports import Target
-from xfrmctl.store import repo
-from xfrmctl.store.models import AuthMethod, Connection, EventKind, Secret, SecretKind
+from xfrmctl.store import pki, repo
+from xfrmctl.store.models import (
+    AuthMethod,
+    Certificate,
+    Connection,
+    EventKind,
+    Secret,
+    SecretKind,
+    StartAction,
+)
+from xfrmctl.store.secrets import SecretBox
 
 from .. import crud
 from ..deps import (
@@ -75,23 +84,55 @@ def writable_connection(session: Session, ref: str) -> Connection:
     return row
 
 
-def check_connection(session: Session, values: dict[str, Any]) -> None:
-    """The secret must fit the auth method: a PSK for psk, a private key for pubkey.
-    A file-managed connection is not changed here (409)."""
-    if values.get("managed_by"):
-        refuse_if_file_managed(find_connection(session, str(values["id"])))
-    if values.get("pool") == "dynamic":
-        raise repo.InvalidField("pool", "pool is a prefix (e.g. 10.3.0.0/24), not dynamic")
-    secret_id = values.get("secret_id")
+def connection_check(box: SecretBox) -> crud.Check:
+    """Refuse a connection the daemon could not load, naming the field: the secret must
+    fit the auth method (a PSK for psk; for pubkey a certificate, its private key and a
+    CA, the key matching the certificate), and start/trap needs remote addresses."""
+
+    def check(session: Session, values: dict[str, Any]) -> None:
+        if values.get("managed_by"):  # a file's connection is not changed here (409)
+            refuse_if_file_managed(find_connection(session, str(values["id"])))
+        if values.get("pool") == "dynamic":
+            raise repo.InvalidField("pool", "pool is a prefix (e.g. 10.3.0.0/24), not dynamic")
+        if values.get("auth") == AuthMethod.PUBKEY:
+            _check_pubkey(session, box, values)
+        else:
+            _secret(session, values.get("secret_id"), SecretKind.PSK, "psk")
+        if values.get("start_action", StartAction.NONE) != StartAction.NONE \
+                and not values.get("remote_addrs"):
+            raise repo.InvalidField("remote_addrs", f"start_action {values['start_action']} "
+                                    "needs the peer's address in remote_addrs")
+    return check
+
+
+def _secret(session: Session, secret_id: int | None, kind: SecretKind, auth: str,
+            field: str = "secret_id") -> Secret:
     if secret_id is None:
-        return
+        raise repo.InvalidField(field, f"auth {auth} needs a {kind} secret: create one "
+                                "(POST /secrets) and give its id")
     secret = session.get(Secret, secret_id)
     if secret is None:
-        raise repo.InvalidField("secret_id", f"secrets {secret_id} does not exist")
-    wanted = SecretKind.PSK if values.get("auth") == AuthMethod.PSK else SecretKind.PRIVATE_KEY
-    if secret.kind != wanted:
-        raise repo.InvalidField(
-            "secret_id", f"auth {values.get('auth')} needs a {wanted} secret, not {secret.kind}")
+        raise repo.InvalidField(field, f"secrets {secret_id} does not exist")
+    if secret.kind != kind:
+        raise repo.InvalidField(field, f"auth {auth} needs a {kind} secret, not {secret.kind}")
+    return secret
+
+
+def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any]) -> None:
+    cert_id = values.get("certificate_id")
+    cert = session.get(Certificate, cert_id) if cert_id is not None else None
+    if cert is None:
+        raise repo.InvalidField("certificate_id", "auth pubkey needs the local certificate "
+                                "(POST /certificates) in certificate_id")
+    key_id = values.get("secret_id") or cert.key_secret_id
+    secret = _secret(session, key_id, SecretKind.PRIVATE_KEY, "pubkey")
+    key = pki.load_private_key(box.decrypt(secret.name, secret.ciphertext))
+    if not pki.key_matches(key, cert.pem):
+        raise repo.InvalidField("secret_id", f"private key {secret.name!r} does not match "
+                                f"certificate {cert.name!r}")
+    if (values.get("ca_id") or cert.ca_id) is None:
+        raise repo.InvalidField("ca_id", "auth pubkey needs a CA to verify the peer: set "
+                                "ca_id (POST /cas)")
 
 
 @router.get("", response_model=ConnectionsPublic)
@@ -106,7 +147,7 @@ async def list_connections(services: ServicesDep, _: ReadDep, paging: PagingDep,
 async def create_connection(services: ServicesDep, who: AdminDep,
                             body: ConnectionCreate) -> Connection:
     return await crud.create(services, who, Connection, "connection", body.model_dump(),
-                             check_connection)
+                             connection_check(services.box))
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic)
@@ -120,7 +161,8 @@ async def update_connection(services: ServicesDep, who: AdminDep, connection_id:
                             body: ConnectionUpdate) -> Connection:
     row = await services.db.run(writable_connection, connection_id)
     return await crud.update(services, who, Connection, "connection", row.id,
-                             body.model_dump(exclude_unset=True), check_connection)
+                             body.model_dump(exclude_unset=True),
+                             connection_check(services.box))
 
 
 @router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from xfrmctl.store import repo
 from xfrmctl.store.models import EventKind
 
 from ..deps import IdQuery, PagingDep, ReadDep, Services, ServicesDep
+from ..schemas.common import INT32
 from ..schemas.events import EventPublic, EventsPublic
 
 router = APIRouter(prefix="/events", tags=["events"])
 KEEPALIVE_SECONDS = 15.0
+_EVENT_ID = re.compile(r"[0-9]{1,10}")
 TypeFilter = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -26,7 +30,9 @@ async def list_events(services: ServicesDep, _: ReadDep, paging: PagingDep,
                       kind: EventKind | None = None, type: TypeFilter = None,
                       connection_id: IdQuery = None, since: datetime | None = None
                       ) -> EventsPublic:
-    """Newest first."""
+    """Newest first. `since` without a time zone is taken as UTC."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
     rows, count = await services.db.run(
         repo.list_events, offset=paging.offset, limit=paging.limit, kind=kind, type_=type,
         connection_id=connection_id, since=since)
@@ -45,8 +51,8 @@ async def stream_events(
     """`text/event-stream` of events as they happen. With `after_id` (or the
     `Last-Event-ID` header on reconnect) the missed events are replayed first.
     `max_events` ends the stream after that many events."""
-    if after_id is None and last_event_id is not None and last_event_id.isdigit():
-        after_id = int(last_event_id)
+    if after_id is None and last_event_id is not None:
+        after_id = _event_id(last_event_id)
 
     def wanted(event: dict[str, Any]) -> bool:
         return ((kind is None or event["kind"] == kind)
@@ -56,6 +62,15 @@ async def stream_events(
     frames = _frames(services, after_id, wanted, max_events)
     return StreamingResponse(frames, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event_id(header: str) -> int:
+    """The Last-Event-ID header: an event id as sent in `id:` (ASCII digits, in range)."""
+    if not _EVENT_ID.fullmatch(header) or int(header) > INT32:
+        raise RequestValidationError([{
+            "loc": ("header", "last-event-id"), "type": "value_error",
+            "msg": f"Last-Event-ID must be an event id from 0 to {INT32}"}])
+    return int(header)
 
 
 def _frame(event: dict[str, Any]) -> str:

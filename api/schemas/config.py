@@ -9,8 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
+from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.store.models import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
@@ -29,19 +38,23 @@ from .common import (
     U32,
     AddressList,
     AhProposals,
+    CertificatePem,
     Count64,
     EspProposals,
     Id,
     Identity,
     IkeProposals,
     InterfaceAddress,
+    InterfaceName,
     Name,
     Page,
     Port,
     Prefix,
     PrefixList,
+    ProposalText,
     Seconds,
     Text,
+    check_proposals,
 )
 
 _FORBID = ConfigDict(extra="forbid")
@@ -182,7 +195,7 @@ class ChildBase(BaseModel):
     ah_proposals: AhProposals | None = None
     interface_kind: InterfaceKind | None = Field(
         None, description="set for route-based (xfrmi or vti); null for policy-based")
-    interface_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    interface_name: InterfaceName | None = None
     if_id: IfId = None
     interface_addresses: list[InterfaceAddress] = Field(default_factory=list, max_length=16)
     routes: PrefixList = []
@@ -216,7 +229,7 @@ class ChildUpdate(BaseModel):
     esp_proposals: EspProposals | None = None
     ah_proposals: AhProposals | None = None
     interface_kind: InterfaceKind | None = None
-    interface_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    interface_name: InterfaceName | None = None
     if_id: IfId = None
     interface_addresses: list[InterfaceAddress] | None = Field(None, max_length=16)
     routes: PrefixList | None = None
@@ -252,19 +265,24 @@ class ProposalBase(BaseModel):
     model_config = _FORBID
     name: Name
     protocol: ProposalProtocol
-    text: str = Field(min_length=1, max_length=1000,
-                      examples=["aes128gcm16-prfsha256-x25519"])
+    text: ProposalText = Field(examples=["aes128gcm16-prfsha256-x25519"])
 
 
 class ProposalCreate(ProposalBase):
-    pass
+    @field_validator("text")
+    @classmethod
+    def _parses(cls, text: str, info: ValidationInfo) -> str:
+        protocol = info.data.get("protocol")
+        if protocol is not None:
+            check_proposals(text, ProtocolId[protocol.name])
+        return text
 
 
 class ProposalUpdate(BaseModel):
     model_config = _FORBID
     name: Name | None = None
     protocol: ProposalProtocol | None = None
-    text: str | None = Field(None, min_length=1, max_length=1000)
+    text: ProposalText | None = None
 
 
 class ProposalPublic(ProposalBase, PublicBase):
@@ -303,7 +321,7 @@ class SecretsPublic(Page[SecretPublic]):
 
 # --- CAs and certificates ------------------------------------------------------------
 
-Pem = Field(min_length=1, max_length=65536, description="PEM-encoded X.509 certificate")
+Pem = Field(description="PEM-encoded X.509 certificate")
 
 
 class CaBase(BaseModel):
@@ -312,13 +330,13 @@ class CaBase(BaseModel):
 
 
 class CaCreate(CaBase):
-    pem: str = Pem
+    pem: CertificatePem = Pem
 
 
 class CaUpdate(BaseModel):
     model_config = _FORBID
     name: Name | None = None
-    pem: str | None = Field(None, min_length=1, max_length=65536)
+    pem: CertificatePem | None = None
 
 
 class CaPublic(CaBase, PublicBase):
@@ -340,7 +358,7 @@ class CertificateBase(BaseModel):
 
 
 class CertificateCreate(CertificateBase):
-    pem: str = Pem
+    pem: CertificatePem = Pem
 
 
 class CertificateUpdate(BaseModel):
@@ -348,7 +366,7 @@ class CertificateUpdate(BaseModel):
     name: Name | None = None
     ca_id: Id | None = None
     key_secret_id: Id | None = None
-    pem: str | None = Field(None, min_length=1, max_length=65536)
+    pem: CertificatePem | None = None
 
 
 class CertificatePublic(CertificateBase, PublicBase):

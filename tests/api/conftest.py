@@ -66,3 +66,11 @@ async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c
+
+
+async def psk_secret(client: httpx.AsyncClient, name: str = "gw-psk") -> int:
+    """A PSK secret (a psk connection needs one); returns its id."""
+    r = await client.post("/secrets", json={"name": name, "kind": "psk",
+                                            "value": "documentation-only-psk"})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from tests.api.conftest import psk_secret
 from tests.api.fakes import FakeController
 
 CONN = {"name": "gw2", "local_addrs": ["192.0.2.1"], "remote_addrs": ["198.51.100.1"],
-        "local_id": "gw1.example", "remote_id": "gw2.example"}
+        "local_id": "gw1.example", "remote_id": "gw2.example", "secret_id": 1}
+
+
+@pytest.fixture(autouse=True)
+async def _psk(client: httpx.AsyncClient) -> None:
+    assert await psk_secret(client) == CONN["secret_id"]
 
 
 def fields(response: httpx.Response) -> set[str]:
@@ -103,7 +110,8 @@ async def test_changes_reach_the_daemon(client: httpx.AsyncClient,
     conn = (await client.post("/connections", json=CONN)).json()
     await client.patch(f"/connections/{conn['id']}", json={"dpd_delay": 30})
     await client.delete(f"/connections/{conn['id']}")
-    assert controller.changes == [("connection", conn["id"], "created"),
+    assert controller.changes == [("secret", CONN["secret_id"], "created"),
+                                  ("connection", conn["id"], "created"),
                                   ("connection", conn["id"], "updated"),
                                   ("connection", conn["id"], "deleted")]
 

@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from api.main import create_app
-from tests.api.conftest import make_token
+from tests.api.conftest import make_token, psk_secret
 from tests.api.fakes import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
@@ -22,7 +22,8 @@ from xfrmctl.store.tokens import Scope
 
 
 async def _conn(client: httpx.AsyncClient, name: str = "gw2") -> int:
-    r = await client.post("/connections", json={"name": name})
+    secret_id = await psk_secret(client, f"{name}-psk")
+    r = await client.post("/connections", json={"name": name, "secret_id": secret_id})
     assert r.status_code == 201
     return int(r.json()["id"])
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.api.conftest import make_token
+from tests.api.conftest import make_token, psk_secret
+from tests.api.pki import pubkey_objects
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -47,20 +48,26 @@ async def test_secret_is_write_only(client: httpx.AsyncClient, db: Database,
 
 
 async def test_secret_kind_must_fit_auth(client: httpx.AsyncClient) -> None:
-    key = (await client.post("/secrets", json={"name": "k", "kind": "private_key",
-                                               "value": "-----BEGIN PRIVATE KEY-----"})).json()
+    pki = await pubkey_objects(client)
+    psk = await psk_secret(client)
     r = await client.post("/connections", json={"name": "c", "auth": "psk",
-                                                "secret_id": key["id"]})
+                                                "secret_id": pki["key"]})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "secret_id"]
-    r = await client.post("/connections", json={"name": "c", "auth": "pubkey",
-                                                "secret_id": key["id"]})
-    assert r.status_code == 201
-    assert (await client.delete(f"/secrets/{key['id']}")).status_code == 409
+    r = await client.post("/connections", json={
+        "name": "c", "auth": "pubkey", "secret_id": psk, "certificate_id": pki["cert"],
+        "ca_id": pki["ca"]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "secret_id"]
+    r = await client.post("/connections", json={
+        "name": "c", "auth": "pubkey", "secret_id": pki["key"],
+        "certificate_id": pki["cert"], "ca_id": pki["ca"]})
+    assert r.status_code == 201, r.text
+    assert (await client.delete(f"/secrets/{pki['key']}")).status_code == 409
 
 
 async def test_scopes(client: httpx.AsyncClient, anon: httpx.AsyncClient,
                       tokens: dict[Scope, str]) -> None:
-    conn = (await client.post("/connections", json={"name": "c"})).json()
+    conn = (await client.post("/connections", json={
+        "name": "c", "secret_id": await psk_secret(client)})).json()
 
     def auth(scope: Scope) -> dict[str, str]:
         return {"authorization": f"Bearer {tokens[scope]}"}

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.cli.conftest import Server
 from xfrmctl.daemon.ports import Target
 from xfrmctl.store.migrate import current_tables
@@ -63,7 +65,7 @@ def test_sa_views(server: Server) -> None:
 
 
 def test_status_over_unix_socket(server: Server) -> None:
-    server.json("conn", "add", "a")
+    server.json("conn", "add", "a", "--psk-stdin", stdin=PSK + "\n")
     result = server.run("status", url=server.socket_url)
     assert result.returncode == 0, result.stderr
     assert "not loaded: the daemon has not loaded it (yet)" in result.stdout
@@ -76,13 +78,17 @@ def test_exit_codes(server: Server) -> None:
     assert denied.returncode == 4 and "admin" in denied.stderr
     bad = server.run("conn", "add", "x", "--remote-addr", "not/an address")
     assert bad.returncode == 7 and "remote_addrs" in bad.stderr
-    assert server.run("conn", "add", "dup").returncode == 0
-    assert server.run("conn", "add", "dup").returncode == 6
+    assert server.run("conn", "add", "dup", "--psk-stdin", stdin=PSK + "\n").returncode == 0
+    assert server.run("conn", "add", "dup", "--psk-stdin", stdin=PSK + "\n").returncode == 6
     assert server.run("status", url="http://127.0.0.1:9").returncode == 3
     assert server.run("conn", "add").returncode == 2  # usage
 
 
 def test_events_follow(server: Server) -> None:
+    secret = httpx.post(f"{server.url}/api/v1/secrets", json={
+        "name": "c1-psk", "kind": "psk", "value": PSK},
+        headers={"authorization": f"Bearer {server.tokens[Scope.ADMIN]}"})
+    assert secret.status_code == 201  # a psk connection needs its secret first
     env = {**server.env, "XFRMCTL_URL": server.url, "XFRMCTL_TOKEN": server.tokens[Scope.READ]}
     follower = subprocess.Popen(
         [sys.executable, "-m", "xfrmctl.cli", "events", "--follow", "--count", "2", "--json",
@@ -94,7 +100,7 @@ def test_events_follow(server: Server) -> None:
         while "stream" not in server.run("events").stdout and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)
-        server.run("conn", "add", "c1")
+        server.run("conn", "add", "c1", "--secret", "c1-psk")
         server.run("conn", "edit", "c1", "--dpd-delay", "10")
         out, err = follower.communicate(timeout=20)
     finally:

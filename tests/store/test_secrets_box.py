@@ -14,6 +14,7 @@ def test_key_file_created_0400_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "secret.key"
     key = load_or_create_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert len(key) == 32 and load_or_create_key(path) == key
 
 

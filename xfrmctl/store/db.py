@@ -6,30 +6,57 @@ in a worker thread inside a transaction, so the asyncio loop never blocks on the
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .repo import NEW_EVENTS, event_dict
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine; for SQLite, enforce foreign keys and create the parent dir."""
+    """Create an engine; for SQLite, enforce foreign keys and create the file private."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            create_private_file(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def create_private_file(path: Path) -> None:
+    """Make the SQLite file mode 0600 (its directory 0700 when created here): it holds
+    token hashes and encrypted secrets. SQLite gives its journal and WAL files the
+    database file's mode. An existing file readable by others is tightened, with a
+    warning."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    try:  # O_EXCL: the mode given here is the mode the file is born with
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # e.g. a read-only directory: SQLite reports it when it connects
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s was mode %o: making it %o", path, mode, mode & 0o700)
+        try:
+            path.chmod(mode & 0o700)
+        except OSError as exc:
+            log.warning("%s: cannot change its mode: %s", path, exc.strerror)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

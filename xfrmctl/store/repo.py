@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import models as m
+from . import pki
 from .secrets import SecretBox
 from .tokens import Scope, display_prefix, generate_token, hash_token
 
@@ -217,8 +218,38 @@ def list_events(session: Session, *, offset: int = 0, limit: int = 100,
 
 # --- secrets --------------------------------------------------------------------------
 
+def check_secret_value(kind: m.SecretKind, value: bytes) -> None:
+    """InvalidField("value") unless the daemon can use it: a PSK is UTF-8 text, a
+    private key an unencrypted PEM key that can sign."""
+    if kind == m.SecretKind.PRIVATE_KEY:
+        try:
+            pki.load_private_key(value)
+        except ValueError as exc:
+            raise InvalidField("value", str(exc)) from None
+        return
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise InvalidField("value", "a PSK must be UTF-8 text") from None
+    if not text:
+        raise InvalidField("value", "a PSK must not be empty")
+
+
+def _check_key_users(session: Session, secret_id: int, value: bytes) -> None:
+    """A replaced private key must still match every certificate that uses it."""
+    key = pki.load_private_key(value)
+    pems = [c.pem for c in session.scalars(select(m.Certificate).where(
+        m.Certificate.key_secret_id == secret_id))]
+    pems += [c.pem for c in session.scalars(
+        select(m.Certificate).join(m.Connection, m.Connection.certificate_id == m.Certificate.id)
+        .where(m.Connection.secret_id == secret_id))]
+    if any(not pki.key_matches(key, pem) for pem in pems):
+        raise InvalidField("value", "this key does not match the certificate that uses it")
+
+
 def create_secret(session: Session, box: SecretBox, *, name: str, kind: m.SecretKind,
                   value: bytes, actor: str | None) -> m.Secret:
+    check_secret_value(kind, value)
     return create(session, m.Secret,
                   {"name": name, "kind": kind, "ciphertext": box.encrypt(name, value)},
                   actor=actor)
@@ -227,6 +258,9 @@ def create_secret(session: Session, box: SecretBox, *, name: str, kind: m.Secret
 def replace_secret_value(session: Session, box: SecretBox, ident: int, value: bytes, *,
                          actor: str | None) -> m.Secret:
     secret = get(session, m.Secret, ident)
+    check_secret_value(secret.kind, value)
+    if secret.kind == m.SecretKind.PRIVATE_KEY:
+        _check_key_users(session, ident, value)
     return update(session, m.Secret, ident, {"ciphertext": box.encrypt(secret.name, value)},
                   actor=actor)
 
