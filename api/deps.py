@@ -17,6 +17,8 @@ from xfrmctl.store.db import Database
 from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope, allows
 
+from .ui.session import cookie_token
+
 
 @dataclass
 class Services:
@@ -67,14 +69,16 @@ _bearer = HTTPBearer(auto_error=False, description="API token (`xfrmctl token cr
 
 
 async def get_principal(
-    services: ServicesDep,
+    request: Request, services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     unauthorized = HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid token",
                                  headers={"WWW-Authenticate": "Bearer"})
-    if credentials is None or not credentials.credentials.isprintable():
+    # No bearer token: the dashboard's session cookie (with its CSRF check).
+    presented = credentials.credentials if credentials else cookie_token(request)
+    if presented is None or not presented.isprintable():
         raise unauthorized
-    token = await services.db.run(repo.authenticate, credentials.credentials)
+    token = await services.db.run(repo.authenticate, presented)
     if token is None:
         raise unauthorized
     return Principal(token.id, token.name, tuple(token.scopes))

@@ -32,6 +32,7 @@ from .routers import (
     system,
     tokens,
 )
+from .ui import router as dashboard
 
 API_PREFIX = "/api/v1"
 
@@ -86,4 +87,5 @@ def create_app(settings: Settings, controller: Controller | None = None,
     app.include_router(api_router())
     app.include_router(system.router, responses={401: COMMON_RESPONSES[401],
                                                   403: COMMON_RESPONSES[403]})
+    dashboard.install(app)
     return app
