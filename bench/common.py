@@ -192,8 +192,10 @@ class XfrmctlResponder(Responder):
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", ns.name, str(PYTHON),
                  *(["-c", NULL_KERNEL_LAUNCHER] if null_kernel else ["-m", "xfrmctl.cli"]),
-                 "daemon", "-c", str(path), "--log-level", log_level],
+                 "daemon", "-c", str(path), "--no-record", "--log-level", log_level],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "XFRMCTL_DATABASE_URL": f"sqlite:///{workdir}/x.db",
+                     "XFRMCTL_SECRET_KEY_FILE": str(workdir / "secret.key")},
                 start_new_session=True)
         self.pid = self.proc.pid  # ip netns exec execs: this is Python itself
         try:

@@ -13,12 +13,17 @@ from xfrmctl.store.models import Child, Connection, InterfaceKind
 from .. import crud
 from ..deps import AdminDep, IdPath, IdQuery, PagingDep, ReadDep, ServicesDep
 from ..schemas.config import ChildCreate, ChildPublic, ChildrenPublic, ChildUpdate
+from .connections import ConnectionRef, find_connection, refuse_if_file_managed
 
 router = APIRouter(tags=["children"])
 
 
-def check_child(_session: Session, v: dict[str, Any]) -> None:
-    """Rules across fields; each failure names the field to fix."""
+def check_child(session: Session, v: dict[str, Any]) -> None:
+    """Rules across fields; each failure names the field to fix. The children of a
+    file-managed connection are changed through its file only (409)."""
+    parent = session.get(Connection, v.get("connection_id"))
+    if parent is not None:
+        refuse_if_file_managed(parent)
     if not v.get("esp_proposals") and not v.get("ah_proposals"):
         raise repo.InvalidField("esp_proposals", "give esp_proposals or ah_proposals")
     if v.get("esp_proposals") and v.get("ah_proposals"):
@@ -55,18 +60,18 @@ async def list_children(services: ServicesDep, _: ReadDep, paging: PagingDep,
 
 @router.get("/connections/{connection_id}/children", response_model=ChildrenPublic)
 async def list_connection_children(services: ServicesDep, _: ReadDep, paging: PagingDep,
-                                   connection_id: IdPath) -> ChildrenPublic:
-    await crud.get(services, Connection, connection_id)
-    rows, count = await crud.page(services, Child, paging, connection_id=connection_id)
+                                   connection_id: ConnectionRef) -> ChildrenPublic:
+    parent = await services.db.run(find_connection, connection_id)
+    rows, count = await crud.page(services, Child, paging, connection_id=parent.id)
     return ChildrenPublic(data=[ChildPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.post("/connections/{connection_id}/children", response_model=ChildPublic,
              status_code=status.HTTP_201_CREATED)
-async def create_child(services: ServicesDep, who: AdminDep, connection_id: IdPath,
+async def create_child(services: ServicesDep, who: AdminDep, connection_id: ConnectionRef,
                        body: ChildCreate) -> Child:
-    await crud.get(services, Connection, connection_id)
-    values = {**body.model_dump(), "connection_id": connection_id}
+    parent = await services.db.run(find_connection, connection_id)
+    values = {**body.model_dump(), "connection_id": parent.id}
     return await crud.create(services, who, Child, "child", values, check_child)
 
 
@@ -84,4 +89,10 @@ async def update_child(services: ServicesDep, who: AdminDep, child_id: IdPath,
 
 @router.delete("/children/{child_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_child(services: ServicesDep, who: AdminDep, child_id: IdPath) -> None:
+    await services.db.run(_deletable_child, child_id)
     await crud.delete(services, who, Child, "child", child_id)
+
+
+def _deletable_child(session: Session, child_id: int) -> None:
+    child = repo.get(session, Child, child_id)
+    refuse_if_file_managed(repo.get(session, Connection, child.connection_id))

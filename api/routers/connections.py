@@ -1,12 +1,21 @@
-"""Connections (IKE_SA configurations) and the actions on them."""
+"""Connections (IKE_SA configurations) and the actions on them.
+
+Every path takes the connection's id or its name. A connection applied from a
+configuration file (`managed_by` set) is shown and acted on (initiate, terminate, rekey)
+like any other, but writes to it (and to its children) are refused with 409 saying to
+edit the file, until it is taken over (`POST /connections/{name}/takeover`): then it is
+the database's, and the file no longer changes or removes it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, status
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from xfrmctl.daemon.dbconfig import take_over
 from xfrmctl.daemon.ports import Target
 from xfrmctl.store import repo
 from xfrmctl.store.models import AuthMethod, Connection, EventKind, Secret, SecretKind
@@ -15,7 +24,6 @@ from .. import crud
 from ..deps import (
     AdminDep,
     ControllerDep,
-    IdPath,
     IdQuery,
     OperateDep,
     PagingDep,
@@ -33,10 +41,47 @@ from ..schemas.config import (
 from ..schemas.live import ActionResult
 
 router = APIRouter(prefix="/connections", tags=["connections"])
+ConnectionRef = Annotated[str, Path(min_length=1, max_length=64,
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                                    description="the connection's id or name")]
+
+
+def find_connection(session: Session, ref: str) -> Connection:
+    """By id (all digits) or else by name; NotFound names what was asked for."""
+    if ref.isascii() and ref.isdigit():
+        row = session.get(Connection, int(ref))
+        if row is not None:
+            return row
+    row = session.scalar(select(Connection).where(Connection.name == ref))
+    if row is None:
+        raise repo.NotFound("connection", ref)
+    return row
+
+
+def refuse_if_file_managed(row: Connection) -> None:
+    """409 for a write to a connection its configuration file owns."""
+    if row.managed_by:
+        source = row.managed_by.removeprefix("file:")
+        raise repo.Conflict(
+            f"connection {row.name} is managed by the configuration file {source}: edit "
+            "the file and reload the daemon (SIGHUP or `xfrmctl db import`), or take it "
+            f"over first (`xfrmctl conn takeover {row.name}`, POST /connections/"
+            f"{row.name}/takeover); the file then no longer manages it")
+
+
+def writable_connection(session: Session, ref: str) -> Connection:
+    row = find_connection(session, ref)
+    refuse_if_file_managed(row)
+    return row
 
 
 def check_connection(session: Session, values: dict[str, Any]) -> None:
-    """The secret must fit the auth method: a PSK for psk, a private key for pubkey."""
+    """The secret must fit the auth method: a PSK for psk, a private key for pubkey.
+    A file-managed connection is not changed here (409)."""
+    if values.get("managed_by"):
+        refuse_if_file_managed(find_connection(session, str(values["id"])))
+    if values.get("pool") == "dynamic":
+        raise repo.InvalidField("pool", "pool is a prefix (e.g. 10.3.0.0/24), not dynamic")
     secret_id = values.get("secret_id")
     if secret_id is None:
         return
@@ -65,57 +110,73 @@ async def create_connection(services: ServicesDep, who: AdminDep,
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic)
-async def read_connection(services: ServicesDep, _: ReadDep, connection_id: IdPath) -> Connection:
-    return await crud.get(services, Connection, connection_id)
+async def read_connection(services: ServicesDep, _: ReadDep,
+                          connection_id: ConnectionRef) -> Connection:
+    return await services.db.run(find_connection, connection_id)
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic)
-async def update_connection(services: ServicesDep, who: AdminDep, connection_id: IdPath,
+async def update_connection(services: ServicesDep, who: AdminDep, connection_id: ConnectionRef,
                             body: ConnectionUpdate) -> Connection:
-    return await crud.update(services, who, Connection, "connection", connection_id,
+    row = await services.db.run(writable_connection, connection_id)
+    return await crud.update(services, who, Connection, "connection", row.id,
                              body.model_dump(exclude_unset=True), check_connection)
 
 
 @router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_connection(services: ServicesDep, who: AdminDep, connection_id: IdPath) -> None:
+async def delete_connection(services: ServicesDep, who: AdminDep,
+                            connection_id: ConnectionRef) -> None:
     """Delete the connection and its children; the daemon tears its SAs down."""
-    await crud.delete(services, who, Connection, "connection", connection_id)
+    row = await services.db.run(writable_connection, connection_id)
+    await crud.delete(services, who, Connection, "connection", row.id)
 
 
-async def _act(services: Services, who: Principal, action: str,
-               connection_id: int) -> ActionResult:
-    await crud.get(services, Connection, connection_id)  # 404 if not configured
+@router.post("/{connection_id}/takeover", response_model=ConnectionPublic)
+async def take_over_connection(services: ServicesDep, who: AdminDep,
+                               connection_id: ConnectionRef) -> Connection:
+    """Manage a file's connection through the API from now on: its file no longer
+    changes or removes it (nothing changes for the running SAs)."""
+    row = await services.db.run(find_connection, connection_id)
+    if row.managed_by is None:
+        return row
+    return await services.db.run(take_over, row.id, actor=who.actor)
+
+
+async def _act(services: Services, who: Principal, action: str, ref: str) -> tuple[int,
+                                                                                   ActionResult]:
+    row = await services.db.run(find_connection, ref)  # 404 if not configured
     await services.db.run(repo.record_event, EventKind.AUDIT, f"connection.{action}",
                           actor=who.actor, resource="connections",
-                          resource_id=str(connection_id), connection_id=connection_id,
+                          resource_id=str(row.id), connection_id=row.id,
                           message=f"{who.actor} requested {action} of connection "
-                                  f"{connection_id}")
-    return ActionResult(action=action, target="connection", id=str(connection_id))
+                                  f"{row.name}")
+    return row.id, ActionResult(action=action, target="connection", id=str(row.id))
 
 
 @router.post("/{connection_id}/initiate", response_model=ActionResult,
              status_code=status.HTTP_202_ACCEPTED)
 async def initiate_connection(services: ServicesDep, who: OperateDep, controller: ControllerDep,
-                              connection_id: IdPath, child_id: IdQuery = None
+                              connection_id: ConnectionRef, child_id: IdQuery = None
                               ) -> ActionResult:
-    result = await _act(services, who, "initiate", connection_id)
-    await controller.initiate(connection_id, child_id)
+    ident, result = await _act(services, who, "initiate", connection_id)
+    await controller.initiate(ident, child_id)
     return result
 
 
 @router.post("/{connection_id}/terminate", response_model=ActionResult,
              status_code=status.HTTP_202_ACCEPTED)
 async def terminate_connection(services: ServicesDep, who: OperateDep,
-                               controller: ControllerDep, connection_id: IdPath) -> ActionResult:
-    result = await _act(services, who, "terminate", connection_id)
-    await controller.terminate(Target("connection", str(connection_id)))
+                               controller: ControllerDep,
+                               connection_id: ConnectionRef) -> ActionResult:
+    ident, result = await _act(services, who, "terminate", connection_id)
+    await controller.terminate(Target("connection", str(ident)))
     return result
 
 
 @router.post("/{connection_id}/rekey", response_model=ActionResult,
              status_code=status.HTTP_202_ACCEPTED)
 async def rekey_connection(services: ServicesDep, who: OperateDep, controller: ControllerDep,
-                           connection_id: IdPath) -> ActionResult:
-    result = await _act(services, who, "rekey", connection_id)
-    await controller.rekey(Target("connection", str(connection_id)))
+                           connection_id: ConnectionRef) -> ActionResult:
+    ident, result = await _act(services, who, "rekey", connection_id)
+    await controller.rekey(Target("connection", str(ident)))
     return result

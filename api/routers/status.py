@@ -34,6 +34,7 @@ async def read_status(services: ServicesDep, _: ReadDep) -> StatusPublic:
     actual = {c.connection_id: c for c in daemon.connections}
     return StatusPublic(
         daemon=True, started_at=daemon.started_at, version=daemon.version,
+        kernel=daemon.kernel,
         counters=CountersPublic.model_validate(daemon.counters),
         connections=[_merge(cid, name, enabled, actual.get(cid))
                      for cid, name, enabled in configured])

@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from xfrmctl.store.models import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
     AuthMethod,
+    CloseAction,
     DpdAction,
     Fragmentation,
     InterfaceKind,
@@ -37,12 +38,22 @@ from .common import (
     Name,
     Page,
     Port,
+    Prefix,
     PrefixList,
     Seconds,
     Text,
 )
 
 _FORBID = ConfigDict(extra="forbid")
+
+
+def _no_mobike(value: bool) -> bool:
+    if value:
+        raise ValueError("MOBIKE is not supported yet: set mobike to false")
+    return value
+
+
+Mobike = Annotated[bool, AfterValidator(_no_mobike)]
 IfId = Annotated[int | None, Field(ge=1, le=2**32 - 1, description="XFRM interface id")]
 
 
@@ -100,14 +111,17 @@ class ConnectionBase(BaseModel):
     ca_id: Id | None = Field(None, description="trust anchor for the peer's certificate")
     ike_proposals: IkeProposals = DEFAULT_IKE_PROPOSALS
     start_action: StartAction = StartAction.NONE
-    dpd_delay: Seconds = 0
+    dpd_delay: Seconds = Field(0, description="seconds; 0 = off (strongSwan's default)")
     dpd_action: DpdAction = DpdAction.CLEAR
+    close_action: CloseAction = CloseAction.NONE
     rekey_time: Seconds = 14400
     reauth_time: Seconds = 0
     over_time: Seconds = 0
     fragmentation: Fragmentation = Fragmentation.YES
     encap: bool = False
-    mobike: bool = True
+    mobike: Mobike = False
+    pool: Prefix | None = Field(None, description="remote access: virtual IPs from this")
+    request_virtual_ip: bool = False
 
 
 class ConnectionCreate(ConnectionBase):
@@ -133,16 +147,23 @@ class ConnectionUpdate(BaseModel):
     start_action: StartAction | None = None
     dpd_delay: Seconds | None = None
     dpd_action: DpdAction | None = None
+    close_action: CloseAction | None = None
     rekey_time: Seconds | None = None
     reauth_time: Seconds | None = None
     over_time: Seconds | None = None
     fragmentation: Fragmentation | None = None
     encap: bool | None = None
-    mobike: bool | None = None
+    mobike: Mobike | None = None
+    pool: Prefix | None = None
+    request_virtual_ip: bool | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
     model_config = ConfigDict(from_attributes=True)
+    mobike: bool = False  # as stored (never refused on the way out)
+    managed_by: str | None = Field(
+        None, description='None: managed through the API; "file:<path>": by that '
+        "configuration file (writes are refused until taken over)")
 
 
 class ConnectionsPublic(Page[ConnectionPublic]):

@@ -148,6 +148,9 @@ class StatusPublic(BaseModel):
     version: str
     counters: CountersPublic | None
     connections: list[ConnectionStatusPublic]
+    # "netlink": the Linux kernel; "memory": the in-memory kernel (--kernel memory),
+    # nothing is installed and no traffic is protected; None: no daemon
+    kernel: str | None = None
 
 
 class ActionResult(BaseModel):

@@ -62,7 +62,9 @@ async def test_validation_names_the_field(client: httpx.AsyncClient) -> None:
     conn = (await client.post("/connections", json=CONN)).json()
     assert fields(await client.patch(f"/connections/{conn['id']}", json={"name": None})) == {
         "name"}
-    assert (await client.get("/connections/0")).status_code == 422
+    # a connection is addressed by id or name: "0" is neither here, "-1" cannot be either
+    assert (await client.get("/connections/0")).status_code == 404
+    assert (await client.get("/connections/-1")).status_code == 422
 
 
 async def test_children_rules(client: httpx.AsyncClient) -> None:

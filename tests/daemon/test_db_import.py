@@ -152,11 +152,21 @@ def test_import_is_all_or_nothing(conf_file: Path, db: Database, tmp_path: Path)
     assert names == ["site-b"]
 
 
-def test_remote_access_settings_are_refused(db: Database, tmp_path: Path) -> None:
+def test_remote_access_settings_and_close_action_are_stored(db: Database,
+                                                            tmp_path: Path) -> None:
+    """A pool, request_virtual_ip and close_action survive the database (refused before)."""
     path = tmp_path / "ra.yaml"
-    path.write_text("connections:\n  ra:\n    psk: x\n    pool: 198.51.100.0/28\n")
-    with pytest.raises(ValueError, match="pool"):
-        import_file(db, SecretBox.from_file(tmp_path / "secret.key"), path)
+    path.write_text("connections:\n  ra:\n    psk: x\n    pool: 198.51.100.0/28\n"
+                    "  client:\n    psk: y\n    remote_addrs: [192.0.2.9]\n"
+                    "    request_virtual_ip: true\n    close_action: start\n")
+    box = SecretBox.from_file(tmp_path / "secret.key")
+    assert import_file(db, box, path) == ["ra", "client"]
+    loaded, problems = db.call(read_conf, box)
+    assert problems == {}
+    ra, client = loaded.connections["ra"], loaded.connections["client"]
+    assert (ra.pool, ra.request_virtual_ip) == ("198.51.100.0/28", False)
+    assert (client.pool, client.request_virtual_ip) == (None, True)
+    assert client.close_action is cf.CloseAction.START
 
 
 def test_cli_db_import(conf_file: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def _check_round_trip(url: str) -> None:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
-    assert revision == "0001"
+    assert revision == "0002"
     _exercise(url)
     downgrade(url, "base")
     assert current_tables(url) <= {"alembic_version"}
@@ -79,3 +79,25 @@ def test_migrations_sqlite(tmp_path: Path) -> None:
 
 def test_migrations_postgresql(postgres_url: str) -> None:
     _check_round_trip(postgres_url)
+
+
+def test_0002_turns_stored_mobike_off_and_marks_nothing_as_file_managed(tmp_path: Path) -> None:
+    """A connection stored before 0002 had mobike on by default (never acted on); after
+    the upgrade it is off (so it still loads) and it stays managed by the database."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO connections (name, enabled, local_addrs, remote_addrs,"
+                          " local_port, remote_port, auth, ike_proposals, start_action,"
+                          " dpd_delay, dpd_action, rekey_time, reauth_time, over_time,"
+                          " fragmentation, encap, mobike, created_at, updated_at) VALUES"
+                          " ('old', 1, '[]', '[]', 500, 500, 'psk', 'aes128-sha256-modp2048',"
+                          " 'none', 0, 'clear', 14400, 0, 0, 'yes', 0, 1,"
+                          " '2026-01-01', '2026-01-01')"))
+    upgrade(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT mobike, managed_by, close_action, pool,"
+                                " request_virtual_ip FROM connections")).one()
+    engine.dispose()
+    assert tuple(row) == (0, None, "none", None, 0)

@@ -165,7 +165,10 @@ class XfrmctlDaemon:
         self.config_path.write_text(render(self.conf))
         self.config_path.chmod(0o600)
         argv = self.argv()
+        # The daemon's database (the file is applied into it): one per daemon.
         env = {**os.environ, "PYTHONPATH": str(code_root()), "PYTHONUNBUFFERED": "1",
+               "XFRMCTL_DATABASE_URL": f"sqlite:///{self.workdir}/xfrmctl.db",
+               "XFRMCTL_SECRET_KEY_FILE": str(self.workdir / "secret.key"),
                **self.extra_env}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         self._offset, self._events, self._partial = 0, [], b""

@@ -27,6 +27,8 @@ def conn_list(state: State) -> None:
         emit_json(rows)
         return
     emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("ENABLED", "enabled"),
+                      ("MANAGED_BY", lambda r: (r.get("managed_by") or "api")
+                       .removeprefix("file:")),
                       col("LOCAL", "local_addrs"), col("REMOTE", "remote_addrs"),
                       col("AUTH", "auth"), col("START", "start_action"),
                       col("IKE_PROPOSALS", "ike_proposals")])
@@ -179,6 +181,25 @@ def _action(state: State, ref: str, action: str) -> None:
     current = resolve_connection(state, ref)
     result = state.api.request("POST", f"/connections/{current['id']}/{action}")
     emit_json(result) if state.json else click.echo(f"{action}: {current['name']}")
+
+
+@conn.command("takeover")
+@click.argument("ref")
+@json_flag
+@pass_state
+def conn_takeover(state: State, ref: str) -> None:
+    """Manage a connection that came from the daemon's configuration file through the
+    API/CLI from now on: the file no longer changes or removes it."""
+    current = resolve_connection(state, ref)
+    taken = state.api.request("POST", f"/connections/{current['id']}/takeover")
+    if state.json:
+        emit_json(taken)
+    elif current.get("managed_by"):
+        click.echo(f"took over connection {taken['name']} from "
+                   f"{current['managed_by'].removeprefix('file:')}; remove it from that "
+                   "file too")
+    else:
+        click.echo(f"connection {taken['name']} is already managed through the API")
 
 
 @conn.command("up")

@@ -104,6 +104,9 @@ def status(state: State) -> None:
         return
     if not data["daemon"]:
         click.echo("daemon: not running (desired state only)")
+    elif data.get("kernel") == "memory":
+        click.echo("kernel: IN MEMORY (--kernel memory): nothing is installed, no traffic "
+                   "is protected")
     emit_table(data["connections"], [
         col("ID", "id"), col("CONNECTION", "name"), col("ENABLED", "enabled"),
         ("STATE", lambda c: c["state"] or "unknown"), col("REASON", "reason"),

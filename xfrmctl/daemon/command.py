@@ -13,12 +13,20 @@ from .main import run, setup_logging
 
 @click.command()
 @click.option("--config", "-c", "config_path", type=click.Path(path_type=Path, exists=True),
-              default=None, help="Connections file (YAML or TOML): file mode. Without it "
-              "the database (XFRMCTL_DATABASE_URL) is the configuration.")
+              default=None, help="Connections file (YAML or TOML), applied into the "
+              "database (XFRMCTL_DATABASE_URL) at start and on SIGHUP; the database is "
+              "always the configuration.")
 @click.option("--db", "use_db", is_flag=True,
-              help="Database mode (the default without --config).")
+              help="Without a file (the default without --config).")
 @click.option("--listen", multiple=True, metavar="ADDR",
-              help="Database mode: IKE address to listen on (repeat; default: all).")
+              help="Without --config: IKE address to listen on (repeat; default: all).")
+@click.option("--kernel", "kernel_kind", type=click.Choice(["netlink", "memory"]),
+              default="netlink", show_default=True,
+              help="memory: an in-memory kernel, nothing installed (no root or ESP needed; "
+              "for trying the API, CLI and dashboard).")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write IKE/CHILD SAs, counters and protocol events into the database "
+              "(the API's live views and actions work either way).")
 @click.option("--api/--no-api", default=False, show_default=True,
               help="Serve the REST API (unix socket and 127.0.0.1; see XFRMCTL_* settings).")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -28,12 +36,14 @@ from .main import run, setup_logging
 @click.option("--log-json/--log-text", default=False, help="One JSON object per log line.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], api: bool,
-           state_dir: Path | None, clear_on_exit: bool, log_json: bool, log_level: str) -> None:
+def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kernel_kind: str,
+           record: bool, api: bool, state_dir: Path | None, clear_on_exit: bool, log_json: bool,
+           log_level: str) -> None:
     """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
     if config_path is not None and (use_db or listen):
-        raise click.UsageError("--db and --listen are for database mode, not with --config "
-                               "(the file has `listen`)")
+        raise click.UsageError("--db and --listen are for a daemon without --config "
+                               "(with a file, its `listen` says where to listen)")
     setup_logging(log_json, log_level)
     sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
-                             clear_on_exit=clear_on_exit, listen=listen)))
+                             clear_on_exit=clear_on_exit, listen=listen,
+                             kernel_kind=kernel_kind, record=record)))

@@ -12,7 +12,7 @@ so a file is also an import format for the API. Example (YAML):
         psk_file: /etc/xfrmctl/site-b.psk      # or: psk: "..." (kept out of logs)
         ike_proposals: aes128gcm16-prfsha256-x25519
         start_action: start                      # none | start | trap
-        dpd_delay: 30
+        dpd_delay: 30                            # default 0: off, as strongSwan
         children:
           lan:
             local_ts: [198.51.100.0/24]
@@ -27,15 +27,17 @@ packets still on the wire, default 5, as strongSwan's setting of that name).
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
-Two ways to run the daemon:
-- file mode, `xfrmctl daemon --config FILE`: connections come from FILE; SIGHUP reloads it.
-- database mode, `xfrmctl daemon` (no --config): the database named by the settings
-  (XFRMCTL_DATABASE_URL) is the source of truth. Enabled connections, their children and
-  secrets (decrypted with XFRMCTL_SECRET_KEY_FILE) are read into this same model
-  (xfrmctl/daemon/dbconfig.py); REST changes take effect at once, the daemon records
-  IKE/CHILD SAs, counters and protocol events in the database. A file becomes an import
-  format: `xfrmctl db import FILE`. In this mode `id` fields carry the database ids and
-  certificates/keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+How the file relates to the database (xfrmctl/daemon/dbconfig.py): the database
+(XFRMCTL_DATABASE_URL, SQLite by default) is always the daemon's configuration. A file
+given with `xfrmctl daemon --config FILE` is applied into it at start and on SIGHUP, all
+or nothing; its connections are marked `managed_by: file:<path>`, the API refuses writes
+to them (409) until they are taken over, and the file removes only its own connections.
+`xfrmctl db import FILE` creates a file's connections once, managed by the API from then
+on. Read back from the database, `id` fields carry the database ids and certificates and
+keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+
+Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
+true until MOBIKE exists), proposals left out = the core's default set.
 """
 
 from __future__ import annotations
@@ -169,12 +171,14 @@ class ConnectionConf(_Strict):
     ca_pem: list[str] = Field(default_factory=list)
     ike_proposals: str | None = None
     start_action: StartAction = StartAction.NONE
-    dpd_delay: int = Field(30, ge=0)
+    # 0 = off, strongSwan's default (and the API's): DPD only where asked for
+    dpd_delay: int = Field(0, ge=0)
     dpd_action: DpdAction = DpdAction.CLEAR
     close_action: CloseAction = CloseAction.NONE  # when the peer deletes the IKE SA
     rekey_time: int = Field(14400, ge=0)
     fragmentation: bool = True
     encap: bool = False
+    mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
     children: dict[str, ChildConf] = Field(default_factory=dict)
@@ -197,6 +201,20 @@ class ConnectionConf(_Strict):
         for text in value:
             if text != "%any":
                 ipaddress.ip_network(text, strict=False)
+        return value
+
+    @field_validator("mobike")
+    @classmethod
+    def _mobike(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("MOBIKE is not supported yet: set mobike to false")
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_network(value, strict=False)  # ValueError naming the prefix
         return value
 
     @model_validator(mode="after")

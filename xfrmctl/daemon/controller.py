@@ -211,6 +211,9 @@ class Controller:
         self._vips: dict[int, str] = {}  # IKE SA id -> virtual IP we put on VIP_DEVICE
         # Database mode: reads the desired state; config_changed reloads from it.
         self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
+        # Stored connections that could not be loaded (database id -> why), shown as down.
+        self.not_loaded: dict[int, str] = {}
+        self.kernel_kind = "netlink"  # "memory": the in-memory kernel (said in status)
         self._reload_lock = asyncio.Lock()
         self.load(conf)
 
@@ -1184,12 +1187,14 @@ class Controller:
         connections = tuple(
             ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
                              tuple(str(sa.id) for sa in self._sas_of(r)), _utc(r.since))
-            for r in sorted(self.connections.values(), key=lambda r: r.id))
+            for r in sorted(self.connections.values(), key=lambda r: r.id)) + tuple(
+            ConnectionStatus(ident, ConnectionState.DOWN, f"not loaded: {why}")
+            for ident, why in sorted(self.not_loaded.items()))
         counters = Counters(self.counters["ike_setups"], self.counters["child_setups"],
                             self.counters["rekeys"], dict(self.failures),
                             self.counters["kernel_installs"], self.install_seconds)
         return DaemonStatus(_utc(self.started_at) or datetime.now(UTC), connections, counters,
-                            __version__)
+                            __version__, kernel=self.kernel_kind)
 
 
 def _child_id(record: ConnectionRecord, name: str) -> int | None:

@@ -1,21 +1,25 @@
-"""The database as the daemon's source of truth (database mode), and the file as an
-import format.
+"""The database as the daemon's one source of truth, and files applied into it.
 
 `read_conf` turns the enabled connections, their children and credentials (secrets
 decrypted with the store's key) into the same `conf.DaemonConf` a file gives, with the
-same validation. A connection that does not validate is left out and reported (by name
-and reason, never with its values); the others still load. `DbSource.load` runs it off
-the event loop (`Database.run`).
+same validation, and tries each one as the IKE core would take it (keys and
+certificates parsed). A connection that does not validate or load is left out and
+reported (by name and reason, never with its values); the others still load.
+`DbSource.load` runs it off the event loop (`Database.run`).
 
-`import_conf` / `import_file` write a daemon file's connections into the database in
-one transaction, creating secrets (encrypted), certificates and CAs, with audit records.
+`apply_file` (daemon `--config FILE`, at start and on SIGHUP) makes the connections
+managed by that file (`managed_by = "file:<path>"`) exactly those of the file, in one
+transaction: created, updated in place (ids kept) or removed; connections created
+through the API, or taken over from the file, are never touched by it.
+`import_conf` / `import_file` (`xfrmctl db import`) create a file's connections once,
+managed by the database from then on. Both create secrets (encrypted), certificates
+and CAs, with audit records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from cryptography import x509
 from pydantic import ValidationError
-from sqlalchemy import make_url, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -41,7 +45,8 @@ from . import conf as cf
 
 log = logging.getLogger("xfrmctl.daemon")
 DYNAMIC = "dynamic"  # the API's traffic selector for "our/the peer's own address"
-_LOAD_ERRORS = (ValueError, ValidationError, SecretKeyError, repo.NotFound)
+_LOAD_ERRORS = (ValueError, TypeError, ValidationError, SecretKeyError, repo.NotFound,
+                OSError)
 
 
 # --------------------------------------------------------------------------- reading
@@ -50,10 +55,12 @@ _LOAD_ERRORS = (ValueError, ValidationError, SecretKeyError, repo.NotFound)
 Problems = dict[int, tuple[str, str]]  # connection id -> (name, why it is left out)
 
 
-def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = None
+def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = None,
+              usable: dict[str, cf.ConnectionConf] | None = None
               ) -> tuple[cf.DaemonConf, Problems]:
     """The enabled connections as a DaemonConf (daemon-level settings from `base`), and
-    for each connection left out, why."""
+    for each connection left out, why. `usable` caches the connections already tried
+    (by name), so an unchanged one is not parsed again on every change."""
     rows = session.scalars(select(m.Connection).where(m.Connection.enabled)
                            .order_by(m.Connection.id)).all()
     children: dict[int, list[m.Child]] = {}
@@ -61,11 +68,19 @@ def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = Non
         children.setdefault(child.connection_id, []).append(child)
     loaded: dict[str, cf.ConnectionConf] = {}
     problems: Problems = {}
+    tried = usable if usable is not None else {}
     for row in rows:
         try:
-            loaded[row.name] = connection_conf(session, box, row, children.get(row.id, []))
+            conn = connection_conf(session, box, row, children.get(row.id, []))
+            if tried.get(row.name) != conn:
+                cf.ike_config(row.name, conn)  # keys, certificates: as the daemon takes them
+                tried[row.name] = conn
+            loaded[row.name] = conn
         except _LOAD_ERRORS as exc:
+            tried.pop(row.name, None)
             problems[row.id] = (row.name, describe(exc))
+    for name in set(tried) - set(loaded):
+        del tried[name]
     settings = (base or cf.DaemonConf()).model_dump(exclude={"connections"})
     return cf.DaemonConf(**settings, connections=loaded), problems
 
@@ -89,8 +104,9 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "local_id": row.local_id, "remote_id": row.remote_id, "auth": row.auth.value,
         "ike_proposals": row.ike_proposals, "start_action": row.start_action.value,
         "dpd_delay": row.dpd_delay, "dpd_action": row.dpd_action.value,
-        "rekey_time": row.rekey_time,
+        "rekey_time": row.rekey_time, "close_action": row.close_action.value,
         "fragmentation": row.fragmentation is not m.Fragmentation.NO, "encap": row.encap,
+        "mobike": row.mobike, "pool": row.pool, "request_virtual_ip": row.request_virtual_ip,
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -152,11 +168,12 @@ class DbSource:
     box: SecretBox
     base: cf.DaemonConf = field(default_factory=cf.DaemonConf)
     problems: Problems = field(default_factory=dict)
+    usable: dict[str, cf.ConnectionConf] = field(default_factory=dict)
 
     async def load(self) -> cf.DaemonConf:
         """Read the configuration; a newly found problem is logged and recorded as an
         event (so the API shows why a connection is not loaded)."""
-        conf, problems = await self.db.run(read_conf, self.box, self.base)
+        conf, problems = await self.db.run(read_conf, self.box, self.base, self.usable)
         for ident, (name, why) in problems.items():
             if self.problems.get(ident) != (name, why):
                 log.error("connection %s not loaded: %s", name, why)
@@ -167,21 +184,125 @@ class DbSource:
         return conf
 
 
-# --------------------------------------------------------------------------- importing
+# --------------------------------------------------------------------------- writing
+
+
+class FileRefused(ValueError):
+    """A configuration file that cannot be applied; the message names the file, the
+    connection and the field. Nothing was written."""
+
+
+@dataclass
+class Applied:
+    """What applying a file did, by connection name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # in the file, but the database has it as not managed by this file (created through
+    # the API, or taken over): left alone
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{what} {', '.join(names)}" for what, names in (
+            ("created", self.created), ("updated", self.updated),
+            ("removed", self.removed), ("not managed by the file, left alone", self.ignored))
+            if names]
+        return "; ".join(parts) or "nothing changed"
+
+
+def file_origin(path: Path) -> str:
+    """The `managed_by` value of connections that come from this file."""
+    return f"file:{path.resolve()}"
 
 
 def _proposal_text(specs: tuple[ProposalSpec, ...]) -> str:
     return ", ".join(p.text for p in specs)
 
 
+def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: str, *,
+               actor: str) -> Applied:
+    """Make the connections managed by `origin` exactly those of `conf` (ids kept for
+    those that stay); connections managed otherwise are never changed."""
+    rows = {r.name: r for r in session.scalars(select(m.Connection))}
+    applied = Applied()
+    for name, conn in conf.connections.items():
+        row = rows.get(name)
+        if row is not None and row.managed_by != origin:
+            applied.ignored.append(name)
+            continue
+        values = _connection_values(session, box, name, conn, actor, row)
+        if row is None:
+            row = repo.create(session, m.Connection, {**values, "managed_by": origin},
+                              actor=actor)
+            applied.created.append(name)
+        else:
+            before = repo.snapshot(row)
+            repo.update(session, m.Connection, row.id, values, actor=actor)
+            changed = _sync_children(session, row.id, conn, actor)
+            after = repo.snapshot(row)
+            (applied.updated if changed or _differs(before, after)
+             else applied.unchanged).append(name)
+            continue
+        _sync_children(session, row.id, conn, actor)
+    for name, row in rows.items():
+        if row.managed_by == origin and name not in conf.connections:
+            owned = (row.secret_id, row.certificate_id)
+            repo.delete(session, m.Connection, row.id, actor=actor)
+            _drop_unreferenced(session, *owned, actor=actor)
+            applied.removed.append(name)
+    return applied
+
+
+def _differs(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return {k: v for k, v in before.items() if k != "updated_at"} != {
+        k: v for k, v in after.items() if k != "updated_at"}
+
+
+def _sync_children(session: Session, connection_id: int, conn: cf.ConnectionConf,
+                   actor: str) -> bool:
+    """The connection's children become those of `conf`; True if anything changed."""
+    rows = {c.name: c for c in session.scalars(
+        select(m.Child).where(m.Child.connection_id == connection_id))}
+    changed = False
+    for name, child in conn.children.items():
+        values = _child_row(connection_id, name, child)
+        row = rows.get(name)
+        if row is None:
+            repo.create(session, m.Child, values, actor=actor)
+            changed = True
+        else:
+            before = repo.snapshot(row)
+            repo.update(session, m.Child, row.id, values, actor=actor)
+            changed |= _differs(before, repo.snapshot(row))
+    for name, row in rows.items():
+        if name not in conn.children:
+            repo.delete(session, m.Child, row.id, actor=actor)
+            changed = True
+    return changed
+
+
+def _drop_unreferenced(session: Session, secret_id: int | None, certificate_id: int | None,
+                       *, actor: str) -> None:
+    """Remove a removed file connection's certificate and secret unless still used."""
+    session.flush()
+    if certificate_id is not None and session.scalar(select(m.Connection.id).where(
+            m.Connection.certificate_id == certificate_id)) is None:
+        repo.delete(session, m.Certificate, certificate_id, actor=actor)
+        session.flush()
+    if secret_id is not None and session.scalar(select(m.Connection.id).where(
+            m.Connection.secret_id == secret_id)) is None and session.scalar(
+            select(m.Certificate.id).where(m.Certificate.key_secret_id == secret_id)) is None:
+        repo.delete(session, m.Secret, secret_id, actor=actor)
+
+
 def import_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, *,
                 actor: str = "import") -> list[str]:
-    """Create every connection of `conf` (names must be new); returns their names."""
+    """Create every connection of `conf` (names must be new), managed by the database
+    from then on; returns their names."""
     for name, conn in conf.connections.items():
-        if conn.pool or conn.request_virtual_ip:
-            raise ValueError(f"connection {name}: pool and request_virtual_ip are not "
-                             "stored in the database yet; keep it in a file")
-        values = _connection_values(session, box, name, conn, actor)
+        values = _connection_values(session, box, name, conn, actor, None)
         row = repo.create(session, m.Connection, values, actor=actor)
         for child_name, child in conn.children.items():
             repo.create(session, m.Child, _child_row(row.id, child_name, child), actor=actor)
@@ -189,7 +310,8 @@ def import_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, *,
 
 
 def _connection_values(session: Session, box: SecretBox, name: str,
-                       conn: cf.ConnectionConf, actor: str) -> dict[str, Any]:
+                       conn: cf.ConnectionConf, actor: str,
+                       row: m.Connection | None) -> dict[str, Any]:
     values: dict[str, Any] = {
         "name": name, "local_addrs": conn.local_addrs, "remote_addrs": conn.remote_addrs,
         "local_port": conn.local_port, "remote_port": conn.remote_port,
@@ -198,38 +320,81 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "ike_proposals": conn.ike_proposals or _proposal_text(DEFAULT_IKE),
         "start_action": m.StartAction(conn.start_action.value), "dpd_delay": conn.dpd_delay,
         "dpd_action": m.DpdAction(conn.dpd_action.value), "rekey_time": conn.rekey_time,
+        "close_action": m.CloseAction(conn.close_action.value),
         "fragmentation": m.Fragmentation.YES if conn.fragmentation else m.Fragmentation.NO,
-        "encap": conn.encap,
+        "encap": conn.encap, "mobike": conn.mobike, "pool": conn.pool,
+        "request_virtual_ip": conn.request_virtual_ip,
     }
     if conn.auth.value == m.AuthMethod.PSK:
-        values["secret_id"] = _secret(session, box, f"{name}-psk", m.SecretKind.PSK,
-                                      cf._psk(conn), actor)
+        psk = _field(name, "psk_file", lambda: cf._psk(conn))
+        values |= {"certificate_id": None, "ca_id": None,
+                   "secret_id": _put_secret(session, box, row.secret_id if row else None,
+                                            f"{name}-psk", m.SecretKind.PSK, psk, actor)}
     else:
-        values.update(_pubkey_rows(session, box, name, conn, actor))
+        values.update(_pubkey_rows(session, box, name, conn, actor, row))
     return values
 
 
-def _secret(session: Session, box: SecretBox, name: str, kind: m.SecretKind, value: bytes,
-            actor: str) -> int:
-    return repo.create_secret(session, box, name=name, kind=kind, value=value, actor=actor).id
+def _field(connection: str, name: str, read: Any) -> Any:
+    """Read a file a connection names; the error says which connection and field."""
+    try:
+        return read()
+    except OSError as exc:
+        raise FileRefused(f"connection {connection}: {name}: cannot read "
+                          f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+
+
+def _free_name(session: Session, model: Any, base: str) -> str:
+    name, n = base, 1
+    while session.scalar(select(model.id).where(model.name == name)) is not None:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _put_secret(session: Session, box: SecretBox, current: int | None, name: str,
+                kind: m.SecretKind, value: bytes, actor: str) -> int:
+    """The id of a secret holding `value`: the current one (rewritten if the value
+    changed), or a new one."""
+    secret = session.get(m.Secret, current) if current is not None else None
+    if secret is not None and secret.kind is kind:
+        try:
+            same = box.decrypt(secret.name, secret.ciphertext) == value
+        except SecretKeyError:
+            same = False
+        if not same:
+            repo.replace_secret_value(session, box, secret.id, value, actor=actor)
+        return secret.id
+    return repo.create_secret(session, box, name=_free_name(session, m.Secret, name),
+                              kind=kind, value=value, actor=actor).id
 
 
 def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.ConnectionConf,
-                 actor: str) -> dict[str, Any]:
+                 actor: str, row: m.Connection | None) -> dict[str, Any]:
     key = conn.private_key_pem.get_secret_value().encode() if conn.private_key_pem else (
-        conn.private_key.read_bytes() if conn.private_key else b"")
-    cert_pem = conn.certificate_pem or (conn.certificate.read_text() if conn.certificate
-                                        else "")
-    ca_pem = "".join([*conn.ca_pem, *(p.read_text() for p in conn.ca)])
+        _field(name, "private_key", conn.private_key.read_bytes) if conn.private_key
+        else b"")
+    cert_pem = conn.certificate_pem or (
+        _field(name, "certificate", conn.certificate.read_text) if conn.certificate else "")
+    ca_pem = "".join([*conn.ca_pem, *(_field(name, "ca", p.read_text) for p in conn.ca)])
     ca_id = _ca(session, f"{name}-ca", ca_pem, actor)
-    key_id = _secret(session, box, f"{name}-key", m.SecretKind.PRIVATE_KEY, key, actor)
+    key_id = _put_secret(session, box, row.secret_id if row else None, f"{name}-key",
+                         m.SecretKind.PRIVATE_KEY, key, actor)
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    cert_row = repo.create(session, m.Certificate, {
-        "name": f"{name}-cert", "pem": cert_pem, "subject": cert.subject.rfc4514_string(),
+    cert_values = {
+        "pem": cert_pem, "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(), "not_before": cert.not_valid_before_utc,
-        "not_after": cert.not_valid_after_utc, "ca_id": ca_id, "key_secret_id": key_id},
-        actor=actor)
-    return {"secret_id": key_id, "certificate_id": cert_row.id, "ca_id": ca_id}
+        "not_after": cert.not_valid_after_utc, "ca_id": ca_id, "key_secret_id": key_id}
+    current = session.get(m.Certificate, row.certificate_id) \
+        if row is not None and row.certificate_id is not None else None
+    if current is not None:
+        repo.update(session, m.Certificate, current.id, cert_values, actor=actor)
+        cert_id = current.id
+    else:
+        cert_id = repo.create(session, m.Certificate, {
+            "name": _free_name(session, m.Certificate, f"{name}-cert"), **cert_values},
+            actor=actor).id
+    return {"secret_id": key_id, "certificate_id": cert_id, "ca_id": ca_id}
 
 
 def _ca(session: Session, name: str, pem: str, actor: str) -> int:
@@ -240,11 +405,12 @@ def _ca(session: Session, name: str, pem: str, actor: str) -> int:
         return existing.id
     first = x509.load_pem_x509_certificates(pem.encode())[0]
     return repo.create(session, m.CertificateAuthority, {
-        "name": name, "pem": pem, "subject": first.subject.rfc4514_string(),
+        "name": _free_name(session, m.CertificateAuthority, name), "pem": pem,
+        "subject": first.subject.rfc4514_string(),
         "not_after": first.not_valid_after_utc}, actor=actor).id
 
 
-def _child_row(connection_id: int, name: str, child: cf.ChildConf) -> Mapping[str, Any]:
+def _child_row(connection_id: int, name: str, child: cf.ChildConf) -> dict[str, Any]:
     esp = child.esp_proposals
     if esp is None and child.ah_proposals is None:
         esp = _proposal_text(DEFAULT_ESP)
@@ -268,10 +434,65 @@ def _child_row(connection_id: int, name: str, child: cf.ChildConf) -> Mapping[st
     }
 
 
+def load_file(path: Path) -> cf.DaemonConf:
+    """Read and validate a daemon file, and try every connection as the daemon would
+    take it (keys and certificates parsed); FileRefused names file, connection, field."""
+    try:
+        conf = cf.load(path)
+    except ValidationError as exc:
+        raise FileRefused(f"{path}: {describe(exc)}") from exc
+    except (OSError, ValueError) as exc:  # unreadable, or not YAML/TOML
+        raise FileRefused(f"{path}: {exc}") from exc
+    for name, conn in conf.connections.items():
+        try:
+            cf.ike_config(name, conn)
+        except OSError as exc:
+            raise FileRefused(f"{path}: connection {name}: {_file_field(conn, exc)}: "
+                              f"cannot read {exc.filename or ''}: {exc.strerror or exc}"
+                              ) from exc
+        except (ValueError, TypeError) as exc:
+            raise FileRefused(f"{path}: connection {name}: {exc}") from exc
+    return conf
+
+
+def _file_field(conn: cf.ConnectionConf, exc: OSError) -> str:
+    """Which field named the file that could not be read."""
+    for name, value in (("psk_file", conn.psk_file), ("certificate", conn.certificate),
+                        ("private_key", conn.private_key)):
+        if value is not None and str(value) == str(exc.filename):
+            return name
+    return "ca"
+
+
+def apply_file(db: Database, box: SecretBox, path: Path) -> tuple[cf.DaemonConf, Applied]:
+    """Validate a daemon file and apply its connections in one transaction (nothing is
+    written when it is refused)."""
+    conf = load_file(path)
+    try:
+        applied = db.call(apply_conf, box, conf, file_origin(path), actor=f"file:{path.name}")
+    except FileRefused as exc:
+        raise FileRefused(f"{path}: {exc}") from exc
+    except repo.Conflict as exc:
+        raise FileRefused(f"{path}: {exc}") from exc
+    return conf, applied
+
+
 def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
     """Validate a daemon file and create its connections in one transaction."""
-    conf = cf.load(path)
+    conf = load_file(path)
     return db.call(import_conf, box, conf, actor=f"import:{path.name}")
+
+
+def last_change(session: Session) -> int | None:
+    """The newest audit record's id: it moves whenever the configuration is written."""
+    return session.scalar(select(func.max(m.Event.id))
+                          .where(m.Event.kind == m.EventKind.AUDIT))
+
+
+def take_over(session: Session, ident: int, *, actor: str) -> m.Connection:
+    """The connection is managed by the database from now on (its file no longer
+    changes or removes it)."""
+    return repo.update(session, m.Connection, ident, {"managed_by": None}, actor=actor)
 
 
 # --------------------------------------------------------------------------- opening

@@ -1,9 +1,13 @@
 """`xfrmctl daemon`: the gateway process.
 
 One asyncio loop runs the IKE endpoints, the controller and (optionally) the REST API.
-File mode (`--config FILE`): SIGHUP reloads the file, touching only connections that
-changed. Database mode (no --config): the database is the configuration (see
-dbconfig.py), REST changes apply at once and the recorder writes SAs and events into it.
+The database (XFRMCTL_DATABASE_URL, SQLite by default, created and migrated at start) is
+always the configuration (see dbconfig.py): REST changes apply at once and the recorder
+writes SAs and events into it. With `--config FILE` the file is applied into it at start
+and on SIGHUP (all or nothing: a refused file changes nothing and says why); the
+connections it brings are managed by the file, the API's are left alone.
+`--kernel memory` runs against the in-memory kernel (no root, no ESP needed): for
+trying the API, CLI and dashboard; nothing reaches the real kernel.
 SIGTERM/SIGINT: with a state directory the tunnels stay in the kernel and the IKE SAs are
 saved (encrypted) for the next process to take back, so a restart drops nothing; without
 one (or with --clear-on-exit) our SAs are deleted, telling the peers. With systemd (Type=notify)
@@ -36,8 +40,7 @@ from .endpoint import Endpoints
 from .state import StateFile
 
 if TYPE_CHECKING:
-    from .dbconfig import DbSource
-    from .recorder import Recorder
+    from .dbconfig import Applied, DbSource
 
 log = logging.getLogger("xfrmctl.daemon")
 
@@ -96,31 +99,57 @@ async def open_links() -> KernelLinks:
     return await KernelLinks.open()
 
 
+async def _open_kernel(kind: str) -> tuple[KernelIPsec, KernelLinks | None]:
+    if kind == MEMORY:
+        from xfrmctl.kernel.fake import FakeKernel  # noqa: PLC0415
+
+        log.warning("KERNEL IN MEMORY: SAs and policies are NOT installed into the Linux "
+                    "kernel and no traffic is protected (--kernel memory is for trying "
+                    "the API, CLI and dashboard)")
+        return FakeKernel(), None
+    return await open_kernel(), await open_links()
+
+
+MEMORY = "memory"
+# How often the daemon looks for configuration written by another process (`db import`,
+# another gateway's API on a shared PostgreSQL): one indexed query on the audit log.
+WATCH_INTERVAL = 2.0
+
+
 async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
-              clear_on_exit: bool = False, listen: Sequence[str] = ()) -> int:
-    """With `config_path` None the configuration comes from the database (settings)."""
-    source: DbSource | None = None
+              clear_on_exit: bool = False, listen: Sequence[str] = (),
+              kernel_kind: str = "netlink", record: bool = True) -> int:
+    """The configuration is the database's (settings); `config_path` is applied into it."""
     try:
-        if config_path is None:
-            source = await _database_source(listen)
-            conf = await source.load()
-        else:
-            conf = cf.load(config_path)
+        source = await _database_source(listen)
+        if config_path is not None:
+            applied = await _apply_file(source, config_path)
+            log.info("applied %s: %s", config_path, applied.summary())
+        conf = await source.load()
     except (OSError, ValueError, ValidationError) as exc:
         log.error("configuration %s: %s", config_path or "from the database", exc)
         return 2
-    kernel = await open_kernel()
+    kernel, links = await _open_kernel(kernel_kind)
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
-    links = await open_links()
     controller = Controller(conf, kernel, state=state, links=links)
-    recorder: Recorder | None = None
-    if source is not None:
-        from .recorder import Recorder  # noqa: PLC0415 - database mode only
+    controller.kernel_kind = kernel_kind
+    controller.not_loaded = _not_loaded(source)
 
-        controller.config_source = source.load
-        recorder = Recorder(controller, source.db)
+    async def load() -> cf.DaemonConf:
+        loaded = await source.load()
+        controller.not_loaded = _not_loaded(source)
+        return loaded
+
+    controller.config_source = load
+    from .recorder import Recorder  # noqa: PLC0415
+
+    recorder = Recorder(controller, source.db) if record else None
     endpoints = Endpoints(controller.receive)
-    addresses = conf.listen or local_addresses()
+    # pyroute2's synchronous API runs its own event loop: not on this one
+    addresses = conf.listen or await asyncio.to_thread(local_addresses)
+    if not addresses:
+        log.warning("no address to listen on (only loopback here): set `listen` in the "
+                    "file or --listen")
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
     controller.send = endpoints.send
     controller.keepalive = endpoints.send_keepalive
@@ -130,8 +159,14 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
-        _reload(controller, config_path)))
+    reloads: set[asyncio.Task[None]] = set()
+
+    def sighup() -> None:
+        task = loop.create_task(_reload(controller, source, config_path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, sighup)
     servers: list[Any] = []
     server_task: asyncio.Future[list[Any]] | None = None
     if api:
@@ -141,10 +176,14 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     await controller.start()
     if recorder is not None:
         await recorder.start()
+    watcher = loop.create_task(_watch_database(controller, source), name="db-watch")
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")
     log.info("stopping")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await controller.stop(keep_tunnels=False if clear_on_exit else None)
     endpoints.close()
     if server_task is not None:
@@ -152,25 +191,78 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
             server.should_exit = True  # a clean shutdown rather than a cancelled one
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 5)
-    if recorder is not None and source is not None:
+    if recorder is not None:
         await recorder.stop()
-        source.db.dispose()
-    await links.close()
+    source.db.dispose()
+    if links is not None:
+        await links.close()
     await kernel.close()
     return 0
 
 
-async def _reload(controller: Controller, path: Path | None) -> None:
-    if path is None:  # database mode: re-read it
-        await controller.config_changed("connection", 0, "updated")
-        return
+def _not_loaded(source: DbSource) -> dict[int, str]:
+    return {ident: why for ident, (_name, why) in source.problems.items()}
+
+
+async def _apply_file(source: DbSource, path: Path) -> Applied:
+    """Apply a daemon file into the database (all or nothing; FileRefused says why)."""
+    from xfrmctl.store.repo import Conflict  # noqa: PLC0415
+
+    from .dbconfig import FileRefused, apply_conf, file_origin, load_file  # noqa: PLC0415
+
+    conf = await asyncio.to_thread(load_file, path)
     try:
-        conf = cf.load(path)
-    except (OSError, ValueError, ValidationError) as exc:
-        log.error("reload of %s refused, keeping the running configuration: %s", path, exc)
+        applied = await source.db.run(apply_conf, source.box, conf, file_origin(path),
+                                      actor=f"file:{path.name}")
+    except (FileRefused, Conflict) as exc:
+        raise FileRefused(f"{path}: {exc}; nothing applied") from exc
+    source.base = conf.model_copy(update={"connections": {}})
+    for name in applied.ignored:
+        log.warning("%s: connection %s is not applied: the database has it as not managed "
+                    "by this file (created through the API, or taken over); remove it from "
+                    "the file, or delete the database's one", path, name)
+    return applied
+
+
+async def _reload(controller: Controller, source: DbSource, path: Path | None) -> None:
+    """SIGHUP: apply the file (if any) into the database, then load the database. Every
+    failure is logged here: a refused file leaves the running configuration as it was."""
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+    from .dbconfig import FileRefused  # noqa: PLC0415
+    from .ports import ActionRejected  # noqa: PLC0415
+
+    try:
+        summary = "database re-read"
+        if path is not None:
+            summary = (await _apply_file(source, path)).summary()
+        await controller.config_changed("connection", 0, "updated")
+    except FileRefused as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
         return
-    changed = await controller.reload(conf)
-    log.info("reloaded %s: %s", path, ", ".join(changed) or "nothing changed")
+    except (SQLAlchemyError, ActionRejected, OSError) as exc:
+        log.error("reload of %s failed: %s", path or "the database", exc)
+        return
+    except Exception:  # never "Task exception was never retrieved"
+        log.exception("reload of %s failed", path or "the database")
+        return
+    log.info("reloaded %s: %s", path or "the database", summary)
+
+
+async def _watch_database(controller: Controller, source: DbSource) -> None:
+    """Apply configuration changes other processes write (they leave audit records)."""
+    from .dbconfig import last_change  # noqa: PLC0415
+
+    seen = await source.db.run(last_change)
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        try:
+            latest = await source.db.run(last_change)
+            if latest != seen:
+                seen = latest
+                await controller.config_changed("connection", 0, "updated")
+        except Exception as exc:  # the database may be away for a moment: try again
+            log.warning("checking the database for changes: %s", exc)
 
 
 async def _database_source(listen: Sequence[str]) -> DbSource:
@@ -184,7 +276,7 @@ async def _database_source(listen: Sequence[str]) -> DbSource:
 
 
 def _api_servers(controller: Controller, kernel: KernelIPsec,
-                 source: DbSource | None = None) -> list[Any]:
+                 source: DbSource) -> list[Any]:
     """The REST API's servers for this loop: a unix socket and loopback TCP (settings)."""
     import uvicorn  # noqa: PLC0415 - the API is optional
 
@@ -193,7 +285,7 @@ def _api_servers(controller: Controller, kernel: KernelIPsec,
     from xfrmctl.store.bus import EventBus  # noqa: PLC0415
 
     settings = Settings()
-    # Database mode: the daemon's own db and bus, so recorded events reach the SSE stream.
-    db, bus = (source.db, EventBus()) if source is not None else (None, None)
-    app = create_app(settings, controller=controller, kernel=kernel, db=db, bus=bus)
+    # The daemon's own db and bus, so recorded events reach the SSE stream.
+    app = create_app(settings, controller=controller, kernel=kernel, db=source.db,
+                     bus=EventBus())
     return [uvicorn.Server(c) for c in server_configs(app, settings)]

@@ -151,6 +151,7 @@ class DaemonStatus:
     connections: tuple[ConnectionStatus, ...]
     counters: Counters = field(default_factory=Counters)
     version: str = ""
+    kernel: str = "netlink"  # "memory": nothing reaches the Linux kernel (--kernel memory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -37,8 +39,10 @@ NAMING = {
 }
 
 
-DEFAULT_IKE_PROPOSALS = "aes256gcm16-prfsha384-x25519, aes128-sha256-modp3072"
-DEFAULT_ESP_PROPOSALS = "aes256gcm16, aes128-sha256"
+# The same defaults as a configuration file that leaves proposals out (strongSwan's
+# "default" set: AEAD first, then AES-CBC with HMAC-SHA2; curves, then MODP >= 2048).
+DEFAULT_IKE_PROPOSALS = ", ".join(p.text for p in DEFAULT_IKE)
+DEFAULT_ESP_PROPOSALS = ", ".join(p.text for p in DEFAULT_ESP)
 
 
 def utcnow() -> datetime:
@@ -85,6 +89,12 @@ class StartAction(enum.StrEnum):
 class DpdAction(enum.StrEnum):
     CLEAR = "clear"
     RESTART = "restart"
+    TRAP = "trap"
+
+
+class CloseAction(enum.StrEnum):
+    NONE = "none"
+    START = "start"
     TRAP = "trap"
 
 
@@ -197,7 +207,7 @@ class Connection(Timestamps, Base):
     ike_proposals: Mapped[str] = mapped_column(Text, default=DEFAULT_IKE_PROPOSALS)
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
-    dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off
+    dpd_delay: Mapped[int] = mapped_column(Integer, default=0)  # seconds; 0 = off (strongSwan)
     dpd_action: Mapped[DpdAction] = mapped_column(_enum(DpdAction), default=DpdAction.CLEAR)
     rekey_time: Mapped[int] = mapped_column(Integer, default=14400)
     reauth_time: Mapped[int] = mapped_column(Integer, default=0)
@@ -205,7 +215,14 @@ class Connection(Timestamps, Base):
     fragmentation: Mapped[Fragmentation] = mapped_column(
         _enum(Fragmentation), default=Fragmentation.YES)
     encap: Mapped[bool] = mapped_column(Boolean, default=False)  # force UDP encapsulation
-    mobike: Mapped[bool] = mapped_column(Boolean, default=True)
+    mobike: Mapped[bool] = mapped_column(Boolean, default=False)  # refused as on (no MOBIKE)
+    close_action: Mapped[CloseAction] = mapped_column(
+        _enum(CloseAction), default=CloseAction.NONE)  # when the peer deletes the IKE_SA
+    pool: Mapped[str | None] = mapped_column(String(64))  # remote access: virtual IP prefix
+    request_virtual_ip: Mapped[bool] = mapped_column(Boolean, default=False)
+    # None: created through the API/CLI; "file:<path>": applied from that configuration
+    # file, which alone changes it (the API refuses writes until it is taken over).
+    managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
 
 
 class Child(Timestamps, Base):
