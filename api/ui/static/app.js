@@ -163,8 +163,8 @@ async function chart() {
   const width = Math.max(280, box.clientWidth - 16);
   if (hourPlot) { hourPlot.setData(data); hourPlot.setSize({ width, height: 200 }); return; }
   hourPlot = new uPlot({ width, height: 200, scales: { y: { range: (_u, _min, max) => [0, Math.max(3, max)] } },
-    series: [{}, { label: "setups", stroke: "#047857", width: 2 }, { label: "failures", stroke: "#b91c1c", width: 2 },
-      { label: "rekeys", stroke: "#1d4ed8", width: 2 }],
+    series: [{}, { label: "setups", stroke: "#047857", width: 2, points: { show: false } }, { label: "failures", stroke: "#b91c1c", width: 2, points: { show: false } },
+      { label: "rekeys", stroke: "#1d4ed8", width: 2, points: { show: false } }],
     axes: [{}, { label: "per minute" }] }, data, box);
   window.addEventListener("resize", debounce(() => hourPlot.setSize({ width: Math.max(280, box.clientWidth - 16), height: 200 }), 200));
 }
