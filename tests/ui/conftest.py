@@ -9,6 +9,7 @@ CI keeps the directory as the run's artifacts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -136,8 +137,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         browser = getattr(item, "ui_browser", None)
         for n, ctx in enumerate(browser.contexts if browser else []):
             for i, page in enumerate(ctx.pages):
-                try:
+                with contextlib.suppress(Exception):
                     page.screenshot(path=str(ARTIFACTS / f"FAILED-{item.name}-{n}-{i}.png"),
                                     full_page=True)
-                except Exception:
-                    pass

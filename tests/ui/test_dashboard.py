@@ -9,6 +9,7 @@ on a real kernel)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,8 @@ def _fetch(page: Any, method: str, path: str, csrf: bool) -> dict[str, Any]:
     result: dict[str, Any] = page.evaluate(
         """async ([method, path, csrf]) => {
              const headers = {};
-             if (csrf) headers["X-CSRF-Token"] = document.querySelector('meta[name=csrf-token]').content;
+             const meta = document.querySelector('meta[name=csrf-token]');
+             if (csrf) headers["X-CSRF-Token"] = meta.content;
              const r = await fetch(path, {method, headers, credentials: "same-origin"});
              return {status: r.status, body: await r.text()};
            }""", [method, path, csrf])
@@ -63,7 +65,6 @@ def _fetch(page: Any, method: str, path: str, csrf: bool) -> dict[str, Any]:
 
 
 def _until(check: Callable[[], bool], what: str, page: Any, timeout: float = 60) -> None:
-    import time
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, what
