@@ -150,6 +150,7 @@ def test_operator_session(lab: Lab, browser: Any) -> None:
     # It comes up (the daemon applies the new connection and initiates it).
     page.wait_for_function("document.querySelector('#conn-state').textContent === 'up'",
                            timeout=WAIT)
+    page.wait_for_selector("#children tbody tr:has-text('198.51.100.0/24')", timeout=WAIT)
     _shot(page, "04-connection-up")
 
     # ... and appears in the SA table without a reload.

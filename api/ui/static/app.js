@@ -101,6 +101,13 @@ function onEvents(handler, query = "") {
   return src;
 }
 
+/* Unexpected failures of background refreshes: shown, and logged for the browser tests. */
+function report(err) {
+  if (err instanceof ApiError && err.status === 401) return;
+  flash(errorText(err), true);
+  console.error(err);
+}
+
 function debounce(fn, ms) { let t = null; return () => { clearTimeout(t); t = setTimeout(fn, ms); }; }
 
 /* ---------- overview ---------- */
@@ -131,9 +138,9 @@ async function overview() {
   }
   await refresh();
   await chart();
-  const soon = debounce(() => { refresh().catch(() => {}); chart().catch(() => {}); }, 300);
+  const soon = debounce(() => { refresh().catch(report); chart().catch(report); }, 300);
   onEvents(soon, "?kind=protocol");
-  setInterval(() => refresh().catch(() => {}), 10000); // ages and reasons stay current
+  setInterval(() => refresh().catch(report), 10000); // ages and reasons stay current
 }
 
 let hourPlot = null;
@@ -244,9 +251,9 @@ async function saTable() {
     });
   }
   await load();
-  const soon = debounce(() => load().catch(() => {}), 200);
+  const soon = debounce(() => load().catch(report), 200);
   onEvents(soon, "?kind=protocol");
-  setInterval(() => { if (!document.hidden) load().catch(() => {}); }, 2000); // counters
+  setInterval(() => { if (!document.hidden) load().catch(report); }, 2000); // counters
 }
 
 /* ---------- one CHILD_SA ---------- */
@@ -269,18 +276,22 @@ async function saDetail() {
     xs.push(Date.now() / 1000); ins.push(c.traffic.bytes_in); outs.push(c.traffic.bytes_out);
     if (xs.length > 120) { xs.shift(); ins.shift(); outs.shift(); }
     const box = $("#sa-chart");
+    if (ike) $("#sa-title").textContent = `${ike.connection_name || "?"} / ${c.name} (${c.id})`;
     if (!plot) plot = new uPlot({ width: Math.max(280, box.clientWidth - 16), height: 180,
-      series: [{}, { label: "bytes in", stroke: "#047857" }, { label: "bytes out", stroke: "#1d4ed8" }] }, [xs, ins, outs], box);
+      scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 60), max] } },
+      axes: [{}, { label: "bytes", size: 70 }],
+      series: [{}, { label: "bytes in", stroke: "#047857", points: { show: false } },
+        { label: "bytes out", stroke: "#1d4ed8", points: { show: false } }] }, [xs, ins, outs], box);
     else plot.setData([xs, ins, outs]);
   }
   for (const b of $$("#sa-actions button")) {
     b.addEventListener("click", () => {
       const path = b.dataset.kind === "child" ? `/child-sas/${encodeURIComponent(id)}` : `/ike-sas/${encodeURIComponent(ikeId)}`;
-      act(b.textContent, "POST", `${path}/${b.dataset.act}`, { destructive: b.dataset.act === "terminate", after: () => load().catch(() => {}) });
+      act(b.textContent, "POST", `${path}/${b.dataset.act}`, { destructive: b.dataset.act === "terminate", after: () => load().catch(report) });
     });
   }
   await load();
-  setInterval(() => { if (!document.hidden) load().catch(() => {}); }, 2000);
+  setInterval(() => { if (!document.hidden) load().catch(report); }, 2000);
 }
 
 /* ---------- connection detail ---------- */
@@ -299,18 +310,18 @@ async function connection() {
     fields($("#conn-config"), conn);
     $("#children tbody").replaceChildren(...kids.data.map(k => el("tr", {}, el("td", {}, k.name), el("td", {}, k.mode),
       el("td", { class: "mono" }, k.local_ts.join(", ")), el("td", { class: "mono" }, k.remote_ts.join(", ")),
-      el("td", {}, (k.esp_proposals || []).join(", ")), el("td", {}, k.start_action))));
+      el("td", {}, k.esp_proposals || "–"), el("td", {}, k.start_action))));
     $("#conn-events tbody").replaceChildren(...evs.data.map(e => el("tr", {}, el("td", {}, fmtTime(e.ts)), el("td", {}, e.type), el("td", {}, e.message))));
   }
   for (const b of $$(".actions button[data-act]")) {
     b.addEventListener("click", () => {
       const a = b.dataset.act;
       if (a === "delete") act("Delete the connection", "DELETE", `/connections/${id}`, { destructive: true, after: () => location.assign("/ui/") });
-      else act(b.textContent, "POST", `/connections/${id}/${a}`, { destructive: a === "terminate", after: () => load().catch(() => {}) });
+      else act(b.textContent, "POST", `/connections/${id}/${a}`, { destructive: a === "terminate", after: () => load().catch(report) });
     });
   }
   await load();
-  onEvents(debounce(() => load().catch(() => {}), 300), `?connection_id=${id}`);
+  onEvents(debounce(() => load().catch(report), 300), `?connection_id=${id}`);
 }
 
 /* ---------- connection form ---------- */
@@ -336,7 +347,7 @@ function showFieldError(input, msg) {
   const eid = `${input.id || input.name || "x"}-err-${Math.random().toString(36).slice(2, 7)}`;
   input.setAttribute("aria-invalid", "true");
   input.setAttribute("aria-describedby", eid);
-  input.closest(".f, label").after(el("p", { class: "field-error", id: eid, role: "alert" }, msg));
+  input.closest(".f, label").append(el("p", { class: "field-error", id: eid, role: "alert" }, msg));
 }
 /* 422 details -> messages at the fields; whatever has no field goes to the form's top. */
 function showErrors(err, fieldFor) {
@@ -399,14 +410,14 @@ async function connectionForm() {
     clearErrors(form);
     const data = {};
     for (const i of $$("fieldset [name]", form)) data[i.name] = readField(i);
-    if (!data.ike_proposals.length) delete data.ike_proposals;
+    if (!data.ike_proposals) delete data.ike_proposals;
     let conn;
     try { conn = await api(id ? "PATCH" : "POST", id ? `/connections/${id}` : "/connections", data); }
     catch (err) { showErrors(err, name => form.querySelector(`[name="${CSS.escape(name)}"]`)); return; }
     for (const node of $$("[data-child]", list)) {
       const c = {};
       for (const i of $$("[data-c]", node)) if (i.dataset.c !== "id") c[i.dataset.c] = readField(i);
-      if (!c.esp_proposals.length) delete c.esp_proposals;
+      if (!c.esp_proposals) delete c.esp_proposals;
       const cid = $("[data-c=id]", node).value;
       try {
         const saved = await api(cid ? "PATCH" : "POST", cid ? `/children/${cid}` : `/connections/${conn.id}/children`, c);
@@ -416,7 +427,7 @@ async function connectionForm() {
         showErrors(err, name => $(`[data-c="${CSS.escape(name)}"]`, node)); return;
       }
     }
-    for (const cid of removed.splice(0)) await api("DELETE", `/children/${cid}`).catch(() => {});
+    for (const cid of removed.splice(0)) await api("DELETE", `/children/${cid}`).catch(report);
     location.assign(`/ui/connections/${conn.id}`);
   });
 }
@@ -501,5 +512,5 @@ async function pki() {
 }
 
 const pages = { overview, sas: saTable, sa: saDetail, connection, connection_form: connectionForm, events, pki };
-if (pages[page]) pages[page]().catch(err => { if (!(err instanceof ApiError && err.status === 401)) flash(errorText(err), true); });
+if (pages[page]) pages[page]().catch(report);
 })();
