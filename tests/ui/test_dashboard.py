@@ -39,8 +39,8 @@ def _watch(page: Any) -> list[str]:
     return problems
 
 
-def _shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+def _shot(page: Any, name: str, full_page: bool = True) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def _sign_in(page: Any, lab: Lab, token: str) -> None:
@@ -153,6 +153,14 @@ def test_operator_session(lab: Lab, browser: Any) -> None:
     page.wait_for_selector("#children tbody tr:has-text('198.51.100.0/24')", timeout=WAIT)
     _shot(page, "04-connection-up")
 
+    page.goto(f"{lab.base}/ui/")
+    page.wait_for_selector("#conns tr[data-connection=to-b] .state.up", timeout=WAIT)
+    page.wait_for_function("document.querySelector('#n-child').textContent === '1'",
+                           timeout=WAIT)
+    _shot(page, "04b-overview-up", full_page=False)  # the README's screenshot
+    page.goto(f"{lab.base}/ui/connections/{conn_id}")
+    page.wait_for_selector("#conn-config dd", timeout=WAIT)
+
     # ... and appears in the SA table without a reload.
     table.wait_for_function(f"document.querySelectorAll('#sas tbody tr').length > {before}",
                             timeout=WAIT)
@@ -215,7 +223,7 @@ def test_operator_session(lab: Lab, browser: Any) -> None:
     # The API docs come from the package, not a CDN.
     page.goto(f"{lab.base}/docs")
     page.wait_for_selector(".swagger-ui .info", timeout=WAIT)
-    _shot(page, "11-api-docs")
+    _shot(page, "11-api-docs", full_page=False)
 
     # On a phone: nothing wider than the screen but the scrolling tables.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
