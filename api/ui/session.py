@@ -14,6 +14,7 @@ import hashlib
 import hmac
 
 from fastapi import HTTPException, Request, Response, status
+from starlette.requests import cookie_parser
 
 SESSION_COOKIE = "xfrmctl_session"
 LOGIN_COOKIE = "xfrmctl_login"  # double-submit token of the sign-in form (no session yet)
@@ -31,23 +32,40 @@ def csrf_ok(session_token: str, presented: str | None) -> bool:
                                                          presented)
 
 
-def session_of(request: Request) -> str | None:
-    token = request.cookies.get(SESSION_COOKIE)
+def _valid(token: str | None) -> str | None:
     return token if token and token.isascii() and token.isprintable() else None
+
+
+def session_of(request: Request) -> str | None:
+    return _valid(request.cookies.get(SESSION_COOKIE))
+
+
+class CsrfRefused(Exception):
+    """A cookie-authenticated request changes state without the session's CSRF token."""
+
+
+def browser_token(cookie_header: str | None, csrf_header: str | None,
+                  method: str) -> str | None:
+    """The session's API token from a request's raw headers (for code that runs before
+    routing, such as an authentication middleware), or None without a session cookie.
+    Raises CsrfRefused for a state-changing method without the right CSRF token."""
+    token = _valid(cookie_parser(cookie_header or "").get(SESSION_COOKIE))
+    if token is None:
+        return None
+    if method not in SAFE_METHODS and not csrf_ok(token, csrf_header):
+        raise CsrfRefused("missing or wrong CSRF token (X-CSRF-Token header): reload the "
+                          "page and try again")
+    return token
 
 
 def cookie_token(request: Request) -> str | None:
     """The API token of the browser session, for an API request that came without a
     bearer token; 403 when the request changes state without the session's CSRF token."""
-    token = session_of(request)
-    if token is None:
-        return None
-    if request.method not in SAFE_METHODS and not csrf_ok(
-            token, request.headers.get(CSRF_HEADER)):
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            "missing or wrong CSRF token (X-CSRF-Token header): reload the "
-                            "page and try again")
-    return token
+    try:
+        return browser_token(request.headers.get("cookie"), request.headers.get(CSRF_HEADER),
+                             request.method)
+    except CsrfRefused as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
 
 
 def _secure(request: Request) -> bool:
