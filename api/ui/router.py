@@ -30,7 +30,7 @@ HERE = Path(__file__).parent
 STATIC = "/ui/static"
 SWAGGER = f"{STATIC}/vendor/swagger-ui-dist-5.36.0"
 REDOC = f"{STATIC}/vendor/redoc-2.5.4"
-MAX_LOGIN_BODY = 4096
+MAX_FORM_BODY = 4096
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 SaIdPath = Annotated[str, PathParam(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -70,6 +70,16 @@ async def _page(request: Request, template: str, **context: Any) -> Response:
     return templates.TemplateResponse(request, template, context, headers=PAGE_HEADERS)
 
 
+async def _small_form(request: Request) -> dict[str, list[str]] | None:
+    """The urlencoded body of a sign-in or sign-out form; None if it is too large."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BODY:
+            return None
+    return parse_qs(body.decode("utf-8", "replace"))
+
+
 def _login_form(request: Request, error: str | None, code: int = 200) -> Response:
     nonce = secrets.token_urlsafe(24)
     response = templates.TemplateResponse(
@@ -86,8 +96,9 @@ async def login_page(request: Request) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    body = await request.body()
-    form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+    form = await _small_form(request)
+    if form is None:
+        return Response("form too large", 413)
     nonce = form.get("nonce", [""])[0]
     token = form.get("token", [""])[0].strip()
     expected = request.cookies.get(session.LOGIN_COOKIE, "")
@@ -108,8 +119,8 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    body = await request.body()
-    presented = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace")).get("csrf", [""])[0]
+    form = await _small_form(request)
+    presented = (form or {}).get("csrf", [""])[0]
     token = session.session_of(request)
     if token is not None and not session.csrf_ok(token, presented):
         return Response("missing or wrong CSRF token", status.HTTP_403_FORBIDDEN)

@@ -65,6 +65,16 @@ async def test_sign_in_needs_the_forms_nonce(browser: httpx.AsyncClient,
     assert forged.status_code == 403 and "xfrmctl_session" not in browser.cookies
 
 
+async def test_sign_in_refuses_an_oversized_form(browser: httpx.AsyncClient,
+                                                 tokens: dict[Scope, str]) -> None:
+    form = await browser.get("/ui/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+    assert nonce is not None
+    big = await browser.post("/ui/login", data={"token": tokens[Scope.ADMIN],
+                                                "nonce": nonce[1], "pad": "x" * 10000})
+    assert big.status_code == 413 and "xfrmctl_session" not in browser.cookies
+
+
 async def test_cookie_is_secure_over_tls(app: FastAPI, tokens: dict[Scope, str]) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="https://test") as c:
