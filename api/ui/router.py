@@ -7,23 +7,27 @@ session cookie and the CSRF token the page carries. Nothing is loaded from anoth
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, Request, status
+from fastapi import APIRouter, FastAPI, Header, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.routing import Route
 
 from xfrmctl.store import repo
+from xfrmctl.store.models import EventKind
 from xfrmctl.store.tokens import Scope, allows
 
 from ..deps import Principal, Services
+from ..routers import events as events_api
 from . import session
 
 HERE = Path(__file__).parent
@@ -31,6 +35,7 @@ STATIC = "/ui/static"
 SWAGGER = f"{STATIC}/vendor/swagger-ui-dist-5.36.0"
 REDOC = f"{STATIC}/vendor/redoc-2.5.4"
 MAX_FORM_BODY = 4096
+_EVENT_LINE = re.compile(r"^event: [^\n]*\n", re.MULTILINE)
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 SaIdPath = Annotated[str, PathParam(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -172,6 +177,36 @@ async def audit(request: Request) -> Response:
 @router.get("/pki")
 async def pki(request: Request) -> Response:
     return await _page(request, "pki.html")
+
+
+@router.get("/stream")
+async def event_stream(
+    request: Request, kind: EventKind | None = None,
+    type: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
+    connection_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> Response:
+    """The API's event stream for the pages, every event as an unnamed message: an
+    EventSource cannot listen to all named events, and audit types are open-ended.
+    A gap (events lost to a slow reader) arrives as a message without an id."""
+    if await _principal(request) is None:
+        return Response("sign in first", status.HTTP_401_UNAUTHORIZED)
+    if after_id is None and last_event_id is not None and last_event_id.isdigit():
+        after_id = int(last_event_id)
+
+    def wanted(event: dict[str, Any]) -> bool:
+        return ((kind is None or event["kind"] == kind)
+                and (type is None or event["type"] == type)
+                and (connection_id is None or event["connection_id"] == connection_id))
+
+    async def unnamed() -> AsyncIterator[str]:
+        async for frame in events_api._frames(request.app.state.services, after_id, wanted,
+                                              None):
+            yield _EVENT_LINE.sub("", frame)
+
+    return StreamingResponse(unnamed(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("", include_in_schema=False)

@@ -208,6 +208,8 @@ def test_operator_session(lab: Lab, browser: Any) -> None:
     _shot(page, "08-events")
     page.goto(f"{lab.base}/ui/audit")
     page.wait_for_selector("#events tbody tr:has-text('token:ui-admin')", timeout=WAIT)
+    assert lab.api("POST", f"/connections/{conn_id}/rekey")[0] == 202  # audited: live tail
+    page.wait_for_selector("#events tbody tr.new:has-text('rekey')", timeout=WAIT)
     _shot(page, "09-audit")
     page.goto(f"{lab.base}/ui/pki")
     page.wait_for_selector("#secrets tbody tr:has-text('to-b-psk')", timeout=WAIT)

@@ -125,6 +125,10 @@ async def test_sign_out_needs_csrf_and_ends_the_session(browser: httpx.AsyncClie
     assert (await browser.get("/api/v1/status")).status_code == 401
 
 
+async def test_the_pages_event_stream_needs_a_session(browser: httpx.AsyncClient) -> None:
+    assert (await browser.get("/ui/stream")).status_code == 401
+
+
 async def test_api_docs_load_nothing_from_other_hosts(browser: httpx.AsyncClient) -> None:
     for path in ("/docs", "/redoc"):
         page = await browser.get(path)

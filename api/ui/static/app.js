@@ -86,17 +86,14 @@ async function act(label, method, path, { destructive = false, after } = {}) {
   catch (err) { flash(`${label} refused: ${errorText(err)}`, true); }
 }
 
-/* The event stream: one EventSource per page, reopened by the browser on errors. */
+/* The event stream (/ui/stream: the API's, as unnamed messages); one EventSource per
+   view, reopened by the browser after errors with Last-Event-ID. */
 function onEvents(handler, query = "") {
-  const src = new EventSource(`${API}/events/stream${query}`, { withCredentials: true });
+  const src = new EventSource(`/ui/stream${query}`);
   const live = $("#live");
   src.onopen = () => { if (live) { live.classList.remove("off"); live.textContent = "● live"; } };
   src.onerror = () => { if (live) { live.classList.add("off"); live.textContent = "● reconnecting"; } };
-  src.onmessage = e => handler(JSON.parse(e.data));
-  for (const type of ["IkeSaUp", "IkeSaDown", "IkeSaRekeyed", "ChildSaNegotiated", "ChildSaDeleted",
-                      "NegotiationFailed", "PeerMoved", "VirtualIpAssigned"])
-    src.addEventListener(type, e => handler(JSON.parse(e.data)));
-  src.addEventListener("gap", () => handler(null));
+  src.onmessage = e => { const event = JSON.parse(e.data); handler(event && event.id !== undefined ? event : null); };
   window.addEventListener("pagehide", () => src.close());
   return src;
 }
