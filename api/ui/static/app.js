@@ -468,6 +468,11 @@ async function events() {
 }
 function diff(before, after) {
   if (!before && !after) return "";
+  if (!before || !after) {  // created or deleted: the whole object, folded
+    const obj = before || after;
+    return el("details", {}, el("summary", {}, before ? "deleted" : "created"),
+      Object.entries(obj).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n"));
+  }
   const keys = new Set([...Object.keys(before || {}), ...Object.keys(after || {})]);
   const out = [];
   for (const k of keys) {
