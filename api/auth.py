@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .deps import AuthFailed, Services, authenticate, bearer_token, client_key
+from .deps import AuthFailed, Services, authenticate, client_key, request_token
 
 
 def public_paths(app: FastAPI) -> list[re.Pattern[str]]:
@@ -23,6 +23,9 @@ def public_paths(app: FastAPI) -> list[re.Pattern[str]]:
              if not any(op.get("security") for op in item.values() if isinstance(op, dict))]
     paths += [url for url in (app.openapi_url, app.docs_url, app.redoc_url,
                               app.swagger_ui_oauth2_redirect_url) if url]
+    # the dashboard's pages and assets: each page checks its session itself (sign-in
+    # redirect); its data comes from the API, authenticated here like any client
+    paths += ["/ui", "/ui/{path:path}"]
     return [compile_path(path)[0] for path in paths]
 
 
@@ -47,8 +50,8 @@ class AuthFirst:
             return
         services: Services = app.state.services
         try:
-            principal = await authenticate(services, client_key(scope),
-                                           bearer_token(Headers(scope=scope)))
+            principal = await authenticate(services, client_key(scope), request_token(
+                Headers(scope=scope), scope["method"]))
         except AuthFailed as exc:
             response = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
             await response(scope, receive, send)

@@ -20,6 +20,7 @@ from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope, allows
 
 from .throttle import AuthThrottle
+from .ui.session import CSRF_HEADER, CsrfRefused, browser_token
 
 
 @dataclass
@@ -91,6 +92,18 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def request_token(headers: Mapping[str, str], method: str) -> str | None:
+    """The bearer token; without one, the dashboard session's token (a state-changing
+    request must carry the session's CSRF token: AuthFailed 403 otherwise)."""
+    token = bearer_token(headers)
+    if token is not None:
+        return token
+    try:
+        return browser_token(headers.get("cookie"), headers.get(CSRF_HEADER), method)
+    except CsrfRefused as exc:
+        raise AuthFailed(status.HTTP_403_FORBIDDEN, str(exc), {}) from None
+
+
 async def authenticate(services: Services, client: str, token: str | None) -> Principal:
     """The principal for `token`, or AuthFailed: 429 while `client` is backing off after
     failures (its token is not even checked), 401 for a missing or invalid token."""
@@ -121,7 +134,7 @@ async def get_principal(
         return principal
     try:
         return await authenticate(services, client_key(request.scope),
-                                  bearer_token(request.headers))
+                                  request_token(request.headers, request.method))
     except AuthFailed as exc:
         raise HTTPException(exc.status_code, exc.detail, headers=exc.headers) from None
 

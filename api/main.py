@@ -34,6 +34,7 @@ from .routers import (
     tokens,
 )
 from .throttle import AuthThrottle
+from .ui import router as dashboard
 
 API_PREFIX = "/api/v1"
 
@@ -92,4 +93,5 @@ def create_app(settings: Settings, controller: Controller | None = None,
     app.include_router(api_router())
     app.include_router(system.router, responses={
         code: COMMON_RESPONSES[code] for code in (401, 403, 429)})
+    dashboard.install(app)
     return app
