@@ -94,6 +94,10 @@ async def test_state_changes_need_the_csrf_token(browser: httpx.AsyncClient,
     assert wrong.status_code == 403
     assert (await browser.get("/api/v1/connections")).json()["count"] == 0
     csrf = await csrf_of(browser)
+    secret = await browser.post("/api/v1/secrets", headers={"X-CSRF-Token": csrf}, json={
+        "name": "c1-psk", "kind": "psk", "value": "documentation-only-psk"})
+    assert secret.status_code == 201, secret.text
+    body["secret_id"] = secret.json()["id"]
     made = await browser.post("/api/v1/connections", json=body, headers={"X-CSRF-Token": csrf})
     assert made.status_code == 201, made.text
     gone = await browser.delete(f"/api/v1/connections/{made.json()['id']}")
