@@ -12,7 +12,6 @@ import pytest
 from tests.hostile.conftest import NAMED_RESPONDER, HostileLab
 from tests.hostile.peer import (
     Keyed,
-    core_bug,
     establish,
     established,
     initiator_config,
@@ -146,10 +145,7 @@ def test_identity_of_no_connection_is_refused(healthy: HostileLab) -> None:
 
 
 @pytest.mark.parametrize("exchange", [
-    pytest.param(EX.INFORMATIONAL, marks=core_bug(
-        "an INFORMATIONAL on a half-open SA is answered (RFC 7296 1.4: only after the "
-        "initial exchanges)")),
-    EX.CREATE_CHILD_SA])
+    EX.INFORMATIONAL, EX.CREATE_CHILD_SA])
 def test_exchange_before_authentication_is_not_served(healthy: HostileLab,
                                                       exchange: ExchangeType) -> None:
     """RFC 7296 1.2: IKE_AUTH comes first. An INFORMATIONAL (here a Delete-free liveness
@@ -279,9 +275,6 @@ def test_address_identity_of_wrong_length_is_refused(healthy: HostileLab, id_typ
                                                          NT.INVALID_SYNTAX}, reply
 
 
-@core_bug("str(Identity) raises ValueError for an ID_IPV4_ADDR/ID_IPV6_ADDR of the wrong "
-          "length; IKE_AUTH to a connection with remote_id formats it and the exception "
-          "escapes IkeManager.receive_datagram")
 def test_bad_address_identity_to_a_named_connection_is_refused(healthy: HostileLab) -> None:
     """An ID_IPV4_ADDR of 17 octets against a connection that names its peer
     (remote_id): the responder must refuse it (AUTHENTICATION_FAILED or INVALID_SYNTAX)

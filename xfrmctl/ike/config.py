@@ -58,7 +58,7 @@ class Identity:
         return cls.parse(str(ipaddress.ip_address(addr)))
 
     def __str__(self) -> str:
-        if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR) and len(self.data) in (4, 16):
             return str(ipaddress.ip_address(self.data))
         if self.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
             return self.data.decode(errors="replace")

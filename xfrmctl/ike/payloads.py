@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeAlias
 
 from .constants import (
     PAYLOAD_HEADER_SIZE,
+    IdType,
     NotifyType,
     PayloadType,
     ProtocolId,
@@ -338,12 +339,25 @@ def _pull_typed(data: bytes, start: int, end: int, what: str) -> tuple[int, byte
     return _TYPE_RESERVED3.unpack_from(data, start)[0], data[start + 4 : end]
 
 
+# RFC 7296 3.5: an address identity is exactly the address's octets
+_ID_ADDRESS_LENGTHS: dict[int, int] = {IdType.IPV4_ADDR: 4, IdType.IPV6_ADDR: 16}
+
+
+def _pull_identity(data: bytes, start: int, end: int, what: str) -> tuple[int, bytes]:
+    id_type, body = _pull_typed(data, start, end, what)
+    length = _ID_ADDRESS_LENGTHS.get(id_type)
+    if length is not None and len(body) != length:
+        raise ProtocolError(f"{what}: an address identity of {len(body)} octets, not "
+                            f"{length}", offset=start)
+    return id_type, body
+
+
 def _pull_idi(data: bytes, start: int, end: int) -> IdiPayload:
-    return IdiPayload(*_pull_typed(data, start, end, "IDi payload"))
+    return IdiPayload(*_pull_identity(data, start, end, "IDi payload"))
 
 
 def _pull_idr(data: bytes, start: int, end: int) -> IdrPayload:
-    return IdrPayload(*_pull_typed(data, start, end, "IDr payload"))
+    return IdrPayload(*_pull_identity(data, start, end, "IDr payload"))
 
 
 def _pull_auth(data: bytes, start: int, end: int) -> AuthPayload:

@@ -774,6 +774,8 @@ class IkeSa:
             return
         if msg.message_id != self._expected_peer_id:
             return  # RFC 7296 2.3: drop requests outside the window
+        if msg.exchange == ExchangeType.INFORMATIONAL and self.state is IkeState.INIT_DONE:
+            return  # RFC 7296 1.4: only after the initial exchanges (the ID stays unused)
         self._expected_peer_id += 1
         handler = self._REQUEST_HANDLERS.get(msg.exchange)
         if handler is None:
