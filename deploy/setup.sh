@@ -12,6 +12,7 @@ APT_PACKAGES=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins
   postgresql
+  ruby  # syntax check of the Vagrantfile (tests/ansible)
 )
 
 missing=()
