@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,17 @@ def test_gateway_playbook_and_role_pass_the_syntax_check() -> None:
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "playbook: gateway.yml" in proc.stdout
+
+
+def test_readme_playbook_passes_the_syntax_check(tmp_path: Path) -> None:
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.skip("ansible-core is not installed (pip install -e '.[dev]')")
+    section = (REPO / "README.md").read_text().split("## Ansible", 1)[1]
+    playbook = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert len(playbook.strip().splitlines()) <= 10
+    (tmp_path / "tunnel.yml").write_text(playbook)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "gw1,", "--syntax-check", "tunnel.yml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
