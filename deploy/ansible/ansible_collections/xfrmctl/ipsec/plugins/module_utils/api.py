@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import json
 import os
 
@@ -157,11 +158,27 @@ def subset(current, wanted):
     return dict((k, current.get(k)) for k in wanted)
 
 
-def normalize(value):
-    """Values compared the way the API stores them (PEM text without trailing space)."""
-    if isinstance(value, str):
-        return value.strip()
-    return value
+def normalize(value, key=None):
+    """A value in the form the API stores it, so that equal settings compare equal.
+
+    The API canonicalizes addresses and prefixes (2001:DB8::0001 is 2001:db8::1, a bare
+    address in a selector is a /32); proposals are compared keyword by keyword; PEM text
+    without surrounding whitespace.
+    """
+    if isinstance(value, list):
+        return [normalize(v, key) for v in value]
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if key is not None and key.endswith("proposals"):
+        return [p.strip().lower() for p in value.split(",")]
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        return value
+    if iface.network.prefixlen == iface.max_prefixlen:
+        return str(iface.ip)
+    return str(iface)
 
 
 class Resource(object):
@@ -191,7 +208,7 @@ class Resource(object):
 
     def changes(self, current, wanted):
         return dict((k, v) for k, v in wanted.items()
-                    if normalize(current.get(k)) != normalize(v))
+                    if normalize(current.get(k), k) != normalize(v, k))
 
     # --- API calls (skipped in check mode by run()) ---------------------------------
     def item_path(self, current):

@@ -323,7 +323,7 @@ class Connection(Resource):
                     "POST", "/connections/%s/children" % obj["id"], dict(spec, name=child["name"])))
                 continue
             delta = dict((k, v) for k, v in spec.items()
-                         if normalize(current.get(k)) != normalize(v))
+                         if normalize(current.get(k), k) != normalize(v, k))
             if delta:
                 before[child["name"]] = dict((k, current.get(k)) for k in delta)
                 after[child["name"]] = delta
