@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins
   postgresql
   chromium curl
+  ruby  # syntax check of the Vagrantfile (tests/ansible)
 )
 
 missing=()
