@@ -139,3 +139,16 @@ def test_db_upgrade(server: Server, tmp_path: Path) -> None:
     result = server.run("db", "upgrade", "--database-url", url, token=None)
     assert result.returncode == 0, result.stderr
     assert {"connections", "children", "events", "api_tokens"} <= current_tables(url)
+
+
+def test_a_refused_conn_add_leaves_nothing_behind(server: Server) -> None:
+    """Issue 9: a multi-object command is all or nothing. The PSK secret and the
+    connection made before the child is refused are deleted again."""
+    refused = server.run("conn", "add", "half", "--psk-stdin", "--child", "net",
+                         "--local-ts", "not-a-selector", stdin=PSK + "\n")
+    assert refused.returncode == 7 and "local_ts" in refused.stderr
+    assert server.json("conn", "list") == []
+    assert [s for s in server.json("secret", "list") if s["name"] == "half-psk"] == []
+    # the same command with a good selector then goes through, secret name free again
+    assert server.run("conn", "add", "half", "--psk-stdin", "--child", "net",
+                      "--local-ts", "192.0.2.0/24", stdin=PSK + "\n").returncode == 0

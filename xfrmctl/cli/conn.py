@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -110,7 +111,10 @@ def _parse_extra(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _body(state: State, name: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+def _body(state: State, name: str | None, opts: dict[str, Any],
+          made: list[str] | None = None) -> dict[str, Any]:
+    """The request body from the options; a secret it creates is added to `made` (API
+    paths to delete if a later step of the command is refused)."""
     body: dict[str, Any] = {k: v for k, v in opts.items()
                             if k not in ("secret_ref", "psk_stdin", "extra") and v not in
                             (None, ())}
@@ -123,6 +127,8 @@ def _body(state: State, name: str | None, opts: dict[str, Any]) -> dict[str, Any
         secret = state.api.request("POST", "/secrets", json={
             "name": f"{name}-psk", "kind": "psk", "value": psk})
         body["secret_id"] = secret["id"]
+        if made is not None:
+            made.append(f"/secrets/{secret['id']}")
     elif opts["secret_ref"]:
         body["secret_id"] = _secret_id(state, opts["secret_ref"])
     return body
@@ -148,24 +154,39 @@ def _secret_id(state: State, ref: str) -> int:
 @pass_state
 def conn_add(state: State, /, name: str, child_name: str | None, local_ts: tuple[str, ...],
              remote_ts: tuple[str, ...], esp_proposals: str | None, **opts: Any) -> None:
-    """Add a connection (and optionally one child)."""
-    created = state.api.request("POST", "/connections",
-                                json={"name": name, **_body(state, name, opts)})
-    result = dict(created)
-    if child_name:
-        child: dict[str, Any] = {"name": child_name}
-        if local_ts:
-            child["local_ts"] = list(local_ts)
-        if remote_ts:
-            child["remote_ts"] = list(remote_ts)
-        if esp_proposals:
-            child["esp_proposals"] = esp_proposals
-        result["children"] = [state.api.request(
-            "POST", f"/connections/{created['id']}/children", json=child)]
+    """Add a connection (and optionally one child): all or nothing, a refused step
+    deletes what the earlier ones created (no orphaned secret or childless connection)."""
+    made: list[str] = []
+    try:
+        created = state.api.request("POST", "/connections",
+                                    json={"name": name, **_body(state, name, opts, made)})
+        made.append(f"/connections/{created['id']}")
+        result = dict(created)
+        if child_name:
+            child: dict[str, Any] = {"name": child_name}
+            if local_ts:
+                child["local_ts"] = list(local_ts)
+            if remote_ts:
+                child["remote_ts"] = list(remote_ts)
+            if esp_proposals:
+                child["esp_proposals"] = esp_proposals
+            result["children"] = [state.api.request(
+                "POST", f"/connections/{created['id']}/children", json=child)]
+    except ApiError:
+        _undo(state, made)
+        raise
     if state.json:
         emit_json(result)
     else:
         click.echo(f"added connection {name} (id {created['id']})")
+
+
+def _undo(state: State, made: list[str]) -> None:
+    """Delete what a refused command created, newest first (best effort: the command's
+    own error is the one reported)."""
+    for path in reversed(made):
+        with contextlib.suppress(ApiError):
+            state.api.request("DELETE", path)
 
 
 @conn.command("edit")
@@ -177,12 +198,17 @@ def conn_add(state: State, /, name: str, child_name: str | None, local_ts: tuple
 def conn_edit(state: State, /, ref: str, name: str | None, **opts: Any) -> None:
     """Change fields of a connection; the daemon re-establishes it only if needed."""
     current = resolve_connection(state, ref)
-    body = _body(state, current["name"], opts)
+    made: list[str] = []
+    body = _body(state, current["name"], opts, made)
     if name:
         body["name"] = name
     if not body:
         raise click.UsageError("nothing to change")
-    updated = state.api.request("PATCH", f"/connections/{current['id']}", json=body)
+    try:
+        updated = state.api.request("PATCH", f"/connections/{current['id']}", json=body)
+    except ApiError:
+        _undo(state, made)
+        raise
     emit_json(updated) if state.json else click.echo(f"updated connection {updated['name']}")
 
 
