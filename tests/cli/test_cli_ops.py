@@ -33,7 +33,8 @@ def _add(server: Server, name: str = "gw2") -> int:
     added = server.json("conn", "add", name, "--remote-addr", "198.51.100.1", "--child", "net",
                         "--local-ts", "192.0.2.0/24", "--remote-ts", "198.51.100.0/24",
                         "--esp-proposals", "aes128gcm16-x25519",
-                        "--ike-proposals", "aes256gcm16-prfsha384-x25519")
+                        "--ike-proposals", "aes256gcm16-prfsha384-x25519", "--psk-stdin",
+                        stdin=PSK + "\n")
     return int(added["id"])
 
 

@@ -1,7 +1,7 @@
 """Issue 15's flood: at least 99% of 200 legitimate setups (IKE_SA_INIT + IKE_AUTH, PSK)
 succeed while 20,000 IKE_SA_INIT requests arrive from 200 source addresses (returning
 every cookie they are asked for), and the
-responder's RSS stays under FLOOD_RSS_BOUND_KIB. Runs in CI (about a minute)."""
+responder's RSS grows by less than FLOOD_RSS_GROWTH_BOUND_KIB. Runs in CI (about a minute)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.hostile]
 LEGIT_RESPONDER, LEGIT = "203.0.113.1", "203.0.113.2"
 FLOOD_SOURCES = [f"198.51.100.{i}" for i in range(1, 201)]
 SETUPS, FLOOD = 200, 20_000
-# Stated bound for the responder during the flood: it idles near 70 MiB; 200 addresses at
-# 10 half-open SAs each (limits.half_open_per_address) hold about 20 MiB more (measured
-# 88 MiB peak; main before the limits reached 124 MiB with every cookie returned).
-FLOOD_RSS_BOUND_KIB = 112 * 1024
+# Stated bound on what the flood adds to the responder's RSS (its idle RSS depends on
+# what the daemon imports): 200 addresses at 10 half-open SAs each
+# (limits.half_open_per_address) hold about 20 MiB (measured 18 MiB over 70 idle; main
+# before the limits grew by 54 MiB with every cookie returned).
+FLOOD_RSS_GROWTH_BOUND_KIB = 40 * 1024
 
 
 @dataclass
@@ -68,7 +69,7 @@ def test_legitimate_setups_succeed_during_a_flood(flood_lab: FloodLab) -> None:
     flooder = Flooder(flood_lab.attacker, FLOOD_SOURCES, (RESPONDER, 500), FLOOD,
                       per_second=800)
     legit = LegitInitiator(flood_lab.legit, (LEGIT, 500), (LEGIT_RESPONDER, 500))
-    started = time.monotonic()
+    started, idle = time.monotonic(), rss_kib(pid)
     with RssSampler(lambda: rss_kib(pid)) as rss:
         flooder.start()
         time.sleep(2.0)  # the flood is on before the first setup
@@ -78,9 +79,10 @@ def test_legitimate_setups_succeed_during_a_flood(flood_lab: FloodLab) -> None:
     elapsed = time.monotonic() - started
     print(f"flood: {flooder.sent} IKE_SA_INIT ({flooder.cookies_returned} with cookies), "
           f"{legit.up}/{SETUPS} setups up, "
-          f"{len(legit.failed)} failed, RSS {peak // 1024} MiB, {elapsed:.1f} s")
+          f"{len(legit.failed)} failed, RSS {peak // 1024} MiB (idle {idle // 1024} MiB), "
+          f"{elapsed:.1f} s")
     assert flooder.sent == FLOOD
     assert legit.up >= 0.99 * SETUPS, f"only {legit.up} of {SETUPS}: {legit.failed[:5]}"
-    assert peak < FLOOD_RSS_BOUND_KIB, f"RSS {peak} KiB"
+    assert peak - idle < FLOOD_RSS_GROWTH_BOUND_KIB, f"RSS {idle} -> {peak} KiB"
     assert daemon.running, daemon.tail()
     assert not daemon.errors(), daemon.errors()[:3]
