@@ -85,13 +85,19 @@ eap_bodies = st.builds(
     lambda head, data: head + (4 + len(data)).to_bytes(2, "big") + data,
     st.binary(min_size=2, max_size=2), blob,
 )  # fmt: skip
+# an address identity is exactly the address (RFC 7296 3.5): anything else is malformed
+identities = st.one_of(
+    st.tuples(u8.filter(lambda t: t not in (1, 5)), blob),
+    st.tuples(st.just(1), st.binary(min_size=4, max_size=4)),
+    st.tuples(st.just(5), st.binary(min_size=16, max_size=16)),
+)
 unknown_types = st.integers(1, 255).filter(lambda t: t not in {*PayloadType} - {PayloadType.NONE})
 
 BY_TYPE: dict[int, st.SearchStrategy[Payload]] = {
     PayloadType.SA: st.builds(SaPayload, st.lists(proposals, min_size=1, max_size=3).map(tuple)),
     PayloadType.KE: st.builds(KePayload, u16, blob),
-    PayloadType.IDI: st.builds(IdiPayload, u8, blob),
-    PayloadType.IDR: st.builds(IdrPayload, u8, blob),
+    PayloadType.IDI: identities.map(lambda t: IdiPayload(*t)),
+    PayloadType.IDR: identities.map(lambda t: IdrPayload(*t)),
     PayloadType.CERT: st.builds(CertPayload, u8, blob),
     PayloadType.CERTREQ: st.builds(CertReqPayload, u8, blob),
     PayloadType.AUTH: st.builds(AuthPayload, u8, blob),
