@@ -12,6 +12,7 @@ from typing import Annotated, Generic, TypeVar
 from cryptography import x509
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from xfrmctl.ike import ts
 from xfrmctl.ike.config import Identity as IkeIdentity
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import parse_proposals
@@ -74,13 +75,19 @@ def _address(value: str) -> str:
 
 
 def _prefix(value: str) -> str:
-    """A traffic selector: a prefix (host bits zero) or an address; 'dynamic' = own IP."""
+    """A traffic selector: a prefix (host bits zero) or an address, optionally with
+    `[protocol/port]` as the daemon reads it (e.g. 198.51.100.0/24[udp/53]); 'dynamic' =
+    own IP."""
     if value == "dynamic":
         return value
+    net, bracket, spec = value.partition("[")
     try:
-        return str(ipaddress.ip_network(value, strict=True))
+        network = str(ipaddress.ip_network(net, strict=True))
+        if bracket:
+            ts.parse(value)  # the [protocol/port] part
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid prefix: {exc}") from None
+    return network + bracket + spec
 
 
 def _interface_address(value: str) -> str:

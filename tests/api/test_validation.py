@@ -225,3 +225,24 @@ async def test_good_last_event_id_replays(client: httpx.AsyncClient, db: Databas
         assert r.status_code == 200
         body = (await r.aread()).decode()
     assert f"id: {first + 1}\n" in body
+
+
+@pytest.mark.parametrize(("selector", "ok"), [
+    ("198.51.100.0/24[udp]", True), ("198.51.100.0/24[udp/53]", True),
+    ("2001:db8::/32[tcp/443-444]", True), ("198.51.100.0/24[bogus]", False),
+    ("198.51.100.0/24[udp/70000]", False), ("198.51.100.1/24[udp]", False)])
+async def test_child_selectors_take_protocol_and_ports(client: httpx.AsyncClient,
+                                                       selector: str, ok: bool) -> None:
+    """The daemon reads `net[protocol/port]` selectors from files; the API takes the same
+    (the lab's configuration-change test was refused on `[udp]`)."""
+    secret = await psk_secret(client)
+    conn = await client.post("/connections", json={
+        "name": "c", "remote_addrs": ["192.0.2.2"], "secret_id": secret})
+    assert conn.status_code == 201, conn.text
+    r = await client.post(f"/connections/{conn.json()['id']}/children",
+                          json={"name": "net", "local_ts": [selector]})
+    if ok:
+        assert r.status_code == 201, r.text
+        assert r.json()["local_ts"] == [selector]
+    else:
+        assert fields(r) == ["0"]
