@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,11 @@ DEFAULT_CONFIG_FILE = Path("/etc/xfrmctl/xfrmctl.yaml")
 DEFAULT_SOCKET = Path("/run/xfrmctl/api.sock")
 
 
+class SettingsError(Exception):
+    """A setting (environment XFRMCTL_* or the YAML file) holds a value that cannot be
+    used; the message names each setting and says what it must be."""
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Top-level keys of the YAML file named by XFRMCTL_CONFIG, if the file exists."""
 
@@ -31,9 +36,15 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = Path(os.environ.get("XFRMCTL_CONFIG", str(DEFAULT_CONFIG_FILE)))
         self._data: dict[str, Any] = {}
         if path.is_file():
-            loaded = yaml.safe_load(path.read_text()) or {}
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark else ""
+                problem = getattr(exc, "problem", None) or "a syntax error"
+                raise SettingsError(f"{path}: not valid YAML{where}: {problem}") from None
             if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping at the top level")
+                raise SettingsError(f"{path}: expected a mapping at the top level")
             self._data = loaded
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
@@ -75,6 +86,12 @@ class Settings(BaseSettings):
     # Lists returned by the API.
     page_limit_max: int = Field(default=500, ge=1)
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
     @field_validator("api_host")
     @classmethod
     def _host_not_empty(cls, value: str) -> str:
@@ -92,6 +109,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def _describe(exc: ValidationError) -> str:
+    """One clause per bad setting, naming its variable and the file; never the value
+    (a setting may be a secret)."""
+    source = os.environ.get("XFRMCTL_CONFIG", str(DEFAULT_CONFIG_FILE))
+    clauses = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        clauses.append(f"XFRMCTL_{name.upper()} (or `{name}` in {source}): {error['msg']}")
+    return "bad setting: " + "; ".join(clauses)
 
 
 def is_loopback(host: str) -> bool:

@@ -222,3 +222,24 @@ def test_ordinary_mistakes_get_a_sentence_and_the_exit_code(server: Server,
         assert re.match(r"^error: ", result.stderr)
     assert server.run("token", "create", "x", "--scope", "read", "--local", "--database-url",
                       server.settings.database_url, token=Scope.READ).returncode == 0
+
+
+def test_a_bad_setting_is_one_sentence_and_exit_78(server: Server, tmp_path: Path) -> None:
+    """A bad XFRMCTL_* value or YAML settings file names the setting, never echoes the value
+    (it may be a secret), and exits EX_CONFIG, which the systemd unit does not restart."""
+    bad_yaml = tmp_path / "xfrmctl.yaml"
+    bad_yaml.write_text("api_port: [\n")
+    cases = [
+        ({"XFRMCTL_API_PORT": "0"}, "XFRMCTL_API_PORT"),
+        ({"XFRMCTL_PAGE_LIMIT_MAX": "s3cret-looking-value"}, "XFRMCTL_PAGE_LIMIT_MAX"),
+        ({"XFRMCTL_CONFIG": str(bad_yaml)}, f"{bad_yaml}: not valid YAML at line"),
+    ]
+    for extra, named in cases:
+        for command in (["status"], ["daemon", "--kernel", "memory"]):
+            result = subprocess.run([sys.executable, "-m", "xfrmctl.cli", *command],
+                                    env={**server.env, **extra}, capture_output=True,
+                                    text=True, check=False, timeout=60)
+            assert result.returncode == 78, (extra, command, result.stderr)
+            assert result.stderr.startswith("error: ") and named in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "s3cret-looking-value" not in result.stderr

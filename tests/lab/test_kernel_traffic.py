@@ -357,7 +357,7 @@ async def test_soft_and_hard_expire(pair: Pair) -> None:
 
 # --- scale -------------------------------------------------------------------------------
 
-SCALE = int(os.environ.get("XFRMCTL_LAB_SCALE", "10000"))
+SCALE = int(os.environ.get("XFRMCTL_LAB_SCALE", "2000"))
 
 
 async def test_many_sa_pairs(topology: tuple[Netns, Netns], caps: Capabilities) -> None:

@@ -4,7 +4,7 @@ Subcommands live in their own modules and are imported only when used. To add on
 (e.g. the daemon's), add an entry to SUBCOMMANDS: "name": "module:attribute".
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 API unreachable, 4 auth (401/403), 5 not found,
-6 conflict, 7 invalid input (422), 8 daemon not running (503).
+6 conflict, 7 invalid input (422), 8 daemon not running (503), 78 a bad setting.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import click
 
-from xfrmctl.config import Settings
+from xfrmctl.config import Settings, SettingsError
 
 from .client import Api, ApiError, ClientOptions
 
+EXIT_CONFIG = 78  # a bad setting (EX_CONFIG): systemd does not restart the daemon for it
 SUBCOMMANDS: dict[str, str] = {
     "sa": "xfrmctl.cli.live:sa",
     "status": "xfrmctl.cli.live:status",
@@ -59,6 +60,9 @@ class LazyGroup(click.Group):
         except ApiError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except SettingsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_CONFIG)
 
 
 @dataclass

@@ -10,6 +10,7 @@ Peer values are checked as RFC 6989 asks; anything wrong is a `ProtocolError`
 all zeros (low-order points), MODP values outside 1 < y < p-1.
 """
 
+import functools
 import warnings
 from typing import Final, Protocol
 
@@ -106,9 +107,14 @@ MODP_PRIMES: Final[dict[int, int]] = {g: int(h, 16) for g, h in _MODP_HEX.items(
 MODP_GENERATOR: Final = 2
 
 
-_MODP_PARAMETERS: Final[dict[int, DHParameters]] = {  # built once: keygen speed matters
-    g: DHParameterNumbers(p, MODP_GENERATOR).parameters() for g, p in MODP_PRIMES.items()
-}
+
+
+@functools.cache
+def _modp_parameters(group: int) -> DHParameters:
+    """Built once per group, on first use: keygen speed matters, and building all five
+    at import costs every process (the CLI too) ~0.1 s, ~10 s under the lab's TCG."""
+    return DHParameterNumbers(MODP_PRIMES[group], MODP_GENERATOR).parameters()
+
 
 _CURVES: Final[dict[int, ec.EllipticCurve]] = {
     DhId.ECP_256: ec.SECP256R1(),
@@ -117,7 +123,7 @@ _CURVES: Final[dict[int, ec.EllipticCurve]] = {
 }
 
 SUPPORTED_GROUPS: Final[frozenset[int]] = frozenset(
-    {DhId.CURVE25519, DhId.CURVE448, *_CURVES, *_MODP_PARAMETERS}
+    {DhId.CURVE25519, DhId.CURVE448, *_CURVES, *MODP_PRIMES}
 )
 
 
@@ -211,7 +217,7 @@ class _Modp:
 
     def __init__(self, group: int, private: bytes | None = None) -> None:
         self.group = group
-        parameters = _MODP_PARAMETERS[group]
+        parameters = _modp_parameters(group)
         self._p = MODP_PRIMES[group]
         self._size = DH[DhId(group)].public_size
         self._parameter_numbers = parameters.parameter_numbers()
