@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from alembic.util import CommandError
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,6 +23,7 @@ from xfrmctl.cli.output import emit_json
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
+from xfrmctl.store.migrate import MigrationError
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
@@ -56,7 +56,7 @@ def db_import(state: State, path: Path, database_url: str | None, fmt: str) -> N
     try:
         prepare_database(url)
         box = SecretBox.from_file(settings.secret_key_file)
-    except (SQLAlchemyError, CommandError, SecretKeyError, OSError) as exc:
+    except (SQLAlchemyError, MigrationError, SecretKeyError, OSError) as exc:
         _fail(f"database: {exc}", 1)
     database = Database(url)
     try:

@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from cryptography import x509
 from pydantic import ValidationError
 from sqlalchemy import func, inspect, make_url, select
@@ -38,7 +35,13 @@ from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database, make_engine
-from xfrmctl.store.migrate import alembic_config, upgrade
+from xfrmctl.store.migrate import (
+    HEAD_REVISION,
+    MigrationError,
+    schema_revision,
+    stamp_head,
+    upgrade,
+)
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
@@ -517,22 +520,21 @@ def prepare_database(url: str) -> None:
     tables and the head revision at once, as Alembic advises: the same schema
     (tests/store/test_migrations.py) without replaying every migration, which is slow
     in a VM without KVM."""
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
-            context = MigrationContext.configure(connection)
-            current = context.get_current_revision()
+            current = schema_revision(connection)
+            if current == HEAD_REVISION:
+                return
             if current is None and not inspect(connection).get_table_names():
-                log.info("creating the database schema at %s", head)
+                log.info("creating the database schema at %s", HEAD_REVISION)
                 m.Base.metadata.create_all(connection)
-                context.stamp(ScriptDirectory.from_config(alembic_config(url)), "head")
+                stamp_head(connection, url)
                 return
     finally:
         engine.dispose()
-    if current != head:
-        log.info("migrating the database from %s to %s", current or "empty", head)
-        upgrade(url)
+    log.info("migrating the database from %s to %s", current or "empty", HEAD_REVISION)
+    upgrade(url)
 
 
 async def open_source(settings: Settings, base: cf.DaemonConf) -> DbSource:
@@ -540,7 +542,7 @@ async def open_source(settings: Settings, base: cf.DaemonConf) -> DbSource:
     try:
         await asyncio.to_thread(prepare_database, settings.database_url)
         box = SecretBox.from_file(settings.secret_key_file)
-    except (SQLAlchemyError, CommandError, SecretKeyError, OSError) as exc:
+    except (SQLAlchemyError, MigrationError, SecretKeyError, OSError) as exc:
         raise DatabaseUnavailable(f"database {_redact(settings.database_url)}: {exc}") from exc
     return DbSource(Database(settings.database_url), box, base)
 
