@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.lab.conftest import CharonFactory, GatewayPair
 from tests.lab.test_daemon_pair import route_subnets
@@ -38,11 +37,6 @@ from xfrmctl.store import repo
 from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade
 from xfrmctl.store.tokens import Scope
-
-# Not yet seen passing in the VM (its runs failed: a daemon start timeout under a loaded
-# host; then the API refused its '[udp]' selector, since fixed): run it by name,
-# `deploy/lab/run tests/lab/test_changes_no_loss.py`, until it has passed there.
-pytestmark = pytest.mark.lab_extra
 
 __all__ = ["xfrmctl_daemons"]
 
