@@ -6,9 +6,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported where used: `xfrmctl daemon` and `db` need no HTTP client
 
 # Exit codes (documented in `xfrmctl --help`).
 EXIT_ERROR = 1  # server error or unexpected failure
@@ -75,6 +76,8 @@ class Api:
     """Thin wrapper over httpx.Client that raises ApiError with a meaningful exit code."""
 
     def __init__(self, options: ClientOptions) -> None:
+        import httpx  # noqa: PLC0415 - see the import at the top
+
         self._url, self._token = options.url, options.token
         url, transport = options.url, None
         if url.startswith("unix://"):
@@ -91,6 +94,8 @@ class Api:
                                   timeout=options.timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx  # noqa: PLC0415
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -114,6 +119,8 @@ class Api:
 
     def stream(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Events from a text/event-stream endpoint."""
+        import httpx  # noqa: PLC0415
+
         query = {k: v for k, v in params.items() if v is not None}
         try:
             with self._http.stream("GET", path, params=query,
