@@ -250,17 +250,23 @@ def test_conflicting_policy_install_is_retried_until_it_goes_in(lab: Lab,
     _unload(lab, name)
 
 
-def _stop_at(daemon: StatefulDaemon, line: str, before: str, timeout: float = 240) -> bool:
+def _stop_at(daemon: StatefulDaemon, line: str, before: str, timeout: float = 600) -> bool:
     """SIGSTOP the daemon as soon as its log has `line`; True if `before` was not logged
-    yet then (the process was caught between the two)."""
+    yet then (the process was caught between the two). The log is read only when it
+    grows: under TCG a busier loop would starve the daemon it waits for."""
     assert daemon.proc is not None
-    deadline = time.monotonic() + timeout
+    deadline, seen, text = time.monotonic() + timeout, 0, b""
     while time.monotonic() < deadline:
-        text = daemon.log_path.read_bytes()
-        if line.encode() in text:
-            daemon.proc.send_signal(signal.SIGSTOP)
-            return before.encode() not in daemon.log_path.read_bytes()
-        time.sleep(0.005)
+        size = daemon.log_path.stat().st_size
+        if size != seen:
+            with open(daemon.log_path, "rb") as log:
+                log.seek(seen)
+                text += log.read()
+            seen = size
+            if line.encode() in text:
+                daemon.proc.send_signal(signal.SIGSTOP)
+                return before.encode() not in daemon.log_path.read_bytes()
+        time.sleep(0.02)
     raise AssertionError(f"no {line!r} within {timeout} s:\n{daemon.tail()}")
 
 
