@@ -1209,9 +1209,10 @@ class IkeSa:
         self._arm_dpd(now)
         assert self.suite is not None and self.local_id and self.remote_id
         self._events.append(IkeSaUp(
-            self.id, conf.name, self.spi_i, self.spi_r, self.is_initiator, self.local,
-            self.remote, self.local_id, self.remote_id, self.suite, self.nat_local,
-            self.nat_remote, self.virtual_ip))
+            ike_sa=self.id, connection=conf.name, spi_i=self.spi_i, spi_r=self.spi_r,
+            initiator=self.is_initiator, local=self.local, remote=self.remote,
+            local_id=self.local_id, remote_id=self.remote_id, suite=self.suite,
+            nat_local=self.nat_local, nat_remote=self.nat_remote, virtual_ip=self.virtual_ip))
 
     # ----------------------------------------------------------------- virtual IPs
 
@@ -1345,8 +1346,9 @@ class IkeSa:
             if old is not None and old.child_id not in self.children:
                 return  # the peer deleted it meanwhile (RFC 7296 2.25.1): nothing to report
             self._events.append(NegotiationFailed(
-                self.id, self._conf().name, failure.reason, failure.message,
-                request.config.name, failure.ours, failure.theirs))
+                ike_sa=self.id, connection=self._conf().name, reason=failure.reason,
+                message=failure.message, child=request.config.name, ours=failure.ours,
+                theirs=failure.theirs))
             return
         if old is None:
             return
@@ -1441,12 +1443,17 @@ class IkeSa:
                 keys.integ_r
         conf = self._conf()
         self._events.append(ChildSaNegotiated(
-            self.id, conf.name, config.name, child.child_id, child.protocol, mode, spi_in,
-            spi_out, self.local, self.remote, child.local_ts, child.remote_ts, suite,
-            enc_in, int_in, enc_out, int_out, self.nat_local or self.nat_remote,
-            config.rekey_time, config.life_time, config.rekey_bytes, config.life_bytes,
-            config.rekey_packets, config.life_packets,
-            rekey_of.spi_in if rekey_of is not None else None, exchange_initiator, peer_tfc))
+            ike_sa=self.id, connection=conf.name, child=config.name, child_id=child.child_id,
+            protocol=child.protocol, mode=mode, spi_in=spi_in, spi_out=spi_out,
+            local=self.local, remote=self.remote, local_ts=child.local_ts,
+            remote_ts=child.remote_ts, suite=suite, encr_key_in=enc_in, integ_key_in=int_in,
+            encr_key_out=enc_out, integ_key_out=int_out,
+            encap=self.nat_local or self.nat_remote, rekey_time=config.rekey_time,
+            life_time=config.life_time, rekey_bytes=config.rekey_bytes,
+            life_bytes=config.life_bytes, rekey_packets=config.rekey_packets,
+            life_packets=config.life_packets,
+            rekey_of=rekey_of.spi_in if rekey_of is not None else None,
+            initiator=exchange_initiator, tfc_padding=peer_tfc))
         return child
 
     def _select_child(self, msg: Message, rekey_of: ChildSa | None
@@ -1493,8 +1500,9 @@ class IkeSa:
             return self._accept_child(msg, rekey_of, now, ike_auth=ike_auth)
         except _ChildFailure as failure:
             self._events.append(NegotiationFailed(
-                self.id, conf.name, failure.reason, failure.message, failure.child,
-                failure.ours, failure.theirs))
+                ike_sa=self.id, connection=conf.name, reason=failure.reason,
+                message=failure.message, child=failure.child, ours=failure.ours,
+                theirs=failure.theirs))
             return [_notify(_NOTIFY_FOR_REASON.get(failure.reason,
                                                    NotifyType.NO_PROPOSAL_CHOSEN),
                             failure.notify_data)]
@@ -1589,9 +1597,10 @@ class IkeSa:
     def _remove_child(self, child: ChildSa, reason: str) -> None:
         if self.children.pop(child.child_id, None) is None:
             return
-        self._events.append(ChildSaDeleted(self.id, self._conf().name, child.config.name,
-                                           child.child_id, child.protocol, child.spi_in,
-                                           child.spi_out, reason))
+        self._events.append(ChildSaDeleted(
+            ike_sa=self.id, connection=self._conf().name, child=child.config.name,
+            child_id=child.child_id, protocol=child.protocol, spi_in=child.spi_in,
+            spi_out=child.spi_out, reason=reason))
 
     def child_state(self, spi_in: int) -> ChildState | None:
         """The state of our CHILD_SA with this inbound SPI (None: there is none)."""
@@ -1850,8 +1859,9 @@ class IkeSa:
     def _fail(self, reason: FailureReason, message: str, ours: tuple[str, ...] = (),
               theirs: tuple[str, ...] = ()) -> None:
         name = self.config.name if self.config else ",".join(c.name for c in self.candidates)
-        self._events.append(NegotiationFailed(self.id, name, reason, message, None, ours,
-                                              theirs, self.local, self.remote))
+        self._events.append(NegotiationFailed(
+            ike_sa=self.id, connection=name, reason=reason, message=message, ours=ours,
+            theirs=theirs, local=self.local, remote=self.remote))
         self._close(reason.value, quiet=True)
 
     def _close(self, reason: str, quiet: bool = False) -> None:
