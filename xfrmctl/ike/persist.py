@@ -114,7 +114,7 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     for child in data["children"]:
         restored = _restore_child(child, config, sa.established_at or now)
         sa.children[restored.child_id] = restored
-    sa.state = IkeState.ESTABLISHED
+    sa._set_state(IkeState.ESTABLISHED)
     sa._rekey_deadline = data["rekey_deadline"]
     sa._arm_lifetime(now, data.get("reauth_deadline"))
     sa._arm_dpd(now)

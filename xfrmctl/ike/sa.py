@@ -7,7 +7,7 @@ and the API calls (`initiate`, `create_child`, `rekey_child`, `rekey`, `delete_c
 (POSIX seconds), CHILD_SA SPIs from an injected allocator.
 
 Rules kept in one place:
-- IKE SA states and the allowed transitions are the table `TRANSITIONS`.
+- IKE SA and CHILD_SA states change only along the tables of state.py.
 - We keep one request outstanding (window size 1, RFC 7296 2.3); further requests queue.
 - A request is retransmitted with exponential back-off; after `Retransmit.tries` the peer is
   unreachable and the SA is closed. A retransmitted request is answered from the cached
@@ -37,7 +37,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 
 from cryptography import x509
 from cryptography.hazmat.primitives import constant_time
@@ -110,6 +109,7 @@ from .payloads import (
 )
 from .proposals import DhRule, Suite, suite_of
 from .sk import SkCipher
+from .state import ChildState, IkeState, child_move, ike_move
 
 Endpoint = tuple[str, int]
 NONCE_SIZE = 32
@@ -133,36 +133,6 @@ def random_child_spi() -> int:
             return spi
 
 
-class IkeState(Enum):
-    CREATED = "created"
-    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request out
-    AUTH_SENT = "auth-sent"  # initiator: IKE_AUTH request out
-    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
-    ESTABLISHED = "established"
-    REKEYED = "rekeyed"  # replaced by a new IKE SA, waiting for the old one's delete
-    DELETING = "deleting"
-    CLOSED = "closed"
-
-
-TRANSITIONS: dict[IkeState, frozenset[IkeState]] = {
-    IkeState.CREATED: frozenset({IkeState.INIT_SENT, IkeState.INIT_DONE, IkeState.CLOSED}),
-    IkeState.INIT_SENT: frozenset({IkeState.INIT_SENT, IkeState.AUTH_SENT, IkeState.CLOSED}),
-    IkeState.AUTH_SENT: frozenset({IkeState.ESTABLISHED, IkeState.CLOSED}),
-    IkeState.INIT_DONE: frozenset({IkeState.ESTABLISHED, IkeState.CLOSED}),
-    IkeState.ESTABLISHED: frozenset({IkeState.REKEYED, IkeState.DELETING, IkeState.CLOSED}),
-    IkeState.REKEYED: frozenset({IkeState.DELETING, IkeState.CLOSED}),
-    IkeState.DELETING: frozenset({IkeState.CLOSED}),
-    IkeState.CLOSED: frozenset(),
-}
-
-
-class ChildState(Enum):
-    INSTALLED = "installed"
-    REKEYING = "rekeying"  # our rekey request is out
-    REKEYED = "rekeyed"  # a successor exists; this one waits for its delete
-    DELETING = "deleting"
-
-
 @dataclass(slots=True)
 class ChildSa:
     child_id: int
@@ -175,10 +145,18 @@ class ChildSa:
     remote_ts: tuple[TrafficSelector, ...]
     suite: Suite
     created: float
-    state: ChildState = ChildState.INSTALLED
+    _state: ChildState = field(default=ChildState.INSTALLED, init=False)
     # Rekey collision bookkeeping (RFC 7296 2.8.1): per side, the exchange's lowest nonce and
     # the CHILD_SA it created.
     rekeys: dict[str, tuple[bytes, ChildSa]] = field(default_factory=dict)
+
+    @property
+    def state(self) -> ChildState:
+        return self._state
+
+    def move_to(self, new: ChildState) -> None:
+        """Change state along `CHILD_TRANSITIONS` (state.py)."""
+        self._state = child_move(self._state, new, f"{self.spi_in:08x}")
 
 
 @dataclass(slots=True)
@@ -243,9 +221,10 @@ class IkeSa:
         "_next_request_id", "_nonce_i", "_nonce_r", "_out", "_outstanding", "_peer_certreq",
         "_peer_certs", "_pending_children", "_prf", "_reassembly", "_reauth_deadline",
         "_redundant_deadline", "_rekey_deadline", "_sent_ike_proposals", "_silent", "_spawned",
-        "_tasks", "candidates", "children", "config", "created", "down_reason", "established_at",
+        "_state", "_tasks", "candidates", "children", "config", "created", "down_reason",
+        "established_at",
         "id", "is_initiator", "local", "local_id", "nat_local", "nat_remote",
-        "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i", "spi_r", "state",
+        "peer_fragmentation", "peer_hashes", "remote", "remote_id", "spi_i", "spi_r",
         "successor", "suite", "virtual_ip", "wall_offset")
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
@@ -257,7 +236,7 @@ class IkeSa:
         self.remote = remote
         self.config = config
         self.candidates = tuple(candidates) or ((config,) if config else ())
-        self.state = IkeState.CREATED
+        self._state = IkeState.CREATED
         self.created = now
         # `now` + this = the wall-clock time (certificate validity); the caller's `now`
         # may be a monotonic clock (timers immune to clock steps). Set by the manager.
@@ -380,10 +359,13 @@ class IkeSa:
         ) if d is not None]
         return min(deadlines) if deadlines else None
 
+    @property
+    def state(self) -> IkeState:
+        return self._state
+
     def _set_state(self, new: IkeState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise LocalError(f"IKE SA {self.id}: no transition {self.state.name} -> {new.name}")
-        self.state = new
+        """Change state along `TRANSITIONS` (state.py)."""
+        self._state = ike_move(self._state, new, self.id)
 
     # ----------------------------------------------------------------- API
 
@@ -413,7 +395,7 @@ class IkeSa:
         child = self._child_by_spi_in(spi_in)
         if child is None or child.state is not ChildState.INSTALLED:
             raise LocalError(f"no installed CHILD_SA with inbound SPI {spi_in:08x}")
-        child.state = ChildState.REKEYING
+        child.move_to(ChildState.REKEYING)
         new = config or self._current_child_config(child.config)
         self._queue(_Task(f"rekey {spi_in:08x}",
                           lambda t: self._build_create_child(new, child)), now)
@@ -1310,8 +1292,9 @@ class IkeSa:
     def _build_create_child(self, child: ChildConfig, rekey_of: ChildSa | None,
                             group: int | None = None,
                             ) -> tuple[Message, Callable[[Message, float], None]] | None:
-        if rekey_of is not None and rekey_of.state is not ChildState.REKEYING:
-            return None  # deleted or rekeyed by the peer meanwhile
+        if rekey_of is not None and rekey_of.state not in (ChildState.REKEYING,
+                                                           ChildState.CLOSED):
+            return None  # rekeyed by the peer meanwhile (a deleted one: the peer says so)
         request = self._new_child_request(child, rekey_of, create_child_sa=True,
                                           group=group)
         msg = self._message(ExchangeType.CREATE_CHILD_SA, request.payloads)
@@ -1342,7 +1325,7 @@ class IkeSa:
             child = self._child_from_response(request, msg, now)
         except _ChildFailure as failure:
             if old is not None and old.state is ChildState.REKEYING:
-                old.state = ChildState.INSTALLED
+                old.move_to(ChildState.INSTALLED)
             if old is not None and old.child_id not in self.children:
                 return  # the peer deleted it meanwhile (RFC 7296 2.25.1): nothing to report
             self._events.append(NegotiationFailed(
@@ -1365,7 +1348,7 @@ class IkeSa:
             target._child_retries.append((now + _retry_delay(), request.config.name, None))
             return
         if old.state is ChildState.REKEYING:
-            old.state = ChildState.INSTALLED
+            old.move_to(ChildState.INSTALLED)
         if old.child_id in target.children:
             target._child_retries.append((now + _retry_delay(), request.config.name,
                                           old.child_id))
@@ -1556,7 +1539,7 @@ class IkeSa:
         if rekey_of is not None:
             rekey_of.rekeys["theirs"] = (min(nonce_i, nonce_r), child)
             if rekey_of.state is ChildState.INSTALLED:
-                rekey_of.state = ChildState.REKEYED
+                rekey_of.move_to(ChildState.REKEYED)
             else:
                 self._resolve_rekey(rekey_of, now)
         transport: list[Payload] = [_notify(NotifyType.USE_TRANSPORT_MODE)] \
@@ -1572,12 +1555,12 @@ class IkeSa:
         if ours is None:
             return
         if old.state in (ChildState.INSTALLED, ChildState.REKEYING):
-            old.state = ChildState.REKEYED
+            old.move_to(ChildState.REKEYED)
         if theirs is not None and ours[0] < theirs[0]:
             # We lost: our new SA is redundant (never to be sent on: DELETING from now);
             # the peer deletes the old one.
             redundant = ours[1]
-            redundant.state = ChildState.DELETING
+            redundant.move_to(ChildState.DELETING)
             self._queue(_Task("delete redundant", lambda t: self._build_delete_child(
                 redundant, "rekey collision lost")), now)
             return
@@ -1589,7 +1572,7 @@ class IkeSa:
                             ) -> tuple[Message, Callable[[Message, float], None]] | None:
         if child.child_id not in self.children:
             return None
-        child.state = ChildState.DELETING
+        child.move_to(ChildState.DELETING)
         payload = DeletePayload(child.protocol, (child.spi_in.to_bytes(4, "big"),))
         msg = self._message(ExchangeType.INFORMATIONAL, [payload])
         return msg, lambda m, t: self._remove_child(child, reason)
@@ -1597,6 +1580,7 @@ class IkeSa:
     def _remove_child(self, child: ChildSa, reason: str) -> None:
         if self.children.pop(child.child_id, None) is None:
             return
+        child.move_to(ChildState.CLOSED)
         self._events.append(ChildSaDeleted(
             ike_sa=self.id, connection=self._conf().name, child=child.config.name,
             child_id=child.child_id, protocol=child.protocol, spi_in=child.spi_in,
@@ -1777,7 +1761,7 @@ class IkeSa:
         new.children, self.children = self.children, {}
         for child in new.children.values():
             if child.state is ChildState.REKEYING:  # its queued rekey dies with our tasks
-                child.state = ChildState.INSTALLED
+                child.move_to(ChildState.INSTALLED)
                 new._child_retries.append((now + _retry_delay(), child.config.name,
                                            child.child_id))
         new._child_retries += self._child_retries
@@ -1877,7 +1861,7 @@ class IkeSa:
         if self.config is not None and self.config.pool is not None and self.virtual_ip \
                 and not self.is_initiator and self.successor is None:
             self.config.pool.release(str(self.remote_id))
-        self.state = IkeState.CLOSED
+        self._set_state(IkeState.CLOSED)
         self._clear_reassembly()
         self.down_reason = self.down_reason or reason
         self._outstanding = None
