@@ -2,7 +2,7 @@
 
 Rules:
 - A state changes only through `ike_move` / `child_move`, which check the tables below
-  (IkeSa and ChildSa call them in `_set_state` / `move_to`); `state` is read-only
+  (IkeSa.move_to and ChildSa.move_to call them); `state` is read-only
   everywhere else. A transition not in the table is our bug (LocalError), never the
   peer's: a peer's message that does not fit the current state is refused before any
   transition is tried.

@@ -30,7 +30,7 @@ def test_state_is_read_only_and_moves_only_along_the_tables() -> None:
     with pytest.raises(AttributeError):
         kid.state = ChildState.REKEYED  # type: ignore[misc]
     with pytest.raises(LocalError, match="ESTABLISHED -> INIT_SENT"):
-        sa._set_state(IkeState.INIT_SENT)
+        sa.move_to(IkeState.INIT_SENT)
     with pytest.raises(LocalError, match="INSTALLED -> INSTALLED"):
         kid.move_to(ChildState.INSTALLED)
     assert sa.state is IkeState.ESTABLISHED and kid.state is ChildState.INSTALLED
