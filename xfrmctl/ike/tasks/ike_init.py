@@ -109,7 +109,7 @@ def certreq(sa: IkeSa) -> CertReqPayload | None:
     return None
 
 
-def _key(sa: IkeSa, setup: Setup, suite: Suite, shared: bytes) -> None:
+def _derive_keys(sa: IkeSa, setup: Setup, suite: Suite, shared: bytes) -> None:
     sa.suite = suite
     sa.keys = KeyState.derive(suite, shared, setup.nonce_i, setup.nonce_r, sa.spi_i,
                               sa.spi_r, sa.is_initiator)
@@ -161,7 +161,7 @@ class IkeInit:
         sa.spi_r = msg.spi_r
         setup.nonce_r = nonce.data
         read_init_notifies(sa, msg)
-        _key(sa, setup, suite, setup.ke.shared_secret(ke.data))
+        _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
         sa.move_to(IkeState.AUTH_SENT)
         sa.start_auth(now)
@@ -221,7 +221,7 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     shared = our_ke.shared_secret(ke.data)
     setup.nonce_i, setup.nonce_r = nonce.data, new_nonce()
     read_init_notifies(sa, msg)
-    _key(sa, setup, suite, shared)
+    _derive_keys(sa, setup, suite, shared)
     payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, our_ke.public_key),
                                NoncePayload(setup.nonce_r), *init_notifies(sa)]
     request = certreq(sa)
