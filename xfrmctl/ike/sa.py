@@ -17,6 +17,9 @@ Where the rules live:
   collision rules (RFC 7296 2.8). A task lives only while its exchange is queued or out.
 - inbound.py: what arrives before an exchange sees it: fragments (RFC 7383), malformed
   requests, plaintext once keyed.
+- timers.py: the deadlines (half-open, rekey, reauthentication and hard lifetime, DPD,
+  CHILD_SA retries); a reauthentication is ReauthDue at its deadline, after which the
+  daemon brings up a new IKE SA (IKE_SA_INIT, IKE_AUTH tasks) and deletes this one.
 Only integrity-checked requests are answered or use up a message ID. IKE SAs made by a
 rekey stay silent until adopted. A TEMPORARY_FAILURE is retried after a short random
 delay, on the successor IKE SA if there is one by then.
