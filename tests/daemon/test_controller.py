@@ -237,7 +237,7 @@ async def test_dead_peer_follows_dpd_action() -> None:
         gw = await make(dpd_action=action)
         record = gw.a.connections["site-b"]
         (sa,) = gw.a.manager.all()
-        gw.a.manager.act(sa, lambda s: s._fail(FailureReason.PEER_UNREACHABLE, "test"))
+        gw.a.manager.act(sa, lambda s: s.fail(FailureReason.PEER_UNREACHABLE, "test"))
         gw.a._flush()
         await gw.settle()
         assert (record.state, record.wanted) == (expected, wanted), action

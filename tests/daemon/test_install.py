@@ -12,9 +12,11 @@ from xfrmctl.kernel.types import REQID_MIN, Proto, SaFlag
 
 
 def _event(protocol: ProtocolId, suite: Suite, local: str, remote: str) -> ChildSaNegotiated:
-    return ChildSaNegotiated(1, "c", "x", 1, protocol, Mode.TUNNEL, 0xC0000001, 0xC0000002,
-                             (local, 500), (remote, 500), (), (), suite, b"", b"\1" * 32,
-                             b"", b"\2" * 32, False, 0, 0)
+    return ChildSaNegotiated(
+        ike_sa=1, connection="c", child="x", child_id=1, protocol=protocol, mode=Mode.TUNNEL,
+        spi_in=0xC0000001, spi_out=0xC0000002, local=(local, 500), remote=(remote, 500),
+        local_ts=(), remote_ts=(), suite=suite, encr_key_in=b"", integ_key_in=b"\1" * 32,
+        encr_key_out=b"", integ_key_out=b"\2" * 32, encap=False, rekey_time=0, life_time=0)
 
 
 def test_ah_over_ipv4_aligns_its_icv_to_32_bits() -> None:

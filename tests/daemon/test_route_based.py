@@ -127,8 +127,11 @@ async def test_vti_uses_the_marks_on_sas_and_policies() -> None:
 
 def test_esp_overhead_by_suite() -> None:
     def event(suite: Suite, encap: bool, mode: Mode = Mode.TUNNEL) -> ChildSaNegotiated:
-        return ChildSaNegotiated(1, "c", "x", 1, ProtocolId.ESP, mode, 1, 2, (A, 4500),
-                                 (B, 4500), (), (), suite, b"", b"", b"", b"", encap, 0, 0)
+        return ChildSaNegotiated(
+            ike_sa=1, connection="c", child="x", child_id=1, protocol=ProtocolId.ESP,
+            mode=mode, spi_in=1, spi_out=2, local=(A, 4500), remote=(B, 4500), local_ts=(),
+            remote_ts=(), suite=suite, encr_key_in=b"", integ_key_in=b"", encr_key_out=b"",
+            integ_key_out=b"", encap=encap, rekey_time=0, life_time=0)
 
     gcm = Suite(ProtocolId.ESP, EncrId.AES_GCM_16, 128)
     cbc = Suite(ProtocolId.ESP, EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_256_128)

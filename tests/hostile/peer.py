@@ -181,13 +181,13 @@ class Keyed:
 
     @property
     def cipher(self) -> SkCipher:
-        cipher = self.sa._cipher_out
+        cipher = self.sa.keys.cipher_out
         assert cipher is not None
         return cipher
 
     @property
     def cipher_in(self) -> SkCipher:
-        cipher = self.sa._cipher_in
+        cipher = self.sa.keys.cipher_in
         assert cipher is not None
         return cipher
 

@@ -1,5 +1,7 @@
 """Events the IKE core hands to the daemon: frozen dataclasses, read with next_event().
 
+Events with many fields are keyword-only, so a construction names what it sets.
+
 Failures carry the why: what the peer offered and what we would have accepted, so a user
 can see why a tunnel is down without reading debug logs.
 """
@@ -32,7 +34,7 @@ class FailureReason(StrEnum):
     CHILD_SA_NOT_FOUND = "CHILD_SA_NOT_FOUND"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IkeSaUp:
     ike_sa: int  # the IKE SA's unique id in this process
     connection: str
@@ -65,7 +67,7 @@ class IkeSaDown:
     reason: str  # "deleted", "deleted by peer", "rekeyed", a FailureReason value ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChildSaNegotiated:
     """A CHILD_SA to install: both SAs, keys, selectors, lifetimes and encapsulation."""
 
@@ -100,7 +102,7 @@ class ChildSaNegotiated:
     tfc_padding: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChildSaDeleted:
     ike_sa: int
     connection: str
@@ -112,7 +114,7 @@ class ChildSaDeleted:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NegotiationFailed:
     """An IKE_SA or CHILD_SA could not be set up; `details` says what each side wanted."""
 

@@ -213,8 +213,8 @@ class IkeManager:
         if not candidates:
             self._answer_error(spi_i, local, remote, now, NotifyType.NO_PROPOSAL_CHOSEN)
             self._events.append(NegotiationFailed(
-                0, "", FailureReason.NO_MATCHING_CONFIG,
-                f"IKE_SA_INIT from {address}:{remote[1]} to {local[0]}:{local[1]} matches "
+                ike_sa=0, connection="", reason=FailureReason.NO_MATCHING_CONFIG,
+                message=f"IKE_SA_INIT from {address}:{remote[1]} to {local[0]}:{local[1]} matches "
                 "no connection (by address); answered NO_PROPOSAL_CHOSEN",
                 theirs=(f"{address} -> {local[0]}",), local=local, remote=remote))
             return

@@ -1,5 +1,9 @@
 """Save an established IKE SA (with its CHILD_SAs) and bring it back in a new process.
 
+It reads and sets only the public state of IkeSa (its KeyState, RequestWindow, timers
+and CHILD_SAs) and resumes the SA through `IkeSa.resume`. The format is VERSION 1, as
+written since the first release: a daemon restarted across an upgrade restores it.
+
 This is what lets the daemon restart without dropping tunnels: the kernel keeps forwarding
 with the CHILD_SAs it holds, and the restored IKE SA answers the peer's next request with
 the right keys and message IDs. A snapshot is a dict of plain values (JSON-able); it holds
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .child import ChildSa, new_id
 from .config import ChildConfig, Identity, IkeConfig, Mode
 from .constants import ProtocolId
-from .crypto import IkeKeys, Prf, iv_position, new_sk_cipher
+from .crypto import IkeKeys
 from .errors import LocalError
+from .keys import KeyState
 from .proposals import Suite
-from .sa import ChildSa, IkeSa, IkeState, random_child_spi
-from .sa import _ids as sa_ids
+from .sa import IkeSa, IkeState, random_child_spi
 from .ts import format_ts, parse
 
 VERSION = 1
@@ -57,8 +62,8 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
     """Everything needed to continue an ESTABLISHED IKE SA in another process."""
     if sa.state is not IkeState.ESTABLISHED or sa.config is None or sa.suite is None:
         raise LocalError(f"IKE SA {sa.id} is not established: nothing to save")
-    keys, cipher_out = sa._keys, sa._cipher_out
-    assert keys is not None and cipher_out is not None
+    keys = sa.keys
+    assert keys is not None
     return {
         "version": VERSION,
         "connection": sa.config.name,
@@ -66,18 +71,18 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "local": list(sa.local), "remote": list(sa.remote),
         "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
         "suite": suite_to_dict(sa.suite),
-        "keys": {f: getattr(keys, f).hex() for f in _KEY_FIELDS},
-        "iv_out": iv_position(cipher_out),
-        "next_request_id": sa._next_request_id,
-        "expected_peer_id": sa._expected_peer_id,
+        "keys": {f: getattr(keys.keys, f).hex() for f in _KEY_FIELDS},
+        "iv_out": keys.iv_out,
+        "next_request_id": sa.window.next_request_id,
+        "expected_peer_id": sa.window.expected_peer_id,
         "local_id": _identity(sa.local_id), "remote_id": _identity(sa.remote_id),
         "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
         "peer_fragmentation": sa.peer_fragmentation,
         "peer_hashes": sorted(sa.peer_hashes),
         "virtual_ip": sa.virtual_ip,
         "established_at": sa.established_at,
-        "rekey_deadline": sa._rekey_deadline,
-        "reauth_deadline": sa._reauth_deadline,
+        "rekey_deadline": sa.rekey_deadline,
+        "reauth_deadline": sa.reauth_deadline,
         "children": [_child(c) for c in sa.children.values()],
     }
 
@@ -93,18 +98,11 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
                spi_allocator=spi_allocator)
     sa.spi_i, sa.spi_r = bytes.fromhex(data["spi_i"]), bytes.fromhex(data["spi_r"])
     suite = suite_from_dict(data["suite"])
-    assert suite.prf is not None and suite.encr is not None
     keys = IkeKeys(**{f: bytes.fromhex(data["keys"][f]) for f in _KEY_FIELDS})
-    first_iv = data["iv_out"] + IV_MARGIN
-    enc_i = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_ei, keys.sk_ai,
-                          first_iv if sa.is_initiator else 0)
-    enc_r = new_sk_cipher(suite.encr, suite.encr_bits, suite.integ, keys.sk_er, keys.sk_ar,
-                          0 if sa.is_initiator else first_iv)
     sa.suite = suite
-    sa._prf, sa._keys = Prf(suite.prf), keys
-    sa._cipher_out, sa._cipher_in = (enc_i, enc_r) if sa.is_initiator else (enc_r, enc_i)
-    sa._next_request_id = data["next_request_id"]
-    sa._expected_peer_id = data["expected_peer_id"]
+    sa.keys = KeyState(suite, keys, sa.is_initiator, data["iv_out"] + IV_MARGIN)
+    sa.window.next_request_id = data["next_request_id"]
+    sa.window.expected_peer_id = data["expected_peer_id"]
     sa.local_id, sa.remote_id = _unidentity(data["local_id"]), _unidentity(data["remote_id"])
     sa.nat_local, sa.nat_remote = data["nat_local"], data["nat_remote"]
     sa.peer_fragmentation = data["peer_fragmentation"]
@@ -114,10 +112,7 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     for child in data["children"]:
         restored = _restore_child(child, config, sa.established_at or now)
         sa.children[restored.child_id] = restored
-    sa.state = IkeState.ESTABLISHED
-    sa._rekey_deadline = data["rekey_deadline"]
-    sa._arm_lifetime(now, data.get("reauth_deadline"))
-    sa._arm_dpd(now)
+    sa.resume(now, data["rekey_deadline"], data.get("reauth_deadline"))
     return sa
 
 
@@ -126,7 +121,7 @@ def _restore_child(data: dict[str, Any], config: IkeConfig, created: float) -> C
         child_config = config.child(data["name"])
     except KeyError:  # removed from the configuration meanwhile
         child_config = ChildConfig(data["name"])
-    return ChildSa(next(sa_ids), child_config, ProtocolId(data["protocol"]), Mode(data["mode"]),
+    return ChildSa(new_id(), child_config, ProtocolId(data["protocol"]), Mode(data["mode"]),
                    data["spi_in"], data["spi_out"],
                    tuple(parse(t) for t in data["local_ts"]),
                    tuple(parse(t) for t in data["remote_ts"]), suite_from_dict(data["suite"]),

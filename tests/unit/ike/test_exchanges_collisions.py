@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.ike_pair import Pair, make_pair, psk_config
 from tests.unit.ike.test_exchanges import assert_child_pair, child, mirrored, up
-from xfrmctl.ike import sa as sa_module
+from xfrmctl.ike import keys as keys_module
 from xfrmctl.ike.constants import ExchangeType
 from xfrmctl.ike.events import (
     ChildSaDeleted,
@@ -26,7 +26,7 @@ from xfrmctl.ike.sa import NONCE_SIZE, ChildState, IkeSa, IkeState
 
 
 class ChosenNonces:
-    """Stands in for `os` in sa.py: the queued nonces come first, all else is random."""
+    """Stands in for `os` in keys.py: the queued nonces come first, all else is random."""
 
     def __init__(self) -> None:
         self.queue: list[bytes] = []
@@ -40,7 +40,7 @@ class ChosenNonces:
 @pytest.fixture
 def nonces(monkeypatch: pytest.MonkeyPatch) -> ChosenNonces:
     chosen = ChosenNonces()
-    monkeypatch.setattr(sa_module, "os", chosen)
+    monkeypatch.setattr(keys_module, "os", chosen)
     return chosen
 
 

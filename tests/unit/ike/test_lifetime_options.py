@@ -42,7 +42,7 @@ def test_over_time_closes_an_ike_sa_nobody_reauthenticated(over_time: float,
     p = pair_with({"reauth_time": 1000.0, "rekey_time": 0.0, "over_time": over_time})
     up(p)
     (sa,) = p.a.all()
-    reauth_at = sa._reauth_deadline
+    reauth_at = sa.reauth_deadline
     assert reauth_at is not None and 900 <= reauth_at - p.now <= 1000
     p.advance(reauth_at + limit - 1 - p.now)  # reauth was due, nobody acted on it
     assert len(p.of("a", ReauthDue)) == 1
@@ -57,8 +57,8 @@ def test_over_time_follows_the_later_of_rekey_and_reauth() -> None:
     p = pair_with({"reauth_time": 1000.0, "rekey_time": 2000.0, "over_time": 50.0})
     up(p)
     (sa,) = p.a.all()
-    assert sa._expire_deadline is not None and sa._rekey_deadline is not None
-    assert sa._expire_deadline == sa._rekey_deadline + 50.0
+    assert sa.expire_deadline is not None and sa.rekey_deadline is not None
+    assert sa.expire_deadline == sa.rekey_deadline + 50.0
 
 
 def test_a_rekey_keeps_the_reauth_deadline() -> None:
@@ -117,5 +117,5 @@ def test_tfc_padding_not_supported_is_sent_and_honoured(mode: Mode) -> None:
     (request,) = [d.data for side, d in p.wire if side == "a"
                   and parse_header(d.data).exchange == ExchangeType.IKE_AUTH]
     (responder,) = p.b.all()
-    msg = decode(request, responder._cipher_in)
+    msg = decode(request, responder.keys.cipher_in)
     assert (msg.notify(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED) is not None) is refused

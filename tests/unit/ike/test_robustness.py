@@ -125,7 +125,7 @@ def test_garbage_with_the_sas_own_spis(body: bytes, to_responder: bool) -> None:
     pair, _ = established()
     sa_a, sa_b = the_sas(pair)
     message = Message(ExchangeType.INFORMATIONAL, sa_a.spi_i, sa_a.spi_r,
-                      sa_b._expected_peer_id if to_responder else 0, to_responder,
+                      sa_b.window.expected_peer_id if to_responder else 0, to_responder,
                       not to_responder, [UnknownPayload(200, False, body)])
     plain = encode(message)
     forged = plain[:16] + bytes([PayloadType.SK]) + plain[17:]
@@ -170,17 +170,17 @@ def forge_request(sa: IkeSa, inner: bytes, first: int,
                   exchange: ExchangeType = ExchangeType.INFORMATIONAL) -> bytes:
     """A request under the SA's real keys whose decrypted contents are `inner`: what a
     broken (not a malicious) peer would send."""
-    message = Message(exchange, sa.spi_i, sa.spi_r, sa._next_request_id, sa.is_initiator,
+    message = Message(exchange, sa.spi_i, sa.spi_r, sa.window.next_request_id, sa.is_initiator,
                       False, [], [])
-    sa._next_request_id += 1  # the peer's next request uses the next ID
-    assert sa._cipher_out is not None
-    return seal(message, [], inner, sa._cipher_out, enc_type=PayloadType.SK, enc_next=first)
+    sa.window.next_request_id += 1  # the peer's next request uses the next ID
+    assert sa.keys is not None
+    return seal(message, [], inner, sa.keys.cipher_out, enc_type=PayloadType.SK, enc_next=first)
 
 
 def answer_to(pair: Pair, sa_a: IkeSa, data: bytes) -> list[NotifyPayload]:
     pair.b.receive_datagram(data, pair.endpoint("b"), pair.endpoint("a"), pair.now)
     (reply,) = pair.b.datagrams_to_send()
-    response = decode(reply.data, sa_a._cipher_in)
+    response = decode(reply.data, sa_a.keys.cipher_in)
     assert response.is_response and response.protected is not None
     return response.notifies()
 
@@ -237,14 +237,14 @@ def test_forged_sk_request_is_dropped_without_using_up_a_message_id() -> None:
     for bad in (broken_icv, bad_length):
         pair.b.receive_datagram(bad, pair.endpoint("b"), pair.endpoint("a"), pair.now)
         assert not pair.b.datagrams_to_send()
-    sa_a._next_request_id -= 1  # nothing was consumed: the ID is still free
+    sa_a.window.next_request_id -= 1  # nothing was consumed: the ID is still free
     assert_still_working(pair, sa_a, sa_b)
 
 
 def test_plaintext_request_on_an_established_sa_is_ignored() -> None:
     pair, sa_a, sa_b = fresh_tunnel()
     for exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.INFORMATIONAL):
-        message = Message(exchange, sa_a.spi_i, sa_a.spi_r, sa_b._expected_peer_id, True,
+        message = Message(exchange, sa_a.spi_i, sa_a.spi_r, sa_b.window.expected_peer_id, True,
                           False, [NotifyPayload(NotifyType.COOKIE, 0, b"", b"x" * 8)])
         pair.b.receive_datagram(encode(message), pair.endpoint("b"), pair.endpoint("a"),
                                 pair.now)
@@ -261,13 +261,13 @@ def protected_requests() -> list[tuple[ExchangeType, bytes, int]]:
     a run with IKE_AUTH, a PFS CHILD_SA rekey, a new CHILD_SA, an IKE rekey and deletes."""
     pair, _ = established()
     _, sa_b = the_sas(pair)
-    assert sa_b._cipher_in is not None
+    assert sa_b.keys is not None
     found: list[tuple[ExchangeType, bytes, int]] = []
     for side, d in pair.wire:
         if side != "a":
             continue
         try:
-            msg = decode(d.data, sa_b._cipher_in)
+            msg = decode(d.data, sa_b.keys.cipher_in)
         except ProtocolError:
             continue
         if msg.protected is not None and not msg.is_response and msg.protected:
@@ -291,8 +291,8 @@ def test_every_authentic_request_is_answered_once(data: st.DataObject) -> None:
     replies = pair.b.datagrams_to_send()
     assert len(replies) >= 1
     for reply in replies:
-        response = decode(reply.data, sa_a._cipher_in)
-        assert response.is_response and response.message_id == sa_a._next_request_id - 1
+        response = decode(reply.data, sa_a.keys.cipher_in)
+        assert response.is_response and response.message_id == sa_a.window.next_request_id - 1
     while pair.b.next_event() is not None:
         pass
     assert sa_b.state in (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.CLOSED)
@@ -319,13 +319,13 @@ def test_mutated_ike_sa_init_response_to_a_waiting_initiator(data: st.DataObject
 
 def reseal(response: bytes, sa_a: IkeSa, sa_b: IkeSa, data: st.DataObject) -> bytes:
     """B's real response, its decrypted contents garbled, sealed again with B's keys."""
-    msg = decode(response, sa_a._cipher_in)
-    assert msg.protected is not None and sa_b._cipher_out is not None
+    msg = decode(response, sa_a.keys.cipher_in)
+    assert msg.protected is not None and sa_b.keys.cipher_out is not None
     inner = push_chain(msg.protected)
     first = msg.protected[0].payload_type if msg.protected else PayloadType.NONE
     garbled = mutate(inner, data) if inner else inner
     msg.protected = []
-    return seal(msg, [], garbled, sa_b._cipher_out, enc_type=PayloadType.SK, enc_next=first)
+    return seal(msg, [], garbled, sa_b.keys.cipher_out, enc_type=PayloadType.SK, enc_next=first)
 
 
 ACTIONS: dict[str, Callable[[IkeSa, int, float], None]] = {

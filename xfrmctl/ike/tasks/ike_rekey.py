@@ -1,0 +1,129 @@
+"""IKE SA rekey (RFC 7296 1.3.2, 2.18): CREATE_CHILD_SA with an IKE proposal.
+
+The new IKE SA is keyed from the old one's SK_d and stays silent until adopted
+(rekeyed.py): CHILD_SAs move over, then the old SA is deleted by the initiator of
+the surviving exchange. Simultaneous rekeys are decided in collisions.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from .. import dh, proposals
+from ..constants import ExchangeType, NotifyType, ProtocolId
+from ..errors import ProtocolError
+from ..keys import new_nonce, new_spi
+from ..message import Message
+from ..payloads import KePayload, NoncePayload, Proposal, SaPayload
+from ..state import ChildState, IkeState
+from . import collisions
+from .base import IkeCollision, error_notify, group_of, notify, retry_delay
+from .rekeyed import adopt, spawn
+
+if TYPE_CHECKING:
+    from ..sa import IkeSa
+
+
+class IkeRekey:
+    """Our rekey of the IKE SA; holds the peer's colliding rekey while it is out."""
+
+    __slots__ = ("collision", "group", "ke", "nonce", "spi", "wire")
+    name = "rekey IKE"
+
+    def __init__(self, group: int | None = None) -> None:
+        self.group = group  # the peer's choice after INVALID_KE_PAYLOAD
+        self.collision: IkeCollision | None = None
+        self.wire: tuple[Proposal, ...] = ()
+        self.spi = b""
+        self.ke: dh.KeyExchange | None = None
+        self.nonce = b""
+
+    def build(self, sa: IkeSa, now: float) -> Message | None:
+        if sa.state is not IkeState.ESTABLISHED or rekey_out(sa):
+            return None  # rekeyed or deleted meanwhile
+        conf = sa.conf()
+        assert sa.suite is not None
+        self.spi = new_spi()
+        self.wire = tuple(spec.to_wire(i + 1, self.spi) for i, spec in enumerate(conf.proposals))
+        groups = [g for spec in conf.proposals for g in spec.dh_groups]
+        # the current group while configured, else the first of the (changed) proposals
+        self.ke = dh.new_key_exchange(self.group or (sa.suite.dh if sa.suite.dh in groups
+                                                     else groups[0]))
+        self.nonce = new_nonce()
+        return sa.message(ExchangeType.CREATE_CHILD_SA, [
+            SaPayload(self.wire), NoncePayload(self.nonce),
+            KePayload(self.ke.group, self.ke.public_key)])
+
+    def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        ke = self.ke
+        assert ke is not None
+        theirs, self.collision = self.collision, None
+        group = group_of(msg.notify(NotifyType.INVALID_KE_PAYLOAD))
+        if theirs is None and group is not None and group != ke.group:
+            sa.window.tasks.insert(0, IkeRekey(group))
+            return
+        error = error_notify(msg)
+        sa_payload, nonce = msg.find(SaPayload), msg.find(NoncePayload)
+        peer_ke = msg.find(KePayload)
+        if error is not None or sa_payload is None or nonce is None or peer_ke is None:
+            if theirs is not None:
+                adopt(sa, theirs[1], now)  # the peer's rekey stands; it deletes us
+            else:
+                temporary = error is not None and \
+                    error.notify_type == NotifyType.TEMPORARY_FAILURE
+                sa.timers.rekey = now + (retry_delay() if temporary else 60)
+            return
+        chosen = sa_payload.proposals[0] if len(sa_payload.proposals) == 1 else None
+        if chosen is None or not proposals.accept_chosen(self.wire, chosen) \
+                or len(chosen.spi) != 8:
+            raise ProtocolError("bad IKE rekey response")
+        suite = proposals.suite_of(chosen)
+        if suite.dh != ke.group or peer_ke.group != ke.group:
+            raise ProtocolError("IKE rekey response key exchange group mismatch")
+        assert sa.keys is not None
+        keys = sa.keys.rekeyed(suite, ke.shared_secret(peer_ke.data), self.nonce, nonce.data,
+                               self.spi, chosen.spi, True)
+        ours = spawn(sa, True, self.spi, chosen.spi, suite, keys, now)
+        collisions.our_ike_rekey_done(sa, ours, min(self.nonce, nonce.data), theirs, now)
+
+
+def rekey_out(sa: IkeSa) -> IkeRekey | None:
+    """Our IKE rekey request, if it is out."""
+    out = sa.window.outstanding
+    return out.task if out is not None and isinstance(out.task, IkeRekey) else None
+
+
+def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
+    """The responder's IKE rekey."""
+    nonce, peer_ke = msg.find(NoncePayload), msg.find(KePayload)
+    if nonce is None or peer_ke is None:
+        raise ProtocolError("IKE rekey request lacks Nonce or KE")
+    ours = rekey_out(sa)
+    if ours is None and any(c.state is ChildState.REKEYING for c in sa.children.values()):
+        # Finish our CHILD_SA rekey first; the peer retries (RFC 7296 2.25.2).
+        sa.respond(msg, [notify(NotifyType.TEMPORARY_FAILURE)])
+        return
+    chosen = proposals.select(sa.conf().proposals, sa_payload.proposals)
+    if chosen is None or len(chosen.spi) != 8:
+        sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)])
+        return
+    suite = proposals.suite_of(chosen)
+    if suite.dh != peer_ke.group:
+        assert suite.dh is not None
+        sa.respond(msg, [notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh))])
+        return
+    ke = dh.new_key_exchange(suite.dh)
+    nonce_r = new_nonce()
+    spi_r = new_spi()
+    answer = Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)
+    sa.respond(msg, [SaPayload((answer,)), NoncePayload(nonce_r),
+                     KePayload(ke.group, ke.public_key)])
+    assert sa.keys is not None
+    keys = sa.keys.rekeyed(suite, ke.shared_secret(peer_ke.data), nonce.data, nonce_r,
+                           chosen.spi, spi_r, False)
+    new = spawn(sa, False, chosen.spi, spi_r, suite, keys, now)
+    collision = collisions.peer_ike_rekey(sa, ours is not None, min(nonce.data, nonce_r), new,
+                                          now)
+    if ours is not None:
+        ours.collision = collision  # decided when the answer to our own rekey arrives
