@@ -10,8 +10,8 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from xfrmctl.config import Settings
-from xfrmctl.daemon.ports import Controller
 from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.port import Controller
 from xfrmctl.store.bus import EventBus
 from xfrmctl.store.db import Database
 from xfrmctl.store.secrets import SecretBox

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from xfrmctl.daemon.dbconfig import take_over
-from xfrmctl.daemon.ports import Target
+from xfrmctl.port import Target
 from xfrmctl.store import pki, repo
 from xfrmctl.store.models import (
     AuthMethod,

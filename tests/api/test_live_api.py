@@ -14,9 +14,9 @@ from tests.api.fakes import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import ConnectionState, DownReason, Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import REQID_MIN, Algorithm, Mode, Proto, SaSpec, Selector
+from xfrmctl.port import ConnectionState, DownReason, Target
 from xfrmctl.store.db import Database
 from xfrmctl.store.tokens import Scope
 

@@ -13,12 +13,12 @@ import pytest
 
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import ConnectionState, Target
 from xfrmctl.ike.events import FailureReason
 from xfrmctl.ike.sa import Datagram
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import Direction, Expire
+from xfrmctl.port import ConnectionState, Target
 
 A, B = "192.0.2.1", "192.0.2.2"
 PSK = "test-only psk for the controller tests"

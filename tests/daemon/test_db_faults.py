@@ -22,8 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tests.daemon.test_controller import Gateways, make
 from tests.daemon.test_db_main import env  # noqa: F401 - fixture
 from xfrmctl.daemon import dbfaults, main
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.recorder import Recorder
+from xfrmctl.port import Target
 from xfrmctl.store import models as m
 from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade

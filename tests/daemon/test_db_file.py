@@ -30,9 +30,9 @@ from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import main
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.dbconfig import FileRefused, apply_file, load_file, read_conf
-from xfrmctl.daemon.ports import ConnectionState
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_proposals
+from xfrmctl.port import ConnectionState
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database

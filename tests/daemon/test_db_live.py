@@ -22,10 +22,10 @@ from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.dbconfig import DbSource
-from xfrmctl.daemon.ports import ActionRejected
 from xfrmctl.daemon.recorder import Recorder
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import ActionRejected
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.bus import EventBus

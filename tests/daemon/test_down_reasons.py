@@ -15,13 +15,13 @@ from tests.daemon.test_controller import A, B, Gateways, _wire, connection, make
 from tests.support.pki import Credential, make_ca, make_cert
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import ChildStatus, ConnectionState, DownReason
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import ChildStatus, ConnectionState, DownReason
 
 NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"
 

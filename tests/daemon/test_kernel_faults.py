@@ -18,12 +18,12 @@ from tests.daemon.test_controller import PSK, A, B, Gateways, _wire, connection,
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import controller
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import EventsLost, Proto, owns_reqid
+from xfrmctl.port import Target
 
 SaKey = tuple[object, int, Proto]
 

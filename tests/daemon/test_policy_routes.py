@@ -6,8 +6,8 @@ from __future__ import annotations
 from tests.daemon.test_controller import PSK, Gateways, connection, start_pair
 from tests.daemon.test_route_based import FakeLinks
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import Target
 
 A, B = "192.0.2.1", "192.0.2.2"
 NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"

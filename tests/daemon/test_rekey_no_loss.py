@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import Op
 from xfrmctl.kernel.types import Direction, Expire
+from xfrmctl.port import Target
 
 from .test_controller import A, B, Gateways, make
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.daemon.test_controller import PSK, start_pair
 from tests.daemon.test_route_based import FakeLinks
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.ports import Target
+from xfrmctl.port import Target
 
 GW, CLIENT = "192.0.2.1", "192.0.2.2"
 

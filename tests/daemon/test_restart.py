@@ -8,9 +8,9 @@ from pathlib import Path
 from tests.daemon.test_controller import PSK, Gateways, _wire, connection, make
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.port import Target
 
 A, B = "192.0.2.1", "192.0.2.2"
 

@@ -11,9 +11,9 @@ from tests.daemon.test_controller import _wire
 from tests.daemon.test_kernel_faults import mismatch
 from tests.daemon.test_restart import _pair_with_state
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import SaState
+from xfrmctl.port import Target
 
 
 @dataclass

@@ -222,8 +222,9 @@ async def _reload(controller: Controller, source: DbSource, path: Path | None) -
     failure is logged here: a refused file leaves the running configuration as it was."""
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
+    from xfrmctl.port import ActionRejected  # noqa: PLC0415
+
     from .dbconfig import FileRefused  # noqa: PLC0415
-    from .ports import ActionRejected  # noqa: PLC0415
 
     try:
         summary = "database re-read"
