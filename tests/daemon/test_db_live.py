@@ -90,7 +90,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     _wire(b, a)
     recorder = Recorder(a, db, interval=3600)
     bus = EventBus()
-    app = create_app(settings, a, ka, db=db, bus=bus)
+    app = create_app(settings, a, db=db, bus=bus)
     token = db.call(repo.create_token, name="admin", scopes=[Scope.ADMIN], actor=None)[1]
     await b.start()
     await a.start()

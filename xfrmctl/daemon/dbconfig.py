@@ -499,12 +499,6 @@ def last_change(session: Session) -> int | None:
                           .where(m.Event.kind == m.EventKind.AUDIT))
 
 
-def take_over(session: Session, ident: int, *, actor: str) -> m.Connection:
-    """The connection is managed by the database from now on (its file no longer
-    changes or removes it)."""
-    return repo.update(session, m.Connection, ident, {"managed_by": None}, actor=actor)
-
-
 # --------------------------------------------------------------------------- opening
 
 

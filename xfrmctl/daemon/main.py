@@ -167,7 +167,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     servers: list[Any] = []
     server_task: asyncio.Future[list[Any]] | None = None
     if api:
-        servers = _api_servers(controller, kernel, source)
+        servers = _api_servers(controller, source)
         # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
         server_task = asyncio.gather(*(s._serve() for s in servers))
     await controller.start()
@@ -296,8 +296,7 @@ async def _database_source(listen: Sequence[str]) -> DbSource:
         raise ValueError(str(exc)) from exc
 
 
-def _api_servers(controller: Controller, kernel: KernelIPsec,
-                 source: DbSource) -> list[Any]:
+def _api_servers(controller: Controller, source: DbSource) -> list[Any]:
     """The REST API's servers for this loop: a unix socket and loopback TCP (settings)."""
     import uvicorn  # noqa: PLC0415 - the API is optional
 
@@ -307,6 +306,6 @@ def _api_servers(controller: Controller, kernel: KernelIPsec,
 
     settings = Settings()
     # The daemon's own db and bus, so recorded events reach the SSE stream.
-    app = create_app(settings, controller=controller, kernel=kernel, db=source.db,
+    app = create_app(settings, controller=controller, db=source.db,
                      bus=EventBus())
     return [uvicorn.Server(c) for c in server_configs(app, settings)]
