@@ -42,6 +42,7 @@ from xfrmctl.store.migrate import alembic_config, upgrade
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
+from . import swanctl
 
 log = logging.getLogger("xfrmctl.daemon")
 DYNAMIC = "dynamic"  # the API's traffic selector for "our/the peer's own address"
@@ -485,6 +486,18 @@ def apply_file(db: Database, box: SecretBox, path: Path) -> tuple[cf.DaemonConf,
     except repo.Conflict as exc:
         raise FileRefused(f"{path}: {exc}") from exc
     return conf, applied
+
+
+def read_import(path: Path, fmt: str = "auto") -> tuple[cf.DaemonConf, list[str]]:
+    """A daemon file (YAML/TOML) or a swanctl.conf (`fmt` auto, xfrmctl or swanctl) as a
+    configuration, with the swanctl settings that could not be mapped. Raises
+    ValidationError, or ValueError / OSError saying what is wrong with the file."""
+    if fmt == "swanctl" or (fmt == "auto" and swanctl.looks_like_swanctl(path)):
+        return swanctl.load(path)
+    try:
+        return load_file(path), []
+    except FileRefused as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
