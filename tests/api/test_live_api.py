@@ -9,8 +9,8 @@ import httpx
 from fastapi import FastAPI
 
 from api.main import create_app
-from tests.api.conftest import make_token, psk_secret
-from tests.api.fakes import FakeController, child_sa, ike_sa
+from tests.support.api_app import make_token, psk_secret
+from tests.support.fake_controller import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller

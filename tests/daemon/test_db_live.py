@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from api.main import create_app
-from tests.daemon.test_controller import A, B, _wire
+from tests.support.gateways import A, B, wire
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
@@ -86,8 +86,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     a = Controller(cf.DaemonConf(), ka)
     a.config_source = DbSource(db, SecretBox.from_file(settings.secret_key_file)).load
     b = Controller(cf.DaemonConf(connections={"site-a": _responder()}), kb)
-    _wire(a, b)
-    _wire(b, a)
+    wire(a, b)
+    wire(b, a)
     recorder = Recorder(a, db, interval=3600)
     bus = EventBus()
     app = create_app(settings, a, db=db, bus=bus)

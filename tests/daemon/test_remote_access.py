@@ -3,8 +3,8 @@ its loopback and tunnels the corporate network from it."""
 
 from __future__ import annotations
 
-from tests.daemon.test_controller import PSK, start_pair
-from tests.daemon.test_route_based import FakeLinks
+from tests.support.fake_links import FakeLinks
+from tests.support.gateways import PSK, start_pair
 from xfrmctl.daemon import conf as cf
 from xfrmctl.port import Target
 
