@@ -12,6 +12,7 @@ test: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 unit: setup
 	.venv/bin/python -m pytest -m "not lab"

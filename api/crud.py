@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.ports import ConfigChange, ConfigKind
+from xfrmctl.port import ConfigChange, ConfigKind
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 

@@ -11,8 +11,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xfrmctl.config import Settings
-from xfrmctl.daemon.ports import Controller
-from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.port import Controller
 from xfrmctl.store import repo
 from xfrmctl.store.bus import EventBus
 from xfrmctl.store.db import Database
@@ -32,7 +31,6 @@ class Services:
     box: SecretBox
     bus: EventBus
     controller: Controller | None
-    kernel: KernelIPsec | None
     throttle: AuthThrottle = field(default_factory=AuthThrottle)
 
 

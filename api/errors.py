@@ -9,7 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from xfrmctl.daemon.ports import ActionRejected, UnknownTarget
+from xfrmctl.port import ActionRejected, UnknownTarget
 from xfrmctl.store.repo import Conflict, InvalidField, NotFound
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from xfrmctl.config import Settings
-from xfrmctl.daemon.ports import Controller
-from xfrmctl.kernel.interface import KernelIPsec
+from xfrmctl.port import Controller
 from xfrmctl.store.bus import EventBus
 from xfrmctl.store.db import Database
 from xfrmctl.store.secrets import SecretBox
@@ -66,9 +65,8 @@ def api_router() -> APIRouter:
     return router
 
 
-def create_app(settings: Settings, controller: Controller | None = None,
-               kernel: KernelIPsec | None = None, *, db: Database | None = None,
-               bus: EventBus | None = None) -> FastAPI:
+def create_app(settings: Settings, controller: Controller | None = None, *,
+               db: Database | None = None, bus: EventBus | None = None) -> FastAPI:
     """Build the app. The daemon passes its own `db` and `bus` so that protocol events it
     records reach the SSE stream; standalone, the app makes its own."""
     own_db = db is None
@@ -86,7 +84,7 @@ def create_app(settings: Settings, controller: Controller | None = None,
                   description="Linux IPsec control plane: desired state, live SAs, actions.")
     app.state.services = Services(
         settings=settings, db=database, box=SecretBox.from_file(settings.secret_key_file),
-        bus=event_bus, controller=controller, kernel=kernel,
+        bus=event_bus, controller=controller,
         throttle=AuthThrottle(maximum=settings.auth_backoff_max))
     app.add_middleware(AuthFirst)
     errors.install(app)

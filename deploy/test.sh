@@ -12,6 +12,8 @@ step "ruff"
 .venv/bin/ruff check .
 step "mypy"
 .venv/bin/mypy
+step "import contracts (lint-imports: the layers in pyproject's [tool.importlinter])"
+.venv/bin/lint-imports
 step "host tests (unit + netns)"
 "$PY" -m pytest -m "not lab" -p no:cacheprovider
 if [[ -x deploy/lab/run ]]; then

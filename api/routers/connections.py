@@ -15,8 +15,7 @@ from fastapi import APIRouter, Path, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.dbconfig import take_over
-from xfrmctl.daemon.ports import Target
+from xfrmctl.port import Target
 from xfrmctl.store import pki, repo
 from xfrmctl.store.models import (
     AuthMethod,
@@ -181,7 +180,7 @@ async def take_over_connection(services: ServicesDep, who: AdminDep,
     row = await services.db.run(find_connection, connection_id)
     if row.managed_by is None:
         return row
-    return await services.db.run(take_over, row.id, actor=who.actor)
+    return await services.db.run(repo.take_over, row.id, actor=who.actor)
 
 
 async def _act(services: Services, who: Principal, action: str, ref: str) -> tuple[int,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from xfrmctl.daemon.ports import Target, UnknownTarget
+from xfrmctl.port import Target, UnknownTarget
 from xfrmctl.store import repo
 from xfrmctl.store.models import EventKind
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.ports import ConnectionState, ConnectionStatus, DownReason
+from xfrmctl.port import ConnectionState, ConnectionStatus, DownReason
 from xfrmctl.store.models import Connection
 
 from ..deps import ReadDep, ServicesDep

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from xfrmctl.daemon.ports import ChildSaInfo, DaemonStatus, IkeSaInfo
+from xfrmctl.port import ChildSaInfo, DaemonStatus, IkeSaInfo
 
 from ..deps import ReadDep, ServicesDep
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from xfrmctl.daemon.ports import ConnectionState, DownReason
+from xfrmctl.port import ConnectionState, DownReason
 
 from .common import Page
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from api.server import ListenError, server_configs
 from api.throttle import AuthThrottle
-from tests.api.conftest import make_token
+from tests.support.api_app import make_token
 from xfrmctl.config import Settings, is_loopback
 from xfrmctl.store.db import Database
 from xfrmctl.store.tokens import Scope

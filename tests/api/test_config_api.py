@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.api.conftest import psk_secret
-from tests.api.fakes import FakeController
+from tests.support.api_app import psk_secret
+from tests.support.fake_controller import FakeController
 
 CONN = {"name": "gw2", "local_addrs": ["192.0.2.1"], "remote_addrs": ["198.51.100.1"],
         "local_id": "gw1.example", "remote_id": "gw2.example", "secret_id": 1}

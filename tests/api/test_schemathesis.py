@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.main import create_app
-from tests.api.conftest import make_token
-from tests.api.fakes import FakeController, child_sa, ike_sa
+from tests.support.api_app import make_token
+from tests.support.fake_controller import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
 from xfrmctl.store.db import Database
 from xfrmctl.store.models import Base

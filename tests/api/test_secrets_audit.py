@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.api.fakes import FakeController, child_sa, ike_sa
 from tests.api.pki import cert_pem, key_pem
+from tests.support.fake_controller import FakeController, child_sa, ike_sa
 from tests.support.pki import make_ca, make_cert
 from xfrmctl.store.db import Database
 from xfrmctl.store.models import Event

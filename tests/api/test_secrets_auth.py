@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.api.conftest import make_token, psk_secret
 from tests.api.pki import pubkey_objects
+from tests.support.api_app import make_token, psk_secret
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.api.conftest import psk_secret
 from tests.api.pki import cert_pem, duplicated_extension_ca, key_pem, pubkey_objects
+from tests.support.api_app import psk_secret
 from tests.support.pki import make_ca, make_cert
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database

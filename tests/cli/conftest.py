@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 
 from api.main import create_app
-from tests.api.conftest import make_token
-from tests.api.fakes import FakeController, child_sa, ike_sa
+from tests.support.api_app import make_token
+from tests.support.fake_controller import FakeController, child_sa, ike_sa
 from xfrmctl.config import Settings
 from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli.conftest import Server
-from xfrmctl.daemon.ports import Target
+from xfrmctl.port import Target
 from xfrmctl.store.migrate import current_tables
 from xfrmctl.store.tokens import Scope
 

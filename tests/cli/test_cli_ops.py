@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from tests.cli.conftest import Server
 from tests.support.pki import make_ca, make_cert
-from xfrmctl.daemon.ports import (
+from xfrmctl.port import (
     ChildStatus,
     ConnectionState,
     ConnectionStatus,

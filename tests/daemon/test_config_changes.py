@@ -14,13 +14,12 @@ import ipaddress
 
 import pytest
 
+from tests.support.gateways import PSK, A, B, Gateways, start_pair
+from tests.support.slow_kernel import SlowKernel, settle_slow, unreachable
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import Direction
-
-from .test_controller import PSK, A, B, Gateways, start_pair
-from .test_rekey_no_loss import SlowKernel, settle, unreachable
 
 LINGER = 0.5
 LAN_A, LAN_B = "198.51.100.0/24", "203.0.113.0/24"
@@ -83,7 +82,7 @@ async def watched(conf_a: cf.DaemonConf, conf_b: cf.DaemonConf, slow: str,
     ka, kb = SlowKernel(), SlowKernel()
     (ka if slow == "a" else kb).delay = 0.02
     gw = await start_pair(conf_a, conf_b, kernels=(ka, kb))
-    await settle(gw)
+    await settle_slow(gw)
     assert len(ka.sas) == len(kb.sas) == 2 * len(conf_a.connections["site-b"].children)
     losses: list[str] = []
 
@@ -112,9 +111,9 @@ async def apply(gw: Gateways, conf_a: cf.DaemonConf, conf_b: cf.DaemonConf) -> N
     """The responder's configuration first (a passive end waits for the initiator),
     then the initiator's."""
     await gw.b.reload(conf_b)
-    await settle(gw)
+    await settle_slow(gw)
     await gw.a.reload(conf_a)
-    await settle(gw)
+    await settle_slow(gw)
 
 
 async def stop(gw: Gateways) -> None:
@@ -200,7 +199,7 @@ async def test_a_changed_child_is_replaced_new_before_old(slow: str, change: str
     else:
         assert now.event.suite.encr_bits == 256
     await asyncio.sleep(LINGER + 0.1)
-    await settle(gw)
+    await settle_slow(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2  # the old ones (and their lingering) gone
     assert len([p for p in gw.ka.policies.values() if p.direction is Direction.OUT]) == 1
     assert losses == []
@@ -252,7 +251,7 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     (child,) = gw.a.children.values()
     assert child.event.ike_sa == new.id
     await asyncio.sleep(LINGER + 0.1)
-    await settle(gw)
+    await settle_slow(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2
     assert losses == []
     assert gw.a._reauths == {} and gw.b._rekeys == {}
@@ -271,7 +270,7 @@ async def test_reauth_time_reauthenticates_make_before_break(slow: str) -> None:
     assert 1.7 < info.reauth_at.timestamp() - gw.a.wall_clock() <= 2.0
     assert info.expire_at > info.reauth_at
     await asyncio.sleep(2.2)  # reauth_time, less up to 10%
-    await settle(gw)
+    await settle_slow(gw)
     (new,) = gw.a.manager.all()
     assert new.id != old.id and new.state.name == "ESTABLISHED"
     (child,) = gw.a.children.values()
@@ -301,7 +300,7 @@ async def test_tfc_padding_only_to_a_peer_that_takes_it(mode: str) -> None:
                                  esp_proposals=ESP)}
     a, b = confs(hosts, hosts)
     gw = await start_pair(a, b)
-    await settle(gw)
+    await settle_slow(gw)
     (child,) = gw.a.children.values()
     out = next(e.spec for e in gw.ka.sas.values() if e.spec.spi == child.event.spi_out)
     # in transport mode the peer said ESP_TFC_PADDING_NOT_SUPPORTED
@@ -314,7 +313,7 @@ async def test_a_mode_change_is_a_new_child_sa_then_the_old_deleted() -> None:
     hosts = {"lan": cf.ChildConf(esp_proposals=ESP)}
     a, b = confs(hosts, hosts)
     gw = await start_pair(a, b)
-    await settle(gw)
+    await settle_slow(gw)
     ike = ike_ids(gw.a)
     (old,) = gw.a.children.values()
     transport = {"lan": cf.ChildConf(esp_proposals=ESP, mode="transport")}  # type: ignore[arg-type]
@@ -324,6 +323,6 @@ async def test_a_mode_change_is_a_new_child_sa_then_the_old_deleted() -> None:
     assert new.event.mode.value == "transport" and new.event.rekey_of is None
     assert new.predecessor == old.event.spi_in  # installed before the old one went
     await asyncio.sleep(LINGER + 0.1)
-    await settle(gw)
+    await settle_slow(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2
     await stop(gw)

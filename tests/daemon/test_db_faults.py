@@ -19,14 +19,19 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from tests.daemon.test_controller import Gateways, make
-from tests.daemon.test_db_main import env  # noqa: F401 - fixture
+from tests.support.db_daemon import watched_daemon
+from tests.support.gateways import Gateways, make
 from xfrmctl.daemon import dbfaults, main
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.recorder import Recorder
+from xfrmctl.port import Target
 from xfrmctl.store import models as m
 from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    return watched_daemon(tmp_path, monkeypatch)
 
 
 def _child_rows(db: Database) -> set[str]:
@@ -148,7 +153,7 @@ def test_faults_are_told_apart_from_real_sqlite_errors(tmp_path: Path) -> None:
 
 
 async def test_corrupt_database_at_start_ends_with_ex_config(
-        env: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        env: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "x.db").write_bytes(b"not a database " * 100)
     with caplog.at_level(logging.ERROR):
         assert await main.run(None) == dbfaults.EX_CONFIG == 78
@@ -160,7 +165,7 @@ async def test_corrupt_database_at_start_ends_with_ex_config(
 
 
 async def test_locked_database_at_start_is_waited_for(
-        env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     upgrade(env["url"])
     lock = sqlite3.connect(tmp_path / "x.db", check_same_thread=False)

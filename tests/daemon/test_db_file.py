@@ -11,115 +11,40 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from api.main import create_app
 from api.schemas.config import ChildCreate, ConnectionCreate
+from tests.support.db_daemon import (
+    PSK,
+    TWO,
+    Daemon,
+    conn_yaml,
+    daemon,
+    daemon_settings,
+)
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import main
-from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.dbconfig import FileRefused, apply_file, load_file, read_conf
-from xfrmctl.daemon.ports import ConnectionState
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_proposals
+from xfrmctl.port import ConnectionState
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
 from xfrmctl.store.migrate import upgrade
 from xfrmctl.store.secrets import SecretBox
-from xfrmctl.store.tokens import Scope
-
-PSK = "file-db test-only psk 5b7e"
-
-
-class NoEndpoints:
-    def __init__(self, receive: Callable[..., None]) -> None: ...
-
-    async def open(self, addresses: list[str], ike_port: int, nat_port: int) -> None: ...
-
-    def send(self, *args: object) -> None: ...
-
-    send_keepalive = send
-
-    def close(self) -> None: ...
-
-
-def _conn(remote: str, start: str = "none", psk: str = f"psk: {PSK}") -> str:
-    return (f"    local_addrs: [192.0.2.1]\n    remote_addrs: [{remote}]\n    {psk}\n"
-            f"    start_action: {start}\n    children:\n      lan:\n"
-            f"        local_ts: [198.51.100.0/24]\n        remote_ts: [203.0.113.0/24]\n")
-
-
-TWO = ("listen: [192.0.2.1]\nconnections:\n  site-b:\n" + _conn("192.0.2.2", "start")
-       + "  site-c:\n" + _conn("192.0.2.3"))
-
-
-@dataclass
-class Daemon:
-    controller: Controller
-    task: asyncio.Task[int]
-    db: Database
-    box: SecretBox
-    api: httpx.AsyncClient
-
-    async def call(self, method: str, url: str, status: int = 200, **kw: Any) -> Any:
-        r = await self.api.request(method, url, **kw)
-        assert r.status_code == status, r.text
-        return r.json() if r.content else None
-
-    def names(self) -> list[str]:
-        return sorted(self.db.call(lambda s: list(s.scalars(select(m.Connection.name)))))
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    url = f"sqlite:///{tmp_path}/x.db"
-    monkeypatch.setenv("XFRMCTL_DATABASE_URL", url)
-    monkeypatch.setenv("XFRMCTL_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
-    monkeypatch.setenv("XFRMCTL_CONFIG", str(tmp_path / "none.yaml"))
-    monkeypatch.setattr(main, "Endpoints", NoEndpoints)
-    return Settings(database_url=url, secret_key_file=tmp_path / "secret.key",
-                    api_socket=None)
-
-
-@asynccontextmanager
-async def daemon(settings: Settings, config: Path | None, monkeypatch: pytest.MonkeyPatch,
-                 listen: tuple[str, ...] = ()) -> AsyncIterator[Daemon]:
-    started: asyncio.Future[Controller] = asyncio.get_running_loop().create_future()
-    original = Controller.start
-
-    async def start(self: Controller) -> None:
-        await original(self)
-        started.set_result(self)
-
-    monkeypatch.setattr(Controller, "start", start)
-    task = asyncio.get_running_loop().create_task(
-        main.run(config, kernel_kind="memory", listen=listen))
-    await asyncio.wait([started, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    assert not task.done(), f"the daemon ended with {task.result()}"
-    db = Database(settings.database_url)
-    token = db.call(repo.create_token, name=f"t{id(task)}", scopes=[Scope.ADMIN],
-                    actor=None)[1]
-    app = create_app(settings, started.result(), db=db)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://test/api/v1",
-                                 headers={"authorization": f"Bearer {token}"}) as api:
-        yield Daemon(started.result(), task, db,
-                     SecretBox.from_file(settings.secret_key_file), api)
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert await asyncio.wait_for(task, 30) == 0
-    db.dispose()
+    return daemon_settings(tmp_path, monkeypatch)
 
 
 async def _sighup(d: Daemon, caplog: pytest.LogCaptureFixture, word: str) -> None:
@@ -196,7 +121,7 @@ async def test_file_connections_are_read_only_until_taken_over(
             "name": "api1", "remote_addrs": ["192.0.2.8"],
             "secret_id": (await d.call("POST", "/secrets", 201, json={
                 "name": "a1", "kind": "psk", "value": PSK}))["id"]})
-        path.write_text("listen: [192.0.2.1]\nconnections:\n  site-d:\n" + _conn("192.0.2.4"))
+        path.write_text("listen: [192.0.2.1]\nconnections:\n  site-d:\n" + conn_yaml("192.0.2.4"))
         with caplog.at_level(logging.INFO):
             await _sighup(d, caplog, "reloaded")
         assert d.names() == ["api1", "site-c", "site-d"]
@@ -215,8 +140,8 @@ async def test_refused_reload_leaves_everything_as_it_was(
         rows_before = d.db.call(lambda s: [repo.snapshot(r) for r in s.scalars(
             select(m.Connection).order_by(m.Connection.id))])
         path.write_text("listen: [192.0.2.1]\nconnections:\n  site-b:\n"
-                        + _conn("192.0.2.20", "start") + "  site-c:\n"
-                        + _conn("192.0.2.3", psk=f"psk_file: {tmp_path}/missing.psk"))
+                        + conn_yaml("192.0.2.20", "start") + "  site-c:\n"
+                        + conn_yaml("192.0.2.3", psk=f"psk_file: {tmp_path}/missing.psk"))
         with caplog.at_level(logging.INFO):
             await _sighup(d, caplog, "reload refused")
         message = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
@@ -231,7 +156,7 @@ async def test_refused_reload_leaves_everything_as_it_was(
 async def test_refused_file_at_start_is_a_clear_error(
         env: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "gw.yaml"
-    path.write_text("connections:\n  a:\n" + _conn("192.0.2.2", psk="psk_file: /nonexistent"))
+    path.write_text("connections:\n  a:\n" + conn_yaml("192.0.2.2", psk="psk_file: /nonexistent"))
     with caplog.at_level(logging.ERROR):
         assert await main.run(path, kernel_kind="memory") == 2
     assert "connection a: psk_file: cannot read /nonexistent" in caplog.text
@@ -244,10 +169,10 @@ def _bad_key_connection(url: str, box: SecretBox) -> int:
     db = Database(url)
     try:
         key = ec.generate_private_key(ec.SECP256R1())
-        from tests.daemon.test_db_import import _cert, _pem  # noqa: PLC0415
+        from tests.support.pki import pem, simple_cert  # noqa: PLC0415
 
-        ca = _pem(_cert("CA", key, "CA", key, True)).decode()
-        cert = _pem(_cert("gw", key, "CA", key, False)).decode()
+        ca = pem(simple_cert("CA", key, "CA", key, True)).decode()
+        cert = pem(simple_cert("gw", key, "CA", key, False)).decode()
         # past the API's validation on write: the row itself, as a restore could leave it
         secret = db.call(repo.create, m.Secret, {
             "name": "bad-key", "kind": m.SecretKind.PRIVATE_KEY,
@@ -305,10 +230,10 @@ def test_apply_keeps_ids_and_touches_only_its_own(env: Settings, tmp_path: Path)
     box = SecretBox.from_file(env.secret_key_file)
     try:
         other = tmp_path / "other.yaml"
-        other.write_text("connections:\n  x:\n" + _conn("192.0.2.30"))
+        other.write_text("connections:\n  x:\n" + conn_yaml("192.0.2.30"))
         apply_file(db, box, other)
         path = tmp_path / "gw.yaml"
-        path.write_text(TWO + "  x:\n" + _conn("192.0.2.31"))
+        path.write_text(TWO + "  x:\n" + conn_yaml("192.0.2.31"))
         _, applied = apply_file(db, box, path)
         assert applied.created == ["site-b", "site-c"] and applied.ignored == ["x"]
         conf, _ = db.call(read_conf, box)
@@ -323,8 +248,8 @@ def test_apply_keeps_ids_and_touches_only_its_own(env: Settings, tmp_path: Path)
         assert conf.connections["site-c"].remote_addrs == ["192.0.2.33"]
         secrets = db.call(lambda s: len(list(s.scalars(select(m.Secret)))))
 
-        path.write_text("connections:\n  site-b:\n" + _conn("192.0.2.2", "start")
-                        + "  site-c:\n" + _conn("192.0.2.3", psk="psk_file: /nonexistent"))
+        path.write_text("connections:\n  site-b:\n" + conn_yaml("192.0.2.2", "start")
+                        + "  site-c:\n" + conn_yaml("192.0.2.3", psk="psk_file: /nonexistent"))
         with pytest.raises(FileRefused, match="site-c: psk_file: cannot read /nonexistent"):
             apply_file(db, box, path)
         path.write_text("connections: {}\n")

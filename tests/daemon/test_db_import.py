@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
+from tests.support.pki import pem, simple_cert
 from xfrmctl.cli import main as cli
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.dbconfig import import_file, read_conf
@@ -27,27 +26,11 @@ from xfrmctl.store.secrets import SecretBox
 PSK = "import test-only psk 91c2"
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-          issuer_key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
-    now = datetime.now(UTC)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(issuer_key, hashes.SHA256()))
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture
 def conf_file(tmp_path: Path) -> Path:
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "ca.pem").write_bytes(_pem(_cert("Test CA", ca_key, "Test CA", ca_key, True)))
-    (tmp_path / "gw.pem").write_bytes(_pem(_cert("gw.example", key, "Test CA", ca_key, False)))
+    (tmp_path / "ca.pem").write_bytes(pem(simple_cert("Test CA", ca_key, "Test CA", ca_key, True)))
+    (tmp_path / "gw.pem").write_bytes(pem(simple_cert("gw.example", key, "Test CA", ca_key, False)))
     (tmp_path / "gw.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))

@@ -17,15 +17,15 @@ import pytest
 from sqlalchemy import select
 
 from api.main import create_app
-from tests.daemon.test_controller import A, B, _wire
+from tests.support.gateways import A, B, wire
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.daemon.dbconfig import DbSource
-from xfrmctl.daemon.ports import ActionRejected
 from xfrmctl.daemon.recorder import Recorder
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import ActionRejected
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.bus import EventBus
@@ -86,11 +86,11 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     a = Controller(cf.DaemonConf(), ka)
     a.config_source = DbSource(db, SecretBox.from_file(settings.secret_key_file)).load
     b = Controller(cf.DaemonConf(connections={"site-a": _responder()}), kb)
-    _wire(a, b)
-    _wire(b, a)
+    wire(a, b)
+    wire(b, a)
     recorder = Recorder(a, db, interval=3600)
     bus = EventBus()
-    app = create_app(settings, a, ka, db=db, bus=bus)
+    app = create_app(settings, a, db=db, bus=bus)
     token = db.call(repo.create_token, name="admin", scopes=[Scope.ADMIN], actor=None)[1]
     await b.start()
     await a.start()

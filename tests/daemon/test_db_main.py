@@ -9,16 +9,15 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from tests.support.db_daemon import watched_daemon
 from xfrmctl.daemon import main
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -28,43 +27,9 @@ from xfrmctl.store.secrets import SecretBox
 PSK = "main test-only psk 0d1e"
 
 
-class NoEndpoints:
-    def __init__(self, receive: Callable[..., None]) -> None:
-        self.opened: list[str] = []
-
-    async def open(self, addresses: list[str], ike_port: int, nat_port: int) -> None:
-        self.opened = addresses
-
-    def send(self, *args: object) -> None: ...
-
-    send_keepalive = send
-
-    def close(self) -> None: ...
-
-
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    url = f"sqlite:///{tmp_path}/x.db"
-    monkeypatch.setenv("XFRMCTL_DATABASE_URL", url)
-    monkeypatch.setenv("XFRMCTL_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
-    monkeypatch.setenv("XFRMCTL_CONFIG", str(tmp_path / "none.yaml"))
-    kernel = FakeKernel()
-
-    async def open_kernel() -> FakeKernel:
-        return kernel
-
-    monkeypatch.setattr(main, "open_kernel", open_kernel)
-    monkeypatch.setattr(main, "Endpoints", NoEndpoints)
-    seen: dict[str, Any] = {"url": url, "kernel": kernel}
-    original = Controller.start
-
-    async def start(self: Controller) -> None:
-        seen["controller"] = self
-        await original(self)
-        seen["policies"] = len(kernel.policies)
-
-    monkeypatch.setattr(Controller, "start", start)
-    return seen
+    return watched_daemon(tmp_path, monkeypatch)
 
 
 async def _run_until_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:

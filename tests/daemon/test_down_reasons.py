@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from tests.daemon.test_controller import A, B, Gateways, _wire, connection, make, start_pair
+from tests.support.gateways import A, B, Gateways, connection, make, start_pair, wire
 from tests.support.pki import Credential, make_ca, make_cert
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import ChildStatus, ConnectionState, DownReason
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.constants import ProtocolId
 from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import ChildStatus, ConnectionState, DownReason
 
 NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"
 
@@ -210,8 +210,8 @@ async def test_timers_on_a_monotonic_clock_certificates_and_display_on_the_wall_
     ka, kb = FakeKernel(), FakeKernel()
     a = Controller(conf_a, ka, clock=lambda: mono[0], wall_clock=lambda: wall[0])
     b = Controller(conf_b, kb, clock=lambda: mono[0], wall_clock=lambda: wall[0])
-    _wire(a, b)
-    _wire(b, a)
+    wire(a, b)
+    wire(b, a)
     gw = Gateways(a, b, ka, kb)
     await b.start()
     await a.start()
@@ -238,8 +238,8 @@ async def test_saved_deadlines_keep_their_distance_across_a_reboot(tmp_path: Pat
     a = Controller(conf_a, ka, clock=lambda: mono[0], wall_clock=lambda: wall[0], state=state)
     a.boot_id = lambda: "boot-1"
     b = Controller(conf_b, kb)
-    _wire(a, b)
-    _wire(b, a)
+    wire(a, b)
+    wire(b, a)
     await b.start()
     await a.start()
     await Gateways(a, b, ka, kb).settle()
@@ -251,8 +251,8 @@ async def test_saved_deadlines_keep_their_distance_across_a_reboot(tmp_path: Pat
     a2 = Controller(conf_a, FakeKernel(sas=dict(ka.sas), policies=dict(ka.policies)),
                     clock=lambda: mono[0], wall_clock=lambda: wall[0], state=state)
     a2.boot_id = lambda: "boot-2"
-    _wire(a2, b)
-    _wire(b, a2)
+    wire(a2, b)
+    wire(b, a2)
     await a2.start()
     (restored,) = a2.manager.all()
     assert restored.rekey_deadline is not None

@@ -10,8 +10,8 @@ import ipaddress
 
 import pytest
 
-from tests.daemon.test_controller import make
-from tests.daemon.test_kernel_faults import mismatch
+from tests.support.consistency import mismatch
+from tests.support.gateways import make
 from xfrmctl.daemon import controller
 from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.fake import FakeKernel

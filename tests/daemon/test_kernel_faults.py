@@ -14,56 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.test_controller import PSK, A, B, Gateways, _wire, connection, start_pair
+from tests.support.consistency import mismatch
+from tests.support.gateways import PSK, A, B, Gateways, connection, start_pair, wire
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import controller
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
-from xfrmctl.kernel.types import EventsLost, Proto, owns_reqid
-
-SaKey = tuple[object, int, Proto]
-
-
-def believed(ctrl: Controller) -> tuple[set[SaKey], set[object]]:
-    """The SAs and policy keys the daemon's records say are in its kernel."""
-    sas: set[SaKey] = {(sa.dst, sa.spi, sa.proto) for sa in ctrl._lingering}
-    policies: set[object] = set()
-    for child in ctrl.children.values():
-        assert child.in_kernel, f"CHILD_SA {child.event.spi_in:08x} believed but not installed"
-        for sa in (child.install.inbound,) + (() if child.outbound_pending else
-                                              (child.install.outbound,)):
-            sas.add((sa.dst, sa.spi, sa.proto))
-        policies |= {p.key for p in child.install.policies}
-    for record in ctrl.connections.values():
-        policies |= {p.key for p in record.traps}
-    return sas, policies
-
-
-def in_kernel(kernel: FakeKernel) -> tuple[set[SaKey], set[object]]:
-    sas = {(e.spec.dst, e.spec.spi, e.spec.proto) for e in kernel.sas.values()
-           if not e.larval and owns_reqid(e.spec.reqid)}
-    return sas, set(kernel.policies)
-
-
-def mismatch(ctrl: Controller, kernel: FakeKernel) -> str:
-    """'' when the kernel holds exactly what the daemon believes in, else the difference."""
-    try:
-        (want_sas, want_pol), (have_sas, have_pol) = believed(ctrl), in_kernel(kernel)
-    except AssertionError as exc:
-        return str(exc)
-    parts = []
-    if want_sas - have_sas:
-        parts.append(f"missing SAs {sorted(s[1] for s in want_sas - have_sas)}")
-    if have_sas - want_sas:
-        parts.append(f"orphan SAs {sorted(s[1] for s in have_sas - want_sas)}")
-    if want_pol != have_pol:
-        parts.append(f"policies: missing {len(want_pol - have_pol)}, "
-                     f"orphan {len(have_pol - want_pol)}")
-    return "; ".join(parts)
+from xfrmctl.kernel.types import EventsLost
+from xfrmctl.port import Target
 
 
 async def converge(gw: Gateways, seconds: float = 3.0) -> str:
@@ -191,8 +152,8 @@ async def _restart_a(gw: Gateways, state: StateFile, plan: FaultPlan) -> None:
     kernel = FakeKernel(now=gw.ka.now, sas=dict(gw.ka.sas), policies=dict(gw.ka.policies),
                         faults=plan)
     a2 = Controller(gw.a.conf, kernel, state=state)
-    _wire(a2, gw.b)
-    _wire(gw.b, a2)
+    wire(a2, gw.b)
+    wire(gw.b, a2)
     gw.a, gw.ka = a2, kernel
     await a2.start()
     await gw.settle()

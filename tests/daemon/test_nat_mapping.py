@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from tests.daemon.test_controller import Gateways, connection
-from tests.daemon.test_policy_routes import NET_A, NET_B, _pair
-from tests.daemon.test_route_based import FakeLinks
+from tests.support.fake_links import FakeLinks
+from tests.support.gateways import NET_A, NET_B, Gateways, connection, pair_with_links
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OSEQ_MARGIN
 from xfrmctl.kernel.types import Direction, Mapping, ReplayState, SaSpec
@@ -30,8 +29,8 @@ def _mapping(k: FakeKernel, peer: str, new_src: str, new_port: int) -> Mapping:
 
 async def _encapsulated(links_b: FakeLinks | None = None) -> Gateways:
     # A forces UDP encapsulation (a faked NAT-D): B sees A behind a NAT, A sees itself so
-    return await _pair(connection(A, B, NET_A, NET_B, "start", encap=True),
-                       connection(B, A, NET_B, NET_A), FakeLinks(), links_b)
+    return await pair_with_links(connection(A, B, NET_A, NET_B, "start", encap=True),
+                                 connection(B, A, NET_B, NET_A), FakeLinks(), links_b)
 
 
 async def test_natted_peer_moves_and_its_sas_follow() -> None:

@@ -3,27 +3,25 @@ across rekeys, for traps, from a remote-access client's virtual IP; gone with th
 
 from __future__ import annotations
 
-from tests.daemon.test_controller import PSK, Gateways, connection, start_pair
-from tests.daemon.test_route_based import FakeLinks
+from tests.support.fake_links import FakeLinks
+from tests.support.gateways import (
+    NET_A,
+    NET_B,
+    PSK,
+    Gateways,
+    connection,
+    pair_with_links,
+)
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.types import Expire
+from xfrmctl.port import Target
 
 A, B = "192.0.2.1", "192.0.2.2"
-NET_A, NET_B = "198.51.100.0/24", "203.0.113.0/24"
-
-
-async def _pair(conn_a: cf.ConnectionConf, conn_b: cf.ConnectionConf,
-                links_a: FakeLinks, links_b: FakeLinks | None = None,
-                **daemon: object) -> Gateways:
-    return await start_pair(
-        cf.DaemonConf(connections={"b": conn_a}, **daemon),  # type: ignore[arg-type]
-        cf.DaemonConf(connections={"a": conn_b}), links_a, links_b)
 
 
 async def _net_to_net(links: FakeLinks, start: str = "start", **daemon: object) -> Gateways:
-    return await _pair(connection(A, B, NET_A, NET_B, start),
-                       connection(B, A, NET_B, NET_A), links, **daemon)
+    return await pair_with_links(connection(A, B, NET_A, NET_B, start),
+                                 connection(B, A, NET_B, NET_A), links, **daemon)
 
 
 async def test_route_with_the_sa_kept_across_a_rekey_removed_with_it() -> None:
@@ -58,7 +56,7 @@ async def test_no_routes_when_disabled_or_in_transport_mode() -> None:
     transport = cf.ChildConf(mode="transport")  # type: ignore[arg-type]
     conn_a = replace_children(connection(A, B, NET_A, NET_B, "start"), transport)
     conn_b = replace_children(connection(B, A, NET_B, NET_A), transport)
-    gw = await _pair(conn_a, conn_b, links)
+    gw = await pair_with_links(conn_a, conn_b, links)
     assert len(gw.ka.sas) == 2 and links.table == {}
     await gw.a.stop()
     await gw.b.stop()
@@ -80,7 +78,7 @@ async def test_remote_access_client_routes_from_its_virtual_ip() -> None:
                                request_virtual_ip=True, start_action="start",  # type: ignore[arg-type]
                                children={"corp": cf.ChildConf(remote_ts=[NET_A])})
     links = FakeLinks(addresses=(A,))
-    gw = await _pair(client, gateway, links)
+    gw = await pair_with_links(client, gateway, links)
     (route,) = links.table.values()
     assert (str(route.dst), route.gateway, route.src) == (NET_A, B, "203.0.113.129")
     await gw.a.stop()
@@ -90,4 +88,3 @@ async def test_remote_access_client_routes_from_its_virtual_ip() -> None:
 
 def replace_children(conn: cf.ConnectionConf, child: cf.ChildConf) -> cf.ConnectionConf:
     return conn.model_copy(update={"children": {"lan": child}})
-

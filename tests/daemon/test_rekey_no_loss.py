@@ -10,48 +10,16 @@ a loss: the IKE_AUTH responder sends on its SA before its response reached the i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 
 import pytest
 
+from tests.support.gateways import A, B, Gateways, make
+from tests.support.slow_kernel import SlowKernel, settle_slow, unreachable
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
-from xfrmctl.kernel.fake import FakeKernel
-from xfrmctl.kernel.interface import Op
 from xfrmctl.kernel.types import Direction, Expire
-
-from .test_controller import A, B, Gateways, make
+from xfrmctl.port import Target
 
 LINGER = 1.0  # delete_rekeyed_delay of both gateways
-
-
-class SlowKernel(FakeKernel):
-    """A FakeKernel whose netlink batches take `delay` seconds, checked after each."""
-
-    delay: float = 0.0
-    after: Callable[[], None] | None = None
-
-    async def _execute(self, ops: Sequence[Op]) -> list[tuple[int, str]]:
-        await asyncio.sleep(self.delay)
-        results = await super()._execute(ops)
-        if self.after is not None:
-            self.after()
-        return results
-
-
-def unreachable(src: FakeKernel, dst: FakeKernel) -> list[str]:
-    """Outbound SAs of `src` that `dst` does not have inbound: a packet sent now is lost."""
-    inbound = {(e.spec.dst, e.spec.spi) for e in dst.sas.values() if not e.larval}
-    lost = []
-    for policy in src.policies.values():
-        if policy.direction is not Direction.OUT or not policy.templates:
-            continue
-        t = policy.templates[0]
-        assert t.src is not None and t.dst is not None
-        sa = src.outbound_sa(t.src, t.dst, t.reqid)
-        if sa is not None and (sa.dst, sa.spi) not in inbound:
-            lost.append(f"{sa.src} -> {sa.dst} on SPI {sa.spi:08x}")
-    return lost
 
 
 async def start_watched(slow: str) -> tuple[Gateways, list[str]]:
@@ -63,20 +31,10 @@ async def start_watched(slow: str) -> tuple[Gateways, list[str]]:
         losses.extend(unreachable(ka, kb) + unreachable(kb, ka))
 
     gw = await make(linger=LINGER, kernels=(ka, kb))
-    await settle(gw)
+    await settle_slow(gw)
     assert len(ka.sas) == len(kb.sas) == 2  # the IKE_AUTH child
     ka.after = kb.after = check
     return gw, losses
-
-
-async def settle(gw: Gateways) -> None:
-    """Until both job queues stay idle across a round trip of slow kernel work."""
-    for _ in range(10):
-        await gw.settle()
-        await asyncio.sleep(0.05)
-        if gw.a._jobs_idle.is_set() and gw.b._jobs_idle.is_set():
-            await gw.settle()
-            return
 
 
 def inbound_of(controller: Controller) -> int:
@@ -98,7 +56,7 @@ async def test_rekey_never_sends_on_an_sa_the_peer_lacks(slow: str, rekeyer: str
         kernel = gw.ka if side == "a" else gw.kb
         sa = next(e.spec for e in kernel.sas.values() if e.spec.spi == old[side])
         kernel.inject(Expire(sa.id, hard=False))
-    await settle(gw)
+    await settle_slow(gw)
     assert losses == []
     # one side deleted the old CHILD_SA, the other heard; in a collision the loser
     # deleted its own new one too
@@ -119,7 +77,7 @@ async def test_rekey_never_sends_on_an_sa_the_peer_lacks(slow: str, rekeyer: str
             "b": {e.spec.spi for e in gw.kb.sas.values()}}
     assert old["a"] in spis["a"] and old["b"] in spis["b"]
     await asyncio.sleep(LINGER + 0.1)
-    await settle(gw)
+    await settle_slow(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2 and losses == []
     assert gw.a._rekeys == gw.b._rekeys == {}  # the finished rekeys are forgotten
     await gw.a.stop()
@@ -131,7 +89,7 @@ async def test_rekey_from_the_api_loses_nothing_either_way() -> None:
     for controller in (gw.a, gw.b, gw.a):
         (child,) = await controller.list_child_sas()
         await controller.rekey(Target("child_sa", child.id))
-        await settle(gw)
+        await settle_slow(gw)
     assert losses == []
     assert all(not c.outbound_pending for c in (*gw.a.children.values(),
                                                 *gw.b.children.values()))

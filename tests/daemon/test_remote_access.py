@@ -3,10 +3,10 @@ its loopback and tunnels the corporate network from it."""
 
 from __future__ import annotations
 
-from tests.daemon.test_controller import PSK, start_pair
-from tests.daemon.test_route_based import FakeLinks
+from tests.support.fake_links import FakeLinks
+from tests.support.gateways import PSK, start_pair
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.ports import Target
+from xfrmctl.port import Target
 
 GW, CLIENT = "192.0.2.1", "192.0.2.2"
 

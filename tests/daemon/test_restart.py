@@ -5,18 +5,20 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from tests.daemon.test_controller import PSK, Gateways, _wire, connection, make
+from tests.support.gateways import (
+    PSK,
+    Gateways,
+    connection,
+    pair_with_state,
+    wire,
+)
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.daemon.state import StateFile
 from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.port import Target
 
 A, B = "192.0.2.1", "192.0.2.2"
-
-
-def _state(tmp_path: Path) -> StateFile:
-    return StateFile(tmp_path / "state.bin", tmp_path / "state.key")
 
 
 async def _restart_a(gw: Gateways, state: StateFile, *,
@@ -26,23 +28,16 @@ async def _restart_a(gw: Gateways, state: StateFile, *,
     survivors = {k: v for k, v in gw.ka.sas.items() if v.spec.spi not in drop}
     kernel = FakeKernel(sas=survivors, policies=dict(gw.ka.policies))
     a2 = Controller(gw.a.conf, kernel, state=state)
-    _wire(a2, gw.b)
-    _wire(gw.b, a2)
+    wire(a2, gw.b)
+    wire(gw.b, a2)
     gw.a, gw.ka = a2, kernel
     await a2.start()
     await gw.settle()
     return a2
 
 
-async def _pair_with_state(tmp_path: Path) -> tuple[Gateways, StateFile]:
-    gw = await make()
-    state = _state(tmp_path)
-    gw.a.state = state
-    return gw, state
-
-
 async def test_restart_keeps_the_tunnel_and_the_ike_sa(tmp_path: Path) -> None:
-    gw, state = await _pair_with_state(tmp_path)
+    gw, state = await pair_with_state(tmp_path)
     (child,) = await gw.a.list_child_sas()
     (ike,) = await gw.a.list_ike_sas()
     sas_before = {e.spec.spi for e in gw.ka.sas.values()}
@@ -69,7 +64,7 @@ async def test_restart_keeps_the_tunnel_and_the_ike_sa(tmp_path: Path) -> None:
 
 
 async def test_lost_child_is_renegotiated_and_orphans_removed(tmp_path: Path) -> None:
-    gw, state = await _pair_with_state(tmp_path)
+    gw, state = await pair_with_state(tmp_path)
     (child,) = await gw.a.list_child_sas()
     template = next(iter(gw.ka.sas.values())).spec
     orphan = replace(template, spi=0xC0FFEE01, reqid=template.reqid + 99)
@@ -85,7 +80,7 @@ async def test_lost_child_is_renegotiated_and_orphans_removed(tmp_path: Path) ->
 
 
 async def test_connection_removed_while_down_is_cleaned_up(tmp_path: Path) -> None:
-    gw, state = await _pair_with_state(tmp_path)
+    gw, state = await pair_with_state(tmp_path)
     await gw.a.stop()
     kernel = FakeKernel(sas=dict(gw.ka.sas), policies=dict(gw.ka.policies))
     a2 = Controller(cf.DaemonConf(connections={"other": connection(

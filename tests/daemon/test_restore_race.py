@@ -7,13 +7,12 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.daemon.test_controller import _wire
-from tests.daemon.test_kernel_faults import mismatch
-from tests.daemon.test_restart import _pair_with_state
+from tests.support.consistency import mismatch
+from tests.support.gateways import pair_with_state, wire
 from xfrmctl.daemon.controller import Controller
-from xfrmctl.daemon.ports import Target
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import SaState
+from xfrmctl.port import Target
 
 
 @dataclass
@@ -29,13 +28,13 @@ class SlowDumpKernel(FakeKernel):
 
 
 async def test_a_rekey_answered_during_the_restore_keeps_its_sas(tmp_path: Path) -> None:
-    gw, state = await _pair_with_state(tmp_path)
+    gw, state = await pair_with_state(tmp_path)
     (old,) = await gw.b.list_child_sas()
     await gw.a.stop()  # keeps the tunnel, saves the state
     kernel = SlowDumpKernel(sas=dict(gw.ka.sas), policies=dict(gw.ka.policies))
     a2 = Controller(gw.a.conf, kernel, state=state)
-    _wire(a2, gw.b)
-    _wire(gw.b, a2)
+    wire(a2, gw.b)
+    wire(gw.b, a2)
     gw.a, gw.ka = a2, kernel
 
     async def peer_rekeys_once_restored_sas_are_known() -> None:

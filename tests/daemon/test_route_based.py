@@ -3,78 +3,16 @@ connection, and its MTU accounts for the negotiated suite's ESP overhead."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.daemon.test_controller import PSK, Gateways, start_pair
+from tests.support.fake_links import FakeLinks
+from tests.support.gateways import PSK, Gateways, start_pair
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.install import esp_overhead
 from xfrmctl.ike.config import Mode
 from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.proposals import Suite
-from xfrmctl.kernel.links import NextHop, Route, VtiDevice, XfrmInterface
-from xfrmctl.kernel.types import KernelError
 
 A, B = "192.0.2.1", "192.0.2.2"
-
-
-class FakeLinks:
-    """Records what the controller asks of rtnetlink; ENODEV for unknown links."""
-
-    def __init__(self, addresses: tuple[str, ...] = ()) -> None:
-        self.links: dict[str, dict[str, Any]] = {}
-        self.loopback: list[str] = []  # addresses on "lo"
-        self.addrs = list(addresses)  # on other links (policy routes pick a source)
-        self.table: dict[str, Route] = {}  # policy routes, by destination
-        self.rules: set[tuple[int, int, int]] = set()
-
-    async def next_hop(self, address: str) -> NextHop:
-        return NextHop(oif=7, gateway=None)  # every peer on-link
-
-    async def addresses(self) -> list[str]:
-        return [a.split("/")[0] for a in self.loopback] + self.addrs
-
-    async def replace_route(self, route: Route) -> None:
-        self.table[str(route.dst)] = route
-
-    async def remove_route(self, route: Route) -> None:
-        del self.table[str(route.dst)]
-
-    async def add_rule(self, table: int, priority: int, version: int) -> None:
-        self.rules.add((table, priority, version))
-
-    async def delete_rule(self, table: int, priority: int, version: int) -> None:
-        self.rules.remove((table, priority, version))
-
-    async def index(self, name: str) -> int:
-        if name not in self.links:
-            raise KernelError("find link", name, 19)
-        return list(self.links).index(name) + 1
-
-    async def add_xfrm_interface(self, dev: XfrmInterface, mtu: int | None = None) -> int:
-        self.links[dev.name] = {"kind": "xfrm", "if_id": dev.if_id, "mtu": mtu, "addrs": [],
-                                "routes": []}
-        return await self.index(dev.name)
-
-    async def add_vti(self, dev: VtiDevice, mtu: int | None = None) -> int:
-        self.links[dev.name] = {"kind": "vti", "ikey": dev.ikey, "okey": dev.okey, "mtu": mtu,
-                                "addrs": [], "routes": []}
-        return await self.index(dev.name)
-
-    async def add_address(self, name: str, address: str) -> None:
-        (self.loopback if name == "lo" else self.links[name]["addrs"]).append(address)
-
-    async def delete_address(self, name: str, address: str) -> None:
-        (self.loopback if name == "lo" else self.links[name]["addrs"]).remove(address)
-
-    async def add_route(self, dst: object, name: str, src: str | None = None) -> None:
-        self.links[name]["routes"].append(str(dst))
-
-    async def set_mtu(self, name: str, mtu: int) -> None:
-        self.links[name]["mtu"] = mtu
-
-    async def delete_link(self, name: str) -> None:
-        del self.links[name]
 
 
 def _conn(local: str, remote: str, child: cf.ChildConf, start: str) -> cf.ConnectionConf:

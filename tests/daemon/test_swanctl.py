@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.daemon.test_db_file import TWO, daemon, env  # noqa: F401 - fixture
-from tests.daemon.test_db_import import _cert, _pem
+from tests.support.db_daemon import TWO, daemon, daemon_settings
+from tests.support.pki import pem, simple_cert
 from xfrmctl.cli import main as cli
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
@@ -123,6 +123,10 @@ secrets {{
 }}
 """
 
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return daemon_settings(tmp_path, monkeypatch)
+
 
 @pytest.fixture
 def swanctl_dir(tmp_path: Path) -> Path:
@@ -134,8 +138,8 @@ def swanctl_dir(tmp_path: Path) -> Path:
     for sub in ("x509", "x509ca", "private"):
         (base / sub).mkdir(parents=True)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    (base / "x509ca" / "caCert.pem").write_bytes(_pem(_cert("CA", ca_key, "CA", ca_key, True)))
-    (base / "x509" / "gwCert.pem").write_bytes(_pem(_cert("gw1", key, "CA", ca_key, False)))
+    (base / "x509ca" / "caCert.pem").write_bytes(pem(simple_cert("CA", ca_key, "CA", ca_key, True)))
+    (base / "x509" / "gwCert.pem").write_bytes(pem(simple_cert("gw1", key, "CA", ca_key, False)))
     (base / "private" / "gwKey.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
@@ -204,7 +208,7 @@ def test_cli_import_of_swanctl_conf_lists_what_it_left_out(swanctl_dir: Path,
 
 
 async def test_db_import_takes_effect_in_a_running_daemon(
-        env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         swanctl_dir: Path) -> None:
     monkeypatch.setattr(main, "WATCH_INTERVAL", 0.2)
     path = tmp_path / "gw.yaml"

@@ -86,8 +86,8 @@ class Decrypted:
 @cache
 def golden_decrypted() -> list[Decrypted]:
     """Every golden SK datagram with its decrypted payloads and its cipher, from the
-    fixtures' logged keys (tests/unit/ike/test_strongswan_fixtures.Replay)."""
-    from tests.unit.ike.test_strongswan_fixtures import Replay, load  # noqa: PLC0415
+    fixtures' logged keys (tests/support/strongswan_replay.Replay)."""
+    from tests.support.strongswan_replay import Replay, load  # noqa: PLC0415
 
     out: list[Decrypted] = []
     for path in sorted(FIXTURES.glob("*.json")):

@@ -15,10 +15,11 @@ from tests.hostile.peer import (
     establish,
     established,
     initiator_config,
+    skf,
 )
-from xfrmctl.ike.constants import ExchangeType, IdType, NotifyType, PayloadType
+from xfrmctl.ike.constants import ExchangeType, IdType, NotifyType
 from xfrmctl.ike.fragment import encode_fragments
-from xfrmctl.ike.message import FRAGMENT_FIELDS, Message, decode, encode, seal
+from xfrmctl.ike.message import Message, decode, encode
 from xfrmctl.ike.payloads import AuthPayload, IdiPayload, NotifyPayload, UnknownPayload
 
 pytestmark = [pytest.mark.netns, pytest.mark.hostile]
@@ -166,15 +167,6 @@ def test_fragments_reordered_and_duplicated_are_reassembled(healthy: HostileLab)
     assert len(fragments) >= 3
     wire = [*reversed(fragments), fragments[0], fragments[-1]]
     assert established(establish(keyed, wire))
-
-
-def skf(keyed: Keyed, mid: int, number: int, total: int, chunk: bytes,
-        first: int = PayloadType.IDI) -> bytes:
-    """One SKF datagram, correctly protected, carrying `chunk`."""
-    msg = keyed.message(EX.IKE_AUTH, [], mid)
-    return seal(msg, (), chunk, keyed.cipher, enc_type=PayloadType.SKF,
-                enc_next=first if number == 1 else 0,
-                extra=FRAGMENT_FIELDS.pack(number, total))
 
 
 def test_fragments_outside_the_window_are_ignored(healthy: HostileLab) -> None:

@@ -17,8 +17,8 @@ from tests.hostile.peer import (
     establish,
     established,
     is_init_accept,
+    skf,
 )
-from tests.hostile.test_auth import skf
 from xfrmctl.ike.constants import NotifyType
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.message import Message, encode

@@ -339,3 +339,12 @@ def case_logs(request: pytest.FixtureRequest, results: Path, folder: str,
         if path.exists():
             (dest / name).write_bytes(path.read_bytes())
     return True
+
+
+def assert_mirrored(ours: Event, theirs: Event) -> None:
+    """Both ends of one CHILD_SA: SPIs and selectors crossed, same mode and suite."""
+    assert (ours["spi_in"], ours["spi_out"]) == (theirs["spi_out"], theirs["spi_in"])
+    assert (ours["local_ts"], ours["remote_ts"]) == (theirs["remote_ts"], theirs["local_ts"])
+    assert ours["initiator"] is not theirs["initiator"]
+    for key in ("mode", "suite", "encap"):
+        assert ours[key] == theirs[key], (key, ours, theirs)

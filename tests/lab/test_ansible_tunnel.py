@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 
 from tests.lab.conftest import GatewayPair
-from tests.lab.test_daemon_pair import route_subnets
-from tests.lab.test_lab_baseline import Steps
-from tests.lab.test_rest_strongswan import _env, _wait_for_api
+from tests.lab.pair_common import Steps, api_env, route_subnets, wait_for_api
 from tests.support.xfrmctl_daemon import PYTHON, XfrmctlDaemon
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -53,7 +51,7 @@ class ApiDaemon(XfrmctlDaemon):
 
 def _prepare(work: Path) -> tuple[dict[str, str], str]:
     work.mkdir()
-    env = _env(work)
+    env = api_env(work)
     upgrade(env["XFRMCTL_DATABASE_URL"])  # in this process: Python starts are slow (TCG)
     db = Database(env["XFRMCTL_DATABASE_URL"])
     try:
@@ -101,7 +99,7 @@ def test_playbook_brings_up_a_tunnel_and_is_idempotent(
     try:
         for daemon, work in daemons:
             daemon.wait_ready()
-            _wait_for_api(work / "api.sock", daemon)
+            wait_for_api(work / "api.sock", daemon)
         step("started")
 
         first, output = _play(gw, tmp_path / "first.json", tmp_path)

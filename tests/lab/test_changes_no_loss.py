@@ -22,9 +22,7 @@ from typing import Any
 import httpx
 
 from tests.lab.conftest import CharonFactory, GatewayPair
-from tests.lab.test_daemon_pair import route_subnets
-from tests.lab.test_lab_baseline import Steps
-from tests.lab.test_rest_strongswan import DatabaseDaemon, _env, _wait_for_api
+from tests.lab.pair_common import DatabaseDaemon, Steps, api_env, route_subnets, wait_for_api
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
     DaemonFactory,
@@ -67,7 +65,7 @@ def test_changes_through_rest_lose_no_ping(
     pair.left.run("ip", "link", "set", "lo", "up")
     work = tmp_path / "left"
     work.mkdir()
-    env = _env(work)
+    env = api_env(work)
     upgrade(env["XFRMCTL_DATABASE_URL"])
     db = Database(env["XFRMCTL_DATABASE_URL"])
     try:
@@ -85,7 +83,7 @@ def test_changes_through_rest_lose_no_ping(
         proposals=(IKE_OLD, IKE_NEW), local_ts=[pair.right.subnet],
         remote_ts=[pair.left.subnet])], [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])])
     daemon.wait_ready()
-    _wait_for_api(work / "api.sock", daemon)
+    wait_for_api(work / "api.sock", daemon)
     step("started")
     try:
         _drive(pair, daemon, env, work, step, charon)

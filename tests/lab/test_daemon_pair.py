@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.lab.conftest import Gateway, GatewayPair
-from tests.lab.test_lab_baseline import Steps
+from tests.lab.pair_common import Steps, ping
 from tests.support.xfrmctl_daemon import (
     DaemonFactory,
     child,
@@ -39,16 +39,6 @@ def gw_conf(me: Gateway, peer: Gateway, side: str, *, initiator: bool) -> dict[s
         psk=PSK, local_id=f"{side}.example.org", remote_id=f"{peer_side}.example.org",
         ike_proposals=SUITE_IKE, start_action="start" if initiator else "none")
     return daemon_conf([me.outer], {"gw": conn})
-
-
-def route_subnets(pair: GatewayPair) -> None:
-    pair.left.run("ip", "route", "add", pair.right.subnet, "via", pair.right.outer)
-    pair.right.run("ip", "route", "add", pair.left.subnet, "via", pair.left.outer)
-
-
-def ping(src: Gateway, dst: Gateway, count: int = 5) -> str:
-    return src.run("ping", "-c", str(count), "-i", "0.2", "-W", "5", "-I", src.inner, dst.inner,
-                   check=False)
 
 
 def test_daemon_pair_tunnel_ping_and_delete(

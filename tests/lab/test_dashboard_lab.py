@@ -15,15 +15,15 @@ import httpx
 import pytest
 
 from tests.lab.conftest import CharonFactory, GatewayPair
-from tests.lab.test_daemon_pair import route_subnets
-from tests.lab.test_lab_baseline import Steps
-from tests.lab.test_rest_strongswan import (
+from tests.lab.pair_common import (
     LEFT_ID,
     PSK,
     RIGHT_ID,
     DatabaseDaemon,
-    _env,
-    _wait_for_api,
+    Steps,
+    api_env,
+    route_subnets,
+    wait_for_api,
 )
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import DaemonFactory, wait_installed, xfrmctl_daemons
@@ -50,7 +50,7 @@ def test_sa_table_counters_rise_with_traffic(
     pair.left.run("ip", "link", "set", "lo", "up")
     work = tmp_path / "left"
     work.mkdir()
-    env = {**_env(work), "XFRMCTL_API_PORT": str(PORT)}
+    env = {**api_env(work), "XFRMCTL_API_PORT": str(PORT)}
     upgrade(env["XFRMCTL_DATABASE_URL"])
     db = Database(env["XFRMCTL_DATABASE_URL"])
     try:
@@ -67,7 +67,7 @@ def test_sa_table_counters_rise_with_traffic(
                           remote_ts=[pair.left.subnet])],
                 [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])])
     daemon.wait_ready()
-    _wait_for_api(work / "api.sock", daemon)
+    wait_for_api(work / "api.sock", daemon)
     try:
         spi_in = _bring_up(pair, daemon, token, work)
         step("tunnel_up")

@@ -24,7 +24,7 @@ from tests.lab.interop_common import (
     wait_clean,
     wait_sas_gone,
 )
-from tests.lab.test_interop_strongswan import Lab, keep_logs, lab
+from tests.lab.swan_lab import Lab, keep_logs, lab
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
     Event,

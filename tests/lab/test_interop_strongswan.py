@@ -19,16 +19,10 @@ to its peer (charon's own routes in table 220 take precedence on its side).
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.lab.conftest import GatewayPair
 from tests.lab.interop_common import (
     CASES,
     IKE_REKEY,
@@ -37,77 +31,22 @@ from tests.lab.interop_common import (
     PSK,
     RIGHT_ID,
     Case,
-    case_logs,
     check_traffic,
     ip_in,
     rekey_child_while_pinging,
     rekey_ike_while_pinging,
-    routed_pair,
     until,
     wait_child_deleted,
     wait_clean,
-    write_credentials,
     xfrmctl_conf,
 )
-from tests.support.strongswan import SA, Charon, SwanConn, SwanSecret
-from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, daemon_conf, wait_installed
+from tests.lab.swan_lab import SWAN_DH, Lab, keep_logs, lab, swan_child, swan_conn
+from tests.support.strongswan import SA, SwanSecret
+from tests.support.xfrmctl_daemon import Event, daemon_conf, wait_installed
 
-# charon's names of the ESP proposals' key exchange groups
-SWAN_DH = {"CURVE25519": "CURVE_25519", "ECP_384": "ECP_384", "MODP_2048": "MODP_2048"}
-
-
-@dataclass
-class Lab:
-    pair: GatewayPair
-    charon: Charon
-    daemon: XfrmctlDaemon
-    certs: dict[str, bytes]
-    credentials: Path
-    results: Path
-    names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, lab_results: Path) -> Iterator[Lab]:
-    work = tmp_path_factory.mktemp("interop")
-    certs = write_credentials(work / "credentials")
-    with routed_pair("xi") as pair:
-        daemon = XfrmctlDaemon(pair.left.netns, work / "daemon",
-                               daemon_conf([pair.left.outer], {}))
-        charon = Charon(pair.right.netns, work / "charon")
-        daemon.start(wait=False)  # both cold starts at once
-        try:
-            charon.start()
-            daemon.wait_ready()
-            yield Lab(pair, charon, daemon, certs, work / "credentials", lab_results)
-        finally:
-            charon.stop()
-            daemon.stop()
-
+__all__ = ["keep_logs", "lab"]  # fixtures, imported for pytest
 
 # ---------------------------------------------------------------------------- configs
-
-
-def swan_conn(lab: Lab, case: Case) -> SwanConn:
-    me, peer = lab.pair.right, lab.pair.left
-    if case.mode == "transport":
-        local_ts, remote_ts = ["dynamic"], ["dynamic"]
-    elif case.narrow:
-        local_ts, remote_ts = [f"{me.inner}/32"], [f"{peer.inner}/32"]
-    elif case.vip:
-        local_ts, remote_ts = ["dynamic"], [peer.subnet]  # the client's virtual IP
-    else:
-        local_ts, remote_ts = [me.subnet], [peer.subnet]
-    return SwanConn(
-        "gw", child_name="net", local_addrs=[me.outer], remote_addrs=[peer.outer],
-        local_id=RIGHT_ID, remote_id=LEFT_ID, proposals=[case.ike], esp_proposals=[case.esp],
-        local_ts=local_ts, remote_ts=remote_ts, mode=case.mode,
-        encap=True if case.encap and not case.we_initiate else None,
-        auth="pubkey" if case.x509 else "psk",
-        local_cert="right.pem" if case.x509 else None,
-        remote_cacert="ca.pem" if case.x509 else None,
-        vips=["0.0.0.0"] if case.vip else (),
-        child_rekey_time="1h", child_life_time="2h", rekey_time="4h")
 
 
 def load_charon(lab: Lab, case: Case) -> None:
@@ -123,28 +62,10 @@ def load_charon(lab: Lab, case: Case) -> None:
 # ---------------------------------------------------------------------------- checks
 
 
-def swan_child(sas: list[SA]) -> dict[str, Any]:
-    kids = [c for sa in sas for c in sa.children.values() if c.get("state") == "INSTALLED"]
-    assert kids, [(s.name, s.state, s.child_states()) for s in sas]
-    return kids[-1]
-
-
 def charon_vip(sas: list[SA]) -> str:
     vips = [str(v) for sa in sas for v in sa.raw.get("local-vips", [])]
     assert vips, sas[0].raw
     return vips[0]
-
-
-@pytest.fixture
-def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
-    failed = yield from case_logs(
-        request, lab.results, "interop-logs",
-        [(lab.daemon.log_path, "xfrmctl.log"), (lab.charon.log_path, "charon.log")],
-        [(lab.daemon.config_path, "xfrmctl.yaml"),
-         (lab.charon.swanctl_dir / "swanctl.conf", "swanctl.conf")])
-    if failed:  # leave nothing up for the next case
-        for sa in lab.charon.list_sas():
-            lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
 
 
 # ---------------------------------------------------------------------------- the cases

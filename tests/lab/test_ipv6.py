@@ -36,15 +36,15 @@ from tests.lab.interop_common import (
     PSK,
     RIGHT_ID,
     Case,
+    assert_mirrored,
     case_logs,
     wait_child_deleted,
     wait_clean,
     write_credentials,
     xfrmctl_conf,
 )
-from tests.lab.test_interop_strongswan import Lab as SwanLab
-from tests.lab.test_interop_strongswan import swan_child, swan_conn
-from tests.lab.test_pair_interop import assert_mirrored
+from tests.lab.swan_lab import Lab as SwanLab
+from tests.lab.swan_lab import swan_child, swan_conn
 from tests.support.strongswan import Charon, SwanSecret
 from tests.support.xfrmctl_daemon import XfrmctlDaemon, daemon_conf, wait_installed
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.lab import test_kernel_traffic as kt
-from tests.lab.test_kernel_traffic import (
+from tests.lab import kernel_pair as kt
+from tests.lab.kernel_pair import (
     ALGOS,
     HOST_L,
     HOST_R,
@@ -25,7 +25,7 @@ from tests.lab.test_kernel_traffic import (
 from tests.support.netns import Netns
 from xfrmctl.kernel.types import KernelError, SaId, SaSpec
 
-# the SA pair fixtures of test_kernel_traffic.py
+# the SA pair fixtures (tests/lab/kernel_pair.py)
 caps, topology, pair = kt.caps, kt.topology, kt.pair
 
 

@@ -7,10 +7,10 @@ namespaces, charon or the VM are broken, not xfrmctl.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 from tests.lab.conftest import CharonFactory, GatewayPair
+from tests.lab.pair_common import Steps
 from tests.support.strongswan import SwanConn, SwanSecret
 
 PSK = "lab-baseline-test-psk-not-secret"
@@ -54,19 +54,6 @@ def conn(pair: GatewayPair, side: str) -> SwanConn:
         local_ts=[me.subnet],
         remote_ts=[peer.subnet],
     )
-
-
-class Steps:
-    """Seconds per step, recorded as junit properties (lab-results/junit.xml)."""
-
-    def __init__(self, record: Callable[[str, object], None]) -> None:
-        self.record = record
-        self.last = time.monotonic()
-
-    def __call__(self, name: str) -> None:
-        now = time.monotonic()
-        self.record(f"seconds_{name}", round(now - self.last, 2))
-        self.last = now
 
 
 def test_strongswan_tunnel_passes_esp(

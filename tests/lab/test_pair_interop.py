@@ -27,8 +27,8 @@ import pytest
 
 from tests.lab import interop_common as common
 from tests.lab.conftest import GatewayPair
-from tests.lab.interop_common import CASES, Case
-from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, daemon_conf, wait_installed
+from tests.lab.interop_common import CASES, Case, assert_mirrored
+from tests.support.xfrmctl_daemon import XfrmctlDaemon, daemon_conf, wait_installed
 
 
 @dataclass
@@ -78,15 +78,6 @@ def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
         for daemon in lab.both:
             if daemon.running:
                 daemon.reload(lab.empty(daemon is lab.right))
-
-
-def assert_mirrored(ours: Event, theirs: Event) -> None:
-    """Both ends of one CHILD_SA: SPIs and selectors crossed, same mode and suite."""
-    assert (ours["spi_in"], ours["spi_out"]) == (theirs["spi_out"], theirs["spi_in"])
-    assert (ours["local_ts"], ours["remote_ts"]) == (theirs["remote_ts"], theirs["local_ts"])
-    assert ours["initiator"] is not theirs["initiator"]
-    for key in ("mode", "suite", "encap"):
-        assert ours[key] == theirs[key], (key, ours, theirs)
 
 
 def lo_addresses(lab: Lab) -> str:

@@ -19,8 +19,17 @@ from typing import Any
 import httpx
 
 from tests.lab.conftest import CharonFactory, GatewayPair
-from tests.lab.test_daemon_pair import ping, route_subnets
-from tests.lab.test_lab_baseline import Steps
+from tests.lab.pair_common import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
+    DatabaseDaemon,
+    Steps,
+    api_env,
+    ping,
+    route_subnets,
+    wait_for_api,
+)
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
     PYTHON,
@@ -38,24 +47,6 @@ from xfrmctl.store.tokens import Scope
 
 __all__ = ["xfrmctl_daemons"]
 
-PSK = "lab-rest-test-psk-not-secret"
-LEFT_ID, RIGHT_ID = "left.example.org", "right.example.org"
-
-
-class DatabaseDaemon(XfrmctlDaemon):
-    """`xfrmctl daemon --api` with its configuration in the database (no file)."""
-
-    def argv(self) -> list[str]:
-        return [str(PYTHON), "-m", "xfrmctl.cli", "daemon", "--listen", "192.0.2.1", "--api",
-                "--log-json", "--log-level", self.log_level]
-
-
-def _env(work: Path) -> dict[str, str]:
-    return {"XFRMCTL_DATABASE_URL": f"sqlite:///{work}/xfrmctl.db",
-            "XFRMCTL_SECRET_KEY_FILE": str(work / "secret.key"),
-            "XFRMCTL_API_SOCKET": str(work / "api.sock"),
-            "XFRMCTL_CONFIG": str(work / "none.yaml")}
-
 
 def _cli(env: dict[str, str], *args: str) -> str:
     proc = subprocess.run([str(PYTHON), "-m", "xfrmctl.cli", *args], capture_output=True,
@@ -63,15 +54,6 @@ def _cli(env: dict[str, str], *args: str) -> str:
                           env={**os.environ, "PYTHONPATH": str(code_root()), **env})
     assert proc.returncode == 0, f"xfrmctl {' '.join(args)}: {proc.stdout}{proc.stderr}"
     return proc.stdout
-
-
-def _wait_for_api(socket_path: Path, daemon: XfrmctlDaemon, timeout: float = 300.0) -> None:
-    """The API binds after the IKE sockets (importing FastAPI is slow under TCG)."""
-    deadline = time.monotonic() + timeout
-    while not socket_path.exists():
-        assert daemon.running, f"daemon exited\n{daemon.tail()}"
-        assert time.monotonic() < deadline, f"no API socket after {timeout} s\n{daemon.tail()}"
-        time.sleep(1)
 
 
 def _child_traffic(env: dict[str, str]) -> dict[str, Any]:
@@ -89,7 +71,7 @@ def test_rest_connection_against_strongswan(
     pair.left.run("ip", "link", "set", "lo", "up")
     work = tmp_path / "left"
     work.mkdir()
-    env = _env(work)
+    env = api_env(work)
     # In this process, not through the CLI: each Python start costs a minute under TCG.
     upgrade(env["XFRMCTL_DATABASE_URL"])
     db = Database(env["XFRMCTL_DATABASE_URL"])
@@ -108,7 +90,7 @@ def test_rest_connection_against_strongswan(
                           remote_ts=[pair.left.subnet])],
                 [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])])
     daemon.wait_ready()
-    _wait_for_api(work / "api.sock", daemon)
+    wait_for_api(work / "api.sock", daemon)
     step("started")
     try:
         _drive(pair, daemon, env, work, step)

@@ -13,7 +13,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from tests.daemon.test_controller import A, B, connection
+from tests.support.gateways import A, B, connection
 from tests.support.netns import netns, require_root
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import controller

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from tests.support.pki import Credential
+from xfrmctl.ike import ts
 from xfrmctl.ike.certs import TrustStore
 from xfrmctl.ike.config import AuthMethodName, ChildConfig, IkeConfig, LocalAuth, RemoteAuth
-from xfrmctl.ike.events import Event
+from xfrmctl.ike.events import (
+    ChildSaNegotiated,
+    Event,
+)
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.sa import Datagram
 
@@ -120,3 +124,31 @@ def make_pair(conf_a: IkeConfig, conf_b: IkeConfig, *, wall_clock: bool = False,
     if wall_clock:
         pair.now = time.time()
     return pair
+
+
+NET_A = "198.51.100.0/24"
+NET_B = "203.0.113.0/24"
+
+
+def child(name: str = "lan", local: str = NET_A, remote: str = NET_B,
+          **kwargs: object) -> ChildConfig:
+    return ChildConfig(name, (ts.parse(local),), (ts.parse(remote),), **kwargs)  # type: ignore[arg-type]
+
+
+def mirrored(c: ChildConfig) -> ChildConfig:
+    return ChildConfig(c.name, c.remote_ts, c.local_ts, c.mode, c.proposals)
+
+
+def up(pair: Pair, children: list[str] | None = None) -> None:
+    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now, children)
+    pair.pump()
+
+
+def assert_child_pair(a: ChildSaNegotiated, b: ChildSaNegotiated) -> None:
+    """Both ends of one CHILD_SA: SPIs crossed, keys crossed, selectors mirrored."""
+    assert a.spi_out == b.spi_in and a.spi_in == b.spi_out
+    assert a.encr_key_out == b.encr_key_in and a.encr_key_in == b.encr_key_out
+    assert a.integ_key_out == b.integ_key_in and a.integ_key_in == b.integ_key_out
+    assert a.encr_key_in != a.encr_key_out
+    assert a.local_ts == b.remote_ts and a.remote_ts == b.local_ts
+    assert a.suite == b.suite and a.mode == b.mode

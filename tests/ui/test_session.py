@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.api.conftest import app, controller, db, settings, tokens
+from tests.support.api_app import app, controller, db, settings, tokens
 from xfrmctl.store.tokens import Scope
 
 __all__ = ["app", "controller", "db", "settings", "tokens"]  # fixtures used here

@@ -1,7 +1,7 @@
 """`xfrmctl`: the command line, a client of the REST API.
 
-Subcommands live in their own modules and are imported only when used. To add one
-(e.g. the daemon's), add an entry to SUBCOMMANDS: "name": "module:attribute".
+Subcommands live in their own modules of this package and are imported only when used.
+To add one, add an entry to SUBCOMMANDS: "name": "module:attribute".
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 API unreachable, 4 auth (401/403), 5 not found,
 6 conflict, 7 invalid input (422), 8 daemon not running (503), 78 a bad setting.
@@ -30,8 +30,8 @@ SUBCOMMANDS: dict[str, str] = {
     "secret": "xfrmctl.cli.creds:secret",
     "ca": "xfrmctl.cli.creds:ca",
     "cert": "xfrmctl.cli.creds:cert",
-    "db": "xfrmctl.daemon.dbcommand:db",  # admin.db plus `db import`
-    "daemon": "xfrmctl.daemon.command:daemon",
+    "db": "xfrmctl.cli.db:db",
+    "daemon": "xfrmctl.cli.daemon:daemon",  # imports the daemon only when it runs
 }
 
 

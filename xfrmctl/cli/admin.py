@@ -1,4 +1,4 @@
-"""`xfrmctl token` (API tokens) and `xfrmctl db` (migrations)."""
+"""`xfrmctl token`: API tokens (through the API, or `--local` on the database)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
-from xfrmctl.store.migrate import current_tables, upgrade
+from xfrmctl.store.migrate import current_tables
 from xfrmctl.store.tokens import Scope
 
 from . import State, json_flag, pass_state
@@ -117,17 +117,3 @@ def token_revoke(state: State, ref: str) -> None:
     state.api.request("DELETE", f"/tokens/{token_id}")
     emit_json({"revoked": int(token_id)}) if state.json else click.echo(f"revoked {ref}")
 
-
-@click.group()
-def db() -> None:
-    """The database."""
-
-
-@db.command("upgrade")
-@click.option("--database-url", envvar="XFRMCTL_DATABASE_URL",
-              help="default: settings (XFRMCTL_DATABASE_URL or the config file)")
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(database_url: str | None, revision: str) -> None:
-    """Create or migrate the schema (Alembic) up to `revision`."""
-    upgrade(database_url or Settings().database_url, revision)
-    click.echo(f"database at {revision}", err=True)

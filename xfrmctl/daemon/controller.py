@@ -75,12 +75,7 @@ from xfrmctl.kernel.types import (
 )
 from xfrmctl.kernel.types import Counters as KernelCounters
 from xfrmctl.kernel.types import Mapping as KernelMapping
-
-from . import conf as cf
-from . import confdiff
-from .install import build_child, interface_mtu, trap_policies
-from .pool import AddressPool
-from .ports import (
+from xfrmctl.port import (
     ActionRejected,
     ChildSaInfo,
     ChildStatus,
@@ -102,6 +97,11 @@ from .ports import (
     Traffic,
     UnknownTarget,
 )
+
+from . import conf as cf
+from . import confdiff
+from .install import build_child, interface_mtu, trap_policies
+from .pool import AddressPool
 from .routes import PolicyRoutes
 from .state import StateFile, child_from_dict, child_to_dict
 

@@ -45,6 +45,7 @@ from xfrmctl.store.migrate import (
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
+from . import swanctl
 
 log = logging.getLogger("xfrmctl.daemon")
 DYNAMIC = "dynamic"  # the API's traffic selector for "our/the peer's own address"
@@ -490,6 +491,18 @@ def apply_file(db: Database, box: SecretBox, path: Path) -> tuple[cf.DaemonConf,
     return conf, applied
 
 
+def read_import(path: Path, fmt: str = "auto") -> tuple[cf.DaemonConf, list[str]]:
+    """A daemon file (YAML/TOML) or a swanctl.conf (`fmt` auto, xfrmctl or swanctl) as a
+    configuration, with the swanctl settings that could not be mapped. Raises
+    ValidationError, or ValueError / OSError saying what is wrong with the file."""
+    if fmt == "swanctl" or (fmt == "auto" and swanctl.looks_like_swanctl(path)):
+        return swanctl.load(path)
+    try:
+        return load_file(path), []
+    except FileRefused as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
     """Validate a daemon file and create its connections in one transaction."""
     conf = load_file(path)
@@ -500,12 +513,6 @@ def last_change(session: Session) -> int | None:
     """The newest audit record's id: it moves whenever the configuration is written."""
     return session.scalar(select(func.max(m.Event.id))
                           .where(m.Event.kind == m.EventKind.AUDIT))
-
-
-def take_over(session: Session, ident: int, *, actor: str) -> m.Connection:
-    """The connection is managed by the database from now on (its file no longer
-    changes or removes it)."""
-    return repo.update(session, m.Connection, ident, {"managed_by": None}, actor=actor)
 
 
 # --------------------------------------------------------------------------- opening

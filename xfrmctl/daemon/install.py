@@ -16,7 +16,6 @@ from xfrmctl.ike.config import Mode as IkeMode
 from xfrmctl.ike.constants import EncrId, IntegId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.payloads import TrafficSelector
-from xfrmctl.kernel import algorithms as kalg
 from xfrmctl.kernel.types import (
     XFRM_INF,
     Algorithm,
@@ -34,6 +33,7 @@ from xfrmctl.kernel.types import (
     Template,
 )
 
+from . import algorithms as esp_alg
 from .conf import ChildConf
 
 # Policy priorities: lower wins. Like strongSwan, more specific selectors get a lower value.
@@ -46,11 +46,11 @@ def _algorithms(event: ChildSaNegotiated, inbound: bool
     suite = event.suite
     encr_key = event.encr_key_in if inbound else event.encr_key_out
     integ_key = event.integ_key_in if inbound else event.integ_key_out
-    auth = kalg.integ_algorithm(IntegId(suite.integ), integ_key) if suite.integ else None
+    auth = esp_alg.integ_algorithm(IntegId(suite.integ), integ_key) if suite.integ else None
     if suite.encr is None:  # AH
         return None, None, auth
-    encr = kalg.encr_algorithm(EncrId(suite.encr), encr_key)
-    if kalg.is_aead(EncrId(suite.encr)):
+    encr = esp_alg.encr_algorithm(EncrId(suite.encr), encr_key)
+    if esp_alg.is_aead(EncrId(suite.encr)):
         return encr, None, None
     return None, encr, auth
 
@@ -179,13 +179,12 @@ def esp_overhead(event: ChildSaNegotiated) -> int:
     suite = event.suite
     ipv6 = ":" in event.local[0]
     if suite.encr is None:  # AH: header plus ICV
-        icv = kalg.INTEG[IntegId(suite.integ)].trunc_bits // 8 if suite.integ else 0
+        icv = esp_alg.icv_bytes(None, IntegId(suite.integ) if suite.integ else None)
         return (40 if ipv6 else 20) + 12 + icv
-    aead = kalg.is_aead(EncrId(suite.encr))
+    aead = esp_alg.is_aead(EncrId(suite.encr))
     iv = 8 if aead else 16
     block = 4 if aead else 16
-    icv = kalg.ENCR[EncrId(suite.encr)].icv_bits // 8 if aead else \
-        kalg.INTEG[IntegId(suite.integ)].trunc_bits // 8 if suite.integ else 0
+    icv = esp_alg.icv_bytes(EncrId(suite.encr), IntegId(suite.integ) if suite.integ else None)
     outer = (40 if ipv6 else 20) if event.mode is IkeMode.TUNNEL else 0
     return outer + 8 + iv + (block - 1) + 2 + icv + (8 if event.encap else 0)
 

@@ -167,7 +167,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     servers: list[Any] = []
     server_task: asyncio.Future[list[Any]] | None = None
     if api:
-        servers = _api_servers(controller, kernel, source)
+        servers = _api_servers(controller, source)
         # Server._serve: serve without uvicorn taking over the daemon's signal handlers.
         server_task = asyncio.gather(*(s._serve() for s in servers))
     await controller.start()
@@ -222,8 +222,9 @@ async def _reload(controller: Controller, source: DbSource, path: Path | None) -
     failure is logged here: a refused file leaves the running configuration as it was."""
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
+    from xfrmctl.port import ActionRejected  # noqa: PLC0415
+
     from .dbconfig import FileRefused  # noqa: PLC0415
-    from .ports import ActionRejected  # noqa: PLC0415
 
     try:
         summary = "database re-read"
@@ -295,8 +296,7 @@ async def _database_source(listen: Sequence[str]) -> DbSource:
         raise ValueError(str(exc)) from exc
 
 
-def _api_servers(controller: Controller, kernel: KernelIPsec,
-                 source: DbSource) -> list[Any]:
+def _api_servers(controller: Controller, source: DbSource) -> list[Any]:
     """The REST API's servers for this loop: a unix socket and loopback TCP (settings)."""
     import uvicorn  # noqa: PLC0415 - the API is optional
 
@@ -306,6 +306,6 @@ def _api_servers(controller: Controller, kernel: KernelIPsec,
 
     settings = Settings()
     # The daemon's own db and bus, so recorded events reach the SSE stream.
-    app = create_app(settings, controller=controller, kernel=kernel, db=source.db,
+    app = create_app(settings, controller=controller, db=source.db,
                      bus=EventBus())
     return [uvicorn.Server(c) for c in server_configs(app, settings)]

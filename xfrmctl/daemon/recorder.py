@@ -22,13 +22,13 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from xfrmctl.port import ChildSaInfo, IkeSaInfo
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
 
 from . import dbfaults
 from .controller import Controller
-from .ports import ChildSaInfo, IkeSaInfo
 
 log = logging.getLogger("xfrmctl.daemon.recorder")
 Op = tuple[str, Any]  # ("event" | "ike" | "child" | "del_ike" | "del_child", payload)

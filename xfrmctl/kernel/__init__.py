@@ -7,7 +7,7 @@
 - `netlink.NetlinkKernel`: the real kernel over NETLINK_XFRM (batched, async).
 - `fake.FakeKernel`: the in-memory kernel with the same contract.
 - `links.KernelLinks`: XFRM interfaces, VTI devices, addresses, routes (rtnetlink).
-- `algorithms`: IKE transform ids -> kernel algorithm names.
+- `algorithms`: the algorithm names XFRM knows, the key and ICV lengths it takes.
 - `capabilities.probe()`: what the running kernel supports, with reasons.
 - `messages`/`codec`: XFRM message layouts on pyroute2's classes, encode/decode.
 """

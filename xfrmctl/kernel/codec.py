@@ -156,10 +156,6 @@ def u32_attr(attr: int, value: int) -> bytes:
     return nla(attr, U32.pack(value))
 
 
-def algo_name(name: str) -> bytes:
-    return name.encode()
-
-
 # --- SAs ---------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from .algorithms import KERNEL_ALGORITHM_NAMES
+from .algorithms import AEAD_ICV_BITS, KERNEL_ALGORITHM_NAMES, KEY_SIZES
 from .codec import AE_GET_FLAGS
 from .interface import AeState, KernelIPsec, Op, OpKind
 from .types import (
@@ -45,19 +45,6 @@ from .types import (
     SpdInfo,
     SpdThresholds,
 )
-
-# Key sizes (bytes) the crypto API accepts, by kernel algorithm name.
-KEY_SIZES: dict[str, frozenset[int]] = {
-    "rfc4106(gcm(aes))": frozenset({20, 28, 36}),
-    "rfc4309(ccm(aes))": frozenset({19, 27, 35}),
-    "rfc4543(gcm(aes))": frozenset({20, 28, 36}),
-    "rfc7539esp(chacha20,poly1305)": frozenset({36}),
-    "cbc(aes)": frozenset({16, 24, 32}),
-    "rfc3686(ctr(aes))": frozenset({20, 28, 36}),
-    "cbc(des3_ede)": frozenset({24}),
-    "ecb(cipher_null)": frozenset({0}),
-}
-AEAD_ICV_BITS = frozenset({64, 96, 128})
 
 SaKey = tuple[IPAddress, int, Proto, Mark | None]
 FAULT_ERRNOS = (errno.EEXIST, errno.ESRCH, errno.ENOBUFS, errno.EPERM, errno.ENOMEM)

@@ -133,12 +133,6 @@ class KernelLinks:
             dst=str(dst), oif=await self.index(name), **extra,
         )  # fmt: skip
 
-    async def delete_route(self, dst: IPNetwork, name: str) -> None:
-        await self._call(
-            "delete route", f"{dst} dev {name}", "route", "del",
-            dst=str(dst), oif=await self.index(name),
-        )  # fmt: skip
-
     async def link_info(self, name: str) -> dict[str, Any]:
         """Kind and keys of a link, read back from the kernel."""
         msgs = await self._call("get link", name, "link", "get", index=await self.index(name))

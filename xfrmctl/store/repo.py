@@ -137,6 +137,11 @@ def update(session: Session, model: type[ModelT], ident: object, values: Mapping
     return obj
 
 
+def take_over(session: Session, ident: int, *, actor: str) -> m.Connection:
+    """The connection is managed by the database from now on (its file no longer
+    changes or removes it)."""
+    return update(session, m.Connection, ident, {"managed_by": None}, actor=actor)
+
 def delete(session: Session, model: type[ModelT], ident: object, *,
            actor: str | None) -> dict[str, Any]:
     """Delete; returns the snapshot of what was deleted. Conflict if still referenced."""

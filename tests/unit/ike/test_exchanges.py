@@ -6,7 +6,19 @@ import ipaddress
 
 import pytest
 
-from tests.support.ike_pair import ADDR_A, ADDR_B, Pair, make_pair, psk_config
+from tests.support.ike_pair import (
+    ADDR_A,
+    ADDR_B,
+    NET_A,
+    NET_B,
+    Pair,
+    assert_child_pair,
+    child,
+    make_pair,
+    mirrored,
+    psk_config,
+    up,
+)
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import ChildConfig, Mode
 from xfrmctl.ike.constants import DhId, EncrId, ExchangeType, ProtocolId
@@ -24,33 +36,6 @@ from xfrmctl.ike.events import (
 from xfrmctl.ike.message import parse_header
 from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.ike.sa import IkeState
-
-NET_A = "198.51.100.0/24"
-NET_B = "203.0.113.0/24"
-
-
-def child(name: str = "lan", local: str = NET_A, remote: str = NET_B,
-          **kwargs: object) -> ChildConfig:
-    return ChildConfig(name, (ts.parse(local),), (ts.parse(remote),), **kwargs)  # type: ignore[arg-type]
-
-
-def mirrored(c: ChildConfig) -> ChildConfig:
-    return ChildConfig(c.name, c.remote_ts, c.local_ts, c.mode, c.proposals)
-
-
-def up(pair: Pair, children: list[str] | None = None) -> None:
-    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now, children)
-    pair.pump()
-
-
-def assert_child_pair(a: ChildSaNegotiated, b: ChildSaNegotiated) -> None:
-    """Both ends of one CHILD_SA: SPIs crossed, keys crossed, selectors mirrored."""
-    assert a.spi_out == b.spi_in and a.spi_in == b.spi_out
-    assert a.encr_key_out == b.encr_key_in and a.encr_key_in == b.encr_key_out
-    assert a.integ_key_out == b.integ_key_in and a.integ_key_in == b.integ_key_out
-    assert a.encr_key_in != a.encr_key_out
-    assert a.local_ts == b.remote_ts and a.remote_ts == b.local_ts
-    assert a.suite == b.suite and a.mode == b.mode
 
 
 @pytest.fixture

@@ -10,8 +10,15 @@ import os
 
 import pytest
 
-from tests.support.ike_pair import Pair, make_pair, psk_config
-from tests.unit.ike.test_exchanges import assert_child_pair, child, mirrored, up
+from tests.support.ike_pair import (
+    Pair,
+    assert_child_pair,
+    child,
+    make_pair,
+    mirrored,
+    psk_config,
+    up,
+)
 from xfrmctl.ike import keys as keys_module
 from xfrmctl.ike.constants import ExchangeType
 from xfrmctl.ike.events import (

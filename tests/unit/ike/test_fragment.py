@@ -8,14 +8,13 @@ from dataclasses import replace
 
 import pytest
 
+from tests.support.ike_messages import CIPHERS, SPI_I, SPI_R, auth_request, gcm
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PayloadType
 from xfrmctl.ike.errors import IntegrityError, LocalError, ProtocolError
 from xfrmctl.ike.fragment import Reassembler, encode_fragments, fragment_capacity
 from xfrmctl.ike.message import Message, decode, encode, parse_header
 from xfrmctl.ike.payloads import CertPayload, IdiPayload, NotifyPayload, Payload, VendorPayload
 from xfrmctl.ike.sk import SkCipher
-
-from .test_message import CIPHERS, SPI_I, SPI_R, auth_request, gcm
 
 IDS = ["gcm", "cbc"]
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.ike_pair import Pair, make_pair, psk_config
+from tests.support.ike_pair import Pair, child, make_pair, mirrored, psk_config, up
 from xfrmctl.ike.config import Mode
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PayloadType
 from xfrmctl.ike.events import ChildSaNegotiated, IkeSaDown, IkeSaRekeyed, IkeSaUp, ReauthDue
 from xfrmctl.ike.message import decode, parse_header
 from xfrmctl.ike.sa import IkeState
-
-from .test_exchanges import child, mirrored, up
 
 
 def pair_with(conf_a: dict[str, object], conf_b: dict[str, object] | None = None,

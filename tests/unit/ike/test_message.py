@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
-import os
 from collections.abc import Callable
-from hashlib import sha256
 
 import pytest
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.support.ike_messages import (
+    CIPHERS,
+    SA,
+    SPI_I,
+    SPI_R,
+    GcmTestCipher,
+    ManualCipher,
+    auth_request,
+    gcm,
+    nonce,
+    sa_init_request,
+)
 from xfrmctl.ike import message as message_module
 from xfrmctl.ike.constants import (
     DhId,
@@ -49,103 +53,13 @@ from xfrmctl.ike.payloads import (
 )
 from xfrmctl.ike.sk import SkCipher
 
-from .test_payloads import KNOWN, SA
-
 H = bytes.fromhex
-SPI_I, SPI_R = H("0102030405060708"), H("a1a2a3a4a5a6a7a8")
 
 
 # --- test ciphers (the real ones live in xfrmctl/ike/crypto.py) ---------------------------
 
 
-class GcmTestCipher:
-    """RFC 5282 AES-GCM with a 16-octet ICV: key || 4-octet salt, 8-octet explicit IV."""
-
-    iv_size, icv_size, block_size = 8, 16, 1
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key[:-4])
-        self._salt = key[-4:]
-
-    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
-        iv = os.urandom(8)
-        return iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
-
-    def open(self, aad: bytes, body: bytes) -> bytes:
-        iv = body[:8]
-        try:
-            return self._aead.decrypt(self._salt + iv, body[8:], aad)
-        except InvalidTag:
-            raise IntegrityError() from None
-
-
-class CbcHmacTestCipher:
-    """AES-CBC with HMAC-SHA2-256-128 over aad || IV || ciphertext (RFC 7296 3.14)."""
-
-    iv_size, icv_size, block_size = 16, 16, 16
-
-    def __init__(self, enc_key: bytes, integ_key: bytes) -> None:
-        self._algorithm = algorithms.AES(enc_key)
-        self._integ_key = integ_key
-
-    def _icv(self, data: bytes) -> bytes:
-        mac = crypto_hmac.HMAC(self._integ_key, hashes.SHA256())
-        mac.update(data)
-        return mac.finalize()[:16]
-
-    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
-        iv = os.urandom(16)
-        encryptor = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
-        ct = encryptor.update(plaintext) + encryptor.finalize()
-        return iv + ct + self._icv(aad + iv + ct)
-
-    def open(self, aad: bytes, body: bytes) -> bytes:
-        iv, ct, icv = body[:16], body[16:-16], body[-16:]
-        if not hmac.compare_digest(icv, self._icv(aad + iv + ct)):
-            raise IntegrityError()
-        decryptor = Cipher(self._algorithm, modes.CBC(iv)).decryptor()
-        return decryptor.update(ct) + decryptor.finalize()
-
-
-def gcm() -> SkCipher:
-    return GcmTestCipher(sha256(b"gcm key").digest()[:20])
-
-
-def cbc() -> SkCipher:
-    return CbcHmacTestCipher(sha256(b"enc").digest()[:16], sha256(b"integ").digest())
-
-
-CIPHERS: list[Callable[[], SkCipher]] = [gcm, cbc]
-
-
 # --- messages ------------------------------------------------------------------------------
-
-
-def nonce() -> NoncePayload:
-    return NoncePayload(b"N" * 32)
-
-
-def sa_init_request() -> Message:
-    return Message(
-        ExchangeType.IKE_SA_INIT, SPI_I, bytes(8), 0, True, False,
-        [SA, KePayload(19, b"k" * 64), nonce(),
-         NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=b"s" * 20),
-         VendorPayload(b"xfrmctl")],
-    )  # fmt: skip
-
-
-def auth_request() -> Message:
-    payloads: list[Payload] = [
-        IdiPayload(2, b"left.example"),
-        NotifyPayload(NotifyType.INITIAL_CONTACT),
-        IdrPayload(2, b"right.example"),
-        AuthPayload(2, b"a" * 32),
-        SA,
-        KNOWN[13][0],  # TSi
-        KNOWN[14][0],  # TSr
-        CertReqPayload(4, b"\x11" * 20),
-    ]
-    return Message(ExchangeType.IKE_AUTH, SPI_I, SPI_R, 1, True, False, [], payloads)
 
 
 def test_ike_sa_init_known_bytes() -> None:
@@ -224,18 +138,6 @@ def test_sk_without_cipher_is_protocol_error() -> None:
         decode(data)
     with pytest.raises(LocalError):
         encode(auth_request())
-
-
-class ManualCipher:
-    """Null cipher (identity, zero ICV): lets a test write the decrypted bytes itself."""
-
-    iv_size, icv_size, block_size = 4, 0, 4
-
-    def seal(self, aad: bytes, plaintext: bytes) -> bytes:
-        return b"IVIV" + plaintext
-
-    def open(self, aad: bytes, body: bytes) -> bytes:
-        return body[4:]
 
 
 def _informational(inner_plaintext: bytes, first: int) -> bytes:

@@ -1,25 +1,18 @@
 """Payload codecs: hand-built RFC 7296 section 3 byte strings, round trips, malformations."""
 
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv6Address
 
 import pytest
 
+from tests.support.ike_messages import KNOWN, SA, SA_BODY, H
 from xfrmctl.ike.constants import (
-    DhId,
-    EncrId,
-    IntegId,
     NotifyType,
     PayloadType,
-    PrfId,
     ProtocolId,
-    TransformType,
     TsType,
 )
 from xfrmctl.ike.errors import LocalError, ProtocolError
 from xfrmctl.ike.payloads import (
-    AuthPayload,
-    CertPayload,
-    CertReqPayload,
     CfgAttribute,
     CpPayload,
     DeletePayload,
@@ -28,14 +21,10 @@ from xfrmctl.ike.payloads import (
     IdrPayload,
     KePayload,
     NoncePayload,
-    NotifyPayload,
     Payload,
-    Proposal,
     SaPayload,
     TrafficSelector,
-    Transform,
     TsiPayload,
-    TsrPayload,
     UnknownPayload,
     VendorPayload,
     id_body,
@@ -45,71 +34,6 @@ from xfrmctl.ike.payloads import (
     push_chain,
     push_payload,
 )
-
-H = bytes.fromhex
-
-# RFC 7296 3.3: one IKE proposal, AES-CBC-128 / HMAC-SHA2-256 PRF / SHA2-256-128 / ECP-256.
-SA_BODY = H(
-    "0000002c"  # last proposal, reserved, length 44
-    "01010004"  # proposal 1, IKE, SPI size 0, 4 transforms
-    "0300000c"
-    "0100000c"
-    "800e0080"  # ENCR AES_CBC, key length 128 (TV attribute)
-    "03000008"
-    "02000005"  # PRF HMAC_SHA2_256
-    "03000008"
-    "0300000c"  # INTEG HMAC_SHA2_256_128
-    "00000008"
-    "04000013"  # last transform: DH 19
-)
-SA = SaPayload((
-    Proposal(1, ProtocolId.IKE, b"", (
-        Transform(TransformType.ENCR, EncrId.AES_CBC, 128),
-        Transform(TransformType.PRF, PrfId.HMAC_SHA2_256),
-        Transform(TransformType.INTEG, IntegId.HMAC_SHA2_256_128),
-        Transform(TransformType.DH, DhId.ECP_256),
-    )),
-))  # fmt: skip
-
-# Each case: (payload, its body as RFC 7296 section 3 lays it out).
-KNOWN: list[tuple[Payload, bytes]] = [
-    (SA, SA_BODY),
-    (KePayload(31, b"\xaa" * 32), H("001f0000") + b"\xaa" * 32),
-    (IdiPayload(2, b"gw.example"), H("02000000") + b"gw.example"),
-    (IdrPayload(1, bytes([192, 0, 2, 1])), H("01000000c0000201")),
-    (CertPayload(4, b"DER"), H("04") + b"DER"),
-    (CertReqPayload(4, b"\x11" * 20), H("04") + b"\x11" * 20),
-    (AuthPayload(2, b"\x22" * 32), H("02000000") + b"\x22" * 32),
-    (NoncePayload(b"\x33" * 32), b"\x33" * 32),
-    (NotifyPayload(NotifyType.COOKIE, data=b"c" * 8), H("00004006") + b"c" * 8),
-    (NotifyPayload(NotifyType.REKEY_SA, 3, H("01020304")), H("0304400901020304")),
-    (DeletePayload(ProtocolId.IKE), H("01000000")),
-    (DeletePayload(ProtocolId.ESP, (H("01020304"), H("a0b0c0d0"))), H("0304000201020304a0b0c0d0")),
-    (VendorPayload(b"strongSwan"), b"strongSwan"),
-    (
-        TsiPayload((
-            TrafficSelector(TsType.IPV4_ADDR_RANGE, 0, 0, 65535,
-                            IPv4Address("198.51.100.0"), IPv4Address("198.51.100.255")),
-        )),
-        H("01000000" "07000010" "0000ffff" "c6336400" "c63364ff"),
-    ),
-    (
-        TsrPayload((
-            TrafficSelector(TsType.IPV6_ADDR_RANGE, 17, 500, 500,
-                            IPv6Address("2001:db8::"), IPv6Address("2001:db8::ffff")),
-            TrafficSelector(TsType.IPV4_ADDR_RANGE, 6, 80, 443,
-                            IPv4Address("203.0.113.1"), IPv4Address("203.0.113.1")),
-        )),
-        H("02000000" "08110028" "01f401f4" "20010db8000000000000000000000000"
-          "20010db800000000000000000000ffff" "07060010" "005001bb" "cb007101" "cb007101"),
-    ),
-    (
-        CpPayload(1, (CfgAttribute(1, b""), CfgAttribute(3, bytes([192, 0, 2, 53])))),
-        H("01000000" "00010000" "00030004c0000235"),
-    ),
-    (EapPayload(H("0201000501")), H("0201000501")),
-    (UnknownPayload(200, False, b"xyz"), b"xyz"),
-]  # fmt: skip
 
 
 @pytest.mark.parametrize(("payload", "body"), KNOWN, ids=lambda x: type(x).__name__)

@@ -12,8 +12,15 @@ from functools import cache
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.ike_pair import Pair, make_pair, psk_config
-from tests.unit.ike.test_exchanges import assert_child_pair, child, mirrored, up
+from tests.support.ike_pair import (
+    Pair,
+    assert_child_pair,
+    child,
+    make_pair,
+    mirrored,
+    psk_config,
+    up,
+)
 from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
 from xfrmctl.ike.errors import ProtocolError

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.ike_messages import CIPHERS, ManualCipher
 from xfrmctl.ike import rules
 from xfrmctl.ike.constants import PayloadType, ProtocolId, TransformType, TsType
 from xfrmctl.ike.errors import ProtocolError
@@ -41,8 +42,6 @@ from xfrmctl.ike.payloads import (
     push_chain,
 )
 from xfrmctl.ike.sk import SkCipher
-
-from .test_message import CIPHERS, ManualCipher
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)

@@ -9,7 +9,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from tests.unit.kernel.contract import LEFT, RIGHT, sa
+from tests.support.kernel_contract import LEFT, RIGHT, sa
 from xfrmctl.kernel import codec
 from xfrmctl.kernel import messages as m
 from xfrmctl.kernel.fake import FakeKernel

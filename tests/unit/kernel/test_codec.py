@@ -6,12 +6,10 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xfrmctl.ike.constants import EncrId, IntegId
-from xfrmctl.kernel import algorithms, codec
+from xfrmctl.kernel import codec
 from xfrmctl.kernel import messages as m
 from xfrmctl.kernel.messages import MsgType
 from xfrmctl.kernel.types import (
@@ -257,31 +255,3 @@ def test_error_and_split() -> None:
     parts = list(codec.split(data))
     assert [(p[2], p[3]) for p in parts] == [(codec.NLMSG_ERROR, 5), (codec.NLMSG_DONE, 6)]
     assert codec.error_code(data, 0) == 17
-
-
-# --- algorithms ------------------------------------------------------------------------
-
-
-def test_algorithm_table() -> None:
-    gcm = algorithms.encr_algorithm(EncrId.AES_GCM_16, bytes(20))
-    assert (gcm.name, gcm.icv_bits) == ("rfc4106(gcm(aes))", 128)
-    assert algorithms.encr_algorithm(EncrId.AES_GCM_12, bytes(20)).icv_bits == 96
-    assert algorithms.encr_algorithm(EncrId.AES_GCM_8, bytes(20)).icv_bits == 64
-    chacha = algorithms.encr_algorithm(EncrId.CHACHA20_POLY1305, bytes(36))
-    assert chacha.name == "rfc7539esp(chacha20,poly1305)"
-    assert algorithms.encr_key_bytes(EncrId.AES_GCM_16, 256) == 36
-    assert algorithms.encr_key_bytes(EncrId.CHACHA20_POLY1305) == 36
-    assert algorithms.encr_key_bytes(EncrId.TRIPLE_DES) == 24
-    assert algorithms.encr_algorithm(EncrId.NULL, b"").name == "ecb(cipher_null)"
-    sha = algorithms.integ_algorithm(IntegId.HMAC_SHA2_384_192, bytes(48))
-    assert (sha.name, sha.icv_bits) == ("hmac(sha384)", 192)
-    assert algorithms.integ_algorithm(IntegId.HMAC_SHA1_96, bytes(20)).icv_bits == 96
-    assert algorithms.integ_algorithm(IntegId.HMAC_MD5_96, bytes(16)).name == "hmac(md5)"
-    assert algorithms.is_aead(EncrId.AES_GCM_16) and not algorithms.is_aead(EncrId.AES_CBC)
-
-
-def test_algorithm_errors() -> None:
-    with pytest.raises(algorithms.UnsupportedTransform):
-        algorithms.encr_algorithm(EncrId.IDEA, bytes(16))
-    with pytest.raises(ValueError):
-        algorithms.integ_algorithm(IntegId.HMAC_SHA2_256_128, bytes(16))

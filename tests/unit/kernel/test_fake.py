@@ -7,7 +7,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from tests.unit.kernel.contract import LEFT, RIGHT, child, next_event, policy, sa
+from tests.support.kernel_contract import LEFT, RIGHT, child, next_event, policy, sa
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import Acquire, Expire, KernelError, Lifetime, SaNotify

@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-from tests.unit.kernel.contract import LEFT, child, sa
+from tests.support.kernel_contract import LEFT, child, sa
 from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import EventsLost, KernelError, Proto, SaNotify

@@ -8,7 +8,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from tests.unit.kernel.contract import LEFT, RIGHT, natted_child
+from tests.support.kernel_contract import LEFT, RIGHT, natted_child
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.types import Direction, KernelError, SaSpec
 

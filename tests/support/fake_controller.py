@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from xfrmctl.daemon.ports import (
+from xfrmctl.port import (
     ActionRejected,
     ChildSaInfo,
     ConfigChange,

@@ -1,4 +1,9 @@
-"""`xfrmctl daemon`: run the gateway in the foreground."""
+"""`xfrmctl daemon`: run the gateway in the foreground.
+
+The daemon (asyncio, the IKE core, netlink, the API server) is imported inside the
+command, so `xfrmctl --help` and `xfrmctl daemon --help` stay fast; this is the one
+place where the CLI starts daemon code (pyproject's import contracts).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,6 @@ import sys
 from pathlib import Path
 
 import click
-
-from .main import run, setup_logging
 
 
 @click.command()
@@ -43,6 +46,8 @@ def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kern
     if config_path is not None and (use_db or listen):
         raise click.UsageError("--db and --listen are for a daemon without --config "
                                "(with a file, its `listen` says where to listen)")
+    from xfrmctl.daemon.main import run, setup_logging  # noqa: PLC0415 - heavy, on use
+
     setup_logging(log_json, log_level)
     sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
                              clear_on_exit=clear_on_exit, listen=listen,

@@ -1,10 +1,12 @@
-"""`xfrmctl db import FILE`: load a daemon configuration file, or strongSwan's
-swanctl.conf, into the database.
+"""`xfrmctl db`: the database itself (schema migrations, importing configuration files).
 
-Works on the database directly (like `db upgrade`), with the secrets key of the
-settings; it adds `import` to the `xfrmctl db` group. A running daemon notices the
-change through the database's audit log within seconds (main.WATCH_INTERVAL) and
-applies it: no signal or API token needed.
+Works on the database directly, with the settings' URL and secrets key; no API token.
+A running daemon notices an import through the database's audit log within seconds
+(daemon.main.WATCH_INTERVAL) and applies it: no signal needed.
+
+`db import` reads files with the daemon's configuration model: that module is imported
+inside the command (so `xfrmctl --help` and `db upgrade` never load it), the one place
+besides `xfrmctl daemon` where the CLI uses daemon code (pyproject's import contracts).
 """
 
 from __future__ import annotations
@@ -17,18 +19,29 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from xfrmctl.cli import State, json_flag, pass_state
-from xfrmctl.cli.admin import db
-from xfrmctl.cli.output import emit_json
 from xfrmctl.config import Settings
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
-from xfrmctl.store.migrate import MigrationError
+from xfrmctl.store.migrate import MigrationError, upgrade
 from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
-from . import conf as cf
-from . import swanctl
-from .dbconfig import FileRefused, describe, import_conf, load_file, prepare_database
+from . import State, json_flag, pass_state
+from .output import emit_json
+
+
+@click.group()
+def db() -> None:
+    """The database."""
+
+
+@db.command("upgrade")
+@click.option("--database-url", envvar="XFRMCTL_DATABASE_URL",
+              help="default: settings (XFRMCTL_DATABASE_URL or the config file)")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(database_url: str | None, revision: str) -> None:
+    """Create or migrate the schema (Alembic) up to `revision`."""
+    upgrade(database_url or Settings().database_url, revision)
+    click.echo(f"database at {revision}", err=True)
 
 
 @db.command("import")
@@ -45,22 +58,24 @@ def db_import(state: State, path: Path, database_url: str | None, fmt: str) -> N
     children and secrets (encrypted); all or nothing, names must be new. They are
     managed through the API/CLI from then on; a running daemon applies them within
     seconds. Every swanctl setting that cannot be mapped is listed."""
+    from xfrmctl.daemon import dbconfig  # noqa: PLC0415 - the daemon's file model, on use
+
     settings = Settings()
     url = database_url or settings.database_url
     try:
-        conf, unsupported = _read(path, fmt)
+        conf, unsupported = dbconfig.read_import(path, fmt)
     except ValidationError as exc:
-        _fail(f"{path}: {describe(exc)}; nothing imported", 7)
+        _fail(f"{path}: {dbconfig.describe(exc)}; nothing imported", 7)
     except (ValueError, OSError) as exc:
         _fail(f"{exc}; nothing imported", 7)
     try:
-        prepare_database(url)
+        dbconfig.prepare_database(url)
         box = SecretBox.from_file(settings.secret_key_file)
     except (SQLAlchemyError, MigrationError, SecretKeyError, OSError) as exc:
         _fail(f"database: {exc}", 1)
     database = Database(url)
     try:
-        names = database.call(import_conf, box, conf, actor=f"import:{path.name}")
+        names = database.call(dbconfig.import_conf, box, conf, actor=f"import:{path.name}")
     except repo.Conflict as exc:
         _fail(f"{path}: {exc}; nothing imported", 6)
     except (ValueError, OSError, SecretKeyError) as exc:
@@ -75,15 +90,6 @@ def db_import(state: State, path: Path, database_url: str | None, fmt: str) -> N
         click.echo(f"not imported ({len(unsupported)} setting(s)):")
         for line in unsupported:
             click.echo(f"  {line}")
-
-
-def _read(path: Path, fmt: str) -> tuple[cf.DaemonConf, list[str]]:
-    if fmt == "swanctl" or (fmt == "auto" and swanctl.looks_like_swanctl(path)):
-        return swanctl.load(path)
-    try:
-        return load_file(path), []
-    except FileRefused as exc:
-        raise ValueError(str(exc)) from exc
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -1,7 +1,9 @@
 """The KernelIPsec contract: one suite, run against the fake and the real kernel.
 
 `KernelEnv` hides the two differences the suite needs: how a foreign entry (another
-daemon's) gets in, and whether the kernel can hold ESP SAs at all.
+daemon's) gets in, and whether the kernel can hold ESP SAs at all. A test module runs
+the suite with `from tests.support.kernel_contract import *` (the cases and the `env`
+fixture: the fake, and the real kernel in a netns when root).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from tests.support.netns import netns, require_root
+from xfrmctl.kernel.capabilities import Capabilities, probe
 from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.kernel.interface import OSEQ_MARGIN, KernelIPsec
+from xfrmctl.kernel.netlink import NetlinkKernel
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Action,
@@ -408,3 +413,31 @@ async def test_move_child_to_the_peers_new_mapping(env: KernelEnv) -> None:
     assert (await env.kernel.get_ae(newer.outbound.id)).replay.oseq == 77 + OSEQ_MARGIN
     await env.kernel.remove_child(newer)  # the moved references release cleanly
     assert await env.kernel.dump_sas() == [] and await env.kernel.dump_policies() == []
+
+
+# --- the kernels the suite runs on: `env` (star-imported with the cases) --------------
+
+_caps: list[Capabilities] = []
+
+
+def _capabilities() -> Capabilities:
+    if not _caps:
+        _caps.append(asyncio.run(probe()))
+    return _caps[0]
+
+
+@pytest.fixture(params=["fake", pytest.param("netlink", marks=pytest.mark.netns)])
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[KernelEnv]:
+    if request.param == "fake":
+        yield KernelEnv(FakeKernel(), None, "")
+        return
+    require_root()
+    caps = await asyncio.to_thread(_capabilities)
+    if not caps.xfrm_netlink:
+        pytest.skip(caps.xfrm_netlink.reason)
+    with netns("kc") as ns:
+        kernel = await NetlinkKernel.open(ns.name)
+        try:
+            yield KernelEnv(kernel, ns.name, "" if caps.esp else caps.esp.reason)
+        finally:
+            await kernel.close()
