@@ -26,7 +26,7 @@ async def list_secrets(services: ServicesDep, _: ReadDep, paging: PagingDep,
 async def create_secret(services: ServicesDep, who: AdminDep, body: SecretCreate) -> Secret:
     secret = await services.db.run(
         repo.create_secret, services.box, name=body.name, kind=body.kind,
-        value=body.value.get_secret_value().encode(), actor=who.actor)
+        value=body.value.get_secret_value().encode(), version=body.version, actor=who.actor)
     await crud.notify(services, "secret", secret.id, "created")
     return secret
 
@@ -39,9 +39,10 @@ async def read_secret(services: ServicesDep, _: ReadDep, secret_id: IdPath) -> S
 @router.put("/{secret_id}", response_model=SecretPublic)
 async def replace_secret(services: ServicesDep, who: AdminDep, secret_id: IdPath,
                          body: SecretUpdate) -> Secret:
-    """Replace the value (the name and kind stay)."""
+    """Replace the value and its version (the name and kind stay; no version: none)."""
     secret = await services.db.run(repo.replace_secret_value, services.box, secret_id,
-                                   body.value.get_secret_value().encode(), actor=who.actor)
+                                   body.value.get_secret_value().encode(),
+                                   version=body.version, actor=who.actor)
     await crud.notify(services, "secret", secret_id, "updated")
     return secret
 

@@ -10,7 +10,7 @@ import unicodedata
 from typing import Annotated, Generic, TypeVar
 
 from cryptography import x509
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import Identity as IkeIdentity
@@ -48,6 +48,16 @@ def _identity(value: str) -> str:
 
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _int_as_text(value: object) -> object:
+    """A JSON integer version (3) is the text "3"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# A secret's version: the operator's label for its value ("3", "2026-12", "v2.1").
+Version = Annotated[str, BeforeValidator(_int_as_text),
+                    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")]
 Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_printable)]
 Identity = Annotated[str, StringConstraints(min_length=1, max_length=255),
                      AfterValidator(_printable), AfterValidator(_identity)]

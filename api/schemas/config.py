@@ -54,6 +54,7 @@ from .common import (
     ProposalText,
     Seconds,
     Text,
+    Version,
     check_proposals,
 )
 
@@ -301,18 +302,28 @@ class SecretBase(BaseModel):
     kind: SecretKind
 
 
+_VERSION_DOC = ("the operator's label for this value (text, or an integer taken as text:"
+                " 1-64 of A-Z a-z 0-9 _ . : + -, starting with a letter or digit); clients"
+                " that cannot read the value back compare it; null: none")
+
+
 class SecretCreate(SecretBase):
     value: SecretStr = Field(min_length=1, max_length=16384,
                              description="PSK or PEM private key; never returned")
+    version: Version | None = Field(None, description=_VERSION_DOC)
 
 
 class SecretUpdate(BaseModel):
+    """PUT: the value and its version are replaced together (no version given: none)."""
+
     model_config = _FORBID
     value: SecretStr = Field(min_length=1, max_length=16384)
+    version: Version | None = Field(None, description=_VERSION_DOC)
 
 
 class SecretPublic(SecretBase, PublicBase):
     model_config = ConfigDict(from_attributes=True)
+    version: str | None = Field(None, description="the version given with the value")
 
 
 class SecretsPublic(Page[SecretPublic]):

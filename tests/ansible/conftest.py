@@ -25,6 +25,10 @@ import pytest
 
 from tests.support.netns import netns, require_root
 from tests.support.process import terminate
+from xfrmctl.store import repo
+from xfrmctl.store.db import Database
+from xfrmctl.store.models import Secret
+from xfrmctl.store.secrets import SecretBox
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / "deploy" / "ansible"
@@ -56,6 +60,18 @@ class Api:
 
     def names(self, path: str) -> list[str]:
         return sorted(item["name"] for item in self.get(path + "?limit=500")["data"])
+
+    def secret_value(self, name: str) -> str:
+        """A stored secret's plaintext, read from the database with the daemon's key
+        (the API never returns it)."""
+        db = Database(self.env["XFRMCTL_DATABASE_URL"])
+        try:
+            (secret,) = [s for s in db.call(repo.list_page, Secret, limit=1000)[0]
+                         if s.name == name]
+            box = SecretBox.from_file(Path(self.env["XFRMCTL_SECRET_KEY_FILE"]))
+            return db.call(repo.reveal_secret, box, secret.id).decode()
+        finally:
+            db.dispose()
 
 
 class _UnixConnection(http.client.HTTPConnection):

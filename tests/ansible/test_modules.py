@@ -15,6 +15,7 @@ from .conftest import Api, Run, run_playbook
 
 PSK1 = "ansible-psk-Zq8v1-first"
 PSK2 = "ansible-psk-Wm3k9-second"
+PSK3 = "ansible-psk-Hx5r2-third"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def pem() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run(api: Api, pem: dict[str, str]) -> Run:
-    result = run_playbook(api, "resources.yml", {"psk1": PSK1, "psk2": PSK2, **pem}, "-vvv")
+    result = run_playbook(api, "resources.yml", {"psk1": PSK1, "psk2": PSK2, "psk3": PSK3,
+                                                 **pem}, "-vvv")
     assert result.proc.returncode == 0, result.output[-6000:]
     return result
 
@@ -97,6 +99,26 @@ def test_secret_is_write_only_and_idempotent_by_name(run: Run) -> None:
         assert "value" not in run.results[f"r_{name}"]["secret"]
 
 
+def test_secret_is_idempotent_by_version(run: Run, api: Api) -> None:
+    assert changed(run, "ver_create", "ver_again", "ver_same", "ver_check", "ver_update",
+                   "ver_update_again", "ver_none") == {
+        "ver_create": True, "ver_again": False, "ver_same": False, "ver_check": True,
+        "ver_update": True, "ver_update_again": False, "ver_none": False}
+    assert run.results["r_ver_create"]["secret"]["version"] == "1"  # an integer as text
+    # check mode wrote nothing: the real run after it still found version 1
+    assert diff(run, "ver_check") == diff(run, "ver_update") == {
+        "before": {"version": "1", "value": "(previous value)"},
+        "after": {"version": "2", "value": "(new value)"}}
+    assert run.results["r_ver_update"]["secret"]["version"] == "2"
+    assert "value" not in run.results["r_ver_update"]["secret"]
+    assert "422" in error(run, "ver_bad") and "version" in error(run, "ver_bad")
+    assert "version must be text or an integer" in error(run, "ver_float")
+    (stored,) = [s for s in api.get("/secrets")["data"] if s["name"] == "rotated-psk"]
+    assert stored["version"] == "2"
+    # the value went with its version: version 2's value, not the unversioned run's
+    assert api.secret_value("rotated-psk") == PSK2
+
+
 def test_secret_values_appear_in_no_output_or_log(run: Run, api: Api, pem: dict[str, str]
                                                   ) -> None:
     logs = {"ansible-playbook -vvv": run.output,
@@ -105,9 +127,10 @@ def test_secret_values_appear_in_no_output_or_log(run: Run, api: Api, pem: dict[
     key_body = pem["key_pem"].splitlines()[1]
     for where, text in logs.items():
         assert "branch1-psk" in text or where == "daemon log"  # the log is the real one
-        for value in (PSK1, PSK2, key_body, api.token):
+        for value in (PSK1, PSK2, PSK3, key_body, api.token):
             assert value not in text, f"{where} shows a secret value"
-    assert PSK1 not in str(run.results) and PSK2 not in str(run.results)
+    for value in (PSK1, PSK2, PSK3):
+        assert value not in str(run.results)
 
 
 def test_ca_and_certificate_lifecycle(run: Run, api: Api) -> None:

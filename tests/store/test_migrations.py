@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database, make_engine
 from xfrmctl.store.migrate import HEAD_REVISION, alembic_config, current_tables, downgrade, upgrade
-from xfrmctl.store.models import Base, Child, Connection, EventKind, Peer
+from xfrmctl.store.models import Base, Child, Connection, EventKind, Peer, Secret
 from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope
 
@@ -29,7 +29,7 @@ def _check_round_trip(url: str) -> None:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
-    assert revision == "0002"
+    assert revision == "0003"
     _exercise(url)
     downgrade(url, "base")
     assert current_tables(url) <= {"alembic_version"}
@@ -54,6 +54,8 @@ def _exercise(url: str) -> None:
         secret = db.call(repo.create_secret, box, name="s", kind="psk", value=b"pw",
                          actor="test")
         assert db.call(repo.reveal_secret, box, secret.id) == b"pw"
+        assert db.call(repo.replace_secret_value, box, secret.id, b"pw2", version="2",
+                       actor="test").version == "2"
         token, plaintext = db.call(repo.create_token, name="t", scopes=[Scope.READ], actor=None)
         found = db.call(repo.authenticate, plaintext)
         assert found is not None and found.id == token.id
@@ -105,6 +107,35 @@ def test_0002_turns_stored_mobike_off_and_marks_nothing_as_file_managed(tmp_path
     assert tuple(row) == (0, None, "none", None, 0)
 
 
+def test_0003_keeps_stored_secrets_without_a_version_and_back(tmp_path: Path) -> None:
+    """A secret stored before 0003 has no version after the upgrade (a client that gives
+    one rewrites it once); the downgrade drops the versions and keeps the secrets."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0002")
+    engine = make_engine(url)
+    box = SecretBox(b"k" * 32)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO secrets (name, kind, ciphertext, created_at, updated_at)"
+                          " VALUES ('old', 'psk', :c, '2026-01-01', '2026-01-01')"),
+                     {"c": box.encrypt("old", b"old-psk")})
+    upgrade(url)
+    db = Database(url)
+    try:
+        (old,), _ = db.call(repo.list_page, Secret)
+        assert old.version is None and db.call(repo.reveal_secret, box, old.id) == b"old-psk"
+        db.call(repo.replace_secret_value, box, old.id, b"new-psk", version="7", actor="t")
+    finally:
+        db.dispose()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM secrets")).scalar() == "7"
+    downgrade(url, "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM secrets")).scalars().all() == ["old"]
+        columns = {c["name"] for c in inspect(engine).get_columns("secrets")}
+    engine.dispose()
+    assert "version" not in columns
+
+
 def test_a_new_database_gets_the_migrations_schema_at_once(tmp_path: Path) -> None:
     """The daemon creates a new database from the models and stamps it (fast in a VM
     without KVM): the same schema as the migrations give, and later migrations apply."""
@@ -117,7 +148,7 @@ def test_a_new_database_gets_the_migrations_schema_at_once(tmp_path: Path) -> No
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
-    assert diff == [] and revision == "0002"
+    assert diff == [] and revision == "0003"
     downgrade(url, "0001")  # and the migrations run on it both ways
     upgrade(url)
     _exercise(url)

@@ -4,6 +4,7 @@ file, stdin or a hidden prompt, sent once, and never printed."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 
 from . import State, json_flag, pass_state
 from .client import EXIT_NOT_FOUND, ApiError
-from .output import ago, col, emit_fields, emit_json, emit_table
+from .output import Column, ago, col, emit_fields, emit_json, emit_table
 
 SECRET_KINDS = ("psk", "private_key")
 
@@ -51,6 +52,39 @@ def _done(state: State, data: dict[str, Any], text: str) -> None:
     emit_json(data) if state.json else click.echo(text)
 
 
+# The commands every credential collection has: `list` (a table, or --json), `show REF`
+# and `delete REF`, where REF is an id or a name; `what` names the object in messages.
+
+def _add_list(group: click.Group, path: str, columns: Sequence[Column]) -> None:
+    @group.command("list")
+    @json_flag
+    @pass_state
+    def list_(state: State) -> None:
+        rows = state.api.all(path)
+        emit_json(rows) if state.json else emit_table(rows, columns)
+
+
+def _add_show(group: click.Group, path: str, what: str) -> None:
+    @group.command("show")
+    @click.argument("ref")
+    @json_flag
+    @pass_state
+    def show(state: State, ref: str) -> None:
+        data = resolve(state, path, ref, what)
+        emit_json(data) if state.json else emit_fields(data)
+
+
+def _add_delete(group: click.Group, path: str, what: str) -> None:
+    @group.command("delete")
+    @click.argument("ref")
+    @json_flag
+    @pass_state
+    def delete(state: State, ref: str) -> None:
+        current = resolve(state, path, ref, what)
+        state.api.request("DELETE", f"{path}/{current['id']}")
+        _done(state, {"deleted": current["id"]}, f"deleted {what} {current['name']}")
+
+
 # --------------------------------------------------------------------------- secrets
 
 @click.group()
@@ -68,48 +102,58 @@ def secret_list(state: State, kind: str | None) -> None:
         emit_json(rows)
         return
     emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("KIND", "kind"),
+                      col("VERSION", "version"),
                       ("CREATED", lambda r: ago(r.get("created_at"))),
                       ("UPDATED", lambda r: ago(r.get("updated_at")))])
 
 
 _from_file = click.option("--from-file", type=click.Path(path_type=Path, dir_okay=False),
                           help="read the value from this file (else stdin, else a prompt)")
+_version = click.option("--version", "version",
+                        help="your label for this value (e.g. 2 or 2026-12), stored with it "
+                             "and shown by `secret list`; Ansible compares it")
+
+
+def _with_version(version: str | None) -> str:
+    return f", version {version}" if version is not None else ""
 
 
 @secret.command("create")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(SECRET_KINDS), default="psk", show_default=True)
 @_from_file
+@_version
 @json_flag
 @pass_state
-def secret_create(state: State, name: str, kind: str, from_file: Path | None) -> None:
+def secret_create(state: State, name: str, kind: str, from_file: Path | None,
+                  version: str | None) -> None:
     """Store a secret; its value is never printed."""
-    created = state.api.request("POST", "/secrets", json={
-        "name": name, "kind": kind, "value": read_value(from_file, kind)})
-    _done(state, created, f"created secret {name} (id {created['id']})")
+    body = {"name": name, "kind": kind, "value": read_value(from_file, kind)}
+    if version is not None:
+        body["version"] = version
+    created = state.api.request("POST", "/secrets", json=body)
+    _done(state, created, f"created secret {name} (id {created['id']}"
+                          f"{_with_version(version)})")
 
 
 @secret.command("replace")
 @click.argument("ref")
 @_from_file
+@_version
 @json_flag
 @pass_state
-def secret_replace(state: State, ref: str, from_file: Path | None) -> None:
-    """Replace a secret's value (connections using it pick it up)."""
+def secret_replace(state: State, ref: str, from_file: Path | None,
+                   version: str | None) -> None:
+    """Replace a secret's value and its version (without --version: none); connections
+    using it pick it up."""
     current = resolve(state, "/secrets", ref, "secret")
     updated = state.api.request("PUT", f"/secrets/{current['id']}", json={
-        "value": read_value(from_file, current["kind"])})
-    _done(state, updated, f"replaced the value of secret {current['name']}")
+        "value": read_value(from_file, current["kind"]), "version": version})
+    _done(state, updated, f"replaced the value of secret {current['name']}"
+                          f"{_with_version(version)}")
 
 
-@secret.command("delete")
-@click.argument("ref")
-@json_flag
-@pass_state
-def secret_delete(state: State, ref: str) -> None:
-    current = resolve(state, "/secrets", ref, "secret")
-    state.api.request("DELETE", f"/secrets/{current['id']}")
-    _done(state, {"deleted": current["id"]}, f"deleted secret {current['name']}")
+_add_delete(secret, "/secrets", "secret")
 
 
 # --------------------------------------------------------------------------- CAs
@@ -130,25 +174,10 @@ def ca() -> None:
     """Certificate authorities trusted to authenticate peers."""
 
 
-@ca.command("list")
-@json_flag
-@pass_state
-def ca_list(state: State) -> None:
-    rows = state.api.all("/cas")
-    if state.json:
-        emit_json(rows)
-        return
-    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"),
-                      col("NOT_AFTER", "not_after")])
-
-
-@ca.command("show")
-@click.argument("ref")
-@json_flag
-@pass_state
-def ca_show(state: State, ref: str) -> None:
-    data = resolve(state, "/cas", ref, "CA")
-    emit_json(data) if state.json else emit_fields(data)
+_add_list(ca, "/cas", [col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"),
+                        col("NOT_AFTER", "not_after")])
+_add_show(ca, "/cas", "CA")
+_add_delete(ca, "/cas", "CA")
 
 
 @ca.command("add")
@@ -175,16 +204,6 @@ def ca_replace(state: State, ref: str, pem_file: Path) -> None:
     _done(state, updated, f"replaced CA {current['name']}: {updated['subject']}")
 
 
-@ca.command("delete")
-@click.argument("ref")
-@json_flag
-@pass_state
-def ca_delete(state: State, ref: str) -> None:
-    current = resolve(state, "/cas", ref, "CA")
-    state.api.request("DELETE", f"/cas/{current['id']}")
-    _done(state, {"deleted": current["id"]}, f"deleted CA {current['name']}")
-
-
 # --------------------------------------------------------------------------- certificates
 
 @click.group()
@@ -192,26 +211,11 @@ def cert() -> None:
     """Our own certificates (with the private key as a secret)."""
 
 
-@cert.command("list")
-@json_flag
-@pass_state
-def cert_list(state: State) -> None:
-    rows = state.api.all("/certificates")
-    if state.json:
-        emit_json(rows)
-        return
-    emit_table(rows, [col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"),
-                      col("ISSUER", "issuer"), col("NOT_AFTER", "not_after"),
-                      col("CA", "ca_id"), col("KEY_SECRET", "key_secret_id")])
-
-
-@cert.command("show")
-@click.argument("ref")
-@json_flag
-@pass_state
-def cert_show(state: State, ref: str) -> None:
-    data = resolve(state, "/certificates", ref, "certificate")
-    emit_json(data) if state.json else emit_fields(data)
+_add_list(cert, "/certificates", [
+    col("ID", "id"), col("NAME", "name"), col("SUBJECT", "subject"), col("ISSUER", "issuer"),
+    col("NOT_AFTER", "not_after"), col("CA", "ca_id"), col("KEY_SECRET", "key_secret_id")])
+_add_show(cert, "/certificates", "certificate")
+_add_delete(cert, "/certificates", "certificate")
 
 
 def _cert_refs(state: State, ca_ref: str | None, key_secret: str | None
@@ -269,13 +273,3 @@ def cert_replace(state: State, ref: str, pem_file: Path, key_secret: str | None,
     body = {"pem": _pem(pem_file), **_cert_refs(state, ca_ref, key_secret)}
     updated = state.api.request("PATCH", f"/certificates/{current['id']}", json=body)
     _done(state, updated, f"replaced certificate {current['name']}: {updated['subject']}")
-
-
-@cert.command("delete")
-@click.argument("ref")
-@json_flag
-@pass_state
-def cert_delete(state: State, ref: str) -> None:
-    current = resolve(state, "/certificates", ref, "certificate")
-    state.api.request("DELETE", f"/certificates/{current['id']}")
-    _done(state, {"deleted": current["id"]}, f"deleted certificate {current['name']}")

@@ -164,6 +164,9 @@ class Secret(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[SecretKind] = mapped_column(_enum(SecretKind))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # the operator's label for the value (e.g. "2", "2026-12"), never derived from it:
+    # a client that cannot read the value back compares versions instead
+    version: Mapped[str | None] = mapped_column(String(64))
 
 
 class CertificateAuthority(Timestamps, Base):

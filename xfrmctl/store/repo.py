@@ -253,20 +253,24 @@ def _check_key_users(session: Session, secret_id: int, value: bytes) -> None:
 
 
 def create_secret(session: Session, box: SecretBox, *, name: str, kind: m.SecretKind,
-                  value: bytes, actor: str | None) -> m.Secret:
+                  value: bytes, actor: str | None, version: str | None = None) -> m.Secret:
     check_secret_value(kind, value)
     return create(session, m.Secret,
-                  {"name": name, "kind": kind, "ciphertext": box.encrypt(name, value)},
+                  {"name": name, "kind": kind, "ciphertext": box.encrypt(name, value),
+                   "version": version},
                   actor=actor)
 
 
 def replace_secret_value(session: Session, box: SecretBox, ident: int, value: bytes, *,
-                         actor: str | None) -> m.Secret:
+                         actor: str | None, version: str | None = None) -> m.Secret:
+    """A new value and its version (None: the new value has none; the old one's version
+    no longer describes it)."""
     secret = get(session, m.Secret, ident)
     check_secret_value(secret.kind, value)
     if secret.kind == m.SecretKind.PRIVATE_KEY:
         _check_key_users(session, ident, value)
-    return update(session, m.Secret, ident, {"ciphertext": box.encrypt(secret.name, value)},
+    return update(session, m.Secret, ident,
+                  {"ciphertext": box.encrypt(secret.name, value), "version": version},
                   actor=actor)
 
 

@@ -8,6 +8,9 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
+    """How every module reaches the API: its options, and the action group that lets a
+    play set them once (C(module_defaults: {group/xfrmctl.ipsec.api: ...}))."""
+
     DOCUMENTATION = r"""
 options:
   url:
@@ -36,4 +39,10 @@ options:
       - Seconds to wait for one API request.
     type: int
     default: 30
+attributes:
+  action_group:
+    support: full
+    description: The connection options can be set once for the group in C(module_defaults).
+    membership:
+      - xfrmctl.ipsec.api
 """

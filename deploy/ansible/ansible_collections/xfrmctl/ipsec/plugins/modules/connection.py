@@ -204,12 +204,11 @@ options:
     default: true
 extends_documentation_fragment:
   - xfrmctl.ipsec.api
+  - xfrmctl.ipsec.attributes
 attributes:
   check_mode:
-    support: full
     description: Predicts the change, children included, without making it.
   diff_mode:
-    support: full
     description: Shows the fields that change, per child.
 author:
   - xfrmctl developers (@xfrmctl)

@@ -27,13 +27,7 @@ options:
     default: [connections, ike_sas, child_sas, status]
 extends_documentation_fragment:
   - xfrmctl.ipsec.api
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is nothing to diff.
+  - xfrmctl.ipsec.attributes.info_module
 author:
   - xfrmctl developers (@xfrmctl)
 """

@@ -33,13 +33,7 @@ options:
     type: str
 extends_documentation_fragment:
   - xfrmctl.ipsec.api
-attributes:
-  check_mode:
-    support: full
-    description: Predicts the change without making it.
-  diff_mode:
-    support: full
-    description: Shows the fields that change.
+  - xfrmctl.ipsec.attributes
 author:
   - xfrmctl developers (@xfrmctl)
 """

@@ -40,12 +40,11 @@ options:
     default: 60
 extends_documentation_fragment:
   - xfrmctl.ipsec.api
+  - xfrmctl.ipsec.attributes
 attributes:
   check_mode:
-    support: full
     description: Reports whether an action would be sent, sends none.
   diff_mode:
-    support: full
     description: Shows the connection's state before and after.
 author:
   - xfrmctl developers (@xfrmctl)

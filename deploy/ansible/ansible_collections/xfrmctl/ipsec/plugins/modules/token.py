@@ -38,12 +38,9 @@ options:
     type: str
 extends_documentation_fragment:
   - xfrmctl.ipsec.api
+  - xfrmctl.ipsec.attributes
 attributes:
-  check_mode:
-    support: full
-    description: Predicts the change without making it.
   diff_mode:
-    support: full
     description: Shows the token created or revoked.
 author:
   - xfrmctl developers (@xfrmctl)
