@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.ike_pair import make_pair, psk_config
-from tests.unit.ike.test_exchanges import child, mirrored, up
+from tests.support.ike_pair import child, make_pair, mirrored, psk_config, up
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.state import CHILD_TRANSITIONS, TRANSITIONS, ChildState, IkeState
 

@@ -3,8 +3,7 @@ IKE SA holds no per-exchange state (nonces, key exchanges, requests in the makin
 
 from __future__ import annotations
 
-from tests.support.ike_pair import Pair, make_pair, psk_config
-from tests.unit.ike.test_exchanges import child, mirrored, up
+from tests.support.ike_pair import Pair, child, make_pair, mirrored, psk_config, up
 from xfrmctl.ike.events import ChildSaNegotiated, IkeSaRekeyed
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.ike.tasks.child_rekey import ChildRekey
