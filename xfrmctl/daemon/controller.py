@@ -58,7 +58,7 @@ from xfrmctl.ike.proposals import KEYWORDS, Suite
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
-from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
+from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
@@ -102,6 +102,7 @@ from .ports import (
     Traffic,
     UnknownTarget,
 )
+from .routelinks import LinkSpec, RouteLinks, link_spec, wanted_links
 from .routes import PolicyRoutes
 from .state import StateFile, child_from_dict, child_to_dict
 
@@ -146,6 +147,7 @@ class ChildRecord:
     # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
     predecessor: int | None = None
     conf: cf.ChildConf | None = None  # the configuration it was negotiated with
+    link: LinkSpec | None = None  # the interface it is routed through (route-based)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,7 @@ class ConnectionRecord:
     # children that failed or went down while the IKE_SA lives: name -> why
     child_down: dict[str, _ChildDown] = field(default_factory=dict)
     traps: list[PolicySpec] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)  # interfaces we created
+    credentials: str | None = None  # digest of the credential files it was loaded with
     wanted: bool = False  # should be up (start action, API initiate, DPD restart)
 
 
@@ -207,6 +209,8 @@ class Controller:
                  links: KernelLinks | None = None) -> None:
         self.conf = conf
         self.links = links  # route-based children need it (XFRM interfaces, VTIs)
+        self.route_links = RouteLinks(links)
+        self._wanted_links: dict[str, LinkSpec] = {}  # by name, as configured
         # policy-based tunnels: routes to the remote selectors (table 220)
         self.routes = PolicyRoutes(links, conf.route_table, conf.route_priority) \
             if links is not None and conf.install_routes else None
@@ -298,7 +302,12 @@ class Controller:
         changed = []
         for name, conn in sorted(conf.connections.items()):
             old = self.connections.get(name)
-            if old is not None and old.conf == conn:
+            try:  # a psk_file (or key) rewritten in place is a change too
+                credentials = cf.credential_digest(conn)
+            except OSError as exc:
+                self._not_loadable(name, exc)
+                continue
+            if old is not None and old.conf == conn and old.credentials == credentials:
                 continue
             pool = None
             if conn.pool:
@@ -311,10 +320,10 @@ class Controller:
             self.not_loaded.pop(name, None)
             # The database's id if given; else kept across reloads, new ones numbered on.
             ident = conn.id or (old.id if old else self._next_id())
-            record = ConnectionRecord(ident, name, conn, ike)
+            record = ConnectionRecord(ident, name, conn, ike, credentials=credentials)
             if old is not None:  # what runs stays: reload() applies the difference
                 record.state, record.reason, record.detail = old.state, old.reason, old.detail
-                record.since, record.traps, record.links = old.since, old.traps, old.links
+                record.since, record.traps = old.since, old.traps
                 record.wanted = old.wanted
             self.connections[name] = record
             changed.append(name)
@@ -324,6 +333,8 @@ class Controller:
             del self.not_loaded[name]
         self.manager.configs = {r.name: r.ike for r in self.connections.values()
                                 if r.name in conf.connections}
+        self._wanted_links = wanted_links({r.name: r.conf for r in self.connections.values()
+                                           if r.name in conf.connections})
         return changed
 
     def _not_loadable(self, name: str, exc: Exception) -> None:
@@ -353,8 +364,8 @@ class Controller:
             self._tasks.append(loop.create_task(self._state_writer(self.state),
                                                 name="state-writer"))
         self._restored.set()
+        await self._sync_links(adopt=True)
         for record in self.connections.values():
-            await self._ensure_links(record)
             if not self._sas_of(record):
                 await self._apply_start_action(record)
 
@@ -386,7 +397,7 @@ class Controller:
             await self._delete_lingering(sa_id)
         for record in self.connections.values():
             await self._remove_traps(record)
-            await self._remove_links(record)
+        await self.route_links.close()
         if self.routes is not None:
             await self.routes.close()
         if self.state is not None:
@@ -660,7 +671,8 @@ class Controller:
         pending = siblings is not None and (not event.initiator or any(
             c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
-                            outbound_pending=pending, predecessor=old, conf=child_conf)
+                            outbound_pending=pending, predecessor=old, conf=child_conf,
+                            link=link_spec(record.conf, child_conf))
         self.children[event.spi_in] = child
         if siblings is not None:
             siblings.append(child)
@@ -964,6 +976,8 @@ class Controller:
             return
         child.in_kernel = False
         self._installed.pop(child.event.spi_in, None)
+        if child.link is not None:  # its interface goes before it, if nothing else uses it
+            await self._sync_links()
         linger = linger and self.conf.delete_rekeyed_delay > 0
         try:
             await self.kernel.remove_child(child.install, inbound=not linger,
@@ -1074,51 +1088,11 @@ class Controller:
 
     # ----------------------------------------------------------------- route-based links
 
-    async def _ensure_links(self, record: ConnectionRecord) -> None:
-        """Create the XFRM interfaces / VTIs of a connection's route-based children, with
-        their addresses and routes (already present ones, from before a restart, are kept)."""
-        for name, child in record.conf.children.items():
-            if child.interface_kind is None or child.interface_name is None:
-                continue
-            if self.links is None:
-                log.error("%s/%s is route-based but no link manager is running",
-                          record.name, name)
-                continue
-            try:
-                await self._create_link(record.conf, child)
-            except (KernelError, ValueError) as exc:
-                log.error("interface %s of %s/%s: %s", child.interface_name, record.name,
-                          name, exc)
-                continue
-            record.links.append(child.interface_name)
-
-    async def _create_link(self, conn: cf.ConnectionConf, child: cf.ChildConf) -> None:
-        links, name = self.links, child.interface_name
-        assert links is not None and name is not None
-        with contextlib.suppress(KernelError):
-            await links.index(name)
-            return  # kept from before a restart
-        if child.interface_kind == "xfrmi":
-            await links.add_xfrm_interface(XfrmInterface(name, child.if_id or 0), child.mtu)
-        else:
-            if not conn.local_addrs or not conn.remote_addrs:
-                raise ValueError("a VTI needs local_addrs and remote_addrs")
-            await links.add_vti(VtiDevice(
-                name, ipaddress.IPv4Address(conn.local_addrs[0]),
-                ipaddress.IPv4Address(conn.remote_addrs[0]), child.mark_in or 0,
-                child.mark_out or 0), child.mtu)
-        for address in child.interface_addresses:
-            await links.add_address(name, address)
-        for route in child.routes:
-            await links.add_route(ipaddress.ip_network(route), name)
-
-    async def _remove_links(self, record: ConnectionRecord) -> None:
-        if self.links is None:
-            return
-        for name in record.links:
-            with contextlib.suppress(KernelError):
-                await self.links.delete_link(name)  # its addresses and routes go with it
-        record.links = []
+    async def _sync_links(self, *, adopt: bool = False) -> None:
+        """Links to the configuration, make-before-break (see routelinks.py): those in use
+        by a CHILD_SA in the kernel stay until it goes."""
+        in_use = {c.link for c in self._installed.values() if c.link is not None}
+        await self.route_links.sync(self._wanted_links, in_use, adopt=adopt)
 
     async def _set_mtu(self, name: str, mtu: int) -> None:
         if self.links is not None:
@@ -1316,10 +1290,15 @@ class Controller:
         running SAs of a changed connection are changed make-before-break, never torn
         down and set up again."""
         before = {name: r.conf for name, r in self.connections.items()}
+        credentials = {name: r.credentials for name, r in self.connections.items()}
         changed = self.load(conf)
+        await self._sync_links()  # new interfaces before any CHILD_SA moves onto them
         for name in changed:
-            diff = confdiff.diff_connection(name, before.get(name), conf.connections.get(name))
             record = self.connections[name]
+            diff = confdiff.diff_connection(
+                name, before.get(name), conf.connections.get(name),
+                credentials_changed=name in credentials
+                and credentials[name] != record.credentials)
             if diff.removed:
                 await self._drop_connection(record)
                 self.connections.pop(name, None)
@@ -1330,7 +1309,6 @@ class Controller:
                 await self._restart_connection(record, fresh=diff.added)
                 continue
             await self._update_traps(record, before[name])
-            await self._ensure_links(record)
             if diff.reauth:
                 for sa in live:
                     sa.config = record.ike  # what rekeys it until the new one is up
@@ -1351,7 +1329,6 @@ class Controller:
         now = self.clock()
         record.wanted = False
         await self._remove_traps(record)
-        await self._remove_links(record)
         for sa in self._sas_of(record):
             self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
         self._forget_lingering(record.name)
@@ -1367,10 +1344,7 @@ class Controller:
             for sa in self._sas_of(record):  # half-open with the old settings
                 self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
             await self._remove_traps(record)
-            await self._remove_links(record)
-            record.links = []
         wanted = record.wanted
-        await self._ensure_links(record)
         await self._apply_start_action(record)
         if wanted and not record.wanted and record.conf.remote_addrs:
             record.wanted = True  # brought up by the API: keep it up
@@ -1604,7 +1578,8 @@ class Controller:
             self.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
             self._set_installed(ChildRecord(event, install, install.inbound.reqid,
-                                            installed_at, conf=child_conf))
+                                            installed_at, conf=child_conf,
+                                            link=link_spec(record.conf, child_conf)))
             self.children[event.spi_in] = self._installed[event.spi_in]
             kept |= ids
         self._set_state(record, ConnectionState.UP, None)
@@ -1802,8 +1777,11 @@ def _describe(diff: confdiff.ConnectionDiff) -> str:
         return "added"
     parts = ["reauthenticating" if diff.reauth else "rekeying the IKE SA"
              if diff.ike_rekey else ""]
+    if diff.credentials_changed:
+        parts.append("new credential file content")
     for what, names in (("new", diff.children_added), ("removed", diff.children_removed),
-                        ("replaced", diff.children_replaced)):
+                        ("replaced", diff.children_replaced),
+                        ("new interfaces for", diff.links_changed)):
         if names and not diff.reauth:
             parts.append(f"{what} children {', '.join(names)}")
     if diff.local_fields:
