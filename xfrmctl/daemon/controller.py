@@ -29,16 +29,12 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from xfrmctl import __version__
-from xfrmctl.ike import persist, ts
-from xfrmctl.ike.config import IkeConfig, Mode
-from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId, TransformType
+from xfrmctl.ike.config import Mode
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import (
     ChildSaDeleted,
@@ -53,8 +49,6 @@ from xfrmctl.ike.events import (
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
-from xfrmctl.ike.payloads import TrafficSelector
-from xfrmctl.ike.proposals import KEYWORDS, Suite
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
@@ -62,7 +56,6 @@ from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
-    ChildInstall,
     EventsLost,
     Expire,
     IPAddress,
@@ -73,46 +66,47 @@ from xfrmctl.kernel.types import (
     SaId,
     SaSpec,
 )
-from xfrmctl.kernel.types import Counters as KernelCounters
 from xfrmctl.kernel.types import Mapping as KernelMapping
 
 from . import conf as cf
 from . import confdiff
-from .install import build_child, interface_mtu, trap_policies
+from .install import build_child, interface_mtu
 from .pool import AddressPool
 from .ports import (
     ActionRejected,
     ChildSaInfo,
-    ChildStatus,
     ConfigChange,
     ConfigKind,
     ConnectionState,
-    ConnectionStatus,
-    Counters,
     DaemonStatus,
     DownReason,
     FailureInfo,
     IkeSaInfo,
-    KernelAlgorithm,
-    KernelPolicyInfo,
-    KernelSaInfo,
     KernelView,
     PolicyInfo,
     Target,
-    Traffic,
     UnknownTarget,
 )
+from .records import (
+    ChildDown,
+    ChildRecord,
+    ChildRecordState,
+    ConnectionRecord,
+    InstallFailure,
+)
+from .records import child_id as child_id_of
+from .restore import Restorer, read_boot_id
 from .routelinks import LinkSpec, RouteLinks, link_spec, wanted_links
 from .routes import PolicyRoutes
-from .state import StateFile, child_from_dict, child_to_dict
+from .state import StateFile
+from .traps import Traps, hold_routes
+from .views import Views, event_fields
 
 log = logging.getLogger("xfrmctl.daemon")
 VIP_DEVICE = "lo"
 NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
-STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
 RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
 UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
 RESYNC_DELAY = 1.0  # seconds before comparing the kernel with our state after a failure
@@ -121,83 +115,11 @@ INSTALL_RETRY = 2.0  # seconds before a failed CHILD_SA install is negotiated ag
 INSTALL_RETRY_MAX = 300.0  # back-off limit (doubling per failure of the same child)
 
 
-@dataclass(slots=True)
-class InstallFailure:
-    """A child whose last kernel install failed: why, how often, and the next try."""
-
-    reason: str
-    attempts: int
-    retry_at: float
-
-
-@dataclass(slots=True)
-class ChildRecord:
-    """A CHILD_SA as installed in the kernel."""
-
-    event: ChildSaNegotiated
-    install: ChildInstall
-    reqid: int
-    installed_at: float
-    state: str = "INSTALLED"
-    in_kernel: bool = False  # install_child succeeded: there is something to remove
-    # a rekey's responder, or either end of a collision: the outbound SA waits until the
-    # old CHILD_SA is deleted (see the module's docstring)
-    outbound_pending: bool = False
-    # the CHILD_SA this one replaces (its inbound SPI): a rekey's, or a replacement's (a
-    # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
-    predecessor: int | None = None
-    conf: cf.ChildConf | None = None  # the configuration it was negotiated with
-    link: LinkSpec | None = None  # the interface it is routed through (route-based)
-
-
 @dataclass(frozen=True, slots=True)
 class _SendAfter:
     """Datagrams queued behind the kernel work their exchange caused."""
 
     datagrams: tuple[Datagram, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _TrapChild:
-    name: str
-    conf: cf.ChildConf
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    local: str
-    remote: str
-
-
-@dataclass(frozen=True, slots=True)
-class _ChildDown:
-    reason: DownReason
-    detail: dict[str, object]
-    since: float
-
-
-@dataclass(slots=True)
-class ConnectionRecord:
-    id: int
-    name: str
-    conf: cf.ConnectionConf
-    ike: IkeConfig
-    state: ConnectionState = ConnectionState.DOWN
-    reason: DownReason | None = None
-    detail: dict[str, object] = field(default_factory=dict)
-    since: float = 0.0
-    # children that failed or went down while the IKE_SA lives: name -> why
-    child_down: dict[str, _ChildDown] = field(default_factory=dict)
-    traps: list[PolicySpec] = field(default_factory=list)
-    credentials: str | None = None  # digest of the credential files it was loaded with
-    wanted: bool = False  # should be up (start action, API initiate, DPD restart)
-
-
-def _name(enum: type, value: int | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(enum(value).name)
-    except ValueError:
-        return str(value)
 
 
 class Controller:
@@ -283,6 +205,9 @@ class Controller:
         self.install_retry = INSTALL_RETRY
         # (connection, child) -> the last failed install, until one succeeds
         self.install_failures: dict[tuple[str, str], InstallFailure] = {}
+        self.views = Views(self)
+        self.saved = Restorer(self)
+        self.traps = Traps(kernel, self.routes, self.reqid)
         self.load(conf)
 
     # ----------------------------------------------------------------- configuration
@@ -358,10 +283,10 @@ class Controller:
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
         if self.state is not None:
             try:
-                await self._restore(self.state)
+                await self.saved.restore(self.state)
             finally:
                 self._restored.set()
-            self._tasks.append(loop.create_task(self._state_writer(self.state),
+            self._tasks.append(loop.create_task(self.saved.writer(self.state),
                                                 name="state-writer"))
         self._restored.set()
         await self._sync_links(adopt=True)
@@ -396,7 +321,7 @@ class Controller:
         for sa_id in list(self._lingering):
             await self._delete_lingering(sa_id)
         for record in self.connections.values():
-            await self._remove_traps(record)
+            await self.traps.remove(record)
         await self.route_links.close()
         if self.routes is not None:
             await self.routes.close()
@@ -484,7 +409,7 @@ class Controller:
             self._on_failed(event)  # a stranger's: reported as UnmatchedPeer, rate-limited
             return
         if self.event_listeners or log.isEnabledFor(logging.INFO):
-            self._emit(type(event).__name__, _event_fields(event))
+            self._emit(type(event).__name__, event_fields(event))
         if handler is not None:
             handler(self, event)
 
@@ -573,7 +498,7 @@ class Controller:
                 log.warning("%s/%s: our selectors %s === %s", record.name, name,
                             ",".join(conf.local_ts) or "(local address)",
                             ",".join(conf.remote_ts) or "(remote address)")
-            record.child_down[name] = _ChildDown(reason, child_detail, self.clock())
+            record.child_down[name] = ChildDown(reason, child_detail, self.clock())
 
     def _unmatched(self, event: NegotiationFailed) -> None:
         """A failure no loaded connection owns (an IKE_SA_INIT or identity that matches
@@ -582,7 +507,7 @@ class Controller:
         sa = self.manager.get(event.ike_sa) if event.ike_sa else None
         local = event.local or (sa.local if sa is not None else None)
         remote = event.remote or (sa.remote if sa is not None else None)
-        info = FailureInfo(self._wall(self.clock()) or datetime.now(UTC),
+        info = FailureInfo(self.views.wall(self.clock()) or datetime.now(UTC),
                            DownReason.of(event.reason.value), event.message,
                            f"{local[0]}:{local[1]}" if local else None,
                            f"{remote[0]}:{remote[1]}" if remote else None)
@@ -690,7 +615,7 @@ class Controller:
         and child that nothing replaces yet."""
         olds = [c for c in self.children.values()
                 if c.event.connection == event.connection and c.event.child == event.child
-                and c.event.spi_in != event.spi_in and c.state != "DELETED"
+                and c.event.spi_in != event.spi_in and c.state != ChildRecordState.DELETED
                 and not any(n.event.spi_in in self.children
                             for n in self._rekeys.get(c.event.spi_in, ()))]
         return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
@@ -720,7 +645,7 @@ class Controller:
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         child = self.children.pop(event.spi_in, None)
         if child is not None:
-            child.state = "DELETED"
+            child.state = ChildRecordState.DELETED
             self._queue_job(lambda: self._retire(child))
         record = self.connections.get(event.connection)
         if record is not None and not any(
@@ -730,7 +655,7 @@ class Controller:
             known = record.child_down.get(event.child)
             if known is None or known.reason is not reason:  # else keep what it knows
                 detail: dict[str, object] = {"message": event.reason}
-                record.child_down[event.child] = _ChildDown(reason, detail, self.clock())
+                record.child_down[event.child] = ChildDown(reason, detail, self.clock())
 
     def _children_of(self, ike_sa: int) -> list[ChildRecord]:
         """The CHILD_SAs of one IKE_SA (the IKE core's list, so no scan of every child)."""
@@ -834,7 +759,7 @@ class Controller:
     async def _install(self, batch: list[ChildRecord], datagrams: list[Datagram]) -> None:
         """Install CHILD_SAs in one netlink batch (each all-or-nothing on its own), then
         send the datagrams that announce them."""
-        batch = [c for c in batch if c.state != "DELETED"]
+        batch = [c for c in batch if c.state != ChildRecordState.DELETED]
         started = time.perf_counter()
         results: list[tuple[ChildRecord, KernelError | None]] = []
         for outbound in (True, False):
@@ -875,10 +800,10 @@ class Controller:
                                           "retry_in": delay})
         self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
         self.children.pop(event.spi_in, None)
-        child.state = "FAILED"
+        child.state = ChildRecordState.FAILED
         record = self.connections.get(event.connection)
         if record is not None:
-            record.child_down[event.child] = _ChildDown(
+            record.child_down[event.child] = ChildDown(
                 DownReason.KERNEL_INSTALL_FAILED, {"message": reason}, self.clock())
         self._delete_with_peer(event, DownReason.KERNEL_INSTALL_FAILED.value)
         asyncio.get_running_loop().call_later(delay, self._retry_install, event)
@@ -950,7 +875,8 @@ class Controller:
                 sas.add(_key(child.install.outbound))
             if sas & result.missing_sas:
                 await self._lost_from_kernel(child, now)
-            elif child.event.spi_in in self.children and child.state == "INSTALLED" and \
+            elif child.event.spi_in in self.children and \
+                    child.state is ChildRecordState.INSTALLED and \
                     0 < child.install.inbound.lifetime.soft_add_expires_seconds <= \
                     now - child.installed_at:
                 self._on_expire(Expire(child.install.inbound.id, False, child.reqid))
@@ -960,7 +886,7 @@ class Controller:
         await self._remove(child)
         if self.children.pop(child.event.spi_in, None) is None:
             return  # IKE deleted it already
-        child.state = "DELETED"
+        child.state = ChildRecordState.DELETED
         sa = self.manager.get(child.event.ike_sa)
         if sa is not None and sa.state is IkeState.ESTABLISHED:
             record = self.connections.get(child.event.connection)
@@ -1016,67 +942,12 @@ class Controller:
         if conf is None or conf.interface_kind is not None or event.mode is not Mode.TUNNEL:
             return  # route-based (its interface has the routes) or transport
         vip = self._vips.get(event.ike_sa)
-        await self._hold_routes(event.spi_in, event.local_ts, event.remote_ts,
-                                event.remote[0], vip.split("/")[0] if vip else None)
-
-    async def _hold_routes(self, owner: object, local_ts: Sequence[TrafficSelector],
-                           remote_ts: Sequence[TrafficSelector], peer: str,
-                           vip: str | None = None) -> None:
-        """Routes are a convenience: a failure is logged, the SAs stay."""
-        if self.routes is None:
-            return
-        try:
-            routes = await self.routes.plan(local_ts, remote_ts, peer, vip)
-            await self.routes.hold(owner, routes)
-        except KernelError as exc:
-            log.warning("routes to %s: %s", ", ".join(map(ts.format_ts, remote_ts)), exc)
-
-    def _trap_children(self, record: ConnectionRecord) -> Iterator[_TrapChild]:
-        """The configured children with the selectors their trap policies hold."""
-        conf = record.conf
-        if not conf.remote_addrs or not conf.local_addrs:
-            return
-        local, remote = conf.local_addrs[0], conf.remote_addrs[0]
-        for name, child in conf.children.items():
-            local_ts = tuple(ts.parse(t) for t in child.local_ts) or \
-                (ts.from_address(ipaddress.ip_address(local)),)
-            remote_ts = tuple(ts.parse(t) for t in child.remote_ts) or \
-                (ts.from_address(ipaddress.ip_address(remote)),)
-            yield _TrapChild(name, child, local_ts, remote_ts, local, remote)
-
-    def _trap_specs(self, record: ConnectionRecord) -> list[PolicySpec]:
-        return [spec for t in self._trap_children(record)
-                for spec in trap_policies(t.local_ts, t.remote_ts, t.local, t.remote, t.conf,
-                                          self.reqid(record.name, t.name))]
+        await hold_routes(self.routes, event.spi_in, event.local_ts, event.remote_ts,
+                          event.remote[0], vip.split("/")[0] if vip else None)
 
     async def _install_traps(self, record: ConnectionRecord) -> None:
-        if record.traps:
-            return
-        for policy in self._trap_specs(record):
-            try:
-                await self.kernel.add_policy(policy)
-                record.traps.append(policy)
-            except KernelError as exc:
-                log.error("trap policy for %s: %s", record.name, exc)
-        if record.traps and record.state is ConnectionState.DOWN:
+        if await self.traps.install(record) and record.state is ConnectionState.DOWN:
             self._set_state(record, ConnectionState.TRAPPED, None)
-        await self._hold_trap_routes(record)
-
-    async def _hold_trap_routes(self, record: ConnectionRecord) -> None:
-        """A trap's first packet needs a route to reach its policy."""
-        for trap in self._trap_children(record):
-            if trap.conf.interface_kind is None and trap.conf.mode is Mode.TUNNEL:
-                await self._hold_routes(("trap", record.name, trap.name), trap.local_ts,
-                                        trap.remote_ts, trap.remote)
-
-    async def _remove_traps(self, record: ConnectionRecord) -> None:
-        for policy in record.traps:
-            with contextlib.suppress(KernelError):
-                await self.kernel.remove_policy(policy)
-        record.traps = []
-        if self.routes is not None:
-            for name in record.conf.children:
-                await self.routes.release(("trap", record.name, name))
 
     async def _keepalive_loop(self) -> None:
         """Behind a NAT, keep its UDP mapping open for the peer (one 0xFF octet on 4500)."""
@@ -1180,11 +1051,10 @@ class Controller:
         return next((c for c in self.children.values() if c.event.spi_out == spi), None)
 
     def _on_acquire(self, event: Acquire) -> None:
-        for record in self.connections.values():
-            if any(p.templates and p.templates[0].reqid == event.reqid for p in record.traps):
-                if record.state in (ConnectionState.TRAPPED, ConnectionState.DOWN):
-                    self._initiate(record)
-                return
+        record = self.traps.owner_of(list(self.connections.values()), event.reqid)
+        if record is not None and record.state in (ConnectionState.TRAPPED,
+                                                   ConnectionState.DOWN):
+            self._initiate(record)
 
     # ----------------------------------------------------------------- actions
 
@@ -1214,8 +1084,10 @@ class Controller:
                 return record
         raise UnknownTarget(f"connection {connection_id}")
 
-    def _sas_of(self, record: ConnectionRecord) -> list[IkeSa]:
+    def sas_of(self, record: ConnectionRecord) -> list[IkeSa]:
         return [sa for sa in self.manager.all() if sa.name == record.name]
+
+    _sas_of = sas_of
 
     def _ike_sa(self, sa_id: str) -> IkeSa:
         sa = self.manager.get(int(sa_id)) if sa_id.isdigit() else None
@@ -1227,7 +1099,7 @@ class Controller:
         record = self._record(connection_id)
         children = None
         if child_id is not None:
-            names = [n for n in record.conf.children if _child_id(record, n) == child_id]
+            names = [n for n in record.conf.children if child_id_of(record, n) == child_id]
             if not names:
                 raise UnknownTarget(f"child {child_id} of connection {connection_id}")
             children = names
@@ -1308,7 +1180,9 @@ class Controller:
             if diff.added or not live:
                 await self._restart_connection(record, fresh=diff.added)
                 continue
-            await self._update_traps(record, before[name])
+            if await self.traps.update(record, before[name]) and \
+                    record.state is ConnectionState.DOWN:
+                self._set_state(record, ConnectionState.TRAPPED, None)
             if diff.reauth:
                 for sa in live:
                     sa.config = record.ike  # what rekeys it until the new one is up
@@ -1328,7 +1202,7 @@ class Controller:
     async def _drop_connection(self, record: ConnectionRecord) -> None:
         now = self.clock()
         record.wanted = False
-        await self._remove_traps(record)
+        await self.traps.remove(record)
         for sa in self._sas_of(record):
             self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
         self._forget_lingering(record.name)
@@ -1343,25 +1217,12 @@ class Controller:
             now = self.clock()
             for sa in self._sas_of(record):  # half-open with the old settings
                 self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
-            await self._remove_traps(record)
+            await self.traps.remove(record)
         wanted = record.wanted
         await self._apply_start_action(record)
         if wanted and not record.wanted and record.conf.remote_addrs:
             record.wanted = True  # brought up by the API: keep it up
             self._initiate(record)
-
-    async def _update_traps(self, record: ConnectionRecord, before: cf.ConnectionConf) -> None:
-        """Trap policies of the new configuration first, then the old ones go (the kernel
-        counts shared policies: those that stay are never missing)."""
-        old = record.traps
-        if not old and before.start_action is cf.StartAction.TRAP:
-            return  # its traps were not installed (or failed): nothing to replace
-        record.traps = []
-        if record.conf.start_action is cf.StartAction.TRAP:
-            await self._install_traps(record)
-        for policy in old:
-            with contextlib.suppress(KernelError):
-                await self.kernel.remove_policy(policy)
 
     def _apply_children(self, sa: IkeSa, record: ConnectionRecord) -> None:
         """Bring the CHILD_SAs of a running IKE SA to the configured children: create the
@@ -1370,7 +1231,7 @@ class Controller:
         now = self.clock()
         running: dict[str, list[ChildRecord]] = {}
         for child in self.children.values():
-            if child.event.ike_sa == sa.id and child.state != "DELETED":
+            if child.event.ike_sa == sa.id and child.state != ChildRecordState.DELETED:
                 running.setdefault(child.event.child, []).append(child)
         for name, children in running.items():
             conf = record.conf.children.get(name)
@@ -1408,7 +1269,7 @@ class Controller:
             self.manager.act(sa, lambda s: s.rekey_child(spi, now, config))
         except LocalError:
             return False  # being rekeyed or deleted right now
-        child.state = "REKEYING"
+        child.state = ChildRecordState.REKEYING
         return True
 
     @staticmethod
@@ -1490,286 +1351,40 @@ class Controller:
     # ----------------------------------------------------------------- saved state
 
     def _snapshot(self) -> dict[str, object]:
-        """IKE SAs with the CHILD_SAs they installed, and the reqids (see state.py)."""
-        ike_sas = []
-        for sa in self.manager.all():
-            if sa.state is not IkeState.ESTABLISHED:
-                continue
-            children = [child_to_dict(c.event) for c in self.children.values()
-                        if c.event.ike_sa == sa.id and c.in_kernel]
-            ike_sas.append({"ike": persist.snapshot(sa), "children": children,
-                            "installed_at": {str(c.event.spi_in): c.installed_at
-                                             for c in self.children.values()
-                                             if c.event.ike_sa == sa.id}})
-        return {"reqids": [[c, n, r] for (c, n), r in self._reqids.items()],
-                "ike_sas": ike_sas, "clock": {"boot_id": self.boot_id(),
-                                              "monotonic": self.clock(),
-                                              "wall": self.wall_clock()}}
-
-    async def _state_writer(self, state: StateFile) -> None:
-        while True:
-            await asyncio.sleep(STATE_INTERVAL)
-            if self._dirty:
-                self._dirty = False
-                await self.drain()
-                await asyncio.to_thread(state.save, self._snapshot())
-
-    async def _restore(self, state: StateFile) -> None:
-        """Take back the tunnels of the previous process: restore its IKE SAs, hold the
-        CHILD_SAs still in the kernel, re-create those that are gone, remove orphans."""
-        try:
-            data = state.load() or {}
-        except (ValueError, OSError) as exc:
-            log.error("saved state %s unreadable, starting afresh: %s", state.path, exc)
-            data = {}
-        for conn, child, reqid in data.get("reqids", []):
-            self._reqids[(conn, child)] = reqid
-        shift = self._clock_shift(data.get("clock"))
-        for saved in data.get("ike_sas", []):
-            _shift_times(saved, shift)
-        present = {(s.spec.dst, s.spec.spi, s.spec.proto) for s in await self.kernel.dump_sas()}
-        kept: set[tuple[IPAddress, int, Proto]] = set()
-        for saved in data.get("ike_sas", []):
-            kept |= self._restore_ike_sa(saved, present)
-        for record in self.connections.values():
-            await self._adopt_traps(record)
-        # only what was there before any request was answered can be an orphan
-        try:
-            removed = await self.kernel.remove_orphans(kept, among=present)
-        except KernelError as exc:
-            log.warning("removing orphans of the previous process: %s", exc)
-            removed = (0, 0)
-            self._schedule_resync("orphan removal failed")
-        for child in list(self.children.values()):
-            await self._hold_child_routes(child)  # kept in the kernel: counted again
-        log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
-                 len(self.manager.all()), len(self.children), *removed)
-        self._flush()
-
-    def _clock_shift(self, saved: dict[str, Any] | None) -> float:
-        """Saved times are on the previous process's monotonic clock: the same clock after
-        a daemon restart, but another one after a reboot. Then they are moved by the
-        wall-clock time that passed, so deadlines keep their distance."""
-        boot = self.boot_id()
-        if not saved or (boot is not None and saved.get("boot_id") == boot):
-            return 0.0
-        elapsed = self.wall_clock() - float(saved["wall"])
-        return self.clock() - elapsed - float(saved["monotonic"])
-
-    def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]
-                        ) -> set[tuple[IPAddress, int, Proto]]:
-        record = self.connections.get(saved["ike"]["connection"])
-        if record is None:
-            return set()  # connection removed meanwhile: its kernel state goes as orphans
-        sa = persist.restore(saved["ike"], record.ike, self.clock(), self._random_spi)
-        self.manager.adopt(sa)
-        kept: set[Any] = set()
-        now = self.clock()
-        for child_data in saved["children"]:
-            event = child_from_dict(child_data, sa.id)
-            child_conf = record.conf.children.get(event.child)
-            ids = {(ipaddress.ip_address(e[0]), spi, proto) for e, spi, proto in (
-                (event.local, event.spi_in, _proto(event)),
-                (event.remote, event.spi_out, _proto(event)))}
-            if child_conf is None or not ids <= present:
-                self._replace_lost_child(sa, event, child_conf is not None, now)
-                continue
-            install = build_child(event, child_conf, self.reqid(event.connection, event.child))
-            self.kernel.adopt_child(install)
-            installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
-            self._set_installed(ChildRecord(event, install, install.inbound.reqid,
-                                            installed_at, conf=child_conf,
-                                            link=link_spec(record.conf, child_conf)))
-            self.children[event.spi_in] = self._installed[event.spi_in]
-            kept |= ids
-        self._set_state(record, ConnectionState.UP, None)
-        return kept
+        return self.saved.snapshot()
 
     def _replace_lost_child(self, sa: IkeSa, event: ChildSaNegotiated, still_configured: bool,
                             now: float) -> None:
-        """A saved CHILD_SA gone from the kernel (or from the configuration): delete it
-        with the peer, and negotiate a new one if it is still configured."""
+        """A CHILD_SA gone from the kernel (or from the configuration): delete it with the
+        peer, and negotiate a new one if it is still configured."""
         spi_in, name = event.spi_in, event.child
         self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "lost in restart"))
         if still_configured:
             self.manager.act(sa, lambda s: s.create_child(name, now))
 
-    async def _adopt_traps(self, record: ConnectionRecord) -> None:
-        """Trap policies the previous process left in the kernel are held again."""
-        if record.conf.start_action is not cf.StartAction.TRAP or self._sas_of(record):
-            return
-        present = {p.spec.key for p in await self.kernel.dump_policies()}
-        for policy in self._trap_specs(record):
-            if policy.key in present:
-                self.kernel.adopt_policy(policy)
-                record.traps.append(policy)
-        if record.traps:
-            self._set_state(record, ConnectionState.TRAPPED, None)
-            await self._hold_trap_routes(record)
-
     # ----------------------------------------------------------------- read-only views
 
-    def _wall(self, moment: float | None) -> datetime | None:
-        """A moment of `clock` as the wall-clock time it was (or will be)."""
-        if not moment:
-            return None
-        return datetime.fromtimestamp(self.wall_clock() - (self.clock() - moment), UTC)
-
     async def list_ike_sas(self) -> Sequence[IkeSaInfo]:
-        return [self._ike_info(sa) for sa in self.manager.all()]
-
-    def _ike_info(self, sa: IkeSa) -> IkeSaInfo:
-        suite = sa.suite or Suite(ProtocolId.IKE)
-        record = self.connections.get(sa.name)
-        rekey_at = sa.rekey_deadline
-        return IkeSaInfo(
-            id=str(sa.id), connection_id=record.id if record else None,
-            connection_name=sa.name if record else None, state=sa.state.name,
-            initiator=sa.is_initiator, spi_i=int.from_bytes(sa.spi_i, "big"),
-            spi_r=int.from_bytes(sa.spi_r, "big"), local_addr=sa.local[0],
-            local_port=sa.local[1], remote_addr=sa.remote[0], remote_port=sa.remote[1],
-            local_id=str(sa.local_id) if sa.local_id else None,
-            remote_id=str(sa.remote_id) if sa.remote_id else None,
-            encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
-            prf=f"PRF_{_name(PrfId, suite.prf)}" if suite.prf is not None else None,
-            dh_group=_name(DhId, suite.dh),
-            proposal=_proposal(suite), established_at=self._wall(sa.established_at),
-            rekey_at=self._wall(rekey_at), reauth_at=self._wall(sa.reauth_deadline),
-            expire_at=self._wall(sa.expire_deadline),
-            nat_local=sa.nat_local, nat_remote=sa.nat_remote)
+        return await self.views.list_ike_sas()
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
-        sa = self.manager.get(sa_id)
-        return self._ike_info(sa) if sa is not None else None
+        return self.views.ike_sa_info(sa_id)
 
     def child_sa_info(self, spi_in: int) -> ChildSaInfo | None:
         """One CHILD_SA without kernel counters (cheap, for the recorder)."""
-        child = self.children.get(spi_in)
-        return self._child_info(child, Traffic()) if child is not None else None
+        return self.views.child_sa_info(spi_in)
 
     async def list_child_sas(self) -> Sequence[ChildSaInfo]:
-        out = []
-        for child in list(self.children.values()):
-            traffic = await self._traffic(child)
-            out.append(self._child_info(child, traffic))
-        return out
-
-    async def _traffic(self, child: ChildRecord) -> Traffic:
-        try:
-            inbound = await self.kernel.counters(child.install.inbound.id)
-            outbound = KernelCounters() if child.outbound_pending else \
-                await self.kernel.counters(child.install.outbound.id)
-        except KernelError:
-            return Traffic()
-        used = max(inbound.use_time, outbound.use_time)  # the kernel's wall-clock seconds
-        return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets,
-                       datetime.fromtimestamp(used, UTC) if used else None)
-
-    def _child_info(self, child: ChildRecord, traffic: Traffic) -> ChildSaInfo:
-        event = child.event
-        record = self.connections.get(event.connection)
-        lifetime = child.install.inbound.lifetime
-        return ChildSaInfo(
-            id=str(event.child_id), ike_sa_id=str(event.ike_sa),
-            connection_id=record.id if record else None,
-            child_id=_child_id(record, event.child) if record else None,
-            name=event.child, state=self._child_state(child), mode=event.mode.value,
-            protocol=event.protocol.name.lower(), spi_in=event.spi_in, spi_out=event.spi_out,
-            local_ts=tuple(map(ts.format_ts, event.local_ts)),
-            remote_ts=tuple(map(ts.format_ts, event.remote_ts)),
-            encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
-            dh_group=_name(DhId, event.suite.dh), proposal=_proposal(event.suite),
-            reqid=child.reqid, esn=event.suite.esn, encap=event.encap,
-            if_id=child.install.inbound.if_id or None, installed_at=self._wall(child.installed_at),
-            rekey_at=self._wall(child.installed_at + lifetime.soft_add_expires_seconds)
-            if lifetime.soft_add_expires_seconds else None,
-            expire_at=self._wall(child.installed_at + lifetime.hard_add_expires_seconds)
-            if lifetime.hard_add_expires_seconds else None,
-            traffic=traffic)
-
-    def _child_state(self, child: ChildRecord) -> str:
-        """The IKE core's state of the CHILD_SA (INSTALLED, REKEYING, REKEYED, DELETING),
-        or ours once it left the core (DELETED, FAILED)."""
-        sa = self.manager.get(child.event.ike_sa)
-        state = sa.child_state(child.event.spi_in) if sa is not None else None
-        return state.name if state is not None else child.state
+        return await self.views.list_child_sas()
 
     async def list_policies(self) -> Sequence[PolicyInfo]:
-        out = []
-        for child in self.children.values():
-            record = self.connections.get(child.event.connection)
-            out += [_policy_info(p, str(child.event.child_id), record.id if record else None)
-                    for p in child.install.policies]
-        for record in self.connections.values():
-            out += [_policy_info(p, None, record.id) for p in record.traps]
-        return out
+        return await self.views.list_policies()
 
     async def kernel_view(self) -> KernelView:
-        states = [_kernel_sa(s.spec, s.counters) for s in await self.kernel.dump_sas()]
-        policies = [_kernel_policy(p.spec) for p in await self.kernel.dump_policies()]
-        return KernelView(tuple(states), tuple(policies))
+        return await self.views.kernel_view()
 
     async def status(self) -> DaemonStatus:
-        installed: dict[tuple[str, str], list[str]] = {}
-        for child in self.children.values():
-            key = (child.event.connection, child.event.child)
-            installed.setdefault(key, []).append(str(child.event.child_id))
-        connections = tuple(
-            ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
-                             tuple(str(sa.id) for sa in self._sas_of(r)), self._wall(r.since),
-                             self._children_status(r, installed))
-            for r in sorted(self.connections.values(), key=lambda r: r.id))
-        counters = Counters(self.counters["ike_setups"], self.counters["child_setups"],
-                            self.counters["rekeys"], dict(self.failures),
-                            self.counters["kernel_installs"], self.install_seconds)
-        not_loaded = dict(self.not_loaded)
-        if self.load_problems is not None:
-            not_loaded |= self.load_problems()
-        return DaemonStatus(self._wall(self.started_at) or datetime.now(UTC), connections,
-                            counters, __version__, tuple(self.unmatched), not_loaded,
-                            self.kernel_kind)
-
-    def _children_status(self, record: ConnectionRecord,
-                         installed: dict[tuple[str, str], list[str]]
-                         ) -> tuple[ChildStatus, ...]:
-        """Each configured child: up with its CHILD_SAs; else down with its own reason
-        (refused, install failed, deleted), or as its connection is."""
-        out = []
-        for name in sorted(record.conf.children):
-            ids, down = installed.get((record.name, name)), record.child_down.get(name)
-            child_id = _child_id(record, name)
-            if ids:
-                out.append(ChildStatus(name, child_id, ConnectionState.UP,
-                                       child_sa_ids=tuple(ids)))
-            elif down is not None:
-                out.append(ChildStatus(name, child_id, ConnectionState.DOWN, down.reason,
-                                       dict(down.detail), since=self._wall(down.since)))
-            elif record.state is ConnectionState.UP:  # not negotiated (yet)
-                out.append(ChildStatus(name, child_id, ConnectionState.DOWN))
-            else:
-                out.append(ChildStatus(name, child_id, record.state, record.reason,
-                                       since=self._wall(record.since)))
-        return tuple(out)
-
-
-def _shift_times(saved: dict[str, Any], shift: float) -> None:
-    """Move one saved IKE_SA's times (see Controller._clock_shift)."""
-    if not shift:
-        return
-    ike = saved["ike"]
-    for key in ("established_at", "rekey_deadline", "reauth_deadline"):
-        if ike.get(key) is not None:
-            ike[key] += shift
-    saved["installed_at"] = {spi: at + shift
-                             for spi, at in saved.get("installed_at", {}).items()}
-
-
-def read_boot_id() -> str | None:
-    """This boot's id (monotonic clocks restart with it)."""
-    try:
-        return BOOT_ID.read_text().strip() or None
-    except OSError:
-        return None
+        return await self.views.status()
 
 
 def _describe(diff: confdiff.ConnectionDiff) -> str:
@@ -1789,86 +1404,6 @@ def _describe(diff: confdiff.ConnectionDiff) -> str:
     return "; ".join(p for p in parts if p) or "nothing to negotiate"
 
 
-def _child_id(record: ConnectionRecord, name: str) -> int | None:
-    """The child's database id, or (file mode) its 1-based place in sorted order."""
-    child = record.conf.children.get(name)
-    if child is None:
-        return None
-    return child.id or sorted(record.conf.children).index(name) + 1
-
-
-_KEYWORD_OF = {(t, ident, bits): word for word, (t, ident, bits) in reversed(KEYWORDS.items())}
-
-
-def _proposal(suite: Suite) -> str | None:
-    """A negotiated suite in proposal keywords (as configured): aes128gcm16-prfsha256-x25519."""
-    words = []
-    for kind, ident, bits in ((TransformType.ENCR, suite.encr, suite.encr_bits or None),
-                              (TransformType.INTEG, suite.integ, None),
-                              (TransformType.PRF, suite.prf, None),
-                              (TransformType.DH, suite.dh, None)):
-        if ident is None or (ident == 0 and kind in (TransformType.INTEG, TransformType.DH)):
-            continue
-        words.append(_KEYWORD_OF.get((kind, ident, bits), f"{kind.name.lower()}{ident}"))
-    if suite.esn:
-        words.append("esn")
-    return "-".join(words) or None
-
-
-def _encr_name(suite: Suite) -> str | None:
-    if suite.encr is None:
-        return None
-    name = _name(EncrId, suite.encr)
-    return f"{name}_{suite.encr_bits}" if suite.encr_bits else name
-
-
-def _policy_info(p: PolicySpec, child_id: str | None, connection_id: int | None) -> PolicyInfo:
-    sel = p.selector
-    return PolicyInfo(direction=p.direction.name.lower(), src=str(sel.src), dst=str(sel.dst),
-                      proto=sel.proto, action=p.action.name.lower(), priority=p.priority,
-                      if_id=p.if_id or None, mark=p.mark.value if p.mark else None,
-                      mark_mask=p.mark.mask if p.mark else None, child_sa_id=child_id,
-                      connection_id=connection_id)
-
-
-def _kernel_sa(spec: SaSpec, counters: KernelCounters) -> KernelSaInfo:
-    algs = {kind: KernelAlgorithm(alg.name, len(alg.key) * 8)
-            for kind, alg in (("aead", spec.aead), ("crypt", spec.crypt), ("auth", spec.auth))
-            if alg is not None}
-    return KernelSaInfo(src=str(spec.src), dst=str(spec.dst), spi=spec.spi,
-                        proto=spec.proto.name.lower(), mode=spec.mode.name.lower(),
-                        reqid=spec.reqid, algorithms=algs, if_id=spec.if_id or None,
-                        encap=bool(spec.encap), bytes=counters.bytes, packets=counters.packets)
-
-
-def _kernel_policy(p: PolicySpec) -> KernelPolicyInfo:
-    info = _policy_info(p, None, None)
-    return KernelPolicyInfo(direction=info.direction, src=info.src, dst=info.dst,
-                            proto=info.proto, action=info.action, priority=info.priority,
-                            if_id=info.if_id, reqids=tuple(t.reqid for t in p.templates))
-
-
-_PLAIN = (int, float, str, bool, type(None), list, tuple)
-
-
-def _event_fields(event: Event) -> dict[str, object]:
-    """Event fields for logs and the event stream: never key material."""
-    hidden = {"encr_key_in", "integ_key_in", "encr_key_out", "integ_key_out"}
-    out: dict[str, object] = {}
-    for name in event.__dataclass_fields__:
-        if name in hidden:
-            continue
-        value = getattr(event, name)
-        if isinstance(value, bytes):
-            value = value.hex()
-        elif isinstance(value, tuple) and value and hasattr(value[0], "ts_type"):
-            value = [ts.format_ts(t) for t in value]
-        elif isinstance(value, Suite) or not isinstance(value, _PLAIN):
-            value = str(value)
-        out[name] = value
-    return out
-
-
 _Handler = Callable[[Controller, Any], None]  # each takes its own event type
 _EVENT_HANDLERS: dict[type, _Handler] = {
     IkeSaUp: Controller._on_ike_up,
@@ -1885,7 +1420,3 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
 
 def _key(sa: SaSpec) -> tuple[IPAddress, int, Proto]:
     return sa.dst, sa.spi, sa.proto
-
-
-def _proto(event: ChildSaNegotiated) -> Proto:
-    return Proto.AH if event.protocol is ProtocolId.AH else Proto.ESP
