@@ -30,7 +30,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,6 @@ from xfrmctl.ike.events import (
 )
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
-from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.types import (
@@ -58,19 +57,17 @@ from xfrmctl.kernel.types import (
     Acquire,
     EventsLost,
     Expire,
-    IPAddress,
     KernelError,
     KernelEvent,
     PolicySpec,
-    Proto,
     SaId,
-    SaSpec,
 )
 from xfrmctl.kernel.types import Mapping as KernelMapping
 
 from . import conf as cf
 from . import confdiff
-from .install import build_child, interface_mtu
+from .install import interface_mtu
+from .installer import ChildInstaller, SendAfter
 from .pool import AddressPool
 from .ports import (
     ActionRejected,
@@ -110,16 +107,7 @@ STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
 UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
 UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
 RESYNC_DELAY = 1.0  # seconds before comparing the kernel with our state after a failure
-RESYNC_MAX = 60.0  # back-off limit while the comparison itself keeps failing
 INSTALL_RETRY = 2.0  # seconds before a failed CHILD_SA install is negotiated again
-INSTALL_RETRY_MAX = 300.0  # back-off limit (doubling per failure of the same child)
-
-
-@dataclass(frozen=True, slots=True)
-class _SendAfter:
-    """Datagrams queued behind the kernel work their exchange caused."""
-
-    datagrams: tuple[Datagram, ...]
 
 
 class Controller:
@@ -151,7 +139,6 @@ class Controller:
         # NAT keepalive sender (RFC 3948 4): set by the endpoints, like `send`.
         self.keepalive: Callable[[Endpoint, Endpoint], None] = lambda local, remote: None
         self.connections: dict[str, ConnectionRecord] = {}
-        self.children: dict[int, ChildRecord] = {}  # by inbound SPI
         self.started_at = clock()
         self.counters: dict[str, int] = {"ike_setups": 0, "child_setups": 0, "rekeys": 0,
                                          "kernel_installs": 0}
@@ -160,29 +147,16 @@ class Controller:
         self._unmatched_logged: dict[str, float] = {}  # remote address -> when
         # connections the configuration names but that could not be loaded: name -> why
         self.not_loaded: dict[str, str] = {}
-        self.install_seconds = 0.0
         self.event_listeners: list[Callable[[str, dict[str, object]], None]] = []
         self._reqids: dict[tuple[str, str], int] = {}
-        # Kernel work, in order: CHILD_SA installs (ChildRecord, batched when consecutive)
-        # and other jobs (callables returning an awaitable or None).
-        # Datagrams wait for the kernel work queued before them (_SendAfter).
-        self._jobs: deque[ChildRecord | _SendAfter | Callable[[], object]] = deque()
         self._outbox: list[Datagram] = []
         self._flushing = False
-        self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
-        self._lingering_of: dict[SaId, str] = {}  # their connection
-        # Unfinished rekeys: the old CHILD_SA's inbound SPI -> the CHILD_SAs made from it
-        # (two in a collision), kept while the old one lives or a new one waits to send.
-        self._rekeys: dict[int, list[ChildRecord]] = {}
         # Replacements we asked for: (IKE SA id, child) -> the CHILD_SAs (inbound SPIs) to
         # delete once the new one is installed.
         self._replace_after: dict[tuple[int, str], tuple[int, ...]] = {}
         # Reauthentications under way: the new IKE SA's id -> (old IKE SA's id, the
         # children still to come up on the new one).
         self._reauths: dict[int, tuple[int, set[str]]] = {}
-        self._job_ready = asyncio.Event()
-        self._jobs_idle = asyncio.Event()
-        self._jobs_idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -194,21 +168,39 @@ class Controller:
         self.load_problems: Callable[[], dict[str, str]] | None = None
         self.kernel_kind = "netlink"  # "memory": the in-memory kernel (said in status)
         self._reload_lock = asyncio.Lock()
-        # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
-        # by IKE whose removal is queued. `resync` keeps exactly these.
-        self._installed: dict[int, ChildRecord] = {}
-        # kernel work waits for the restore (its orphan removal must not see new SAs)
-        self._restored = asyncio.Event()
-        self.resync_delay = RESYNC_DELAY
-        self._resync_backoff = RESYNC_DELAY
-        self._resync_queued = False
-        self.install_retry = INSTALL_RETRY
-        # (connection, child) -> the last failed install, until one succeeds
-        self.install_failures: dict[tuple[str, str], InstallFailure] = {}
+        self.installer = ChildInstaller(
+            kernel, self, clock=clock,
+            delete_rekeyed_delay=lambda: self.conf.delete_rekeyed_delay,
+            install_retry=INSTALL_RETRY, resync_delay=RESYNC_DELAY)
         self.views = Views(self)
         self.saved = Restorer(self)
         self.traps = Traps(kernel, self.routes, self.reqid)
         self.load(conf)
+
+    # The installer's state, as the daemon's tests and views read it.
+    @property
+    def children(self) -> dict[int, ChildRecord]:
+        return self.installer.children
+
+    @property
+    def install_failures(self) -> dict[tuple[str, str], InstallFailure]:
+        return self.installer.install_failures
+
+    @property
+    def install_seconds(self) -> float:
+        return self.installer.install_seconds
+
+    @property
+    def _rekeys(self) -> dict[int, list[ChildRecord]]:
+        return self.installer.rekeys
+
+    @property
+    def _jobs_idle(self) -> asyncio.Event:
+        return self.installer.jobs_idle
+
+    @property
+    def _lingering(self) -> dict[SaId, asyncio.TimerHandle]:
+        return self.installer.lingering
 
     # ----------------------------------------------------------------- configuration
 
@@ -278,17 +270,17 @@ class Controller:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
+        self._tasks = [loop.create_task(self.installer.run(), name="kernel-jobs"),
                        loop.create_task(self._kernel_event_loop(), name="kernel-events"),
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
         if self.state is not None:
             try:
                 await self.saved.restore(self.state)
             finally:
-                self._restored.set()
+                self.installer.ready.set()
             self._tasks.append(loop.create_task(self.saved.writer(self.state),
                                                 name="state-writer"))
-        self._restored.set()
+        self.installer.ready.set()
         await self._sync_links(adopt=True)
         for record in self.connections.values():
             if not self._sas_of(record):
@@ -301,8 +293,7 @@ class Controller:
         keep = self.state is not None if keep_tunnels is None else keep_tunnels
         if keep and self.state is not None:
             await self.drain()
-            for child in [c for c in self.children.values() if c.outbound_pending]:
-                await self._add_outbound(child)  # the saved CHILD_SAs are whole
+            await self.installer.complete_pending()  # the saved CHILD_SAs are whole
             self.state.save(self._snapshot())
             await self._cancel_tasks()  # lingering SAs: the next process's orphans
             return
@@ -315,11 +306,7 @@ class Controller:
         while self.manager.all() and loop.time() < give_up:
             await asyncio.sleep(0.05)  # let the peers answer our deletes
         await self.drain()
-        for child in list(self.children.values()):
-            await self._remove(child)  # peers that did not answer in time
-        self.children.clear()
-        for sa_id in list(self._lingering):
-            await self._delete_lingering(sa_id)
+        await self.installer.remove_all()
         for record in self.connections.values():
             await self.traps.remove(record)
         await self.route_links.close()
@@ -332,8 +319,7 @@ class Controller:
     async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for handle in self._lingering.values():
-            handle.cancel()
+        self.installer.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -342,8 +328,7 @@ class Controller:
 
     async def drain(self) -> None:
         """Wait until every queued kernel job ran (tests and shutdown)."""
-        await self._jobs_idle.wait()
-        await asyncio.sleep(0)
+        await self.installer.drain()
 
     async def _apply_start_action(self, record: ConnectionRecord) -> None:
         if record.conf.start_action is cf.StartAction.START:
@@ -366,7 +351,7 @@ class Controller:
         self._outbox.extend(self.manager.datagrams_to_send())
         if self._flushing:
             return
-        self._flushing, queued = True, len(self._jobs)  # only grows until we return
+        self._flushing, queued = True, self.installer.queued
         try:
             while (event := self.manager.next_event()) is not None:
                 self._on_event(event)
@@ -374,8 +359,8 @@ class Controller:
         finally:
             self._flushing = False
         datagrams, self._outbox = tuple(self._outbox), []
-        if datagrams and len(self._jobs) != queued:
-            self._queue_job(_SendAfter(datagrams))
+        if datagrams and self.installer.queued != queued:
+            self.installer.queue(SendAfter(datagrams))
         else:
             for datagram in datagrams:
                 self.send(datagram)
@@ -409,11 +394,11 @@ class Controller:
             self._on_failed(event)  # a stranger's: reported as UnmatchedPeer, rate-limited
             return
         if self.event_listeners or log.isEnabledFor(logging.INFO):
-            self._emit(type(event).__name__, event_fields(event))
+            self.emit(type(event).__name__, event_fields(event))
         if handler is not None:
             handler(self, event)
 
-    def _emit(self, kind: str, fields: dict[str, object]) -> None:
+    def emit(self, kind: str, fields: dict[str, object]) -> None:
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()),
                      extra={"event": kind, "fields": fields})
@@ -438,14 +423,14 @@ class Controller:
         self._reauth_failed(event.ike_sa)
         vip = self._vips.pop(event.ike_sa, None)
         if vip is not None and event.reason != "rekeyed":
-            self._queue_job(lambda: self._vip_address(vip, add=False))
+            self.installer.queue(lambda: self._vip_address(vip, add=False))
         record = self.connections.get(event.connection)
         if record is None or any(sa.name == record.name and sa.state is not IkeState.CLOSED
                                  for sa in self.manager.all()):
             return
         if event.reason == "rekeyed":
             return
-        self._forget_lingering(record.name)  # no IKE SA left: nothing more in flight
+        self.installer.forget_lingering(record.name)  # no IKE SA left: nothing more in flight
         reason = DownReason.of(event.reason)
         if reason is DownReason.OTHER or not record.detail:
             record.detail = {"message": event.reason}
@@ -522,7 +507,7 @@ class Controller:
         log.warning("unmatched peer %s -> %s: %s: %s (ours: %s; theirs: %s)", info.remote,
                     info.local, event.reason.value, event.message,
                     "; ".join(event.ours) or "-", "; ".join(event.theirs) or "-")
-        self._emit("UnmatchedPeer", {"failure": event.reason.value,
+        self.emit("UnmatchedPeer", {"failure": event.reason.value,
                                      "message": f"{event.reason.value} from {info.remote} to "
                                                 f"{info.local}: {event.message}",
                                      "local": info.local, "remote": info.remote,
@@ -559,7 +544,7 @@ class Controller:
         if restart:
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
         elif trap:
-            self._queue_job(lambda: self._install_traps(record))
+            self.installer.queue(lambda: self._install_traps(record))
 
     def _retry(self, name: str) -> None:
         record = self.connections.get(name)
@@ -584,41 +569,15 @@ class Controller:
             return
         assert record is not None
         record.child_down.pop(event.child, None)
-        # A rekey we answered: the peer sends on the new SA once it has our response, we
-        # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
-        # till the loser's SA is known. A replacement (a new CHILD_SA of a child that has
-        # one: changed configuration, reauthentication) is treated as a rekey of it.
-        old = event.rekey_of if event.rekey_of in self.children else self._replaced(event)
-        # A replacement keeps the reqid even with other selectors: while both live, the
-        # peer's inbound policies accept either SA (templates match by reqid).
-        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
-        siblings = self._rekeys.setdefault(old, []) if old is not None else None
-        pending = siblings is not None and (not event.initiator or any(
-            c.event.spi_in in self.children for c in siblings))
-        child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
-                            outbound_pending=pending, predecessor=old, conf=child_conf,
-                            link=link_spec(record.conf, child_conf))
-        self.children[event.spi_in] = child
-        if siblings is not None:
-            siblings.append(child)
-        self._queue_job(child)
+        self.installer.add(event, child_conf, self.reqid(event.connection, event.child),
+                           link_spec(record.conf, child_conf))
         self._reauth_child_done(event.ike_sa, event.child)
         replaces = self._replace_after.pop((event.ike_sa, event.child), ())
         if replaces and event.rekey_of is None:
-            self._queue_job(lambda: self._delete_replaced(event.ike_sa, replaces))
+            self.installer.queue(lambda: self._delete_replaced(event.ike_sa, replaces))
         if child_conf.interface_name and child_conf.mtu is None:
             name, mtu = child_conf.interface_name, interface_mtu(event)
-            self._queue_job(lambda: self._set_mtu(name, mtu))
-
-    def _replaced(self, event: ChildSaNegotiated) -> int | None:
-        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection
-        and child that nothing replaces yet."""
-        olds = [c for c in self.children.values()
-                if c.event.connection == event.connection and c.event.child == event.child
-                and c.event.spi_in != event.spi_in and c.state != ChildRecordState.DELETED
-                and not any(n.event.spi_in in self.children
-                            for n in self._rekeys.get(c.event.spi_in, ()))]
-        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
+            self.installer.queue(lambda: self._set_mtu(name, mtu))
 
     def _delete_replaced(self, ike_sa: int, spis: Sequence[int]) -> None:
         """The replacing CHILD_SA is installed: delete the ones it replaces."""
@@ -643,10 +602,7 @@ class Controller:
             self._flush()
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
-        child = self.children.pop(event.spi_in, None)
-        if child is not None:
-            child.state = ChildRecordState.DELETED
-            self._queue_job(lambda: self._retire(child))
+        self.installer.deleted(event.spi_in)
         record = self.connections.get(event.connection)
         if record is not None and not any(
                 c.event.ike_sa == event.ike_sa and c.event.child == event.child
@@ -663,48 +619,6 @@ class Controller:
         spis = [c.spi_in for c in sa.children.values()] if sa is not None else []
         return [self.children[spi] for spi in spis if spi in self.children]
 
-    async def _retire(self, child: ChildRecord) -> None:
-        """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
-        the old one goes), and a replaced CHILD_SA's inbound SA lingers. Only the rekeys
-        it was part of are looked at, as the old CHILD_SA or as a new one."""
-        rekeys = [k for k in (child.event.spi_in, child.predecessor) if k in self._rekeys]
-        for old in rekeys:
-            made = self._rekeys[old]
-            while (ready := next((c for c in made if self._may_send(c)), None)) is not None:
-                await self._add_outbound(ready)  # one at a time: each may block the next
-        replaced = any(c.event.spi_in in self.children
-                       for c in self._rekeys.get(child.event.spi_in, ()))
-        await self._remove(child, linger=replaced)
-        for old in rekeys:
-            if old not in self.children and not any(
-                    c.outbound_pending and c.event.spi_in in self.children
-                    for c in self._rekeys[old]):
-                del self._rekeys[old]  # done: the old one is gone, nobody waits
-
-    def _may_send(self, waiting: ChildRecord) -> bool:
-        """A CHILD_SA waiting for its outbound SA may have it now: its predecessor is
-        gone, no sibling of the same rekey (a collision's) sends on its own, and the IKE
-        core is not deleting it (a collision's loser)."""
-        if not (waiting.outbound_pending and waiting.in_kernel):
-            return False
-        old = waiting.predecessor
-        if old is None or old in self.children or any(
-                c is not waiting and c.event.spi_in in self.children and not c.outbound_pending
-                for c in self._rekeys.get(old, ())):
-            return False
-        sa = self.manager.get(waiting.event.ike_sa)
-        state = sa.child_state(waiting.event.spi_in) if sa is not None else None
-        return state not in (None, ChildState.DELETING)
-
-    async def _add_outbound(self, child: ChildRecord) -> None:
-        try:
-            await self.kernel.add_sa(child.install.outbound)
-        except KernelError as exc:
-            await self._remove(child)
-            self._install_failed(child, exc)
-            return
-        child.outbound_pending = False
-
     def _on_vip(self, event: VirtualIpAssigned) -> None:
         log.info("virtual IP %s %s for %s", event.address,
                  "assigned" if event.to_peer else "received", event.connection)
@@ -713,7 +627,7 @@ class Controller:
             # the loopback device while the IKE SA lives.
             address = f"{event.address}/{32 if ':' not in event.address else 128}"
             self._vips[event.ike_sa] = address
-            self._queue_job(lambda: self._vip_address(address, add=True))
+            self.installer.queue(lambda: self._vip_address(address, add=True))
 
     async def _vip_address(self, address: str, add: bool) -> None:
         assert self.links is not None
@@ -725,89 +639,46 @@ class Controller:
         except KernelError as exc:
             log.warning("virtual IP %s on %s: %s", address, VIP_DEVICE, exc)
 
-    # ----------------------------------------------------------------- kernel work
+    # ----------------------------------------------------------------- installer host
 
-    def _queue_job(self, job: ChildRecord | _SendAfter | Callable[[], object]) -> None:
-        self._jobs.append(job)
-        self._jobs_idle.clear()
-        self._job_ready.set()
+    def child_state(self, ike_sa: int, spi_in: int) -> ChildState | None:
+        sa = self.manager.get(ike_sa)
+        return sa.child_state(spi_in) if sa is not None else None
 
-    async def _job_loop(self) -> None:
-        await self._restored.wait()
-        while True:
-            await self._job_ready.wait()
-            while self._jobs:
-                job = self._jobs.popleft()
-                try:
-                    if isinstance(job, ChildRecord | _SendAfter):
-                        # installs queued together go in one batch, then their datagrams
-                        batch = [job]
-                        while self._jobs and isinstance(self._jobs[0], ChildRecord | _SendAfter):
-                            batch.append(self._jobs.popleft())  # type: ignore[arg-type]
-                        await self._install(
-                            [j for j in batch if isinstance(j, ChildRecord)],
-                            [d for j in batch if isinstance(j, _SendAfter) for d in j.datagrams])
-                    else:
-                        result = job()
-                        if asyncio.iscoroutine(result):
-                            await result
-                except Exception:  # a kernel job must never stop the loop
-                    log.exception("kernel job failed")
-            self._job_ready.clear()
-            self._jobs_idle.set()
-
-    async def _install(self, batch: list[ChildRecord], datagrams: list[Datagram]) -> None:
-        """Install CHILD_SAs in one netlink batch (each all-or-nothing on its own), then
-        send the datagrams that announce them."""
-        batch = [c for c in batch if c.state != ChildRecordState.DELETED]
-        started = time.perf_counter()
-        results: list[tuple[ChildRecord, KernelError | None]] = []
-        for outbound in (True, False):
-            group = [c for c in batch if c.outbound_pending is not outbound]
-            if group:
-                errors = await self.kernel.install_children([c.install for c in group],
-                                                            outbound=outbound)
-                results += zip(group, errors, strict=True)
-        self.install_seconds += time.perf_counter() - started
-        for datagram in datagrams:
-            self.send(datagram)
-        for child, error in results:
-            if error is None:
-                self._set_installed(child)
-                self.counters["kernel_installs"] += 1
-                self.install_failures.pop((child.event.connection, child.event.child), None)
-            else:
-                self._install_failed(child, error)
-        for child in batch:
-            if child.in_kernel:
-                await self._hold_child_routes(child)
-
-    def _install_failed(self, child: ChildRecord, exc: KernelError) -> None:
-        """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone, and
-        negotiate it again after a back-off (doubling per failure of the same child)."""
+    def install_failed(self, child: ChildRecord, reason: str, delay: float) -> None:
         event = child.event
-        key = (event.connection, event.child)
-        attempts = self.install_failures[key].attempts + 1 if key in self.install_failures \
-            else 1
-        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2 ** (attempts - 1))
-        reason = kernel_reason(exc)
-        self.install_failures[key] = InstallFailure(reason, attempts, self.clock() + delay)
-        log.error("installing CHILD_SA %s/%s failed (attempt %d, again in %.0f s): %s",
-                  *key, attempts, delay, reason)
-        self._emit("ChildInstallFailed", {"connection": event.connection, "child": event.child,
-                                          "ike_sa": event.ike_sa, "spi_in": event.spi_in,
-                                          "reason": reason, "attempt": attempts,
-                                          "retry_in": delay})
-        self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
-        self.children.pop(event.spi_in, None)
-        child.state = ChildRecordState.FAILED
         record = self.connections.get(event.connection)
         if record is not None:
             record.child_down[event.child] = ChildDown(
                 DownReason.KERNEL_INSTALL_FAILED, {"message": reason}, self.clock())
         self._delete_with_peer(event, DownReason.KERNEL_INSTALL_FAILED.value)
         asyncio.get_running_loop().call_later(delay, self._retry_install, event)
-        self._schedule_resync("a kernel install failed")  # an undo may have failed too
+
+    def lost(self, child: ChildRecord) -> None:
+        sa = self.manager.get(child.event.ike_sa)
+        if sa is not None and sa.state is IkeState.ESTABLISHED:
+            record = self.connections.get(child.event.connection)
+            configured = record is not None and child.event.child in record.conf.children
+            with contextlib.suppress(LocalError, ValueError, KeyError):
+                self._replace_lost_child(sa, child.event, configured, self.clock())
+            self._flush()
+
+    def soft_expired(self, child: ChildRecord) -> None:
+        self._on_expire(Expire(child.install.inbound.id, False, child.reqid))
+
+    def trap_policies(self) -> list[PolicySpec]:
+        return [p for record in self.connections.values() for p in record.traps]
+
+    async def in_kernel(self, child: ChildRecord) -> None:
+        await self._hold_child_routes(child)
+
+    async def leaving(self, child: ChildRecord) -> None:
+        if child.link is not None:  # its interface goes before it, if nothing else uses it
+            await self._sync_links()
+
+    async def left(self, child: ChildRecord) -> None:
+        if self.routes is not None:
+            await self.routes.release(child.event.spi_in)
 
     def _retry_install(self, failed: ChildSaNegotiated) -> None:
         """Negotiate a child again whose install failed: rekey its predecessor if that
@@ -827,113 +698,6 @@ class Controller:
             else:
                 self.manager.act(sa, lambda s: s.create_child(name, now))
         self._flush()
-
-    def _set_installed(self, child: ChildRecord) -> None:
-        child.in_kernel = True
-        self._installed[child.event.spi_in] = child
-
-    def _schedule_resync(self, why: str, delay: float | None = None) -> None:
-        """Compare the kernel with what we believe in, soon (one pending at a time)."""
-        if self._resync_queued:
-            return
-        self._resync_queued = True
-        wait = self.resync_delay if delay is None else delay
-        log.info("resynchronising with the kernel in %.1f s: %s", wait, why)
-        asyncio.get_running_loop().call_later(
-            wait, self._queue_job, functools.partial(self._resync, why))
-
-    async def _resync(self, why: str) -> None:
-        """Make the kernel hold exactly our CHILD_SAs, lingering SAs and traps; replace
-        CHILD_SAs whose SAs vanished (a hard expire whose event was lost) and rekey those
-        whose soft expire passed unnoticed. On failure, again with back-off."""
-        self._resync_queued = False
-        keep: set[tuple[IPAddress, int, Proto]] = {(sa.dst, sa.spi, sa.proto)
-                                                   for sa in self._lingering}
-        policies: list[PolicySpec] = []
-        for record in self.connections.values():
-            policies += record.traps
-        for child in self._installed.values():
-            keep.add(_key(child.install.inbound))
-            if not child.outbound_pending:
-                keep.add(_key(child.install.outbound))
-            policies += child.install.policies
-        try:
-            result = await self.kernel.resync(keep, policies)
-        except KernelError as exc:
-            self._resync_backoff = min(RESYNC_MAX, self._resync_backoff * 2)
-            log.warning("resynchronising with the kernel failed: %s", exc)
-            self._schedule_resync(why, self._resync_backoff)
-            return
-        self._resync_backoff = self.resync_delay
-        log.info("resynchronised with the kernel (%s): removed %d SAs, %d policies; "
-                 "restored %d policies; %d SAs missing", why, result.sas_removed,
-                 result.policies_removed, result.policies_restored, len(result.missing_sas))
-        now = self.clock()
-        for child in list(self._installed.values()):
-            sas = {_key(child.install.inbound)}
-            if not child.outbound_pending:
-                sas.add(_key(child.install.outbound))
-            if sas & result.missing_sas:
-                await self._lost_from_kernel(child, now)
-            elif child.event.spi_in in self.children and \
-                    child.state is ChildRecordState.INSTALLED and \
-                    0 < child.install.inbound.lifetime.soft_add_expires_seconds <= \
-                    now - child.installed_at:
-                self._on_expire(Expire(child.install.inbound.id, False, child.reqid))
-
-    async def _lost_from_kernel(self, child: ChildRecord, now: float) -> None:
-        """A CHILD_SA whose SA the kernel lost: remove the rest, replace it with the peer."""
-        await self._remove(child)
-        if self.children.pop(child.event.spi_in, None) is None:
-            return  # IKE deleted it already
-        child.state = ChildRecordState.DELETED
-        sa = self.manager.get(child.event.ike_sa)
-        if sa is not None and sa.state is IkeState.ESTABLISHED:
-            record = self.connections.get(child.event.connection)
-            configured = record is not None and child.event.child in record.conf.children
-            with contextlib.suppress(LocalError, ValueError, KeyError):
-                self._replace_lost_child(sa, child.event, configured, now)
-            self._flush()
-
-    async def _remove(self, child: ChildRecord, linger: bool = False) -> None:
-        """Take a CHILD_SA out of the kernel; with `linger` its inbound SA stays for
-        `delete_rekeyed_delay` seconds."""
-        if not child.in_kernel:
-            return
-        child.in_kernel = False
-        self._installed.pop(child.event.spi_in, None)
-        if child.link is not None:  # its interface goes before it, if nothing else uses it
-            await self._sync_links()
-        linger = linger and self.conf.delete_rekeyed_delay > 0
-        try:
-            await self.kernel.remove_child(child.install, inbound=not linger,
-                                           outbound=not child.outbound_pending)
-        except KernelError as exc:
-            log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
-            self._schedule_resync(f"removing CHILD_SA {child.event.child} failed")
-        if linger:
-            self._linger(child.install.inbound.id, child.event.connection)
-        if self.routes is not None:
-            await self.routes.release(child.event.spi_in)
-
-    def _linger(self, sa: SaId, connection: str) -> None:
-        self._lingering_of[sa] = connection
-
-        def expired() -> None:
-            self._queue_job(lambda: self._delete_lingering(sa))
-
-        loop = asyncio.get_running_loop()
-        self._lingering[sa] = loop.call_later(self.conf.delete_rekeyed_delay, expired)
-
-    async def _delete_lingering(self, sa: SaId) -> None:
-        self._lingering_of.pop(sa, None)
-        if (handle := self._lingering.pop(sa, None)) is not None:
-            handle.cancel()
-            try:
-                await self.kernel.delete_sa(sa)  # ESRCH (expired meanwhile) passes
-            except KernelError as exc:
-                log.warning("deleting rekeyed SA %s: %s", sa, exc)
-                self._schedule_resync("deleting a rekeyed SA failed")
 
     async def _hold_child_routes(self, child: ChildRecord) -> None:
         event = child.event
@@ -962,7 +726,7 @@ class Controller:
     async def _sync_links(self, *, adopt: bool = False) -> None:
         """Links to the configuration, make-before-break (see routelinks.py): those in use
         by a CHILD_SA in the kernel stay until it goes."""
-        in_use = {c.link for c in self._installed.values() if c.link is not None}
+        in_use = {c.link for c in self.installer.installed.values() if c.link is not None}
         await self.route_links.sync(self._wanted_links, in_use, adopt=adopt)
 
     async def _set_mtu(self, name: str, mtu: int) -> None:
@@ -985,7 +749,7 @@ class Controller:
         if isinstance(event, EventsLost):  # the monitor socket overran (ENOBUFS)
             log.warning("kernel events were lost (%s): resynchronising with the kernel",
                         errno.errorcode.get(event.errno, event.errno))
-            self._schedule_resync("kernel events lost", 0.0)
+            self.installer.schedule_resync("kernel events lost", 0.0)
         elif isinstance(event, Expire):
             self._on_expire(event)
         elif isinstance(event, Acquire):
@@ -1007,30 +771,17 @@ class Controller:
 
     def _on_peer_moved(self, event: PeerMoved) -> None:
         for child in [c for c in self.children.values() if c.event.ike_sa == event.ike_sa]:
-            self._queue_job(functools.partial(self._move_child, child, event.new))
+            self.installer.queue(functools.partial(self._move_child, child, event.new))
 
     async def _move_child(self, child: ChildRecord, remote: Endpoint) -> None:
         """Re-address a CHILD_SA's SAs and policies to the peer's new endpoint."""
         record = self.connections.get(child.event.connection)
         conf = record.conf.children.get(child.event.child) if record else None
-        if conf is None or not child.in_kernel or child.event.remote == remote:
-            return
-        if child.outbound_pending:  # a move is rare: stop waiting for the old one's delete
-            await self._add_outbound(child)
-            if not child.in_kernel:
-                return
-        event = replace(child.event, remote=remote)
-        install = build_child(event, conf, child.reqid)
-        try:
-            await self.kernel.move_child(child.install, install)
-        except KernelError as exc:
-            log.error("moving CHILD_SA %s to %s:%d: %s", event.child, *remote, exc)
-            return
-        child.event, child.install = event, install
-        await self._hold_child_routes(child)  # now via the peer's new address
+        if conf is not None:
+            await self.installer.move(child, remote, conf)
 
     def _on_expire(self, event: Expire) -> None:
-        child = self._child_by_sa(event.sa.spi)
+        child = self.installer.by_sa(event.sa.spi)
         if child is None:
             return
         sa = self.manager.get(child.event.ike_sa)
@@ -1044,11 +795,6 @@ class Controller:
             with contextlib.suppress(LocalError):
                 self.manager.act(sa, lambda s: s.rekey_child(spi_in, now))
         self._flush()
-
-    def _child_by_sa(self, spi: int) -> ChildRecord | None:
-        if spi in self.children:
-            return self.children[spi]
-        return next((c for c in self.children.values() if c.event.spi_out == spi), None)
 
     def _on_acquire(self, event: Acquire) -> None:
         record = self.traps.owner_of(list(self.connections.values()), event.reqid)
@@ -1205,11 +951,7 @@ class Controller:
         await self.traps.remove(record)
         for sa in self._sas_of(record):
             self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
-        self._forget_lingering(record.name)
-
-    def _forget_lingering(self, connection: str) -> None:
-        for sa_id in [k for k, c in self._lingering_of.items() if c == connection]:
-            self._queue_job(functools.partial(self._delete_lingering, sa_id))
+        self.installer.forget_lingering(record.name)
 
     async def _restart_connection(self, record: ConnectionRecord, fresh: bool) -> None:
         """A new connection, or one with no IKE SA up: (re)start it as configured."""
@@ -1331,7 +1073,7 @@ class Controller:
         entry[1].discard(child)
         if not entry[1]:
             del self._reauths[ike_sa]
-            self._queue_job(functools.partial(self._finish_reauth, entry[0], ike_sa))
+            self.installer.queue(functools.partial(self._finish_reauth, entry[0], ike_sa))
 
     def _finish_reauth(self, old_id: int, new_id: int) -> None:
         old, new = self.manager.get(old_id), self.manager.get(new_id)
@@ -1416,7 +1158,3 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     PeerMoved: Controller._on_peer_moved,
     ReauthDue: Controller._on_reauth_due,
 }
-
-
-def _key(sa: SaSpec) -> tuple[IPAddress, int, Proto]:
-    return sa.dst, sa.spi, sa.proto

@@ -85,7 +85,7 @@ class Restorer:
         except KernelError as exc:
             log.warning("removing orphans of the previous process: %s", exc)
             removed = (0, 0)
-            self.c._schedule_resync("orphan removal failed")
+            self.c.installer.schedule_resync("orphan removal failed")
         for child in list(self.c.children.values()):
             await self.c._hold_child_routes(child)  # kept in the kernel: counted again
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
@@ -124,10 +124,9 @@ class Restorer:
             install = build_child(event, child_conf, self.c.reqid(event.connection, event.child))
             self.c.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
-            self.c._set_installed(ChildRecord(event, install, install.inbound.reqid,
+            self.c.installer.adopt(ChildRecord(event, install, install.inbound.reqid,
                                             installed_at, conf=child_conf,
                                             link=link_spec(record.conf, child_conf)))
-            self.c.children[event.spi_in] = self.c._installed[event.spi_in]
             kept |= ids
         self.c._set_state(record, ConnectionState.UP, None)
         return kept

@@ -44,7 +44,6 @@ class ViewSource(Protocol):
     manager: IkeManager
     kernel: KernelIPsec
     connections: dict[str, ConnectionRecord]
-    children: dict[int, ChildRecord]
     counters: dict[str, int]
     failures: dict[str, int]
     unmatched: deque[FailureInfo]
@@ -54,6 +53,9 @@ class ViewSource(Protocol):
     started_at: float
     clock: Callable[[], float]
     wall_clock: Callable[[], float]
+
+    @property
+    def children(self) -> dict[int, ChildRecord]: ...
 
     @property
     def install_seconds(self) -> float: ...
