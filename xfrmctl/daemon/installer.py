@@ -60,8 +60,11 @@ SaKey = tuple[IPAddress, int, Proto]
 class InstallerHost(Protocol):
     """What the installer needs of the rest of the daemon (the IKE side)."""
 
-    counters: dict[str, int]
-    failures: dict[str, int]
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    @property
+    def failures(self) -> dict[str, int]: ...
 
     def send(self, datagram: Datagram) -> None: ...
 

@@ -78,7 +78,7 @@ class Restorer:
             kept |= self._restore_ike_sa(saved, present)
         for record in self.c.connections.values():
             if not self.c._sas_of(record) and await self.c.traps.adopt(record):
-                self.c._set_state(record, ConnectionState.TRAPPED, None)
+                self.c.lifecycle.set_state(record, ConnectionState.TRAPPED, None)
         # only what was there before any request was answered can be an orphan
         try:
             removed = await self.c.kernel.remove_orphans(kept, among=present)
@@ -87,7 +87,7 @@ class Restorer:
             removed = (0, 0)
             self.c.installer.schedule_resync("orphan removal failed")
         for child in list(self.c.children.values()):
-            await self.c._hold_child_routes(child)  # kept in the kernel: counted again
+            await self.c.child_sas.hold_child_routes(child)  # kept in the kernel: counted again
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
                  len(self.c.manager.all()), len(self.c.children), *removed)
         self.c._flush()
@@ -119,7 +119,7 @@ class Restorer:
                 (event.local, event.spi_in, proto_),
                 (event.remote, event.spi_out, proto_))}
             if child_conf is None or not ids <= present:
-                self.c._replace_lost_child(sa, event, child_conf is not None, now)
+                self.c.changes.replace_lost_child(sa, event, child_conf is not None, now)
                 continue
             install = build_child(event, child_conf, self.c.reqid(event.connection, event.child))
             self.c.kernel.adopt_child(install)
@@ -128,7 +128,7 @@ class Restorer:
                                             installed_at, conf=child_conf,
                                             link=link_spec(record.conf, child_conf)))
             kept |= ids
-        self.c._set_state(record, ConnectionState.UP, None)
+        self.c.lifecycle.set_state(record, ConnectionState.UP, None)
         return kept
 
 
