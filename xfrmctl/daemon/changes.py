@@ -140,7 +140,7 @@ class Changes:
                     name, now))
 
     def rekey_with(self, sa: IkeSa, child: ChildRecord, record: ConnectionRecord,
-                    now: float) -> bool:
+                   now: float) -> bool:
         """Replace a CHILD_SA by rekeying it with its child's new configuration: both ends
         then keep sending on the old one until it is deleted (make-before-break even with
         a peer that installs a new CHILD_SA's outbound SA at once). Not for a change of
@@ -159,7 +159,7 @@ class Changes:
 
     @staticmethod
     def drives(sa: IkeSa, record: ConnectionRecord, child: cf.ChildConf | None = None
-                ) -> bool:
+               ) -> bool:
         """Whether this end brings a change to a running IKE SA: its original initiator,
         or an end that starts the child itself. A passive responder leaves it to the peer
         (both ends changed alike would otherwise both act)."""
@@ -179,7 +179,7 @@ class Changes:
             names = list(record.conf.children)
         try:
             new = self.c.manager.initiate(record.name, sa.local, sa.remote, self.c.clock(),
-                                        names, reauth=True)
+                                          names, reauth=True)
         except LocalError as exc:
             log.error("reauthenticating %s: %s", record.name, exc)
             return
@@ -269,9 +269,9 @@ class Changes:
         for name in set(self.c.not_loaded) - set(conf.connections):
             del self.c.not_loaded[name]
         self.c.manager.configs = {r.name: r.ike for r in self.c.connections.values()
-                                if r.name in conf.connections}
+                                  if r.name in conf.connections}
         self.c._wanted_links = wanted_links({r.name: r.conf for r in self.c.connections.values()
-                                           if r.name in conf.connections})
+                                             if r.name in conf.connections})
         return changed
 
     def not_loadable(self, name: str, exc: Exception) -> None:
@@ -287,7 +287,7 @@ class Changes:
         return max((r.id for r in self.c.connections.values()), default=0) + 1
 
     def replace_lost_child(self, sa: IkeSa, event: ChildSaNegotiated, still_configured: bool,
-                            now: float) -> None:
+                           now: float) -> None:
         """A CHILD_SA gone from the kernel (or from the configuration): delete it with the
         peer, and negotiate a new one if it is still configured."""
         spi_in, name = event.spi_in, event.child

@@ -67,7 +67,7 @@ class ChildSas:
         assert record is not None
         record.child_down.pop(event.child, None)
         self.c.installer.add(event, child_conf, self.c.reqid(event.connection, event.child),
-                           link_spec(record.conf, child_conf))
+                             link_spec(record.conf, child_conf))
         self.c.changes.reauth_child_done(event.ike_sa, event.child)
         replaces = self.c._replace_after.pop((event.ike_sa, event.child), ())
         if replaces and event.rekey_of is None:

@@ -85,7 +85,7 @@ class Lifecycle:
         self.connection_down(record, reason)
 
     def children_refused(self, record: ConnectionRecord, event: NegotiationFailed,
-                          reason: DownReason, detail: dict[str, object]) -> None:
+                         reason: DownReason, detail: dict[str, object]) -> None:
         """A CHILD_SA was refused while its IKE_SA stays up: that child is down (when the
         responder found no child for the peer's selectors, every child not up is)."""
         names = [event.child] if event.child is not None else [
@@ -125,7 +125,7 @@ class Lifecycle:
                     info.local, event.reason.value, event.message,
                     "; ".join(event.ours) or "-", "; ".join(event.theirs) or "-")
         self.c.emit("UnmatchedPeer", {"failure": event.reason.value,
-                                     "message": f"{event.reason.value} from {info.remote} to "
+                                      "message": f"{event.reason.value} from {info.remote} to "
                                                 f"{info.local}: {event.message}",
                                      "local": info.local, "remote": info.remote,
                                      "ours": list(event.ours), "theirs": list(event.theirs)})
@@ -169,7 +169,7 @@ class Lifecycle:
             self.c._initiate(record)
 
     def set_state(self, record: ConnectionRecord, state: ConnectionState,
-                   reason: DownReason | None) -> None:
+                  reason: DownReason | None) -> None:
         record.state, record.since = state, self.c.clock()
         record.reason = reason
         if state in (ConnectionState.UP, ConnectionState.CONNECTING):

@@ -125,7 +125,7 @@ class Restorer:
             self.c.kernel.adopt_child(install)
             installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
             self.c.installer.adopt(ChildRecord(event, install, install.inbound.reqid,
-                                            installed_at, conf=child_conf,
+                                               installed_at, conf=child_conf,
                                             link=link_spec(record.conf, child_conf)))
             kept |= ids
         self.c.lifecycle.set_state(record, ConnectionState.UP, None)
