@@ -83,3 +83,21 @@ def test_negotiated_or_installed_child_properties_replace_it(field: str,
     d = diff_connection("x", conn(children={"lan": child()}),
                         conn(children={"lan": child(**{field: value})}))
     assert d.children_replaced == ("lan",) and not d.reauth
+
+
+@pytest.mark.parametrize("update", [{"interface_name": "ipsec1"}, {"if_id": 8},
+                                    {"routes": ["203.0.113.0/25"]},
+                                    {"interface_kind": None, "interface_name": None}])
+def test_interface_changes_name_the_child(update: dict[str, object]) -> None:
+    routed = child(interface_kind="xfrmi", interface_name="ipsec0", if_id=7,
+                   routes=["203.0.113.0/24"])
+    d = diff_connection("x", conn(children={"lan": routed}),
+                        conn(children={"lan": routed.model_copy(update=update)}))
+    assert d.links_changed == ("lan",) and d.children_replaced == ("lan",)
+    assert diff_connection("x", conn(children={"lan": routed}),
+                           conn(children={"lan": routed})).links_changed == ()
+
+
+def test_new_credential_file_content_is_a_reauthentication() -> None:
+    d = diff_connection("x", conn(), conn(), credentials_changed=True)
+    assert d.reauth and d.credentials_changed and not d.ike_rekey and d.negotiates

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -325,4 +327,51 @@ async def test_a_mode_change_is_a_new_child_sa_then_the_old_deleted() -> None:
     await asyncio.sleep(LINGER + 0.1)
     await settle_slow(gw)
     assert len(gw.ka.sas) == len(gw.kb.sas) == 2
+    await stop(gw)
+
+
+async def test_a_psk_file_rewritten_in_place_reauthenticates(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Same path, new content: the running IKE SA is replaced by one authenticated with
+    the new PSK (make-before-break); neither the PSK nor its digest reaches the log."""
+    caplog.set_level(logging.DEBUG)
+    path_a, path_b = tmp_path / "a.psk", tmp_path / "b.psk"
+    old_psk, new_psk = "test-only old psk, 32 characters!", "test-only new psk, rotated today"
+    path_a.write_text(old_psk + "\n")
+    path_b.write_text(old_psk + "\n")
+
+    def from_files() -> tuple[cf.DaemonConf, cf.DaemonConf]:
+        a, b = confs(LAN, _mirror(LAN))
+        return tuple(  # type: ignore[return-value]
+            cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
+                name: conn.model_copy(update={"psk": None, "psk_file": path})
+                for name, conn in c.connections.items()})
+            for c, path in ((a, path_a), (b, path_b)))
+
+    a, b = from_files()
+    gw, losses = await watched(a, b, "b", [(HOST_A, HOST_B)])
+    (old,) = gw.a.manager.all()
+    path_a.write_text(new_psk + "\n")
+    path_b.write_text(new_psk + "\n")
+    await apply(gw, *from_files())
+    (new,) = gw.a.manager.all()
+    assert new.id != old.id and new.state.name == "ESTABLISHED"
+    for controller in (gw.a, gw.b):
+        (record,) = controller.connections.values()
+        assert record.ike.local_auth.psk == new_psk.encode()
+        (sa,) = controller.manager.all()
+        assert sa.config.local_auth.psk == new_psk.encode()  # what it authenticated with
+    (child,) = gw.a.children.values()
+    assert child.event.ike_sa == new.id
+    await asyncio.sleep(LINGER + 0.1)
+    await settle_slow(gw)
+    assert losses == [] and len(gw.ka.sas) == len(gw.kb.sas) == 2
+    digest = cf.credential_digest(gw.a.connections["site-b"].conf)
+    assert digest is not None
+    for secret in (old_psk, new_psk, digest):
+        assert secret not in caplog.text
+    assert "new credential file content" in caplog.text
+    # an unchanged file changes nothing
+    await apply(gw, *from_files())
+    assert [sa.id for sa in gw.a.manager.all()] == [new.id]
     await stop(gw)

@@ -41,12 +41,20 @@ class FakeLinks:
             raise KernelError("find link", name, 19)
         return list(self.links).index(name) + 1
 
+    def _exists(self, name: str, **keys: object) -> None:
+        """As the kernel: one link per name, per if_id, per VTI endpoints and keys."""
+        if name in self.links or any(
+                all(link.get(k) == v for k, v in keys.items()) for link in self.links.values()):
+            raise KernelError("add link", name, 17)
+
     async def add_xfrm_interface(self, dev: XfrmInterface, mtu: int | None = None) -> int:
+        self._exists(dev.name, kind="xfrm", if_id=dev.if_id)
         self.links[dev.name] = {"kind": "xfrm", "if_id": dev.if_id, "mtu": mtu, "addrs": [],
                                 "routes": []}
         return await self.index(dev.name)
 
     async def add_vti(self, dev: VtiDevice, mtu: int | None = None) -> int:
+        self._exists(dev.name, kind="vti", ikey=dev.ikey, okey=dev.okey)
         self.links[dev.name] = {"kind": "vti", "ikey": dev.ikey, "okey": dev.okey, "mtu": mtu,
                                 "addrs": [], "routes": []}
         return await self.index(dev.name)
@@ -58,6 +66,8 @@ class FakeLinks:
         (self.loopback if name == "lo" else self.links[name]["addrs"]).remove(address)
 
     async def add_route(self, dst: object, name: str, src: str | None = None) -> None:
+        if any(str(dst) in link["routes"] for link in self.links.values()):
+            raise KernelError("add route", f"{dst} dev {name}", 17)  # main table: one per prefix
         self.links[name]["routes"].append(str(dst))
 
     async def set_mtu(self, name: str, mtu: int) -> None:

@@ -43,6 +43,7 @@ true until MOBIKE exists), proposals left out = the core's default set.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import tomllib
 from dataclasses import replace
@@ -292,6 +293,22 @@ def load(path: Path) -> DaemonConf:
 
 
 # --------------------------------------------------------------------------- to the core
+
+
+def credential_digest(conf: ConnectionConf) -> str | None:
+    """A SHA-256 over the credential files a connection names by path (psk_file,
+    certificate, private_key, ca), so a reload notices new content behind the same path.
+    None when it names none. Kept in memory only: neither it nor the secret is logged.
+    Raises OSError for a file that cannot be read."""
+    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca)
+             if p is not None]
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        content = path.read_bytes()
+        digest.update(len(content).to_bytes(8, "big") + content)
+    return digest.hexdigest()
 
 
 def _psk(conf: ConnectionConf) -> bytes:

@@ -11,7 +11,11 @@ Applying a change does the least that reaches the new state, make-before-break:
   algorithms): the CHILD_SAs move to the new IKE_SA untouched;
 - any other IKE-level change (addresses, identities, authentication ...) is a
   reauthentication (RFC 7296 2.8.3): a new IKE_SA with its children, then the old one
-  is deleted.
+  is deleted. So is new content in a credential file the configuration names by path
+  (a psk_file rewritten in place): the caller compares digests of what it loaded;
+- a route-based child whose interface settings change names it in `links_changed`: the
+  new interface is made before the new CHILD_SA moves onto it, the old one removed once
+  no CHILD_SA uses it (Controller._sync_links).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ CHILD_LOCAL = frozenset({
     "id", "description", "start_action", "rekey_time", "life_time", "rekey_bytes",
     "life_bytes", "rekey_packets", "life_packets",
 })
+# ChildConf fields that make up a route-based child's interface (XFRM interface or VTI).
+CHILD_LINK = frozenset({
+    "interface_kind", "interface_name", "if_id", "interface_addresses", "routes", "mtu",
+    "mark_in", "mark_out",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,8 @@ class ConnectionDiff:
     children_added: tuple[str, ...] = ()
     children_removed: tuple[str, ...] = ()
     children_replaced: tuple[str, ...] = ()  # a new CHILD_SA, then the old one deleted
+    links_changed: tuple[str, ...] = ()  # children whose interface is made anew
+    credentials_changed: bool = False  # a credential file's content (part of `reauth`)
     local_fields: tuple[str, ...] = ()  # changed settings that negotiate nothing
 
     @property
@@ -66,8 +77,15 @@ def diff_child(old: ChildConf, new: ChildConf) -> bool:
     return bool(set(_changed(old, new, sorted(fields))) - CHILD_LOCAL)
 
 
-def diff_connection(name: str, old: ConnectionConf | None,
-                    new: ConnectionConf | None) -> ConnectionDiff:
+def link_changed(old: ChildConf, new: ChildConf) -> bool:
+    """Whether a child's interface must be made anew (or made, or removed)."""
+    return bool(set(_changed(old, new, sorted(CHILD_LINK))))
+
+
+def diff_connection(name: str, old: ConnectionConf | None, new: ConnectionConf | None, *,
+                    credentials_changed: bool = False) -> ConnectionDiff:
+    """`credentials_changed`: a credential file named by path has new content (the
+    caller compares digests; the configurations themselves only hold the paths)."""
     if old is None:
         return ConnectionDiff(name, added=new is not None)
     if new is None:
@@ -75,13 +93,16 @@ def diff_connection(name: str, old: ConnectionConf | None,
     fields = sorted(set(ConnectionConf.model_fields) | set(type(new).model_fields))
     changed = _changed(old, new, fields)
     ike_level = set(changed) - CONNECTION_LOCAL
-    reauth = bool(ike_level - IKE_REKEY)
+    reauth = bool(ike_level - IKE_REKEY) or credentials_changed
     children_added = tuple(sorted(set(new.children) - set(old.children)))
     children_removed = tuple(sorted(set(old.children) - set(new.children)))
     replaced = tuple(sorted(n for n in set(old.children) & set(new.children)
                             if diff_child(old.children[n], new.children[n])))
+    links = tuple(sorted(n for n in set(old.children) & set(new.children)
+                         if link_changed(old.children[n], new.children[n])))
     local = tuple(f for f in changed if f in CONNECTION_LOCAL and f != "children")
     return ConnectionDiff(name, reauth=reauth, ike_rekey=bool(ike_level) and not reauth,
                           children_added=children_added,
                           children_removed=children_removed, children_replaced=replaced,
+                          links_changed=links, credentials_changed=credentials_changed,
                           local_fields=local)

@@ -8,14 +8,11 @@ Nothing here blocks the loop: the IKE core is pure computation, the kernel is as
 netlink, and every piece of kernel work goes through one ordered queue so a rekeyed
 CHILD_SA is always installed before its predecessor is removed.
 
-A rekey loses no packet (make-before-break, as strongSwan does it):
-- datagrams that follow kernel work wait for it: a response announcing a CHILD_SA leaves
-  once its SAs are in, so the peer never sends on an SA we lack;
-- the responder of a CHILD_SA rekey installs the new inbound SA at once but keeps sending
-  on the old one until the initiator deletes it (by then the initiator has the new SA
-  inbound); the initiator sends on the new SA as soon as it has the response;
-- a rekeyed CHILD_SA's inbound SA stays `delete_rekeyed_delay` seconds for packets still
-  on the wire.
+The parts it wires (each in its module): the CHILD_SA installer and its ordered queue of
+kernel work (installer.py, make-before-break), the IKE side of CHILD_SAs (childsas.py),
+connection lifecycle (lifecycle.py), configuration changes and reauthentication
+(changes.py), traps (traps.py), route-based interfaces (routelinks.py), the saved state
+(restore.py) and the read-only views (views.py).
 """
 
 from __future__ import annotations
@@ -23,23 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import ipaddress
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from xfrmctl import __version__
-from xfrmctl.ike import persist, ts
-from xfrmctl.ike.config import IkeConfig, Mode
-from xfrmctl.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId, TransformType
-from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import (
     ChildSaDeleted,
     ChildSaNegotiated,
@@ -53,149 +42,58 @@ from xfrmctl.ike.events import (
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
-from xfrmctl.ike.payloads import TrafficSelector
-from xfrmctl.ike.proposals import KEYWORDS, Suite
-from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeSa, IkeState
-from xfrmctl.kernel.capabilities import kernel_reason
+from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
-from xfrmctl.kernel.links import KernelLinks, VtiDevice, XfrmInterface
+from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
-    ChildInstall,
     EventsLost,
     Expire,
-    IPAddress,
-    KernelError,
     KernelEvent,
-    PolicySpec,
-    Proto,
     SaId,
-    SaSpec,
 )
-from xfrmctl.kernel.types import Counters as KernelCounters
 from xfrmctl.kernel.types import Mapping as KernelMapping
 from xfrmctl.port import (
     ActionRejected,
     ChildSaInfo,
-    ChildStatus,
     ConfigChange,
     ConfigKind,
     ConnectionState,
-    ConnectionStatus,
-    Counters,
     DaemonStatus,
-    DownReason,
     FailureInfo,
     IkeSaInfo,
-    KernelAlgorithm,
-    KernelPolicyInfo,
-    KernelSaInfo,
     KernelView,
     PolicyInfo,
     Target,
-    Traffic,
     UnknownTarget,
 )
 
 from . import conf as cf
-from . import confdiff
-from .install import build_child, interface_mtu, trap_policies
+from .changes import Changes
+from .childsas import ChildSas
+from .installer import ChildInstaller, SendAfter
+from .lifecycle import Lifecycle
 from .pool import AddressPool
+from .records import (
+    ChildRecord,
+    ConnectionRecord,
+    InstallFailure,
+)
+from .records import child_id as child_id_of
+from .restore import Restorer, read_boot_id
+from .routelinks import LinkSpec, RouteLinks
 from .routes import PolicyRoutes
-from .state import StateFile, child_from_dict, child_to_dict
+from .state import StateFile
+from .traps import Traps
+from .views import Views, event_fields
 
 log = logging.getLogger("xfrmctl.daemon")
-VIP_DEVICE = "lo"
 NAT_KEEPALIVE_INTERVAL = 20.0  # seconds, as strongSwan's default
-STATE_INTERVAL = 1.0  # seconds between saves of the state (when something changed)
-RETRY_DELAY = 10.0  # seconds before re-initiating a start/restart connection
 STOP_GRACE = 3.0  # seconds to wait for peers to answer our deletes on shutdown
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 UNMATCHED_KEPT = 32  # failures no connection owns, shown in `status` (newest)
-UNMATCHED_LOG_INTERVAL = 60.0  # seconds: one log line and event per remote address
 RESYNC_DELAY = 1.0  # seconds before comparing the kernel with our state after a failure
-RESYNC_MAX = 60.0  # back-off limit while the comparison itself keeps failing
 INSTALL_RETRY = 2.0  # seconds before a failed CHILD_SA install is negotiated again
-INSTALL_RETRY_MAX = 300.0  # back-off limit (doubling per failure of the same child)
-
-
-@dataclass(slots=True)
-class InstallFailure:
-    """A child whose last kernel install failed: why, how often, and the next try."""
-
-    reason: str
-    attempts: int
-    retry_at: float
-
-
-@dataclass(slots=True)
-class ChildRecord:
-    """A CHILD_SA as installed in the kernel."""
-
-    event: ChildSaNegotiated
-    install: ChildInstall
-    reqid: int
-    installed_at: float
-    state: str = "INSTALLED"
-    in_kernel: bool = False  # install_child succeeded: there is something to remove
-    # a rekey's responder, or either end of a collision: the outbound SA waits until the
-    # old CHILD_SA is deleted (see the module's docstring)
-    outbound_pending: bool = False
-    # the CHILD_SA this one replaces (its inbound SPI): a rekey's, or a replacement's (a
-    # configuration change, a reauthentication) of a CHILD_SA of the same connection/child
-    predecessor: int | None = None
-    conf: cf.ChildConf | None = None  # the configuration it was negotiated with
-
-
-@dataclass(frozen=True, slots=True)
-class _SendAfter:
-    """Datagrams queued behind the kernel work their exchange caused."""
-
-    datagrams: tuple[Datagram, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _TrapChild:
-    name: str
-    conf: cf.ChildConf
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
-    local: str
-    remote: str
-
-
-@dataclass(frozen=True, slots=True)
-class _ChildDown:
-    reason: DownReason
-    detail: dict[str, object]
-    since: float
-
-
-@dataclass(slots=True)
-class ConnectionRecord:
-    id: int
-    name: str
-    conf: cf.ConnectionConf
-    ike: IkeConfig
-    state: ConnectionState = ConnectionState.DOWN
-    reason: DownReason | None = None
-    detail: dict[str, object] = field(default_factory=dict)
-    since: float = 0.0
-    # children that failed or went down while the IKE_SA lives: name -> why
-    child_down: dict[str, _ChildDown] = field(default_factory=dict)
-    traps: list[PolicySpec] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)  # interfaces we created
-    wanted: bool = False  # should be up (start action, API initiate, DPD restart)
-
-
-def _name(enum: type, value: int | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(enum(value).name)
-    except ValueError:
-        return str(value)
 
 
 class Controller:
@@ -207,6 +105,8 @@ class Controller:
                  links: KernelLinks | None = None) -> None:
         self.conf = conf
         self.links = links  # route-based children need it (XFRM interfaces, VTIs)
+        self.route_links = RouteLinks(links)
+        self._wanted_links: dict[str, LinkSpec] = {}  # by name, as configured
         # policy-based tunnels: routes to the remote selectors (table 220)
         self.routes = PolicyRoutes(links, conf.route_table, conf.route_priority) \
             if links is not None and conf.install_routes else None
@@ -225,7 +125,6 @@ class Controller:
         # NAT keepalive sender (RFC 3948 4): set by the endpoints, like `send`.
         self.keepalive: Callable[[Endpoint, Endpoint], None] = lambda local, remote: None
         self.connections: dict[str, ConnectionRecord] = {}
-        self.children: dict[int, ChildRecord] = {}  # by inbound SPI
         self.started_at = clock()
         self.counters: dict[str, int] = {"ike_setups": 0, "child_setups": 0, "rekeys": 0,
                                          "kernel_installs": 0}
@@ -234,52 +133,63 @@ class Controller:
         self._unmatched_logged: dict[str, float] = {}  # remote address -> when
         # connections the configuration names but that could not be loaded: name -> why
         self.not_loaded: dict[str, str] = {}
-        self.install_seconds = 0.0
         self.event_listeners: list[Callable[[str, dict[str, object]], None]] = []
         self._reqids: dict[tuple[str, str], int] = {}
-        # Kernel work, in order: CHILD_SA installs (ChildRecord, batched when consecutive)
-        # and other jobs (callables returning an awaitable or None).
-        # Datagrams wait for the kernel work queued before them (_SendAfter).
-        self._jobs: deque[ChildRecord | _SendAfter | Callable[[], object]] = deque()
         self._outbox: list[Datagram] = []
         self._flushing = False
-        self._lingering: dict[SaId, asyncio.TimerHandle] = {}  # rekeyed inbound SAs
-        self._lingering_of: dict[SaId, str] = {}  # their connection
-        # Unfinished rekeys: the old CHILD_SA's inbound SPI -> the CHILD_SAs made from it
-        # (two in a collision), kept while the old one lives or a new one waits to send.
-        self._rekeys: dict[int, list[ChildRecord]] = {}
         # Replacements we asked for: (IKE SA id, child) -> the CHILD_SAs (inbound SPIs) to
         # delete once the new one is installed.
         self._replace_after: dict[tuple[int, str], tuple[int, ...]] = {}
         # Reauthentications under way: the new IKE SA's id -> (old IKE SA's id, the
         # children still to come up on the new one).
         self._reauths: dict[int, tuple[int, set[str]]] = {}
-        self._job_ready = asyncio.Event()
-        self._jobs_idle = asyncio.Event()
-        self._jobs_idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: dict[str, AddressPool] = {}
-        self._vips: dict[int, str] = {}  # IKE SA id -> virtual IP we put on VIP_DEVICE
+        self._vips: dict[int, str] = {}  # IKE SA id -> virtual IP we put on childsas.VIP_DEVICE
         # Database mode: reads the desired state; config_changed reloads from it.
         self.config_source: Callable[[], Awaitable[cf.DaemonConf]] | None = None
         # and why it left connections out (name -> why)
         self.load_problems: Callable[[], dict[str, str]] | None = None
         self.kernel_kind = "netlink"  # "memory": the in-memory kernel (said in status)
         self._reload_lock = asyncio.Lock()
-        # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
-        # by IKE whose removal is queued. `resync` keeps exactly these.
-        self._installed: dict[int, ChildRecord] = {}
-        # kernel work waits for the restore (its orphan removal must not see new SAs)
-        self._restored = asyncio.Event()
-        self.resync_delay = RESYNC_DELAY
-        self._resync_backoff = RESYNC_DELAY
-        self._resync_queued = False
-        self.install_retry = INSTALL_RETRY
-        # (connection, child) -> the last failed install, until one succeeds
-        self.install_failures: dict[tuple[str, str], InstallFailure] = {}
-        self.load(conf)
+        self.child_sas = ChildSas(self)
+        self.installer = ChildInstaller(
+            kernel, self.child_sas, clock=clock,
+            delete_rekeyed_delay=lambda: self.conf.delete_rekeyed_delay,
+            install_retry=INSTALL_RETRY, resync_delay=RESYNC_DELAY)
+        self.views = Views(self)
+        self.lifecycle = Lifecycle(self)
+        self.changes = Changes(self)
+        self.saved = Restorer(self)
+        self.traps = Traps(kernel, self.routes, self.reqid)
+        self.changes.load(conf)
+
+    # The installer's state, as the daemon's tests and views read it.
+    @property
+    def children(self) -> dict[int, ChildRecord]:
+        return self.installer.children
+
+    @property
+    def install_failures(self) -> dict[tuple[str, str], InstallFailure]:
+        return self.installer.install_failures
+
+    @property
+    def install_seconds(self) -> float:
+        return self.installer.install_seconds
+
+    @property
+    def _rekeys(self) -> dict[int, list[ChildRecord]]:
+        return self.installer.rekeys
+
+    @property
+    def _jobs_idle(self) -> asyncio.Event:
+        return self.installer.jobs_idle
+
+    @property
+    def _lingering(self) -> dict[SaId, asyncio.TimerHandle]:
+        return self.installer.lingering
 
     # ----------------------------------------------------------------- configuration
 
@@ -292,69 +202,23 @@ class Controller:
             self._reqids[key] = REQID_MIN + len(self._reqids) + 1
         return self._reqids[key]
 
-    def load(self, conf: cf.DaemonConf) -> list[str]:
-        """Take a new configuration; returns the names of connections that changed."""
-        self.conf = conf
-        changed = []
-        for name, conn in sorted(conf.connections.items()):
-            old = self.connections.get(name)
-            if old is not None and old.conf == conn:
-                continue
-            pool = None
-            if conn.pool:
-                pool = self._pools.setdefault(name, AddressPool(conn.pool))
-            try:
-                ike = cf.ike_config(name, conn, pool)
-            except (OSError, ValueError) as exc:  # e.g. a psk_file or key that is missing
-                self._not_loadable(name, exc)
-                continue
-            self.not_loaded.pop(name, None)
-            # The database's id if given; else kept across reloads, new ones numbered on.
-            ident = conn.id or (old.id if old else self._next_id())
-            record = ConnectionRecord(ident, name, conn, ike)
-            if old is not None:  # what runs stays: reload() applies the difference
-                record.state, record.reason, record.detail = old.state, old.reason, old.detail
-                record.since, record.traps, record.links = old.since, old.traps, old.links
-                record.wanted = old.wanted
-            self.connections[name] = record
-            changed.append(name)
-        for name in set(self.connections) - set(conf.connections):
-            changed.append(name)
-        for name in set(self.not_loaded) - set(conf.connections):
-            del self.not_loaded[name]
-        self.manager.configs = {r.name: r.ike for r in self.connections.values()
-                                if r.name in conf.connections}
-        return changed
-
-    def _not_loadable(self, name: str, exc: Exception) -> None:
-        """One connection that cannot be loaded is left out (a running one keeps its
-        last good configuration); the others load. `status` says why."""
-        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename \
-            else str(exc)
-        if self.not_loaded.get(name) != why:
-            log.error("connection %s not loaded: %s", name, why)
-        self.not_loaded[name] = why
-
-    def _next_id(self) -> int:
-        return max((r.id for r in self.connections.values()), default=0) + 1
-
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._job_loop(), name="kernel-jobs"),
+        self._tasks = [loop.create_task(self.installer.run(), name="kernel-jobs"),
                        loop.create_task(self._kernel_event_loop(), name="kernel-events"),
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
         if self.state is not None:
             try:
-                await self._restore(self.state)
+                await self.saved.restore(self.state)
             finally:
-                self._restored.set()
-            self._tasks.append(loop.create_task(self._state_writer(self.state),
+                self.installer.ready.set()
+            self._tasks.append(loop.create_task(self.saved.writer(self.state),
                                                 name="state-writer"))
-        self._restored.set()
+        self.installer.ready.set()
+        await self._sync_links(adopt=True)
         for record in self.connections.values():
-            await self._ensure_links(record)
             if not self._sas_of(record):
                 await self._apply_start_action(record)
 
@@ -365,9 +229,8 @@ class Controller:
         keep = self.state is not None if keep_tunnels is None else keep_tunnels
         if keep and self.state is not None:
             await self.drain()
-            for child in [c for c in self.children.values() if c.outbound_pending]:
-                await self._add_outbound(child)  # the saved CHILD_SAs are whole
-            self.state.save(self._snapshot())
+            await self.installer.complete_pending()  # the saved CHILD_SAs are whole
+            self.state.save(self.saved.snapshot())
             await self._cancel_tasks()  # lingering SAs: the next process's orphans
             return
         now = self.clock()
@@ -379,14 +242,10 @@ class Controller:
         while self.manager.all() and loop.time() < give_up:
             await asyncio.sleep(0.05)  # let the peers answer our deletes
         await self.drain()
-        for child in list(self.children.values()):
-            await self._remove(child)  # peers that did not answer in time
-        self.children.clear()
-        for sa_id in list(self._lingering):
-            await self._delete_lingering(sa_id)
+        await self.installer.remove_all()
         for record in self.connections.values():
-            await self._remove_traps(record)
-            await self._remove_links(record)
+            await self.traps.remove(record)
+        await self.route_links.close()
         if self.routes is not None:
             await self.routes.close()
         if self.state is not None:
@@ -396,8 +255,7 @@ class Controller:
     async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for handle in self._lingering.values():
-            handle.cancel()
+        self.installer.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -406,8 +264,7 @@ class Controller:
 
     async def drain(self) -> None:
         """Wait until every queued kernel job ran (tests and shutdown)."""
-        await self._jobs_idle.wait()
-        await asyncio.sleep(0)
+        await self.installer.drain()
 
     async def _apply_start_action(self, record: ConnectionRecord) -> None:
         if record.conf.start_action is cf.StartAction.START:
@@ -430,7 +287,7 @@ class Controller:
         self._outbox.extend(self.manager.datagrams_to_send())
         if self._flushing:
             return
-        self._flushing, queued = True, len(self._jobs)  # only grows until we return
+        self._flushing, queued = True, self.installer.queued
         try:
             while (event := self.manager.next_event()) is not None:
                 self._on_event(event)
@@ -438,8 +295,8 @@ class Controller:
         finally:
             self._flushing = False
         datagrams, self._outbox = tuple(self._outbox), []
-        if datagrams and len(self._jobs) != queued:
-            self._queue_job(_SendAfter(datagrams))
+        if datagrams and self.installer.queued != queued:
+            self.installer.queue(SendAfter(datagrams))
         else:
             for datagram in datagrams:
                 self.send(datagram)
@@ -470,14 +327,14 @@ class Controller:
     def _on_event(self, event: Event) -> None:
         handler = _EVENT_HANDLERS.get(type(event))
         if isinstance(event, NegotiationFailed) and event.connection not in self.connections:
-            self._on_failed(event)  # a stranger's: reported as UnmatchedPeer, rate-limited
+            self.lifecycle.on_failed(event)  # a stranger's: reported as UnmatchedPeer, rate-limited
             return
         if self.event_listeners or log.isEnabledFor(logging.INFO):
-            self._emit(type(event).__name__, _event_fields(event))
+            self.emit(type(event).__name__, event_fields(event))
         if handler is not None:
             handler(self, event)
 
-    def _emit(self, kind: str, fields: dict[str, object]) -> None:
+    def emit(self, kind: str, fields: dict[str, object]) -> None:
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()),
                      extra={"event": kind, "fields": fields})
@@ -488,7 +345,7 @@ class Controller:
         self.counters["ike_setups"] += 1
         record = self.connections.get(event.connection)
         if record is not None:
-            self._set_state(record, ConnectionState.UP, None)
+            self.lifecycle.set_state(record, ConnectionState.UP, None)
 
     def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
         self.counters["rekeys"] += 1
@@ -498,571 +355,11 @@ class Controller:
         if event.ike_sa in self._vips:
             self._vips[event.new_ike_sa] = self._vips.pop(event.ike_sa)
 
-    def _on_ike_down(self, event: IkeSaDown) -> None:
-        self._reauth_failed(event.ike_sa)
-        vip = self._vips.pop(event.ike_sa, None)
-        if vip is not None and event.reason != "rekeyed":
-            self._queue_job(lambda: self._vip_address(vip, add=False))
-        record = self.connections.get(event.connection)
-        if record is None or any(sa.name == record.name and sa.state is not IkeState.CLOSED
-                                 for sa in self.manager.all()):
-            return
-        if event.reason == "rekeyed":
-            return
-        self._forget_lingering(record.name)  # no IKE SA left: nothing more in flight
-        reason = DownReason.of(event.reason)
-        if reason is DownReason.OTHER or not record.detail:
-            record.detail = {"message": event.reason}
-        self._connection_down(record, reason)
-
-    def _on_failed(self, event: NegotiationFailed) -> None:
-        self.failures[event.reason.value] = self.failures.get(event.reason.value, 0) + 1
-        if event.ike_sa in self._reauths:  # the old IKE SA stays meanwhile
-            log.warning("reauthentication of %s failed: %s: %s", event.connection,
-                        event.reason.value, event.message)
-            if event.child is not None:
-                self._reauth_child_done(event.ike_sa, event.child)
-            else:
-                self._reauth_failed(event.ike_sa)
-            return
-        record = self.connections.get(event.connection)
-        if record is None:
-            self._unmatched(event)
-            return
-        what = f"{event.connection}/{event.child}" if event.child else event.connection
-        log.warning("negotiation failed: %s: %s: %s (ours: %s; theirs: %s)", what,
-                    event.reason.value, event.message, "; ".join(event.ours) or "-",
-                    "; ".join(event.theirs) or "-")
-        reason = DownReason.of(event.reason.value)
-        detail: dict[str, object] = {"message": event.message, "ours": list(event.ours),
-                                     "theirs": list(event.theirs)}
-        sa = self.manager.get(event.ike_sa)
-        if event.child is not None or (sa is not None and sa.state is IkeState.ESTABLISHED):
-            self._children_refused(record, event, reason, detail)
-            return
-        if any(sa.id != event.ike_sa and sa.state is IkeState.ESTABLISHED
-               for sa in self._sas_of(record)):
-            return  # another attempt (e.g. a stranger's) failed; the tunnel is up
-        record.detail = detail
-        self._connection_down(record, reason)
-
-    def _children_refused(self, record: ConnectionRecord, event: NegotiationFailed,
-                          reason: DownReason, detail: dict[str, object]) -> None:
-        """A CHILD_SA was refused while its IKE_SA stays up: that child is down (when the
-        responder found no child for the peer's selectors, every child not up is)."""
-        names = [event.child] if event.child is not None else [
-            n for n in record.conf.children
-            if not any(c.event.child == n for c in self._children_of(event.ike_sa))]
-        for name in names:
-            conf = record.conf.children.get(name)
-            child_detail = dict(detail)
-            if conf is not None and reason is DownReason.TS_UNACCEPTABLE:
-                child_detail |= {"local_ts": list(conf.local_ts) or ["(local address)"],
-                                 "remote_ts": list(conf.remote_ts) or ["(remote address)"]}
-                log.warning("%s/%s: our selectors %s === %s", record.name, name,
-                            ",".join(conf.local_ts) or "(local address)",
-                            ",".join(conf.remote_ts) or "(remote address)")
-            record.child_down[name] = _ChildDown(reason, child_detail, self.clock())
-
-    def _unmatched(self, event: NegotiationFailed) -> None:
-        """A failure no loaded connection owns (an IKE_SA_INIT or identity that matches
-        none): counted, kept for `status`, logged and sent as an event at most once a
-        minute per remote address (a scan must not flood the log)."""
-        sa = self.manager.get(event.ike_sa) if event.ike_sa else None
-        local = event.local or (sa.local if sa is not None else None)
-        remote = event.remote or (sa.remote if sa is not None else None)
-        info = FailureInfo(self._wall(self.clock()) or datetime.now(UTC),
-                           DownReason.of(event.reason.value), event.message,
-                           f"{local[0]}:{local[1]}" if local else None,
-                           f"{remote[0]}:{remote[1]}" if remote else None)
-        self.unmatched.append(info)
-        now, key = self.clock(), remote[0] if remote else ""
-        if now - self._unmatched_logged.get(key, -UNMATCHED_LOG_INTERVAL) < \
-                UNMATCHED_LOG_INTERVAL:
-            return
-        if len(self._unmatched_logged) > 4096:
-            self._unmatched_logged.clear()
-        self._unmatched_logged[key] = now
-        log.warning("unmatched peer %s -> %s: %s: %s (ours: %s; theirs: %s)", info.remote,
-                    info.local, event.reason.value, event.message,
-                    "; ".join(event.ours) or "-", "; ".join(event.theirs) or "-")
-        self._emit("UnmatchedPeer", {"failure": event.reason.value,
-                                     "message": f"{event.reason.value} from {info.remote} to "
-                                                f"{info.local}: {event.message}",
-                                     "local": info.local, "remote": info.remote,
-                                     "ours": list(event.ours), "theirs": list(event.theirs)})
-
-    def _connection_down(self, record: ConnectionRecord, reason: DownReason) -> None:
-        was_up = record.state is ConnectionState.UP
-        self._set_state(record, ConnectionState.DOWN, reason)
-        if reason in (DownReason.DELETED, DownReason.DAEMON_STOPPED):
-            return
-        if reason is DownReason.DELETED_BY_PEER:
-            self._after_peer_delete(record)
-            return
-        if was_up and reason is DownReason.PEER_UNREACHABLE:
-            self._after_dead_peer(record)
-        elif record.wanted:  # not up yet (unreachable, refused ...): keep trying
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
-
-    def _after_dead_peer(self, record: ConnectionRecord) -> None:
-        """An established peer stopped answering (DPD): do what dpd_action says."""
-        action = record.conf.dpd_action
-        self._come_back(record, restart=action is cf.DpdAction.RESTART,
-                        trap=action is cf.DpdAction.TRAP)
-
-    def _after_peer_delete(self, record: ConnectionRecord) -> None:
-        """The peer closed the IKE SA: do what close_action says (default: stay down)."""
-        action = record.conf.close_action
-        self._come_back(record, restart=action is cf.CloseAction.START,
-                        trap=action is cf.CloseAction.TRAP)
-
-    def _come_back(self, record: ConnectionRecord, *, restart: bool, trap: bool) -> None:
-        """Re-initiate after a delay, or re-arm the trap policies, or stay down."""
-        record.wanted = restart
-        if restart:
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record.name)
-        elif trap:
-            self._queue_job(lambda: self._install_traps(record))
-
-    def _retry(self, name: str) -> None:
-        record = self.connections.get(name)
-        if record is not None and record.wanted and record.state is ConnectionState.DOWN:
-            self._initiate(record)
-
-    def _set_state(self, record: ConnectionRecord, state: ConnectionState,
-                   reason: DownReason | None) -> None:
-        record.state, record.since = state, self.clock()
-        record.reason = reason
-        if state in (ConnectionState.UP, ConnectionState.CONNECTING):
-            record.detail = {}
-
-    def _on_child(self, event: ChildSaNegotiated) -> None:
-        self.counters["child_setups"] += 1
-        record = self.connections.get(event.connection)
-        child_conf = record.conf.children.get(event.child) if record else None
-        if child_conf is None:  # removed from the configuration while it was negotiated
-            log.warning("CHILD_SA %s/%s is no longer configured: deleting it",
-                        event.connection, event.child)
-            self._delete_with_peer(event, "not configured")
-            return
-        assert record is not None
-        record.child_down.pop(event.child, None)
-        # A rekey we answered: the peer sends on the new SA once it has our response, we
-        # once it deleted the old one. In a collision (both rekeyed at once) we wait too,
-        # till the loser's SA is known. A replacement (a new CHILD_SA of a child that has
-        # one: changed configuration, reauthentication) is treated as a rekey of it.
-        old = event.rekey_of if event.rekey_of in self.children else self._replaced(event)
-        # A replacement keeps the reqid even with other selectors: while both live, the
-        # peer's inbound policies accept either SA (templates match by reqid).
-        install = build_child(event, child_conf, self.reqid(event.connection, event.child))
-        siblings = self._rekeys.setdefault(old, []) if old is not None else None
-        pending = siblings is not None and (not event.initiator or any(
-            c.event.spi_in in self.children for c in siblings))
-        child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
-                            outbound_pending=pending, predecessor=old, conf=child_conf)
-        self.children[event.spi_in] = child
-        if siblings is not None:
-            siblings.append(child)
-        self._queue_job(child)
-        self._reauth_child_done(event.ike_sa, event.child)
-        replaces = self._replace_after.pop((event.ike_sa, event.child), ())
-        if replaces and event.rekey_of is None:
-            self._queue_job(lambda: self._delete_replaced(event.ike_sa, replaces))
-        if child_conf.interface_name and child_conf.mtu is None:
-            name, mtu = child_conf.interface_name, interface_mtu(event)
-            self._queue_job(lambda: self._set_mtu(name, mtu))
-
-    def _replaced(self, event: ChildSaNegotiated) -> int | None:
-        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection
-        and child that nothing replaces yet."""
-        olds = [c for c in self.children.values()
-                if c.event.connection == event.connection and c.event.child == event.child
-                and c.event.spi_in != event.spi_in and c.state != "DELETED"
-                and not any(n.event.spi_in in self.children
-                            for n in self._rekeys.get(c.event.spi_in, ()))]
-        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
-
-    def _delete_replaced(self, ike_sa: int, spis: Sequence[int]) -> None:
-        """The replacing CHILD_SA is installed: delete the ones it replaces."""
-        sa = self.manager.get(ike_sa)
-        if sa is None or sa.state is not IkeState.ESTABLISHED:
-            return
-        now = self.clock()
-        for spi in spis:
-            if spi in self.children:
-                with contextlib.suppress(LocalError):
-                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
-                        spi, now, "replaced"))
-        self._flush()
-
-    def _delete_with_peer(self, event: ChildSaNegotiated, reason: str) -> None:
-        """Delete a CHILD_SA we will not keep, telling the peer (INFORMATIONAL)."""
-        sa = self.manager.get(event.ike_sa)
-        if sa is not None and sa.state is IkeState.ESTABLISHED:
-            now, spi_in = self.clock(), event.spi_in
-            with contextlib.suppress(LocalError):  # the peer may have deleted it meanwhile
-                self.manager.act(sa, lambda s: s.delete_child(spi_in, now, reason))
-            self._flush()
-
-    def _on_child_deleted(self, event: ChildSaDeleted) -> None:
-        child = self.children.pop(event.spi_in, None)
-        if child is not None:
-            child.state = "DELETED"
-            self._queue_job(lambda: self._retire(child))
-        record = self.connections.get(event.connection)
-        if record is not None and not any(
-                c.event.ike_sa == event.ike_sa and c.event.child == event.child
-                for c in self._children_of(event.ike_sa)):
-            reason = DownReason.of(event.reason)
-            known = record.child_down.get(event.child)
-            if known is None or known.reason is not reason:  # else keep what it knows
-                detail: dict[str, object] = {"message": event.reason}
-                record.child_down[event.child] = _ChildDown(reason, detail, self.clock())
-
-    def _children_of(self, ike_sa: int) -> list[ChildRecord]:
-        """The CHILD_SAs of one IKE_SA (the IKE core's list, so no scan of every child)."""
-        sa = self.manager.get(ike_sa)
-        spis = [c.spi_in for c in sa.children.values()] if sa is not None else []
-        return [self.children[spi] for spi in spis if spi in self.children]
-
-    async def _retire(self, child: ChildRecord) -> None:
-        """Remove a deleted CHILD_SA; a rekey's successor then sends on its own SA (before
-        the old one goes), and a replaced CHILD_SA's inbound SA lingers. Only the rekeys
-        it was part of are looked at, as the old CHILD_SA or as a new one."""
-        rekeys = [k for k in (child.event.spi_in, child.predecessor) if k in self._rekeys]
-        for old in rekeys:
-            made = self._rekeys[old]
-            while (ready := next((c for c in made if self._may_send(c)), None)) is not None:
-                await self._add_outbound(ready)  # one at a time: each may block the next
-        replaced = any(c.event.spi_in in self.children
-                       for c in self._rekeys.get(child.event.spi_in, ()))
-        await self._remove(child, linger=replaced)
-        for old in rekeys:
-            if old not in self.children and not any(
-                    c.outbound_pending and c.event.spi_in in self.children
-                    for c in self._rekeys[old]):
-                del self._rekeys[old]  # done: the old one is gone, nobody waits
-
-    def _may_send(self, waiting: ChildRecord) -> bool:
-        """A CHILD_SA waiting for its outbound SA may have it now: its predecessor is
-        gone, no sibling of the same rekey (a collision's) sends on its own, and the IKE
-        core is not deleting it (a collision's loser)."""
-        if not (waiting.outbound_pending and waiting.in_kernel):
-            return False
-        old = waiting.predecessor
-        if old is None or old in self.children or any(
-                c is not waiting and c.event.spi_in in self.children and not c.outbound_pending
-                for c in self._rekeys.get(old, ())):
-            return False
-        sa = self.manager.get(waiting.event.ike_sa)
-        state = sa.child_state(waiting.event.spi_in) if sa is not None else None
-        return state not in (None, ChildState.DELETING)
-
-    async def _add_outbound(self, child: ChildRecord) -> None:
-        try:
-            await self.kernel.add_sa(child.install.outbound)
-        except KernelError as exc:
-            await self._remove(child)
-            self._install_failed(child, exc)
-            return
-        child.outbound_pending = False
-
-    def _on_vip(self, event: VirtualIpAssigned) -> None:
-        log.info("virtual IP %s %s for %s", event.address,
-                 "assigned" if event.to_peer else "received", event.connection)
-        if not event.to_peer and self.links is not None:
-            # A client uses its virtual IP as the source of tunnelled traffic: put it on
-            # the loopback device while the IKE SA lives.
-            address = f"{event.address}/{32 if ':' not in event.address else 128}"
-            self._vips[event.ike_sa] = address
-            self._queue_job(lambda: self._vip_address(address, add=True))
-
-    async def _vip_address(self, address: str, add: bool) -> None:
-        assert self.links is not None
-        try:
-            if add:
-                await self.links.add_address(VIP_DEVICE, address)
-            else:
-                await self.links.delete_address(VIP_DEVICE, address)
-        except KernelError as exc:
-            log.warning("virtual IP %s on %s: %s", address, VIP_DEVICE, exc)
-
-    # ----------------------------------------------------------------- kernel work
-
-    def _queue_job(self, job: ChildRecord | _SendAfter | Callable[[], object]) -> None:
-        self._jobs.append(job)
-        self._jobs_idle.clear()
-        self._job_ready.set()
-
-    async def _job_loop(self) -> None:
-        await self._restored.wait()
-        while True:
-            await self._job_ready.wait()
-            while self._jobs:
-                job = self._jobs.popleft()
-                try:
-                    if isinstance(job, ChildRecord | _SendAfter):
-                        # installs queued together go in one batch, then their datagrams
-                        batch = [job]
-                        while self._jobs and isinstance(self._jobs[0], ChildRecord | _SendAfter):
-                            batch.append(self._jobs.popleft())  # type: ignore[arg-type]
-                        await self._install(
-                            [j for j in batch if isinstance(j, ChildRecord)],
-                            [d for j in batch if isinstance(j, _SendAfter) for d in j.datagrams])
-                    else:
-                        result = job()
-                        if asyncio.iscoroutine(result):
-                            await result
-                except Exception:  # a kernel job must never stop the loop
-                    log.exception("kernel job failed")
-            self._job_ready.clear()
-            self._jobs_idle.set()
-
-    async def _install(self, batch: list[ChildRecord], datagrams: list[Datagram]) -> None:
-        """Install CHILD_SAs in one netlink batch (each all-or-nothing on its own), then
-        send the datagrams that announce them."""
-        batch = [c for c in batch if c.state != "DELETED"]
-        started = time.perf_counter()
-        results: list[tuple[ChildRecord, KernelError | None]] = []
-        for outbound in (True, False):
-            group = [c for c in batch if c.outbound_pending is not outbound]
-            if group:
-                errors = await self.kernel.install_children([c.install for c in group],
-                                                            outbound=outbound)
-                results += zip(group, errors, strict=True)
-        self.install_seconds += time.perf_counter() - started
-        for datagram in datagrams:
-            self.send(datagram)
-        for child, error in results:
-            if error is None:
-                self._set_installed(child)
-                self.counters["kernel_installs"] += 1
-                self.install_failures.pop((child.event.connection, child.event.child), None)
-            else:
-                self._install_failed(child, error)
-        for child in batch:
-            if child.in_kernel:
-                await self._hold_child_routes(child)
-
-    def _install_failed(self, child: ChildRecord, exc: KernelError) -> None:
-        """Nothing of it stayed in the kernel (rolled back): tell the peer it is gone, and
-        negotiate it again after a back-off (doubling per failure of the same child)."""
-        event = child.event
-        key = (event.connection, event.child)
-        attempts = self.install_failures[key].attempts + 1 if key in self.install_failures \
-            else 1
-        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2 ** (attempts - 1))
-        reason = kernel_reason(exc)
-        self.install_failures[key] = InstallFailure(reason, attempts, self.clock() + delay)
-        log.error("installing CHILD_SA %s/%s failed (attempt %d, again in %.0f s): %s",
-                  *key, attempts, delay, reason)
-        self._emit("ChildInstallFailed", {"connection": event.connection, "child": event.child,
-                                          "ike_sa": event.ike_sa, "spi_in": event.spi_in,
-                                          "reason": reason, "attempt": attempts,
-                                          "retry_in": delay})
-        self.failures["KERNEL_INSTALL"] = self.failures.get("KERNEL_INSTALL", 0) + 1
-        self.children.pop(event.spi_in, None)
-        child.state = "FAILED"
-        record = self.connections.get(event.connection)
-        if record is not None:
-            record.child_down[event.child] = _ChildDown(
-                DownReason.KERNEL_INSTALL_FAILED, {"message": reason}, self.clock())
-        self._delete_with_peer(event, DownReason.KERNEL_INSTALL_FAILED.value)
-        asyncio.get_running_loop().call_later(delay, self._retry_install, event)
-        self._schedule_resync("a kernel install failed")  # an undo may have failed too
-
-    def _retry_install(self, failed: ChildSaNegotiated) -> None:
-        """Negotiate a child again whose install failed: rekey its predecessor if that
-        still lives, else create it on its IKE SA unless one of its name is there."""
-        sa = self.manager.get(failed.ike_sa)
-        if sa is None or sa.state is not IkeState.ESTABLISHED:
-            return  # the connection's own retry (start action, DPD, close action) rules
-        now, name, old = self.clock(), failed.child, failed.rekey_of
-        if old is None or old not in self.children:
-            if any(c.event.ike_sa == sa.id and c.event.child == name
-                   for c in self.children.values()):
-                return  # a CHILD_SA of that name is up (or coming) again
-            old = None
-        with contextlib.suppress(LocalError, ValueError, KeyError):
-            if old is not None:
-                self.manager.act(sa, lambda s: s.rekey_child(old, now))
-            else:
-                self.manager.act(sa, lambda s: s.create_child(name, now))
-        self._flush()
-
-    def _set_installed(self, child: ChildRecord) -> None:
-        child.in_kernel = True
-        self._installed[child.event.spi_in] = child
-
-    def _schedule_resync(self, why: str, delay: float | None = None) -> None:
-        """Compare the kernel with what we believe in, soon (one pending at a time)."""
-        if self._resync_queued:
-            return
-        self._resync_queued = True
-        wait = self.resync_delay if delay is None else delay
-        log.info("resynchronising with the kernel in %.1f s: %s", wait, why)
-        asyncio.get_running_loop().call_later(
-            wait, self._queue_job, functools.partial(self._resync, why))
-
-    async def _resync(self, why: str) -> None:
-        """Make the kernel hold exactly our CHILD_SAs, lingering SAs and traps; replace
-        CHILD_SAs whose SAs vanished (a hard expire whose event was lost) and rekey those
-        whose soft expire passed unnoticed. On failure, again with back-off."""
-        self._resync_queued = False
-        keep: set[tuple[IPAddress, int, Proto]] = {(sa.dst, sa.spi, sa.proto)
-                                                   for sa in self._lingering}
-        policies: list[PolicySpec] = []
-        for record in self.connections.values():
-            policies += record.traps
-        for child in self._installed.values():
-            keep.add(_key(child.install.inbound))
-            if not child.outbound_pending:
-                keep.add(_key(child.install.outbound))
-            policies += child.install.policies
-        try:
-            result = await self.kernel.resync(keep, policies)
-        except KernelError as exc:
-            self._resync_backoff = min(RESYNC_MAX, self._resync_backoff * 2)
-            log.warning("resynchronising with the kernel failed: %s", exc)
-            self._schedule_resync(why, self._resync_backoff)
-            return
-        self._resync_backoff = self.resync_delay
-        log.info("resynchronised with the kernel (%s): removed %d SAs, %d policies; "
-                 "restored %d policies; %d SAs missing", why, result.sas_removed,
-                 result.policies_removed, result.policies_restored, len(result.missing_sas))
-        now = self.clock()
-        for child in list(self._installed.values()):
-            sas = {_key(child.install.inbound)}
-            if not child.outbound_pending:
-                sas.add(_key(child.install.outbound))
-            if sas & result.missing_sas:
-                await self._lost_from_kernel(child, now)
-            elif child.event.spi_in in self.children and child.state == "INSTALLED" and \
-                    0 < child.install.inbound.lifetime.soft_add_expires_seconds <= \
-                    now - child.installed_at:
-                self._on_expire(Expire(child.install.inbound.id, False, child.reqid))
-
-    async def _lost_from_kernel(self, child: ChildRecord, now: float) -> None:
-        """A CHILD_SA whose SA the kernel lost: remove the rest, replace it with the peer."""
-        await self._remove(child)
-        if self.children.pop(child.event.spi_in, None) is None:
-            return  # IKE deleted it already
-        child.state = "DELETED"
-        sa = self.manager.get(child.event.ike_sa)
-        if sa is not None and sa.state is IkeState.ESTABLISHED:
-            record = self.connections.get(child.event.connection)
-            configured = record is not None and child.event.child in record.conf.children
-            with contextlib.suppress(LocalError, ValueError, KeyError):
-                self._replace_lost_child(sa, child.event, configured, now)
-            self._flush()
-
-    async def _remove(self, child: ChildRecord, linger: bool = False) -> None:
-        """Take a CHILD_SA out of the kernel; with `linger` its inbound SA stays for
-        `delete_rekeyed_delay` seconds."""
-        if not child.in_kernel:
-            return
-        child.in_kernel = False
-        self._installed.pop(child.event.spi_in, None)
-        linger = linger and self.conf.delete_rekeyed_delay > 0
-        try:
-            await self.kernel.remove_child(child.install, inbound=not linger,
-                                           outbound=not child.outbound_pending)
-        except KernelError as exc:
-            log.warning("removing CHILD_SA %s: %s", child.event.child, exc)
-            self._schedule_resync(f"removing CHILD_SA {child.event.child} failed")
-        if linger:
-            self._linger(child.install.inbound.id, child.event.connection)
-        if self.routes is not None:
-            await self.routes.release(child.event.spi_in)
-
-    def _linger(self, sa: SaId, connection: str) -> None:
-        self._lingering_of[sa] = connection
-
-        def expired() -> None:
-            self._queue_job(lambda: self._delete_lingering(sa))
-
-        loop = asyncio.get_running_loop()
-        self._lingering[sa] = loop.call_later(self.conf.delete_rekeyed_delay, expired)
-
-    async def _delete_lingering(self, sa: SaId) -> None:
-        self._lingering_of.pop(sa, None)
-        if (handle := self._lingering.pop(sa, None)) is not None:
-            handle.cancel()
-            try:
-                await self.kernel.delete_sa(sa)  # ESRCH (expired meanwhile) passes
-            except KernelError as exc:
-                log.warning("deleting rekeyed SA %s: %s", sa, exc)
-                self._schedule_resync("deleting a rekeyed SA failed")
-
-    async def _hold_child_routes(self, child: ChildRecord) -> None:
-        event = child.event
-        record = self.connections.get(event.connection)
-        conf = record.conf.children.get(event.child) if record else None
-        if conf is None or conf.interface_kind is not None or event.mode is not Mode.TUNNEL:
-            return  # route-based (its interface has the routes) or transport
-        vip = self._vips.get(event.ike_sa)
-        await self._hold_routes(event.spi_in, event.local_ts, event.remote_ts,
-                                event.remote[0], vip.split("/")[0] if vip else None)
-
-    async def _hold_routes(self, owner: object, local_ts: Sequence[TrafficSelector],
-                           remote_ts: Sequence[TrafficSelector], peer: str,
-                           vip: str | None = None) -> None:
-        """Routes are a convenience: a failure is logged, the SAs stay."""
-        if self.routes is None:
-            return
-        try:
-            routes = await self.routes.plan(local_ts, remote_ts, peer, vip)
-            await self.routes.hold(owner, routes)
-        except KernelError as exc:
-            log.warning("routes to %s: %s", ", ".join(map(ts.format_ts, remote_ts)), exc)
-
-    def _trap_children(self, record: ConnectionRecord) -> Iterator[_TrapChild]:
-        """The configured children with the selectors their trap policies hold."""
-        conf = record.conf
-        if not conf.remote_addrs or not conf.local_addrs:
-            return
-        local, remote = conf.local_addrs[0], conf.remote_addrs[0]
-        for name, child in conf.children.items():
-            local_ts = tuple(ts.parse(t) for t in child.local_ts) or \
-                (ts.from_address(ipaddress.ip_address(local)),)
-            remote_ts = tuple(ts.parse(t) for t in child.remote_ts) or \
-                (ts.from_address(ipaddress.ip_address(remote)),)
-            yield _TrapChild(name, child, local_ts, remote_ts, local, remote)
-
-    def _trap_specs(self, record: ConnectionRecord) -> list[PolicySpec]:
-        return [spec for t in self._trap_children(record)
-                for spec in trap_policies(t.local_ts, t.remote_ts, t.local, t.remote, t.conf,
-                                          self.reqid(record.name, t.name))]
+    # ----------------------------------------------------------------- installer host
 
     async def _install_traps(self, record: ConnectionRecord) -> None:
-        if record.traps:
-            return
-        for policy in self._trap_specs(record):
-            try:
-                await self.kernel.add_policy(policy)
-                record.traps.append(policy)
-            except KernelError as exc:
-                log.error("trap policy for %s: %s", record.name, exc)
-        if record.traps and record.state is ConnectionState.DOWN:
-            self._set_state(record, ConnectionState.TRAPPED, None)
-        await self._hold_trap_routes(record)
-
-    async def _hold_trap_routes(self, record: ConnectionRecord) -> None:
-        """A trap's first packet needs a route to reach its policy."""
-        for trap in self._trap_children(record):
-            if trap.conf.interface_kind is None and trap.conf.mode is Mode.TUNNEL:
-                await self._hold_routes(("trap", record.name, trap.name), trap.local_ts,
-                                        trap.remote_ts, trap.remote)
-
-    async def _remove_traps(self, record: ConnectionRecord) -> None:
-        for policy in record.traps:
-            with contextlib.suppress(KernelError):
-                await self.kernel.remove_policy(policy)
-        record.traps = []
-        if self.routes is not None:
-            for name in record.conf.children:
-                await self.routes.release(("trap", record.name, name))
+        if await self.traps.install(record) and record.state is ConnectionState.DOWN:
+            self.lifecycle.set_state(record, ConnectionState.TRAPPED, None)
 
     async def _keepalive_loop(self) -> None:
         """Behind a NAT, keep its UDP mapping open for the peer (one 0xFF octet on 4500)."""
@@ -1074,58 +371,11 @@ class Controller:
 
     # ----------------------------------------------------------------- route-based links
 
-    async def _ensure_links(self, record: ConnectionRecord) -> None:
-        """Create the XFRM interfaces / VTIs of a connection's route-based children, with
-        their addresses and routes (already present ones, from before a restart, are kept)."""
-        for name, child in record.conf.children.items():
-            if child.interface_kind is None or child.interface_name is None:
-                continue
-            if self.links is None:
-                log.error("%s/%s is route-based but no link manager is running",
-                          record.name, name)
-                continue
-            try:
-                await self._create_link(record.conf, child)
-            except (KernelError, ValueError) as exc:
-                log.error("interface %s of %s/%s: %s", child.interface_name, record.name,
-                          name, exc)
-                continue
-            record.links.append(child.interface_name)
-
-    async def _create_link(self, conn: cf.ConnectionConf, child: cf.ChildConf) -> None:
-        links, name = self.links, child.interface_name
-        assert links is not None and name is not None
-        with contextlib.suppress(KernelError):
-            await links.index(name)
-            return  # kept from before a restart
-        if child.interface_kind == "xfrmi":
-            await links.add_xfrm_interface(XfrmInterface(name, child.if_id or 0), child.mtu)
-        else:
-            if not conn.local_addrs or not conn.remote_addrs:
-                raise ValueError("a VTI needs local_addrs and remote_addrs")
-            await links.add_vti(VtiDevice(
-                name, ipaddress.IPv4Address(conn.local_addrs[0]),
-                ipaddress.IPv4Address(conn.remote_addrs[0]), child.mark_in or 0,
-                child.mark_out or 0), child.mtu)
-        for address in child.interface_addresses:
-            await links.add_address(name, address)
-        for route in child.routes:
-            await links.add_route(ipaddress.ip_network(route), name)
-
-    async def _remove_links(self, record: ConnectionRecord) -> None:
-        if self.links is None:
-            return
-        for name in record.links:
-            with contextlib.suppress(KernelError):
-                await self.links.delete_link(name)  # its addresses and routes go with it
-        record.links = []
-
-    async def _set_mtu(self, name: str, mtu: int) -> None:
-        if self.links is not None:
-            try:
-                await self.links.set_mtu(name, mtu)
-            except KernelError as exc:
-                log.warning("MTU %d on %s: %s", mtu, name, exc)
+    async def _sync_links(self, *, adopt: bool = False) -> None:
+        """Links to the configuration, make-before-break (see routelinks.py): those in use
+        by a CHILD_SA in the kernel stay until it goes."""
+        in_use = {c.link for c in self.installer.installed.values() if c.link is not None}
+        await self.route_links.sync(self._wanted_links, in_use, adopt=adopt)
 
     # ----------------------------------------------------------------- kernel events
 
@@ -1140,77 +390,19 @@ class Controller:
         if isinstance(event, EventsLost):  # the monitor socket overran (ENOBUFS)
             log.warning("kernel events were lost (%s): resynchronising with the kernel",
                         errno.errorcode.get(event.errno, event.errno))
-            self._schedule_resync("kernel events lost", 0.0)
+            self.installer.schedule_resync("kernel events lost", 0.0)
         elif isinstance(event, Expire):
-            self._on_expire(event)
+            self.child_sas.on_expire(event)
         elif isinstance(event, Acquire):
             self._on_acquire(event)
         elif isinstance(event, KernelMapping):
-            self._on_mapping(event)
-
-    def _on_mapping(self, event: KernelMapping) -> None:
-        """ESP-in-UDP from the peer arrived from a new address or port (its NAT rebound):
-        the IKE SA follows when the peer is behind a NAT and we are not."""
-        child = self.children.get(event.sa.spi)
-        sa = self.manager.get(child.event.ike_sa) if child is not None else None
-        if sa is None:
-            return
-        moved = (str(event.new_src), event.new_sport)
-        if moved != sa.remote:
-            self.manager.act(sa, lambda s: s.peer_moved(moved))
-            self._flush()
-
-    def _on_peer_moved(self, event: PeerMoved) -> None:
-        for child in [c for c in self.children.values() if c.event.ike_sa == event.ike_sa]:
-            self._queue_job(functools.partial(self._move_child, child, event.new))
-
-    async def _move_child(self, child: ChildRecord, remote: Endpoint) -> None:
-        """Re-address a CHILD_SA's SAs and policies to the peer's new endpoint."""
-        record = self.connections.get(child.event.connection)
-        conf = record.conf.children.get(child.event.child) if record else None
-        if conf is None or not child.in_kernel or child.event.remote == remote:
-            return
-        if child.outbound_pending:  # a move is rare: stop waiting for the old one's delete
-            await self._add_outbound(child)
-            if not child.in_kernel:
-                return
-        event = replace(child.event, remote=remote)
-        install = build_child(event, conf, child.reqid)
-        try:
-            await self.kernel.move_child(child.install, install)
-        except KernelError as exc:
-            log.error("moving CHILD_SA %s to %s:%d: %s", event.child, *remote, exc)
-            return
-        child.event, child.install = event, install
-        await self._hold_child_routes(child)  # now via the peer's new address
-
-    def _on_expire(self, event: Expire) -> None:
-        child = self._child_by_sa(event.sa.spi)
-        if child is None:
-            return
-        sa = self.manager.get(child.event.ike_sa)
-        if sa is None:
-            return
-        now = self.clock()
-        spi_in = child.event.spi_in
-        if event.hard:
-            self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "hard expire"))
-        elif sa.child_state(spi_in) is ChildState.INSTALLED:  # once per CHILD_SA
-            with contextlib.suppress(LocalError):
-                self.manager.act(sa, lambda s: s.rekey_child(spi_in, now))
-        self._flush()
-
-    def _child_by_sa(self, spi: int) -> ChildRecord | None:
-        if spi in self.children:
-            return self.children[spi]
-        return next((c for c in self.children.values() if c.event.spi_out == spi), None)
+            self.child_sas.on_mapping(event)
 
     def _on_acquire(self, event: Acquire) -> None:
-        for record in self.connections.values():
-            if any(p.templates and p.templates[0].reqid == event.reqid for p in record.traps):
-                if record.state in (ConnectionState.TRAPPED, ConnectionState.DOWN):
-                    self._initiate(record)
-                return
+        record = self.traps.owner_of(list(self.connections.values()), event.reqid)
+        if record is not None and record.state in (ConnectionState.TRAPPED,
+                                                   ConnectionState.DOWN):
+            self._initiate(record)
 
     # ----------------------------------------------------------------- actions
 
@@ -1220,7 +412,7 @@ class Controller:
             raise ActionRejected(f"connection {record.name} has no remote address")
         remote_addr = conf.remote_addrs[0]
         local_addr = conf.local_addrs[0] if conf.local_addrs else self._source_for(remote_addr)
-        self._set_state(record, ConnectionState.CONNECTING, None)
+        self.lifecycle.set_state(record, ConnectionState.CONNECTING, None)
         for name in children or list(record.child_down):
             record.child_down.pop(name, None)  # a new attempt: its result will tell
         self.manager.initiate(record.name, (local_addr, conf.local_port),
@@ -1240,8 +432,10 @@ class Controller:
                 return record
         raise UnknownTarget(f"connection {connection_id}")
 
-    def _sas_of(self, record: ConnectionRecord) -> list[IkeSa]:
+    def sas_of(self, record: ConnectionRecord) -> list[IkeSa]:
         return [sa for sa in self.manager.all() if sa.name == record.name]
+
+    _sas_of = sas_of
 
     def _ike_sa(self, sa_id: str) -> IkeSa:
         sa = self.manager.get(int(sa_id)) if sa_id.isdigit() else None
@@ -1253,7 +447,7 @@ class Controller:
         record = self._record(connection_id)
         children = None
         if child_id is not None:
-            names = [n for n in record.conf.children if _child_id(record, n) == child_id]
+            names = [n for n in record.conf.children if child_id_of(record, n) == child_id]
             if not names:
                 raise UnknownTarget(f"child {child_id} of connection {connection_id}")
             children = names
@@ -1301,6 +495,14 @@ class Controller:
                 return child
         raise UnknownTarget(f"CHILD_SA {child_id}")
 
+    def load(self, conf: cf.DaemonConf) -> list[str]:
+        """Take a new configuration; returns the names of connections that changed."""
+        return self.changes.load(conf)
+
+    async def reload(self, conf: cf.DaemonConf) -> list[str]:
+        """Apply a new configuration, doing the least that reaches it (changes.py)."""
+        return await self.changes.reload(conf)
+
     async def config_changed(self, kind: ConfigKind, object_id: int,
                              change: ConfigChange) -> None:
         """The file-backed daemon reloads on SIGHUP; the database-backed one re-reads its
@@ -1308,606 +510,47 @@ class Controller:
         if self.config_source is None:
             raise ActionRejected("this daemon is configured from a file: edit it and send SIGHUP")
         async with self._reload_lock:
-            changed = await self.reload(await self.config_source())
+            changed = await self.changes.reload(await self.config_source())
         log.info("%s %s %s: reloaded %s", kind, object_id, change, ", ".join(changed) or "-")
-
-    async def reload(self, conf: cf.DaemonConf) -> list[str]:
-        """Apply a new configuration, doing the least that reaches it (see confdiff.py):
-        running SAs of a changed connection are changed make-before-break, never torn
-        down and set up again."""
-        before = {name: r.conf for name, r in self.connections.items()}
-        changed = self.load(conf)
-        for name in changed:
-            diff = confdiff.diff_connection(name, before.get(name), conf.connections.get(name))
-            record = self.connections[name]
-            if diff.removed:
-                await self._drop_connection(record)
-                self.connections.pop(name, None)
-                continue
-            log.info("%s: %s", name, _describe(diff))
-            live = [sa for sa in self._sas_of(record) if sa.state is IkeState.ESTABLISHED]
-            if diff.added or not live:
-                await self._restart_connection(record, fresh=diff.added)
-                continue
-            await self._update_traps(record, before[name])
-            await self._ensure_links(record)
-            if diff.reauth:
-                for sa in live:
-                    sa.config = record.ike  # what rekeys it until the new one is up
-                    if self._drives(sa, record):
-                        self._reauthenticate(sa, record)
-            elif diff.negotiates:
-                for sa in live:
-                    self._apply_children(sa, record)
-                    if diff.ike_rekey and self._drives(sa, record):  # the CHILD_SAs move
-                        self.manager.act(sa, functools.partial(IkeSa.rekey, now=self.clock()))
-            else:
-                for sa in live:
-                    sa.config = record.ike  # local settings: the next rekey reads them
-        self._flush()
-        return changed
-
-    async def _drop_connection(self, record: ConnectionRecord) -> None:
-        now = self.clock()
-        record.wanted = False
-        await self._remove_traps(record)
-        await self._remove_links(record)
-        for sa in self._sas_of(record):
-            self.manager.act(sa, lambda s: s.delete(now, "connection removed"))
-        self._forget_lingering(record.name)
-
-    def _forget_lingering(self, connection: str) -> None:
-        for sa_id in [k for k, c in self._lingering_of.items() if c == connection]:
-            self._queue_job(functools.partial(self._delete_lingering, sa_id))
-
-    async def _restart_connection(self, record: ConnectionRecord, fresh: bool) -> None:
-        """A new connection, or one with no IKE SA up: (re)start it as configured."""
-        if not fresh:
-            now = self.clock()
-            for sa in self._sas_of(record):  # half-open with the old settings
-                self.manager.act(sa, lambda s: s.delete(now, "configuration changed"))
-            await self._remove_traps(record)
-            await self._remove_links(record)
-            record.links = []
-        wanted = record.wanted
-        await self._ensure_links(record)
-        await self._apply_start_action(record)
-        if wanted and not record.wanted and record.conf.remote_addrs:
-            record.wanted = True  # brought up by the API: keep it up
-            self._initiate(record)
-
-    async def _update_traps(self, record: ConnectionRecord, before: cf.ConnectionConf) -> None:
-        """Trap policies of the new configuration first, then the old ones go (the kernel
-        counts shared policies: those that stay are never missing)."""
-        old = record.traps
-        if not old and before.start_action is cf.StartAction.TRAP:
-            return  # its traps were not installed (or failed): nothing to replace
-        record.traps = []
-        if record.conf.start_action is cf.StartAction.TRAP:
-            await self._install_traps(record)
-        for policy in old:
-            with contextlib.suppress(KernelError):
-                await self.kernel.remove_policy(policy)
-
-    def _apply_children(self, sa: IkeSa, record: ConnectionRecord) -> None:
-        """Bring the CHILD_SAs of a running IKE SA to the configured children: create the
-        new, delete the removed, replace the changed (new first, then the old deleted)."""
-        sa.config = record.ike
-        now = self.clock()
-        running: dict[str, list[ChildRecord]] = {}
-        for child in self.children.values():
-            if child.event.ike_sa == sa.id and child.state != "DELETED":
-                running.setdefault(child.event.child, []).append(child)
-        for name, children in running.items():
-            conf = record.conf.children.get(name)
-            for child in children:
-                if conf is None:
-                    spi = child.event.spi_in
-                    self.manager.act(sa, lambda s, spi=spi: s.delete_child(  # type: ignore[misc]
-                        spi, now, "removed from the configuration"))
-            stale = [c for c in children if conf is not None and c.conf is not None
-                     and confdiff.diff_child(c.conf, conf)]
-            if conf is None or not stale or not self._drives(sa, record, conf):
-                continue
-            if all(self._rekey_with(sa, c, record, now) for c in stale):
-                continue
-            self._replace_after[(sa.id, name)] = tuple(c.event.spi_in for c in stale)
-            self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
-                name, now))
-        for name, conf in record.conf.children.items():
-            if name not in running and self._drives(sa, record, conf):
-                self.manager.act(sa, lambda s, name=name: s.create_child(  # type: ignore[misc]
-                    name, now))
-
-    def _rekey_with(self, sa: IkeSa, child: ChildRecord, record: ConnectionRecord,
-                    now: float) -> bool:
-        """Replace a CHILD_SA by rekeying it with its child's new configuration: both ends
-        then keep sending on the old one until it is deleted (make-before-break even with
-        a peer that installs a new CHILD_SA's outbound SA at once). Not for a change of
-        mode or protocol, which a rekey cannot carry."""
-        old, new = child.conf, record.conf.children[child.event.child]
-        assert old is not None
-        if (old.mode, bool(old.ah_proposals)) != (new.mode, bool(new.ah_proposals)):
-            return False
-        spi, config = child.event.spi_in, record.ike.child(child.event.child)
-        try:
-            self.manager.act(sa, lambda s: s.rekey_child(spi, now, config))
-        except LocalError:
-            return False  # being rekeyed or deleted right now
-        child.state = "REKEYING"
-        return True
-
-    @staticmethod
-    def _drives(sa: IkeSa, record: ConnectionRecord, child: cf.ChildConf | None = None
-                ) -> bool:
-        """Whether this end brings a change to a running IKE SA: its original initiator,
-        or an end that starts the child itself. A passive responder leaves it to the peer
-        (both ends changed alike would otherwise both act)."""
-        start = (child.start_action if child else None) or record.conf.start_action
-        return sa.is_initiator or record.wanted or start is not cf.StartAction.NONE
 
     # ----------------------------------------------------------------- reauthentication
 
-    def _reauthenticate(self, sa: IkeSa, record: ConnectionRecord) -> None:
-        """RFC 7296 2.8.3, make-before-break: a new IKE SA with the children of the old
-        one (as configured now) comes up; then the old one is deleted."""
-        if any(old == sa.id for old, _ in self._reauths.values()):
-            return  # already under way
-        names = sorted({c.event.child for c in self.children.values()
-                        if c.event.ike_sa == sa.id} & set(record.conf.children))
-        names += [n for n, c in record.conf.children.items()
-                  if n not in names and self._drives(sa, record, c)]
-        if not names:
-            names = list(record.conf.children)
-        try:
-            new = self.manager.initiate(record.name, sa.local, sa.remote, self.clock(),
-                                        names, reauth=True)
-        except LocalError as exc:
-            log.error("reauthenticating %s: %s", record.name, exc)
-            return
-        log.info("reauthenticating IKE SA %d of %s as %d (make-before-break)", sa.id,
-                 record.name, new.id)
-        self._reauths[new.id] = (sa.id, set(names))
-
-    def _on_reauth_due(self, event: ReauthDue) -> None:
-        """reauth_time reached: reauthenticate, make-before-break. A responder cannot do
-        it for a remote-access client (it holds a virtual IP from us): that IKE SA ends at
-        its hard lifetime unless the client reauthenticates (as strongSwan)."""
-        sa, record = self.manager.get(event.ike_sa), self.connections.get(event.connection)
-        if sa is None or record is None or sa.state is not IkeState.ESTABLISHED:
-            return
-        if any(other.established_at is not None and sa.established_at is not None
-               and other.established_at > sa.established_at
-               and other.state is IkeState.ESTABLISHED and other.remote == sa.remote
-               and other.id not in self._reauths for other in self._sas_of(record)):
-            return  # the peer reauthenticated it already: it deletes this one
-        if not sa.is_initiator and sa.virtual_ip is not None:
-            log.warning("IKE SA %d of %s: the client did not reauthenticate; it expires at "
-                        "its hard lifetime (over_time)", sa.id, record.name)
-            return
-        self._reauthenticate(sa, record)
-
-    def _reauth_child_done(self, ike_sa: int, child: str) -> None:
-        """A child came up (or failed) on a reauthentication's new IKE SA; when none is
-        left, the old IKE SA goes, after the kernel work queued so far."""
-        entry = self._reauths.get(ike_sa)
-        if entry is None:
-            return
-        entry[1].discard(child)
-        if not entry[1]:
-            del self._reauths[ike_sa]
-            self._queue_job(functools.partial(self._finish_reauth, entry[0], ike_sa))
-
-    def _finish_reauth(self, old_id: int, new_id: int) -> None:
-        old, new = self.manager.get(old_id), self.manager.get(new_id)
-        if old is None or new is None or new.state is not IkeState.ESTABLISHED:
-            return
-        log.info("IKE SA %d of %s reauthenticated as %d: deleting the old one", old_id,
-                 old.name, new_id)
-        now = self.clock()
-        self.manager.act(old, lambda s: s.delete(now, "reauthenticated"))
-        self._flush()
-
-    def _reauth_failed(self, ike_sa: int) -> None:
-        entry = self._reauths.pop(ike_sa, None)
-        if entry is not None:
-            log.warning("reauthentication of IKE SA %d failed: keeping it", entry[0])
-
     # ----------------------------------------------------------------- saved state
-
-    def _snapshot(self) -> dict[str, object]:
-        """IKE SAs with the CHILD_SAs they installed, and the reqids (see state.py)."""
-        ike_sas = []
-        for sa in self.manager.all():
-            if sa.state is not IkeState.ESTABLISHED:
-                continue
-            children = [child_to_dict(c.event) for c in self.children.values()
-                        if c.event.ike_sa == sa.id and c.in_kernel]
-            ike_sas.append({"ike": persist.snapshot(sa), "children": children,
-                            "installed_at": {str(c.event.spi_in): c.installed_at
-                                             for c in self.children.values()
-                                             if c.event.ike_sa == sa.id}})
-        return {"reqids": [[c, n, r] for (c, n), r in self._reqids.items()],
-                "ike_sas": ike_sas, "clock": {"boot_id": self.boot_id(),
-                                              "monotonic": self.clock(),
-                                              "wall": self.wall_clock()}}
-
-    async def _state_writer(self, state: StateFile) -> None:
-        while True:
-            await asyncio.sleep(STATE_INTERVAL)
-            if self._dirty:
-                self._dirty = False
-                await self.drain()
-                await asyncio.to_thread(state.save, self._snapshot())
-
-    async def _restore(self, state: StateFile) -> None:
-        """Take back the tunnels of the previous process: restore its IKE SAs, hold the
-        CHILD_SAs still in the kernel, re-create those that are gone, remove orphans."""
-        try:
-            data = state.load() or {}
-        except (ValueError, OSError) as exc:
-            log.error("saved state %s unreadable, starting afresh: %s", state.path, exc)
-            data = {}
-        for conn, child, reqid in data.get("reqids", []):
-            self._reqids[(conn, child)] = reqid
-        shift = self._clock_shift(data.get("clock"))
-        for saved in data.get("ike_sas", []):
-            _shift_times(saved, shift)
-        present = {(s.spec.dst, s.spec.spi, s.spec.proto) for s in await self.kernel.dump_sas()}
-        kept: set[tuple[IPAddress, int, Proto]] = set()
-        for saved in data.get("ike_sas", []):
-            kept |= self._restore_ike_sa(saved, present)
-        for record in self.connections.values():
-            await self._adopt_traps(record)
-        # only what was there before any request was answered can be an orphan
-        try:
-            removed = await self.kernel.remove_orphans(kept, among=present)
-        except KernelError as exc:
-            log.warning("removing orphans of the previous process: %s", exc)
-            removed = (0, 0)
-            self._schedule_resync("orphan removal failed")
-        for child in list(self.children.values()):
-            await self._hold_child_routes(child)  # kept in the kernel: counted again
-        log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
-                 len(self.manager.all()), len(self.children), *removed)
-        self._flush()
-
-    def _clock_shift(self, saved: dict[str, Any] | None) -> float:
-        """Saved times are on the previous process's monotonic clock: the same clock after
-        a daemon restart, but another one after a reboot. Then they are moved by the
-        wall-clock time that passed, so deadlines keep their distance."""
-        boot = self.boot_id()
-        if not saved or (boot is not None and saved.get("boot_id") == boot):
-            return 0.0
-        elapsed = self.wall_clock() - float(saved["wall"])
-        return self.clock() - elapsed - float(saved["monotonic"])
-
-    def _restore_ike_sa(self, saved: dict[str, Any], present: set[Any]
-                        ) -> set[tuple[IPAddress, int, Proto]]:
-        record = self.connections.get(saved["ike"]["connection"])
-        if record is None:
-            return set()  # connection removed meanwhile: its kernel state goes as orphans
-        sa = persist.restore(saved["ike"], record.ike, self.clock(), self._random_spi)
-        self.manager.adopt(sa)
-        kept: set[Any] = set()
-        now = self.clock()
-        for child_data in saved["children"]:
-            event = child_from_dict(child_data, sa.id)
-            child_conf = record.conf.children.get(event.child)
-            ids = {(ipaddress.ip_address(e[0]), spi, proto) for e, spi, proto in (
-                (event.local, event.spi_in, _proto(event)),
-                (event.remote, event.spi_out, _proto(event)))}
-            if child_conf is None or not ids <= present:
-                self._replace_lost_child(sa, event, child_conf is not None, now)
-                continue
-            install = build_child(event, child_conf, self.reqid(event.connection, event.child))
-            self.kernel.adopt_child(install)
-            installed_at = saved.get("installed_at", {}).get(str(event.spi_in), now)
-            self._set_installed(ChildRecord(event, install, install.inbound.reqid,
-                                            installed_at, conf=child_conf))
-            self.children[event.spi_in] = self._installed[event.spi_in]
-            kept |= ids
-        self._set_state(record, ConnectionState.UP, None)
-        return kept
-
-    def _replace_lost_child(self, sa: IkeSa, event: ChildSaNegotiated, still_configured: bool,
-                            now: float) -> None:
-        """A saved CHILD_SA gone from the kernel (or from the configuration): delete it
-        with the peer, and negotiate a new one if it is still configured."""
-        spi_in, name = event.spi_in, event.child
-        self.manager.act(sa, lambda s: s.delete_child(spi_in, now, "lost in restart"))
-        if still_configured:
-            self.manager.act(sa, lambda s: s.create_child(name, now))
-
-    async def _adopt_traps(self, record: ConnectionRecord) -> None:
-        """Trap policies the previous process left in the kernel are held again."""
-        if record.conf.start_action is not cf.StartAction.TRAP or self._sas_of(record):
-            return
-        present = {p.spec.key for p in await self.kernel.dump_policies()}
-        for policy in self._trap_specs(record):
-            if policy.key in present:
-                self.kernel.adopt_policy(policy)
-                record.traps.append(policy)
-        if record.traps:
-            self._set_state(record, ConnectionState.TRAPPED, None)
-            await self._hold_trap_routes(record)
 
     # ----------------------------------------------------------------- read-only views
 
-    def _wall(self, moment: float | None) -> datetime | None:
-        """A moment of `clock` as the wall-clock time it was (or will be)."""
-        if not moment:
-            return None
-        return datetime.fromtimestamp(self.wall_clock() - (self.clock() - moment), UTC)
-
     async def list_ike_sas(self) -> Sequence[IkeSaInfo]:
-        return [self._ike_info(sa) for sa in self.manager.all()]
-
-    def _ike_info(self, sa: IkeSa) -> IkeSaInfo:
-        suite = sa.suite or Suite(ProtocolId.IKE)
-        record = self.connections.get(sa.name)
-        rekey_at = sa.rekey_deadline
-        return IkeSaInfo(
-            id=str(sa.id), connection_id=record.id if record else None,
-            connection_name=sa.name if record else None, state=sa.state.name,
-            initiator=sa.is_initiator, spi_i=int.from_bytes(sa.spi_i, "big"),
-            spi_r=int.from_bytes(sa.spi_r, "big"), local_addr=sa.local[0],
-            local_port=sa.local[1], remote_addr=sa.remote[0], remote_port=sa.remote[1],
-            local_id=str(sa.local_id) if sa.local_id else None,
-            remote_id=str(sa.remote_id) if sa.remote_id else None,
-            encryption=_encr_name(suite), integrity=_name(IntegId, suite.integ),
-            prf=f"PRF_{_name(PrfId, suite.prf)}" if suite.prf is not None else None,
-            dh_group=_name(DhId, suite.dh),
-            proposal=_proposal(suite), established_at=self._wall(sa.established_at),
-            rekey_at=self._wall(rekey_at), reauth_at=self._wall(sa.reauth_deadline),
-            expire_at=self._wall(sa.expire_deadline),
-            nat_local=sa.nat_local, nat_remote=sa.nat_remote)
+        return await self.views.list_ike_sas()
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
-        sa = self.manager.get(sa_id)
-        return self._ike_info(sa) if sa is not None else None
+        return self.views.ike_sa_info(sa_id)
 
     def child_sa_info(self, spi_in: int) -> ChildSaInfo | None:
         """One CHILD_SA without kernel counters (cheap, for the recorder)."""
-        child = self.children.get(spi_in)
-        return self._child_info(child, Traffic()) if child is not None else None
+        return self.views.child_sa_info(spi_in)
 
     async def list_child_sas(self) -> Sequence[ChildSaInfo]:
-        out = []
-        for child in list(self.children.values()):
-            traffic = await self._traffic(child)
-            out.append(self._child_info(child, traffic))
-        return out
-
-    async def _traffic(self, child: ChildRecord) -> Traffic:
-        try:
-            inbound = await self.kernel.counters(child.install.inbound.id)
-            outbound = KernelCounters() if child.outbound_pending else \
-                await self.kernel.counters(child.install.outbound.id)
-        except KernelError:
-            return Traffic()
-        used = max(inbound.use_time, outbound.use_time)  # the kernel's wall-clock seconds
-        return Traffic(inbound.bytes, outbound.bytes, inbound.packets, outbound.packets,
-                       datetime.fromtimestamp(used, UTC) if used else None)
-
-    def _child_info(self, child: ChildRecord, traffic: Traffic) -> ChildSaInfo:
-        event = child.event
-        record = self.connections.get(event.connection)
-        lifetime = child.install.inbound.lifetime
-        return ChildSaInfo(
-            id=str(event.child_id), ike_sa_id=str(event.ike_sa),
-            connection_id=record.id if record else None,
-            child_id=_child_id(record, event.child) if record else None,
-            name=event.child, state=self._child_state(child), mode=event.mode.value,
-            protocol=event.protocol.name.lower(), spi_in=event.spi_in, spi_out=event.spi_out,
-            local_ts=tuple(map(ts.format_ts, event.local_ts)),
-            remote_ts=tuple(map(ts.format_ts, event.remote_ts)),
-            encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
-            dh_group=_name(DhId, event.suite.dh), proposal=_proposal(event.suite),
-            reqid=child.reqid, esn=event.suite.esn, encap=event.encap,
-            if_id=child.install.inbound.if_id or None, installed_at=self._wall(child.installed_at),
-            rekey_at=self._wall(child.installed_at + lifetime.soft_add_expires_seconds)
-            if lifetime.soft_add_expires_seconds else None,
-            expire_at=self._wall(child.installed_at + lifetime.hard_add_expires_seconds)
-            if lifetime.hard_add_expires_seconds else None,
-            traffic=traffic)
-
-    def _child_state(self, child: ChildRecord) -> str:
-        """The IKE core's state of the CHILD_SA (INSTALLED, REKEYING, REKEYED, DELETING),
-        or ours once it left the core (DELETED, FAILED)."""
-        sa = self.manager.get(child.event.ike_sa)
-        state = sa.child_state(child.event.spi_in) if sa is not None else None
-        return state.name if state is not None else child.state
+        return await self.views.list_child_sas()
 
     async def list_policies(self) -> Sequence[PolicyInfo]:
-        out = []
-        for child in self.children.values():
-            record = self.connections.get(child.event.connection)
-            out += [_policy_info(p, str(child.event.child_id), record.id if record else None)
-                    for p in child.install.policies]
-        for record in self.connections.values():
-            out += [_policy_info(p, None, record.id) for p in record.traps]
-        return out
+        return await self.views.list_policies()
 
     async def kernel_view(self) -> KernelView:
-        states = [_kernel_sa(s.spec, s.counters) for s in await self.kernel.dump_sas()]
-        policies = [_kernel_policy(p.spec) for p in await self.kernel.dump_policies()]
-        return KernelView(tuple(states), tuple(policies))
+        return await self.views.kernel_view()
 
     async def status(self) -> DaemonStatus:
-        installed: dict[tuple[str, str], list[str]] = {}
-        for child in self.children.values():
-            key = (child.event.connection, child.event.child)
-            installed.setdefault(key, []).append(str(child.event.child_id))
-        connections = tuple(
-            ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
-                             tuple(str(sa.id) for sa in self._sas_of(r)), self._wall(r.since),
-                             self._children_status(r, installed))
-            for r in sorted(self.connections.values(), key=lambda r: r.id))
-        counters = Counters(self.counters["ike_setups"], self.counters["child_setups"],
-                            self.counters["rekeys"], dict(self.failures),
-                            self.counters["kernel_installs"], self.install_seconds)
-        not_loaded = dict(self.not_loaded)
-        if self.load_problems is not None:
-            not_loaded |= self.load_problems()
-        return DaemonStatus(self._wall(self.started_at) or datetime.now(UTC), connections,
-                            counters, __version__, tuple(self.unmatched), not_loaded,
-                            self.kernel_kind)
-
-    def _children_status(self, record: ConnectionRecord,
-                         installed: dict[tuple[str, str], list[str]]
-                         ) -> tuple[ChildStatus, ...]:
-        """Each configured child: up with its CHILD_SAs; else down with its own reason
-        (refused, install failed, deleted), or as its connection is."""
-        out = []
-        for name in sorted(record.conf.children):
-            ids, down = installed.get((record.name, name)), record.child_down.get(name)
-            child_id = _child_id(record, name)
-            if ids:
-                out.append(ChildStatus(name, child_id, ConnectionState.UP,
-                                       child_sa_ids=tuple(ids)))
-            elif down is not None:
-                out.append(ChildStatus(name, child_id, ConnectionState.DOWN, down.reason,
-                                       dict(down.detail), since=self._wall(down.since)))
-            elif record.state is ConnectionState.UP:  # not negotiated (yet)
-                out.append(ChildStatus(name, child_id, ConnectionState.DOWN))
-            else:
-                out.append(ChildStatus(name, child_id, record.state, record.reason,
-                                       since=self._wall(record.since)))
-        return tuple(out)
-
-
-def _shift_times(saved: dict[str, Any], shift: float) -> None:
-    """Move one saved IKE_SA's times (see Controller._clock_shift)."""
-    if not shift:
-        return
-    ike = saved["ike"]
-    for key in ("established_at", "rekey_deadline", "reauth_deadline"):
-        if ike.get(key) is not None:
-            ike[key] += shift
-    saved["installed_at"] = {spi: at + shift
-                             for spi, at in saved.get("installed_at", {}).items()}
-
-
-def read_boot_id() -> str | None:
-    """This boot's id (monotonic clocks restart with it)."""
-    try:
-        return BOOT_ID.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _describe(diff: confdiff.ConnectionDiff) -> str:
-    if diff.added:
-        return "added"
-    parts = ["reauthenticating" if diff.reauth else "rekeying the IKE SA"
-             if diff.ike_rekey else ""]
-    for what, names in (("new", diff.children_added), ("removed", diff.children_removed),
-                        ("replaced", diff.children_replaced)):
-        if names and not diff.reauth:
-            parts.append(f"{what} children {', '.join(names)}")
-    if diff.local_fields:
-        parts.append(f"local settings {', '.join(diff.local_fields)}")
-    return "; ".join(p for p in parts if p) or "nothing to negotiate"
-
-
-def _child_id(record: ConnectionRecord, name: str) -> int | None:
-    """The child's database id, or (file mode) its 1-based place in sorted order."""
-    child = record.conf.children.get(name)
-    if child is None:
-        return None
-    return child.id or sorted(record.conf.children).index(name) + 1
-
-
-_KEYWORD_OF = {(t, ident, bits): word for word, (t, ident, bits) in reversed(KEYWORDS.items())}
-
-
-def _proposal(suite: Suite) -> str | None:
-    """A negotiated suite in proposal keywords (as configured): aes128gcm16-prfsha256-x25519."""
-    words = []
-    for kind, ident, bits in ((TransformType.ENCR, suite.encr, suite.encr_bits or None),
-                              (TransformType.INTEG, suite.integ, None),
-                              (TransformType.PRF, suite.prf, None),
-                              (TransformType.DH, suite.dh, None)):
-        if ident is None or (ident == 0 and kind in (TransformType.INTEG, TransformType.DH)):
-            continue
-        words.append(_KEYWORD_OF.get((kind, ident, bits), f"{kind.name.lower()}{ident}"))
-    if suite.esn:
-        words.append("esn")
-    return "-".join(words) or None
-
-
-def _encr_name(suite: Suite) -> str | None:
-    if suite.encr is None:
-        return None
-    name = _name(EncrId, suite.encr)
-    return f"{name}_{suite.encr_bits}" if suite.encr_bits else name
-
-
-def _policy_info(p: PolicySpec, child_id: str | None, connection_id: int | None) -> PolicyInfo:
-    sel = p.selector
-    return PolicyInfo(direction=p.direction.name.lower(), src=str(sel.src), dst=str(sel.dst),
-                      proto=sel.proto, action=p.action.name.lower(), priority=p.priority,
-                      if_id=p.if_id or None, mark=p.mark.value if p.mark else None,
-                      mark_mask=p.mark.mask if p.mark else None, child_sa_id=child_id,
-                      connection_id=connection_id)
-
-
-def _kernel_sa(spec: SaSpec, counters: KernelCounters) -> KernelSaInfo:
-    algs = {kind: KernelAlgorithm(alg.name, len(alg.key) * 8)
-            for kind, alg in (("aead", spec.aead), ("crypt", spec.crypt), ("auth", spec.auth))
-            if alg is not None}
-    return KernelSaInfo(src=str(spec.src), dst=str(spec.dst), spi=spec.spi,
-                        proto=spec.proto.name.lower(), mode=spec.mode.name.lower(),
-                        reqid=spec.reqid, algorithms=algs, if_id=spec.if_id or None,
-                        encap=bool(spec.encap), bytes=counters.bytes, packets=counters.packets)
-
-
-def _kernel_policy(p: PolicySpec) -> KernelPolicyInfo:
-    info = _policy_info(p, None, None)
-    return KernelPolicyInfo(direction=info.direction, src=info.src, dst=info.dst,
-                            proto=info.proto, action=info.action, priority=info.priority,
-                            if_id=info.if_id, reqids=tuple(t.reqid for t in p.templates))
-
-
-_PLAIN = (int, float, str, bool, type(None), list, tuple)
-
-
-def _event_fields(event: Event) -> dict[str, object]:
-    """Event fields for logs and the event stream: never key material."""
-    hidden = {"encr_key_in", "integ_key_in", "encr_key_out", "integ_key_out"}
-    out: dict[str, object] = {}
-    for name in event.__dataclass_fields__:
-        if name in hidden:
-            continue
-        value = getattr(event, name)
-        if isinstance(value, bytes):
-            value = value.hex()
-        elif isinstance(value, tuple) and value and hasattr(value[0], "ts_type"):
-            value = [ts.format_ts(t) for t in value]
-        elif isinstance(value, Suite) or not isinstance(value, _PLAIN):
-            value = str(value)
-        out[name] = value
-    return out
+        return await self.views.status()
 
 
 _Handler = Callable[[Controller, Any], None]  # each takes its own event type
 _EVENT_HANDLERS: dict[type, _Handler] = {
     IkeSaUp: Controller._on_ike_up,
     IkeSaRekeyed: Controller._on_ike_rekeyed,
-    IkeSaDown: Controller._on_ike_down,
-    NegotiationFailed: Controller._on_failed,
-    ChildSaNegotiated: Controller._on_child,
-    ChildSaDeleted: Controller._on_child_deleted,
-    VirtualIpAssigned: Controller._on_vip,
-    PeerMoved: Controller._on_peer_moved,
-    ReauthDue: Controller._on_reauth_due,
+    IkeSaDown: lambda c, e: c.lifecycle.on_ike_down(e),
+    NegotiationFailed: lambda c, e: c.lifecycle.on_failed(e),
+    ChildSaNegotiated: lambda c, e: c.child_sas.on_child(e),
+    ChildSaDeleted: lambda c, e: c.child_sas.on_child_deleted(e),
+    VirtualIpAssigned: lambda c, e: c.child_sas.on_vip(e),
+    PeerMoved: lambda c, e: c.child_sas.on_peer_moved(e),
+    ReauthDue: lambda c, e: c.changes.on_reauth_due(e),
 }
-
-
-def _key(sa: SaSpec) -> tuple[IPAddress, int, Proto]:
-    return sa.dst, sa.spi, sa.proto
-
-
-def _proto(event: ChildSaNegotiated) -> Proto:
-    return Proto.AH if event.protocol is ProtocolId.AH else Proto.ESP
