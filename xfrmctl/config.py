@@ -23,7 +23,7 @@ DEFAULT_CONFIG_FILE = Path("/etc/xfrmctl/xfrmctl.yaml")
 DEFAULT_SOCKET = Path("/run/xfrmctl/api.sock")
 
 
-class SettingsError(Exception):
+class SettingsError(ValueError):
     """A setting (environment XFRMCTL_* or the YAML file) holds a value that cannot be
     used; the message names each setting and says what it must be."""
 
