@@ -3,6 +3,7 @@ named steps with their times, routes between the pair subnets, ping, the REST da
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,9 +60,21 @@ def api_env(work: Path) -> dict[str, str]:
 
 
 def wait_for_api(socket_path: Path, daemon: XfrmctlDaemon, timeout: float = 300.0) -> None:
-    """The API binds after the IKE sockets (importing FastAPI is slow under TCG)."""
+    """Until the API accepts connections on its socket. It binds after the IKE sockets
+    (importing FastAPI is slow under TCG), and the file exists a moment before uvicorn
+    listens on it: a connection then is refused."""
     deadline = time.monotonic() + timeout
-    while not socket_path.exists():
+    while not _accepts(socket_path):
         assert daemon.running, f"daemon exited\n{daemon.tail()}"
-        assert time.monotonic() < deadline, f"no API socket after {timeout} s\n{daemon.tail()}"
-        time.sleep(1)
+        assert time.monotonic() < deadline, f"no API on {socket_path} after {timeout} s\n" \
+            f"{daemon.tail()}"
+        time.sleep(0.5)
+
+
+def _accepts(socket_path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(socket_path))
+        except OSError:  # not there yet, or not listening yet
+            return False
+    return True

@@ -34,9 +34,7 @@ from tests.ansible.tunnel import (
 from tests.lab.conftest import GatewayPair
 from tests.lab.pair_common import Steps, ping, route_subnets, wait_for_api
 
-# Not yet seen passing in the VM: run it by name,
-# `deploy/lab/run tests/lab/test_ansible_tunnel.py`.
-pytestmark = [pytest.mark.lab, pytest.mark.lab_extra]
+pytestmark = pytest.mark.lab
 
 PSK = "lab-ansible-psk-not-secret"
 PLAY_TIMEOUT = 1500.0  # seconds for one ansible-playbook run under TCG

@@ -376,7 +376,7 @@ class Charon:
         *,
         log_levels: Mapping[str, int] | None = None,
         plugins: Sequence[str] | None = DEFAULT_PLUGINS,
-        start_timeout: float = 90.0,
+        start_timeout: float = 240.0,  # charon loads its plugins slowly under TCG
     ) -> None:
         self.netns = netns
         self.workdir = Path(workdir).resolve()
