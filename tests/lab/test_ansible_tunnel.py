@@ -2,8 +2,9 @@
 xfrmctl gateways (database-mode daemons in the lab's namespaces, each with its API on a
 unix socket), brings the tunnel up with the sa module (which waits for gw1's CHILD_SA)
 and waits with the info module until gw2 has its CHILD_SA too; ESP then carries a ping.
-A second run of the same playbook changes nothing (PLAY RECAP), and the tunnel still
-carries traffic.
+That a second run of the same playbook changes nothing is checked on the host against
+in-memory kernels (tests/ansible/test_tunnel.py): the modules read the same API answers
+there, and a second run here would cost seven minutes of CI under TCG.
 
     gw1: xfrmctl --api                           gw2: xfrmctl --api
     198.51.100.0/24 == ESP 192.0.2.1 <-> 192.0.2.2 == 203.0.113.0/24
@@ -11,8 +12,7 @@ carries traffic.
 Kept cheap for TCG, where every Python start is slow: one ansible-playbook run for both
 gateways (two local hosts, parallel forks), no facts, pipelining, four tasks and six
 module runs (the PSK and the connection tasks run for both gateways at once), results
-from the recap (no task writes a file), the ping by the test itself. The same playbook
-runs on the host against in-memory kernels (tests/ansible/test_tunnel.py).
+from the recap (no task writes a file), the ping by the test itself.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ PSK = "lab-ansible-psk-not-secret"
 PLAY_TIMEOUT = 1500.0  # seconds for one ansible-playbook run under TCG
 
 
-def test_playbook_brings_up_a_tunnel_and_is_idempotent(
+def test_playbook_brings_up_a_tunnel(
     gateway_pair: GatewayPair, tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -72,15 +72,7 @@ def test_playbook_brings_up_a_tunnel_and_is_idempotent(
         assert " 0% packet loss" in out, out
         step("ping")
 
-        second = play(TUNNEL_PLAYBOOK, inventory, tmp_path, {"vault_psk": PSK}, PLAY_TIMEOUT)
-        assert second.proc.returncode == 0, second.output[-8000:]
-        assert {h: (r["changed"], r["failed"]) for h, r in second.recap.items()} == {
-            "gw1": (0, 0), "gw2": (0, 0)}, second.output[-3000:]
-        step("second_run")
-        out = ping(pair.left, pair.right)
-        assert " 0% packet loss" in out, out
-        for text in (first.output, second.output, *(gw.daemon.log_path.read_text()
-                                                    for gw in gws)):
+        for text in (first.output, *(gw.daemon.log_path.read_text() for gw in gws)):
             assert PSK not in text
     finally:
         for gw in gws:
