@@ -180,6 +180,7 @@ class IkeConfig:
     send_cert: SendCert = SendCert.IFASKED
     request_virtual_ip: bool = False
     pool: AddressPoolLike | None = None
+    dns: tuple[str, ...] = ()  # DNS servers for the peer, with its virtual IP
     force_encap: bool = False
     initial_contact: bool = True
 

@@ -110,8 +110,11 @@ EapServerFactory = Callable[[int], EapServer]
 class EapClient(Protocol):
     """The road warrior's side of one EAP method for one IKE SA."""
 
-    method_type: int
     identity: str
+
+    @property
+    def method_type(self) -> int:
+        """The EAP type of the method (we Nak others with it)."""
 
     def process(self, packet: EapPacket) -> bytes:
         """Answer a request of our method; raise EapError when it fails."""
