@@ -16,7 +16,7 @@ from tests.support.pki import make_ca, make_cert
 from xfrmctl.daemon.pool import AddressPool
 from xfrmctl.ike.certs import TrustStore
 from xfrmctl.ike.config import AuthMethodName, IkeConfig, LocalAuth, RemoteAuth
-from xfrmctl.ike.constants import PayloadType
+from xfrmctl.ike.constants import CfgAttr, PayloadType
 from xfrmctl.ike.eap import EapPacket, EapServer, EapStep, Outcome
 from xfrmctl.ike.eap import mschapv2 as ms
 from xfrmctl.ike.eap.md4 import md4
@@ -28,6 +28,7 @@ from xfrmctl.ike.events import (
     VirtualIpAssigned,
 )
 from xfrmctl.ike.message import decode
+from xfrmctl.ike.payloads import CpPayload
 from xfrmctl.ike.sa import IkeState
 from xfrmctl.ike.tasks import ike_eap
 
@@ -50,6 +51,7 @@ def gateway(pki: tuple, server=None) -> IkeConfig:  # type: ignore[no-untyped-de
         remote_auth=RemoteAuth(AuthMethodName.PUBKEY, eap=factory),
         children=(child("lan", "203.0.113.0/24", "0.0.0.0/0"),),
         pool=AddressPool(ipaddress.ip_network("198.51.100.64/28")),
+        dns=("198.51.100.53", "2001:db8::53"),
     )
 
 
@@ -138,6 +140,15 @@ def test_eap_mschapv2_login_gives_sa_virtual_ip_and_child(pki: tuple) -> None:  
     assert sent_a[4] == [PayloadType.AUTH]
     assert PayloadType.AUTH in sent_b[4] and PayloadType.SA in sent_b[4]
     assert len(sent_a) == len(sent_b) == 5
+    # the last answer carries the virtual IP and the DNS servers (RFC 7296 3.15.1)
+    sa_a = pair.a.all()[0]
+    assert sa_a.keys is not None
+    last = [d for who, d in pair.wire if who == "b"][-1]
+    (cp,) = [p for p in decode(last.data, sa_a.keys.cipher_in).protected or []
+             if isinstance(p, CpPayload)]
+    assert [(a.attr_type, a.value) for a in cp.attributes[1:]] == [
+        (CfgAttr.INTERNAL_IP4_DNS, ipaddress.ip_address("198.51.100.53").packed),
+        (CfgAttr.INTERNAL_IP6_DNS, ipaddress.ip_address("2001:db8::53").packed)]
 
 
 def test_wrong_password_is_refused_with_reason(pki: tuple) -> None:  # type: ignore[type-arg]
