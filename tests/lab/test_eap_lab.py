@@ -159,6 +159,7 @@ def test_strongswan_client_logs_in_gets_vip_dns_and_pings(lab: Lab, keep_logs: N
     lab.charon.initiate("net", ike="home")
     up = lab.daemon.wait_event("IkeSaUp", 120, mark)
     assert up["connection"] == "rw" and up["initiator"] is False
+    assert up["remote_eap_id"] == USER, up
     event = wait_installed(lab.daemon, mark)
     vip = up["virtual_ip"]
     assert vip and ip_in(vip, POOL), up

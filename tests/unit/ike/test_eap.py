@@ -125,7 +125,8 @@ def test_eap_mschapv2_login_gives_sa_virtual_ip_and_child(pki: tuple) -> None:  
     pair = make_pair(client(pki), gateway(pki), wall_clock=True)
     up(pair)
     (up_a,), (up_b,) = pair.of("a", IkeSaUp), pair.of("b", IkeSaUp)
-    assert str(up_b.remote_id) == ADDR_A
+    assert str(up_b.remote_id) == ADDR_A and up_b.remote_eap_id == "carol"
+    assert up_a.remote_eap_id is None
     assert up_a.virtual_ip == up_b.virtual_ip
     assert ipaddress.ip_address(up_b.virtual_ip) in ipaddress.ip_network("198.51.100.64/28")
     (ca,), (cb,) = pair.of("a", ChildSaNegotiated), pair.of("b", ChildSaNegotiated)

@@ -136,7 +136,7 @@ def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
     return None
 
 
-def established(sa: IkeSa, now: float) -> None:
+def established(sa: IkeSa, now: float, remote_eap_id: str | None = None) -> None:
     """IKE_AUTH succeeded (either role): timers, and IkeSaUp."""
     conf = sa.conf()
     sa.move_to(IkeState.ESTABLISHED)
@@ -150,7 +150,7 @@ def established(sa: IkeSa, now: float) -> None:
         ike_sa=sa.id, connection=conf.name, spi_i=sa.spi_i, spi_r=sa.spi_r,
         initiator=sa.is_initiator, local=sa.local, remote=sa.remote, local_id=sa.local_id,
         remote_id=sa.remote_id, suite=sa.suite, nat_local=sa.nat_local,
-        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip))
+        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip, remote_eap_id=remote_eap_id))
 
 
 class IkeAuth:
@@ -349,7 +349,7 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
 
 
 def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payload],
-                     now: float) -> None:
+                     now: float, remote_eap_id: str | None = None) -> None:
     """Answer the last IKE_AUTH request `msg` with our `proof`, the configuration payload
     and the CHILD_SA the peer asked for in its `first` IKE_AUTH request."""
     conf, setup = sa.conf(), sa.setup
@@ -358,7 +358,7 @@ def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payloa
     cp = ike_config.respond(sa, conf, first)
     if cp is not None:
         payloads.append(cp)
-    established(sa, now)
+    established(sa, now, remote_eap_id)
     try:
         if first.find(SaPayload) is not None:
             payloads += answer_child_request(sa, first, None, now,

@@ -153,7 +153,7 @@ def _final_auth(sa: IkeSa, exchange: EapExchange, msg: Message, now: float) -> N
                 f"AUTH with the EAP MSK does not verify (EAP identity {exchange.identity!r})")
         return
     ours = AuthPayload(AuthMethod.PSK, _msk_auth(sa, exchange.msk, False, exchange.idr))
-    ike_auth.finish_responder(sa, exchange.first, msg, [ours], now)
+    ike_auth.finish_responder(sa, exchange.first, msg, [ours], now, exchange.identity)
 
 
 # --- client ----------------------------------------------------------------------------
