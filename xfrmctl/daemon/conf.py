@@ -26,7 +26,12 @@ policy-based tunnels, default on, table and rule priority 220; see daemon/routes
 packets still on the wire, default 5, as strongSwan's setting of that name), and
 `limits` (what unauthenticated peers may make the daemon hold; README "Security").
 
-See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
+EAP (docs/eap.md): `remote_auth: eap-mschapv2` makes a connection an EAP gateway (users from
+the database), `local_auth: eap-mschapv2` with `eap_id` and `eap_password[_file]` a client;
+`dns` lists DNS servers sent with virtual IPs.
+
+See deploy/examples/ for net-to-net, host-to-host, remote access (with EAP too) and
+route-based files.
 
 How the file relates to the database (xfrmctl/daemon/dbconfig.py): the database
 (XFRMCTL_DATABASE_URL, SQLite by default) is always the daemon's configuration. A file
