@@ -250,3 +250,45 @@ def test_request_without_auth_matches_no_psk_connection(pki: tuple) -> None:  # 
     assert fail_b.reason is FailureReason.NO_MATCHING_CONFIG and "EAP" in fail_b.message
     (fail_a,) = pair.of("a", NegotiationFailed)
     assert fail_a.reason is FailureReason.AUTHENTICATION_FAILED
+
+
+class RawClient:
+    """A client that answers the method's requests with fixed bytes (a broken or hostile
+    peer)."""
+
+    method_type = 26
+    identity = "carol"
+    msk = b""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def process(self, packet: EapPacket) -> bytes:
+        return self.answer
+
+
+def raw_client(pki: tuple, answer: bytes) -> IkeConfig:  # type: ignore[type-arg]
+    conf = client(pki)
+    local = LocalAuth(AuthMethodName.PUBKEY, eap=lambda: RawClient(answer))  # type: ignore[arg-type,return-value]
+    return IkeConfig(**{f: getattr(conf, f) for f in conf.__dataclass_fields__} | {  # type: ignore[arg-type]
+        "local_auth": local})
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (b"\x02\x02\x00\x04", "PROTOCOL_ERROR"),  # a Response without a type
+    # length beyond the packet: the EAP payload itself is malformed, answered with
+    # INVALID_SYNTAX; the half-open SA goes at its timeout
+    (b"\x02\x02\x00\x09\x1a", "HALF_OPEN_TIMEOUT"),
+    (b"\x02\x02\x00\x06\x03\x04", "expected EAP-MSCHAPv2, got EAP type 3"),  # a Nak (MD5)
+    (b"\x02\x07\x00\x06\x1a\x02", "unexpected EAP packet"),  # another identifier
+    (b"\x02\x02\x00\x0a\x1a\x02\x02\x00\x05\x31", "malformed MSCHAPv2 Response"),
+])
+def test_broken_eap_from_the_client_fails_cleanly(pki: tuple, answer: bytes,  # type: ignore[type-arg]
+                                                  why: str) -> None:
+    pair = make_pair(raw_client(pki, answer), gateway(pki), wall_clock=True)
+    up(pair)
+    pair.advance(31)
+    assert not pair.of("a", IkeSaUp) and not pair.of("b", IkeSaUp)
+    (fail_b,) = pair.of("b", NegotiationFailed)
+    assert why in (fail_b.message if " " in why else fail_b.reason.value), fail_b
+    assert not pair.a.all() and not pair.b.all()
