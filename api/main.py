@@ -22,6 +22,7 @@ from .routers import (
     certificates,
     children,
     connections,
+    eap_users,
     events,
     peers,
     policies,
@@ -58,7 +59,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, responses=COMMON_RESPONSES)
     for sub in (peers.router, connections.router, children.router, proposals.router,
-                secrets.router, certificates.ca_router, certificates.router,
+                secrets.router, eap_users.router, certificates.ca_router, certificates.router,
                 sas.ike_router, sas.child_router, policies.router, policies.kernel_router,
                 status.router, events.router, tokens.router):
         router.include_router(sub)

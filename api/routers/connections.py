@@ -93,7 +93,9 @@ def connection_check(box: SecretBox) -> crud.Check:
             refuse_if_file_managed(find_connection(session, str(values["id"])))
         if values.get("pool") == "dynamic":
             raise repo.InvalidField("pool", "pool is a prefix (e.g. 10.3.0.0/24), not dynamic")
-        if values.get("auth") == AuthMethod.PUBKEY:
+        if values.get("local_auth") or values.get("remote_auth"):
+            _check_eap(session, box, values)
+        elif values.get("auth") == AuthMethod.PUBKEY:
             _check_pubkey(session, box, values)
         else:
             _secret(session, values.get("secret_id"), SecretKind.PSK, "psk")
@@ -117,7 +119,28 @@ def _secret(session: Session, secret_id: int | None, kind: SecretKind, auth: str
     return secret
 
 
-def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any]) -> None:
+def _check_eap(session: Session, box: SecretBox, values: dict[str, Any]) -> None:
+    """EAP (RFC 7296 2.16): the gateway always proves itself with its certificate. As
+    the gateway (remote_auth) we need certificate and key; as the client (local_auth) a
+    CA for the gateway and our password (a secret of kind eap)."""
+    if values.get("local_auth") and values.get("remote_auth"):
+        raise repo.InvalidField("local_auth", "EAP on both sides: set local_auth (we are "
+                                "the client) or remote_auth (we are the gateway), not both")
+    if values.get("auth") != AuthMethod.PUBKEY:
+        raise repo.InvalidField("auth", "with EAP the gateway proves itself with a "
+                                "certificate: set auth to pubkey")
+    if values.get("remote_auth"):
+        _check_pubkey(session, box, values, need_ca=False)
+        return
+    if values.get("ca_id") is None:
+        raise repo.InvalidField("ca_id", "an EAP client needs the CA of the gateway's "
+                                "certificate in ca_id")
+    _secret(session, values.get("eap_secret_id"), SecretKind.EAP,
+            str(values["local_auth"]), field="eap_secret_id")
+
+
+def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any],
+                  need_ca: bool = True) -> None:
     cert_id = values.get("certificate_id")
     cert = session.get(Certificate, cert_id) if cert_id is not None else None
     if cert is None:
@@ -129,7 +152,7 @@ def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any]) -> N
     if not pki.key_matches(key, cert.pem):
         raise repo.InvalidField("secret_id", f"private key {secret.name!r} does not match "
                                 f"certificate {cert.name!r}")
-    if (values.get("ca_id") or cert.ca_id) is None:
+    if need_ca and (values.get("ca_id") or cert.ca_id) is None:
         raise repo.InvalidField("ca_id", "auth pubkey needs a CA to verify the peer: set "
                                 "ca_id (POST /cas)")
 

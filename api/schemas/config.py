@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationInfo,
     field_validator,
 )
@@ -26,6 +27,7 @@ from xfrmctl.store.models import (
     AuthMethod,
     CloseAction,
     DpdAction,
+    EapMethod,
     Fragmentation,
     InterfaceKind,
     Mode,
@@ -136,6 +138,15 @@ class ConnectionBase(BaseModel):
     mobike: Mobike = False
     pool: Prefix | None = Field(None, description="remote access: virtual IPs from this")
     request_virtual_ip: bool = False
+    local_auth: EapMethod | None = Field(
+        None, description="we log in with EAP as eap_id (a road-warrior client); the "
+        "gateway is verified by `auth` pubkey (ca_id)")
+    remote_auth: EapMethod | None = Field(
+        None, description="peers log in with EAP against the EAP users (we are the "
+        "gateway, proving ourselves by `auth` pubkey)")
+    eap_id: Identity | None = Field(None, description="our EAP identity (default local_id)")
+    eap_secret_id: Id | None = Field(None, description="secret (kind eap): our EAP password")
+    dns: AddressList = Field([], description="DNS servers sent with a virtual IP")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -170,6 +181,11 @@ class ConnectionUpdate(BaseModel):
     mobike: Mobike | None = None
     pool: Prefix | None = None
     request_virtual_ip: bool | None = None
+    local_auth: EapMethod | None = None
+    remote_auth: EapMethod | None = None
+    eap_id: Identity | None = None
+    eap_secret_id: Id | None = None
+    dns: AddressList | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
@@ -390,4 +406,46 @@ class CertificatePublic(CertificateBase, PublicBase):
 
 
 class CertificatesPublic(Page[CertificatePublic]):
+    pass
+
+
+# --- EAP users (write-only passwords) --------------------------------------------------
+
+EapUserName = Annotated[str, StringConstraints(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\\-]{0,254}$")]
+_PASSWORD_DOC = ("the user's password: only its NT hash (MSCHAPv2) is stored, encrypted; "
+                 "never returned")
+
+
+class EapUserCreate(BaseModel):
+    """A remote-access user for EAP-MSCHAPv2: a password, or its NT hash in hex."""
+
+    model_config = _FORBID
+    name: EapUserName
+    password: SecretStr | None = Field(None, min_length=1, max_length=256,
+                                       description=_PASSWORD_DOC)
+    nt_hash: SecretStr | None = Field(None, description="or the NT hash (32 hex digits)")
+    enabled: bool = True
+    version: Version | None = Field(None, description=_VERSION_DOC)
+
+
+class EapUserUpdate(BaseModel):
+    """PATCH: a new password (or NT hash) with its version, and/or enabled."""
+
+    model_config = _FORBID
+    password: SecretStr | None = Field(None, min_length=1, max_length=256,
+                                       description=_PASSWORD_DOC)
+    nt_hash: SecretStr | None = None
+    enabled: bool | None = None
+    version: Version | None = Field(None, description=_VERSION_DOC)
+
+
+class EapUserPublic(PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    enabled: bool
+    version: str | None = None
+
+
+class EapUsersPublic(Page[EapUserPublic]):
     pass

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from tests.api.pki import cert_pem, key_pem
 from tests.support.fake_controller import FakeController, child_sa, ike_sa
 from tests.support.pki import make_ca, make_cert
+from xfrmctl.ike.eap.mschapv2 import nt_hash
 from xfrmctl.store.db import Database
 from xfrmctl.store.models import Event
 from xfrmctl.store.tokens import Scope
@@ -25,6 +26,9 @@ from xfrmctl.store.tokens import Scope
 PSK = "audit-psk-7f3e9c1b5a"
 PSK2 = "audit-psk-replaced-2d8e4f"
 METHOD_ORDER = {"get": 0, "post": 1, "put": 1, "patch": 1, "delete": 2}
+
+
+EAP_PASSWORD = "audit test-only eap password"
 
 
 def _key_fingerprints(pem: str) -> list[str]:
@@ -62,7 +66,9 @@ async def _setup(client: httpx.AsyncClient) -> dict[str, Any]:
     created = await post("/tokens", {"name": "ci", "scopes": ["read"]})
     ids["token_id"] = created["id"]
     ids["sa_id"] = "ike-1"
-    ids["secrets"] = [PSK, PSK2, created["token"], *_key_fingerprints(key_pem(gw))]
+    ids["user_id"] = (await post("/eap-users", {"name": "u", "password": EAP_PASSWORD}))["id"]
+    ids["secrets"] = [PSK, PSK2, created["token"], *_key_fingerprints(key_pem(gw)),
+                      EAP_PASSWORD, nt_hash(EAP_PASSWORD).hex()]
     return ids
 
 

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "secret": "xfrmctl.cli.creds:secret",
     "ca": "xfrmctl.cli.creds:ca",
     "cert": "xfrmctl.cli.creds:cert",
+    "eap-user": "xfrmctl.cli.eapusers:eap_user",
     "db": "xfrmctl.cli.db:db",
     "daemon": "xfrmctl.cli.daemon:daemon",  # imports the daemon only when it runs
 }

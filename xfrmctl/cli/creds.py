@@ -14,7 +14,7 @@ from . import State, json_flag, pass_state
 from .client import EXIT_NOT_FOUND, ApiError
 from .output import Column, ago, col, emit_fields, emit_json, emit_table
 
-SECRET_KINDS = ("psk", "private_key")
+SECRET_KINDS = ("psk", "private_key", "eap")
 
 
 def resolve(state: State, path: str, ref: str, what: str) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def read_value(from_file: Path | None, kind: str, *, confirm: bool = True) -> st
         text = sys.stdin.read()
     else:
         text = click.prompt(f"{kind} value", hide_input=True,
-                            confirmation_prompt=confirm and kind == "psk")
-    value = text.strip() if kind == "psk" else text
+                            confirmation_prompt=confirm and kind in ("psk", "eap"))
+    value = text.strip() if kind in ("psk", "eap") else text
     if not value.strip():
         raise click.BadParameter("the secret is empty", param_hint="value")
     return value

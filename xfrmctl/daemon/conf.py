@@ -26,7 +26,12 @@ policy-based tunnels, default on, table and rule priority 220; see daemon/routes
 packets still on the wire, default 5, as strongSwan's setting of that name), and
 `limits` (what unauthenticated peers may make the daemon hold; README "Security").
 
-See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
+EAP (docs/eap.md): `remote_auth: eap-mschapv2` makes a connection an EAP gateway (users from
+the database), `local_auth: eap-mschapv2` with `eap_id` and `eap_password[_file]` a client;
+`dns` lists DNS servers sent with virtual IPs.
+
+See deploy/examples/ for net-to-net, host-to-host, remote access (with EAP too) and
+route-based files.
 
 How the file relates to the database (xfrmctl/daemon/dbconfig.py): the database
 (XFRMCTL_DATABASE_URL, SQLite by default) is always the daemon's configuration. A file
@@ -69,9 +74,11 @@ from xfrmctl.ike.config import (
     Retransmit,
 )
 from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
+from xfrmctl.ike.eap.mschapv2 import MschapClient, MschapServer, nt_hash
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
 
+from .eapusers import EAP_USERS
 from .pool import AddressPool
 
 
@@ -157,6 +164,10 @@ class ChildConf(_Strict):
         return self
 
 
+class EapMethodName(StrEnum):
+    MSCHAPV2 = "eap-mschapv2"
+
+
 class ConnectionConf(_Strict):
     id: int | None = Field(None, description="database id (database mode only)")
     local_addrs: list[str] = Field(default_factory=list)
@@ -188,6 +199,16 @@ class ConnectionConf(_Strict):
     mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
+    # EAP (RFC 7296 2.16), named as swanctl's local/remote `auth`: with remote_auth the
+    # peers log in against the EAP users of the database and we (the gateway) prove
+    # ourselves with `auth: pubkey`; with local_auth we log in as eap_id (default:
+    # local_id) with eap_password and verify the gateway's certificate against `ca`.
+    local_auth: EapMethodName | None = None
+    remote_auth: EapMethodName | None = None
+    eap_id: str | None = None
+    eap_password: SecretStr | None = None
+    eap_password_file: Path | None = None
+    dns: list[str] = Field(default_factory=list)  # sent to clients with a virtual IP
     children: dict[str, ChildConf] = Field(default_factory=dict)
 
     @field_validator("ike_proposals")
@@ -217,6 +238,13 @@ class ConnectionConf(_Strict):
             raise ValueError("MOBIKE is not supported yet: set mobike to false")
         return value
 
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ipaddress.ip_address(text)  # ValueError naming the address
+        return value
+
     @field_validator("pool")
     @classmethod
     def _pool(cls, value: str | None) -> str | None:
@@ -226,6 +254,8 @@ class ConnectionConf(_Strict):
 
     @model_validator(mode="after")
     def _auth(self) -> ConnectionConf:
+        if self.local_auth or self.remote_auth:
+            return self._eap()
         if self.auth is AuthMethodName.PSK and not (self.psk or self.psk_file):
             raise ValueError("auth psk needs psk or psk_file")
         if self.auth is AuthMethodName.PUBKEY and not (
@@ -234,6 +264,26 @@ class ConnectionConf(_Strict):
             raise ValueError("auth pubkey needs certificate, private_key and ca")
         if self.start_action is not StartAction.NONE and not self.remote_addrs:
             raise ValueError(f"start_action {self.start_action} needs remote_addrs")
+        return self
+
+
+    def _eap(self) -> ConnectionConf:
+        if self.local_auth and self.remote_auth:
+            raise ValueError("set local_auth (we are the EAP client) or remote_auth (we are "
+                             "the gateway), not both")
+        if self.auth is not AuthMethodName.PUBKEY:
+            raise ValueError("with EAP the gateway proves itself with a certificate: set "
+                             "auth: pubkey")
+        if self.remote_auth and not ((self.certificate or self.certificate_pem)
+                                     and (self.private_key or self.private_key_pem)):
+            raise ValueError("remote_auth (EAP gateway) needs certificate and private_key")
+        if self.local_auth:
+            if not (self.ca or self.ca_pem):
+                raise ValueError("local_auth (EAP client) needs ca: the gateway's CA")
+            if not (self.eap_password or self.eap_password_file):
+                raise ValueError("local_auth needs eap_password or eap_password_file")
+            if not (self.eap_id or self.local_id):
+                raise ValueError("local_auth needs eap_id (or local_id): the user name")
         return self
 
 
@@ -300,8 +350,8 @@ def credential_digest(conf: ConnectionConf) -> str | None:
     certificate, private_key, ca), so a reload notices new content behind the same path.
     None when it names none. Kept in memory only: neither it nor the secret is logged.
     Raises OSError for a file that cannot be read."""
-    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca)
-             if p is not None]
+    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca,
+                         conf.eap_password_file) if p is not None]
     if not paths:
         return None
     digest = hashlib.sha256()
@@ -357,7 +407,29 @@ def _pem(text: str | None, path: Path | None) -> bytes:
     return path.read_bytes()
 
 
+def eap_password(conf: ConnectionConf) -> str:
+    if conf.eap_password is not None:
+        return conf.eap_password.get_secret_value()
+    assert conf.eap_password_file is not None
+    return conf.eap_password_file.read_text().strip()
+
+
+def _cas(conf: ConnectionConf) -> list[x509.Certificate]:
+    return [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
+            for c in x509.load_pem_x509_certificates(pem.encode())]
+
+
+def _eap_client(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+    identity = conf.eap_id or conf.local_id or ""
+    password_hash = nt_hash(eap_password(conf))
+    return (LocalAuth(AuthMethodName.PUBKEY,
+                      eap=lambda: MschapClient(identity, password_hash)),
+            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf))))
+
+
 def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+    if conf.local_auth is not None:
+        return _eap_client(conf)
     if conf.auth is AuthMethodName.PSK:
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
@@ -365,10 +437,11 @@ def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
     cert = x509.load_pem_x509_certificate(_pem(conf.certificate_pem, conf.certificate))
     key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
     key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
-    cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
-           for c in x509.load_pem_x509_certificates(pem.encode())]
-    return (LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert),  # type: ignore[arg-type]
-            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas)))
+    local = LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert)  # type: ignore[arg-type]
+    if conf.remote_auth is not None:  # the gateway: users from the database
+        return local, RemoteAuth(AuthMethodName.PUBKEY,
+                                 eap=lambda sa_id: MschapServer(EAP_USERS.lookup))
+    return local, RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf)))
 
 
 def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None) -> IkeConfig:
@@ -394,5 +467,6 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None)
         force_fragmentation=conf.fragmentation == "force",
         request_virtual_ip=conf.request_virtual_ip,
         pool=pool,
+        dns=tuple(conf.dns),
         force_encap=conf.encap,
     )

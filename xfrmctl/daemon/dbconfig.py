@@ -46,6 +46,7 @@ from xfrmctl.store.secrets import SecretBox, SecretKeyError
 
 from . import conf as cf
 from . import swanctl
+from .eapusers import EAP_USERS
 
 log = logging.getLogger("xfrmctl.daemon")
 DYNAMIC = "dynamic"  # the API's traffic selector for "our/the peer's own address"
@@ -73,6 +74,7 @@ def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = Non
     loaded: dict[str, cf.ConnectionConf] = {}
     problems: Problems = {}
     tried = usable if usable is not None else {}
+    EAP_USERS.replace(repo.eap_user_hashes(session, box))
     for row in rows:
         try:
             conn = connection_conf(session, box, row, children.get(row.id, []))
@@ -113,6 +115,9 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "fragmentation": "force" if row.fragmentation is m.Fragmentation.FORCE
         else row.fragmentation is not m.Fragmentation.NO, "encap": row.encap,
         "mobike": row.mobike, "pool": row.pool, "request_virtual_ip": row.request_virtual_ip,
+        "local_auth": row.local_auth.value if row.local_auth else None,
+        "remote_auth": row.remote_auth.value if row.remote_auth else None,
+        "eap_id": row.eap_id, "dns": row.dns or [],
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -143,11 +148,19 @@ def _selectors(values: list[str]) -> list[str]:
 
 
 def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[str, Any]:
+    if row.local_auth is not None:  # an EAP client: the gateway's CA and our password
+        out: dict[str, Any] = {}
+        if row.eap_secret_id is not None:
+            out["eap_password"] = _text(repo.reveal_secret(session, box, row.eap_secret_id),
+                                        row.eap_secret_id)
+        if row.ca_id is not None:
+            out["ca_pem"] = [repo.get(session, m.CertificateAuthority, row.ca_id).pem]
+        return out
     if row.auth is m.AuthMethod.PSK:
         if row.secret_id is None:
             return {}  # validation says "auth psk needs psk"
         return {"psk": _text(repo.reveal_secret(session, box, row.secret_id), row.secret_id)}
-    out: dict[str, Any] = {}
+    out = {}
     cert = session.get(m.Certificate, row.certificate_id) if row.certificate_id else None
     key_id = row.secret_id or (cert.key_secret_id if cert else None)
     ca_id = row.ca_id or (cert.ca_id if cert else None)
@@ -259,9 +272,12 @@ def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: st
         _sync_children(session, row.id, conn, actor)
     for name, row in rows.items():
         if row.managed_by == origin and name not in conf.connections:
-            owned = (row.secret_id, row.certificate_id)
+            owned, eap_secret = (row.secret_id, row.certificate_id), row.eap_secret_id
             repo.delete(session, m.Connection, row.id, actor=actor)
             _drop_unreferenced(session, *owned, actor=actor)
+            if eap_secret is not None and session.scalar(select(m.Connection.id).where(
+                    m.Connection.eap_secret_id == eap_secret)) is None:
+                repo.delete(session, m.Secret, eap_secret, actor=actor)
             applied.removed.append(name)
     return applied
 
@@ -337,8 +353,19 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "reauth_time": conn.reauth_time, "over_time": conn.over_time,
         "encap": conn.encap, "mobike": conn.mobike, "pool": conn.pool,
         "request_virtual_ip": conn.request_virtual_ip,
+        "local_auth": m.EapMethod(conn.local_auth.value) if conn.local_auth else None,
+        "remote_auth": m.EapMethod(conn.remote_auth.value) if conn.remote_auth else None,
+        "eap_id": conn.eap_id, "dns": conn.dns,
     }
-    if conn.auth.value == m.AuthMethod.PSK:
+    if conn.local_auth is not None:  # an EAP client: the gateway's CA, our password
+        password = _field(name, "eap_password_file", lambda: cf.eap_password(conn)).encode()
+        ca_pem = "".join([*conn.ca_pem, *(_field(name, "ca", p.read_text) for p in conn.ca)])
+        values |= {"certificate_id": None, "secret_id": None,
+                   "ca_id": _ca(session, f"{name}-ca", ca_pem, actor),
+                   "eap_secret_id": _put_secret(
+                       session, box, row.eap_secret_id if row else None, f"{name}-eap",
+                       m.SecretKind.EAP, password, actor)}
+    elif conn.auth.value == m.AuthMethod.PSK:
         psk = _field(name, "psk_file", lambda: cf._psk(conn))
         values |= {"certificate_id": None, "ca_id": None,
                    "secret_id": _put_secret(session, box, row.secret_id if row else None,
@@ -390,7 +417,8 @@ def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.Connectio
     cert_pem = conn.certificate_pem or (
         _field(name, "certificate", conn.certificate.read_text) if conn.certificate else "")
     ca_pem = "".join([*conn.ca_pem, *(_field(name, "ca", p.read_text) for p in conn.ca)])
-    ca_id = _ca(session, f"{name}-ca", ca_pem, actor)
+    # an EAP gateway (remote_auth) verifies no peer certificate: no CA needed
+    ca_id = _ca(session, f"{name}-ca", ca_pem, actor) if ca_pem else None
     key_id = _put_secret(session, box, row.secret_id if row else None, f"{name}-key",
                          m.SecretKind.PRIVATE_KEY, key, actor)
     cert = x509.load_pem_x509_certificate(cert_pem.encode())

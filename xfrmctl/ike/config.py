@@ -6,6 +6,7 @@ The daemon builds these from its configuration; the core only reads them.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
     from .certs import TrustStore
+    from .eap import EapClient, EapServerFactory
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class LocalAuth:
     private_key: CertificateIssuerPrivateKeyTypes | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
     intermediates: tuple[x509.Certificate, ...] = ()
+    # set: we authenticate with EAP (RFC 7296 2.16), a new client per IKE SA
+    eap: Callable[[], EapClient] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,8 @@ class RemoteAuth:
     method: AuthMethodName
     psk: bytes | None = field(default=None, repr=False)
     trust: TrustStore | None = None
+    # set: the peer authenticates with EAP against this server (we are the gateway)
+    eap: EapServerFactory | None = field(default=None, repr=False)
 
 
 class SendCert(StrEnum):
@@ -174,6 +180,7 @@ class IkeConfig:
     send_cert: SendCert = SendCert.IFASKED
     request_virtual_ip: bool = False
     pool: AddressPoolLike | None = None
+    dns: tuple[str, ...] = ()  # DNS servers for the peer, with its virtual IP
     force_encap: bool = False
     initial_contact: bool = True
 

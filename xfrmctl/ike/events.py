@@ -49,6 +49,7 @@ class IkeSaUp:
     nat_local: bool
     nat_remote: bool
     virtual_ip: str | None = None
+    remote_eap_id: str | None = None  # the user the peer logged in as with EAP
 
 
 @dataclass(frozen=True, slots=True)

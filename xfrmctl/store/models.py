@@ -128,6 +128,11 @@ class ProposalProtocol(enum.StrEnum):
 class SecretKind(enum.StrEnum):
     PSK = "psk"
     PRIVATE_KEY = "private_key"
+    EAP = "eap"  # our own EAP password, as a road-warrior client
+
+
+class EapMethod(enum.StrEnum):
+    MSCHAPV2 = "eap-mschapv2"
 
 
 class EventKind(enum.StrEnum):
@@ -227,6 +232,15 @@ class Connection(Timestamps, Base):
         _enum(CloseAction), default=CloseAction.NONE)  # when the peer deletes the IKE_SA
     pool: Mapped[str | None] = mapped_column(String(64))  # remote access: virtual IP prefix
     request_virtual_ip: Mapped[bool] = mapped_column(Boolean, default=False)
+    # EAP (RFC 7296 2.16), as swanctl's local/remote auth: remote_auth, the peers log in
+    # against eap_users (we are the gateway, proving ourselves with `auth` pubkey);
+    # local_auth, we log in as eap_id with the password in eap_secret_id (a client).
+    local_auth: Mapped[EapMethod | None] = mapped_column(_enum(EapMethod))
+    remote_auth: Mapped[EapMethod | None] = mapped_column(_enum(EapMethod))
+    eap_id: Mapped[str | None] = mapped_column(String(255))
+    eap_secret_id: Mapped[int | None] = mapped_column(
+        ForeignKey("secrets.id", ondelete="RESTRICT"))
+    dns: Mapped[list[str]] = mapped_column(JSON, default=list)  # sent with virtual IPs
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
@@ -268,6 +282,18 @@ class Child(Timestamps, Base):
     tfc_padding: Mapped[int] = mapped_column(Integer, default=0)
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
+
+
+class EapUser(Timestamps, Base):
+    """A remote-access user: the NT hash of the password only (MSCHAPv2 needs no more),
+    encrypted like a secret (`nt_hash` is nonce || AES-GCM, bound to "eap-user:<name>")."""
+
+    __tablename__ = "eap_users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    nt_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[str | None] = mapped_column(String(64))  # the operator's label
 
 
 class IkeSaRecord(Base):

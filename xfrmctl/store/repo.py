@@ -15,9 +15,11 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from xfrmctl.ike.eap import mschapv2
+
 from . import models as m
 from . import pki
-from .secrets import SecretBox
+from .secrets import SecretBox, SecretKeyError
 from .tokens import Scope, display_prefix, generate_token, hash_token
 
 ModelT = TypeVar("ModelT", bound=m.Base)
@@ -344,3 +346,64 @@ def delete_ike_sa(session: Session, ident: str) -> bool:
         session.delete(child)
     session.delete(row)
     return True
+
+
+# --- EAP users (NT hashes only, write-only) ---------------------------------------------
+
+def _nt_hash_of(password: str | None, nt_hash: str | None) -> bytes:
+    """The 16-octet NT hash from a password (hashed here, then forgotten) or given as hex."""
+    if (password is None) == (nt_hash is None):
+        raise InvalidField("password", "give a password or an nt_hash, not both")
+    if password is not None:
+        if not password:
+            raise InvalidField("password", "the password must not be empty")
+        return mschapv2.nt_hash(password)
+    assert nt_hash is not None
+    try:
+        value = bytes.fromhex(nt_hash)
+    except ValueError:
+        value = b""
+    if len(value) != 16:
+        raise InvalidField("nt_hash", "an NT hash is 32 hexadecimal digits")
+    return value
+
+
+def _user_box_name(name: str) -> str:
+    return f"eap-user:{name}"
+
+
+def create_eap_user(session: Session, box: SecretBox, *, name: str, password: str | None = None,
+                    nt_hash: str | None = None, enabled: bool = True, version: str | None = None,
+                    actor: str | None) -> m.EapUser:
+    value = _nt_hash_of(password, nt_hash)
+    return create(session, m.EapUser, {
+        "name": name, "nt_hash": box.encrypt(_user_box_name(name), value),
+        "enabled": enabled, "version": version}, actor=actor)
+
+
+def update_eap_user(session: Session, box: SecretBox, ident: int, *,
+                    password: str | None = None, nt_hash: str | None = None,
+                    enabled: bool | None = None, version: str | None = None,
+                    actor: str | None) -> m.EapUser:
+    """A new password (with its version; none given: none), and/or enabled or not."""
+    user = get(session, m.EapUser, ident)
+    values: dict[str, Any] = {}
+    if password is not None or nt_hash is not None:
+        values["nt_hash"] = box.encrypt(_user_box_name(user.name),
+                                        _nt_hash_of(password, nt_hash))
+        values["version"] = version
+    if enabled is not None:
+        values["enabled"] = enabled
+    return update(session, m.EapUser, ident, values, actor=actor)
+
+
+def eap_user_hashes(session: Session, box: SecretBox) -> dict[str, bytes]:
+    """The enabled users' NT hashes, for the daemon only (one that does not decrypt is
+    left out, and so cannot log in)."""
+    out = {}
+    for user in session.scalars(select(m.EapUser).where(m.EapUser.enabled)):
+        try:
+            out[user.name] = box.decrypt(_user_box_name(user.name), user.nt_hash)
+        except SecretKeyError:
+            continue
+    return out

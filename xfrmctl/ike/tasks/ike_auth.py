@@ -19,6 +19,7 @@ from .. import auth
 from ..certs import TrustStore, id_for_certificate, identity_matches
 from ..config import AuthMethodName, Identity, IkeConfig, LocalAuth, SendCert
 from ..constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
+from ..eap import EapError
 from ..errors import LocalError, ProtocolError
 from ..events import FailureReason, IkeSaUp
 from ..message import Message
@@ -26,6 +27,7 @@ from ..payloads import (
     AuthPayload,
     CertPayload,
     CertReqPayload,
+    EapPayload,
     IdiPayload,
     IdrPayload,
     Payload,
@@ -33,7 +35,7 @@ from ..payloads import (
     id_body,
 )
 from ..state import IkeState
-from . import ike_config
+from . import ike_config, ike_eap
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
 from .ike_init import Setup, certreq
@@ -134,7 +136,7 @@ def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
     return None
 
 
-def established(sa: IkeSa, now: float) -> None:
+def established(sa: IkeSa, now: float, remote_eap_id: str | None = None) -> None:
     """IKE_AUTH succeeded (either role): timers, and IkeSaUp."""
     conf = sa.conf()
     sa.move_to(IkeState.ESTABLISHED)
@@ -148,26 +150,41 @@ def established(sa: IkeSa, now: float) -> None:
         ike_sa=sa.id, connection=conf.name, spi_i=sa.spi_i, spi_r=sa.spi_r,
         initiator=sa.is_initiator, local=sa.local, remote=sa.remote, local_id=sa.local_id,
         remote_id=sa.remote_id, suite=sa.suite, nat_local=sa.nat_local,
-        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip))
+        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip, remote_eap_id=remote_eap_id))
 
 
 class IkeAuth:
     """The initiator's IKE_AUTH, with the first CHILD_SA (the others follow in
-    CREATE_CHILD_SA exchanges once it is done)."""
+    CREATE_CHILD_SA exchanges once it is done). With EAP (`LocalAuth.eap`) the same task
+    sends each EAP response, then the AUTH made with the MSK, in further IKE_AUTH
+    requests (RFC 7296 2.16)."""
 
-    __slots__ = ("child",)
+    __slots__ = ("child", "eap", "eap_out", "idi", "idr")
     name = "IKE_AUTH"
 
     def __init__(self) -> None:
         self.child: ChildRequest | None = None
+        self.eap: ike_eap.EapPeer | None = None
+        self.eap_out: bytes | None = None  # our next EAP response
+        self.idi: IdiPayload | None = None
+        self.idr: IdrPayload | None = None  # the gateway's, once its AUTH verified
 
     def build(self, sa: IkeSa, now: float) -> Message:
+        if self.idr is not None and self.eap is not None:  # a later round of EAP
+            assert self.idi is not None
+            payload: Payload = self.eap.auth_payload(sa, self.idi) if self.eap.done \
+                else EapPayload(self.eap_out or b"")
+            return sa.message(ExchangeType.IKE_AUTH, [payload])
         conf, setup = sa.conf(), sa.setup
         assert setup is not None
         sa.local_id = local_identity(sa, conf)
-        idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
+        idi = self.idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
         payloads: list[Payload] = [idi]
-        proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r)
+        if conf.local_auth.eap is not None:
+            self.eap = ike_eap.EapPeer(conf.local_auth.eap())
+            proof: list[Payload] = []
+        else:
+            proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r)
         payloads += [p for p in proof if isinstance(p, CertPayload)]
         request = certreq(sa)
         if request is not None:
@@ -187,6 +204,9 @@ class IkeAuth:
         return sa.message(ExchangeType.IKE_AUTH, payloads)
 
     def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        if self.idr is not None and self.eap is not None:
+            self._eap_round(sa, msg, now)
+            return
         conf, setup = sa.conf(), sa.setup
         assert setup is not None
         idr = msg.find(IdrPayload)
@@ -209,6 +229,15 @@ class IkeAuth:
             self._reject_responder(sa, why)
             return
         sa.remote_id = remote_id
+        if self.eap is not None:
+            self.idr = idr
+            self._eap_round(sa, msg, now)
+            return
+        self._done(sa, msg, now)
+
+    def _done(self, sa: IkeSa, msg: Message, now: float) -> None:
+        setup = sa.setup
+        assert setup is not None
         ike_config.process(sa, msg)  # before IkeSaUp, which carries it
         established(sa, now)
         if self.child is not None:
@@ -216,6 +245,38 @@ class IkeAuth:
         for child in setup.children:
             sa.create_child(child.name, now)
         sa.setup = None
+
+    def _eap_round(self, sa: IkeSa, msg: Message, now: float) -> None:
+        """The gateway's answer during EAP: its next request, or the final AUTH."""
+        eap, error = self.eap, error_notify(msg)
+        assert eap is not None and self.idr is not None
+        if eap.done:
+            auth_payload = msg.find(AuthPayload)
+            if auth_payload is None and error is not None:
+                sa.fail_from_notify(error)
+            elif auth_payload is None:
+                raise ProtocolError("IKE_AUTH response after EAP-Success lacks AUTH")
+            elif not eap.verify(sa, self.idr, auth_payload):
+                self._reject_responder(sa, "the gateway's AUTH with the EAP MSK does not "
+                                       "verify")
+            else:
+                self._done(sa, msg, now)
+            return
+        payload = msg.find(EapPayload)
+        if payload is None:
+            if error is not None:
+                sa.fail_from_notify(error)
+                return
+            raise ProtocolError("IKE_AUTH response without EAP payload during EAP")
+        try:
+            self.eap_out = eap.answer(payload)
+        except EapError as exc:
+            if error is not None:  # the gateway ended it (EAP-Failure)
+                sa.fail(FailureReason.AUTHENTICATION_FAILED, str(exc))
+            else:
+                self._reject_responder(sa, str(exc))
+            return
+        sa.send_request(self, now)
 
     @staticmethod
     def _reject_responder(sa: IkeSa, why: str, ours: tuple[str, ...] = (),
@@ -229,8 +290,13 @@ class IkeAuth:
         sa.fail(FailureReason.AUTHENTICATION_FAILED, why, ours=ours, theirs=theirs)
 
 
-def _select_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+def _select_config(sa: IkeSa, idi: Identity, idr: Identity | None,
+                   eap: bool) -> IkeConfig | None:
+    """The first candidate for these identities whose peers use EAP (no AUTH in the first
+    request) or not, as the request says."""
     for conf in sa.candidates:
+        if (conf.remote_auth.eap is not None) != eap:
+            continue
         if conf.remote_id is not None and conf.remote_id != idi:
             continue
         if idr is not None and conf.local_id is not None and conf.local_id != idr:
@@ -244,20 +310,32 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     setup = sa.setup
     if sa.state is not IkeState.INIT_DONE or setup is None:
         raise ProtocolError("unexpected IKE_AUTH")
+    if setup.eap is not None:
+        ike_eap.respond(sa, msg, now)
+        return
     idi, auth_payload = msg.find(IdiPayload), msg.find(AuthPayload)
-    if idi is None or auth_payload is None:
-        raise ProtocolError("IKE_AUTH request lacks IDi or AUTH")
+    if idi is None:
+        raise ProtocolError("IKE_AUTH request lacks IDi")
     idr = msg.find(IdrPayload)
     remote_id = Identity(idi.id_type, idi.data)
-    conf = _select_config(sa, remote_id, Identity(idr.id_type, idr.data) if idr else None)
+    conf = _select_config(sa, remote_id, Identity(idr.id_type, idr.data) if idr else None,
+                          eap=auth_payload is None)
     if conf is None:
+        how = "with EAP (no AUTH payload)" if auth_payload is None else "with AUTH"
         _reject(sa, msg, FailureReason.NO_MATCHING_CONFIG,
-                f"no connection accepts peer identity {remote_id}",
+                f"no connection accepts peer identity {remote_id} {how}",
                 ours=tuple(str(c.remote_id or "%any") for c in sa.candidates),
                 theirs=(str(remote_id),))
         return
     sa.config = conf
     setup.peer_certreq = msg.find(CertReqPayload) is not None
+    if auth_payload is None:  # EAP: we prove ourselves, then ask who it is
+        sa.remote_id = remote_id
+        sa.local_id = local_identity(sa, conf)
+        our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
+        proof = auth_payloads(sa, setup, conf, our_idr, setup.init_response, setup.nonce_i)
+        sa.respond(msg, [our_idr, *proof, *ike_eap.start(sa, msg, idi, our_idr)])
+        return
     why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r)
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
@@ -265,15 +343,25 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     sa.remote_id = remote_id
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
-    payloads: list[Payload] = [our_idr, *auth_payloads(sa, setup, conf, our_idr,
-                                                       setup.init_response, setup.nonce_i)]
-    cp = ike_config.respond(sa, conf, msg)
+    proof = [our_idr, *auth_payloads(sa, setup, conf, our_idr, setup.init_response,
+                                     setup.nonce_i)]
+    finish_responder(sa, msg, msg, proof, now)
+
+
+def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payload],
+                     now: float, remote_eap_id: str | None = None) -> None:
+    """Answer the last IKE_AUTH request `msg` with our `proof`, the configuration payload
+    and the CHILD_SA the peer asked for in its `first` IKE_AUTH request."""
+    conf, setup = sa.conf(), sa.setup
+    assert setup is not None
+    payloads = list(proof)
+    cp = ike_config.respond(sa, conf, first)
     if cp is not None:
         payloads.append(cp)
-    established(sa, now)
+    established(sa, now, remote_eap_id)
     try:
-        if msg.find(SaPayload) is not None:
-            payloads += answer_child_request(sa, msg, None, now,
+        if first.find(SaPayload) is not None:
+            payloads += answer_child_request(sa, first, None, now,
                                              auth_nonces=(setup.nonce_i, setup.nonce_r))
     finally:
         sa.setup = None  # the initial exchanges are done

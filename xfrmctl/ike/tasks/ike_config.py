@@ -1,4 +1,5 @@
-"""The configuration payload in IKE_AUTH (RFC 7296 3.15): a virtual IP for the initiator.
+"""The configuration payload in IKE_AUTH (RFC 7296 3.15): a virtual IP for the initiator,
+with the DNS servers of the connection.
 
 Not an exchange of its own: like strongSwan's ike_config task it adds to IKE_AUTH's
 request (`build`), answer (`respond`) and the processing of that answer (`process`).
@@ -40,7 +41,17 @@ def respond(sa: IkeSa, conf: IkeConfig, msg: Message) -> CpPayload | None:
         CfgAttr.INTERNAL_IP6_ADDRESS
     value = address.packed if address.version == 4 else address.packed + b"\x80"
     sa.emit(VirtualIpAssigned(sa.id, conf.name, str(address), True))
-    return CpPayload(CfgType.REPLY, (CfgAttribute(attr, value),))
+    return CpPayload(CfgType.REPLY, (CfgAttribute(attr, value), *_dns(conf)))
+
+
+def _dns(conf: IkeConfig) -> tuple[CfgAttribute, ...]:
+    """INTERNAL_IP4_DNS / INTERNAL_IP6_DNS for each configured server (RFC 7296 3.15.1)."""
+    out = []
+    for text in conf.dns:
+        server = ipaddress.ip_address(text)
+        kind = CfgAttr.INTERNAL_IP4_DNS if server.version == 4 else CfgAttr.INTERNAL_IP6_DNS
+        out.append(CfgAttribute(kind, server.packed))
+    return tuple(out)
 
 
 def process(sa: IkeSa, msg: Message) -> None:

@@ -36,6 +36,7 @@ from .base import error_notify, notify
 
 if TYPE_CHECKING:
     from ..sa import Endpoint, IkeSa
+    from .ike_eap import EapExchange
 
 MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
 
@@ -55,6 +56,7 @@ class Setup:
     sent_proposals: tuple[Proposal, ...] = ()
     peer_certreq: bool = False
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
+    eap: EapExchange | None = None  # the gateway's EAP conversation (ike_eap.py)
 
 
 def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
