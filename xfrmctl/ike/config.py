@@ -216,5 +216,9 @@ class AddressPoolLike:
     def acquire(self, owner: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         raise NotImplementedError
 
+    def claim(self, owner: str,
+              address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        raise NotImplementedError
+
     def release(self, owner: str) -> None:
         raise NotImplementedError

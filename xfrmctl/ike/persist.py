@@ -16,6 +16,7 @@ sent between the last snapshot and the restart.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from .child import ChildSa, new_id
@@ -80,6 +81,7 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "peer_fragmentation": sa.peer_fragmentation,
         "peer_hashes": sorted(sa.peer_hashes),
         "virtual_ip": sa.virtual_ip,
+        "remote_eap_id": sa.remote_eap_id,
         "established_at": sa.established_at,
         "rekey_deadline": sa.rekey_deadline,
         "reauth_deadline": sa.reauth_deadline,
@@ -108,6 +110,8 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     sa.peer_fragmentation = data["peer_fragmentation"]
     sa.peer_hashes = set(data["peer_hashes"])
     sa.virtual_ip = data["virtual_ip"]
+    sa.remote_eap_id = data.get("remote_eap_id")  # absent in snapshots before EAP
+    _reclaim_lease(sa, config)
     sa.established_at = data["established_at"]
     for child in data["children"]:
         restored = _restore_child(child, config, sa.established_at or now)
@@ -115,6 +119,13 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     sa.resume(now, data["rekey_deadline"], data.get("reauth_deadline"))
     return sa
 
+
+
+def _reclaim_lease(sa: IkeSa, config: IkeConfig) -> None:
+    """A restored gateway SA takes its peer's virtual IP back, so no new client gets it."""
+    if sa.is_initiator or not sa.virtual_ip or config.pool is None:
+        return
+    config.pool.claim(sa.lease_owner, ipaddress.ip_address(sa.virtual_ip))
 
 def _restore_child(data: dict[str, Any], config: IkeConfig, created: float) -> ChildSa:
     try:

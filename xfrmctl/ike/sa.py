@@ -95,8 +95,8 @@ class IkeSa:
                  "candidates", "children", "config", "created", "down_reason",
                  "established_at", "id", "is_initiator", "keys", "local", "local_id",
                  "nat_local", "nat_remote", "peer_fragmentation", "peer_hashes", "reassembly",
-                 "remote", "remote_id", "setup", "silent", "spawned", "spi_i", "spi_r",
-                 "successor", "suite", "timers", "virtual_ip", "wall_offset", "window")
+                 "remote", "remote_eap_id", "remote_id", "setup", "silent", "spawned", "spi_i",
+                 "spi_r", "successor", "suite", "timers", "virtual_ip", "wall_offset", "window")
 
     def __init__(self, *, initiator: bool, local: Endpoint, remote: Endpoint, now: float,
                  config: IkeConfig | None, candidates: Sequence[IkeConfig] = (),
@@ -123,6 +123,7 @@ class IkeSa:
         self.nat_local = self.nat_remote = self.peer_fragmentation = False
         self.peer_hashes: set[int] = set()
         self.virtual_ip: str | None = None  # ours (initiator) or the peer's (responder)
+        self.remote_eap_id: str | None = None  # the user the peer logged in as with EAP
         self.down_reason = ""
         self.alloc_spi = spi_allocator
         self.window = RequestWindow()
@@ -193,6 +194,12 @@ class IkeSa:
     def wall_time(self) -> float:
         """Wall-clock time of the last message from the peer (certificate validity)."""
         return self._last_peer_activity + self.wall_offset
+
+    @property
+    def lease_owner(self) -> str:
+        """Whose virtual IP lease a gateway's SA holds: the EAP user's, else the peer's
+        IKE identity (road warriors often all send their private address as IDi)."""
+        return f"eap:{self.remote_eap_id}" if self.remote_eap_id else str(self.remote_id)
 
     def conf(self) -> IkeConfig:
         if self.config is None:
@@ -573,7 +580,7 @@ class IkeSa:
             self.remove_child(child, reason)
         if self.config is not None and self.config.pool is not None and self.virtual_ip \
                 and not self.is_initiator and self.successor is None:
-            self.config.pool.release(str(self.remote_id))
+            self.config.pool.release(self.lease_owner)
         self.move_to(IkeState.CLOSED)
         inbound.clear_reassembly(self)
         self.down_reason = self.down_reason or reason

@@ -32,7 +32,7 @@ from xfrmctl.ike.payloads import CpPayload
 from xfrmctl.ike.sa import IkeState
 from xfrmctl.ike.tasks import ike_eap
 
-USERS = {"carol": ms.nt_hash("test-only password 1")}
+USERS = {"carol": ms.nt_hash("test-only password 1"), "dave": ms.nt_hash("test-only password 2")}
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,27 @@ def test_eap_mschapv2_login_gives_sa_virtual_ip_and_child(pki: tuple) -> None:  
     assert [(a.attr_type, a.value) for a in cp.attributes[1:]] == [
         (CfgAttr.INTERNAL_IP4_DNS, ipaddress.ip_address("198.51.100.53").packed),
         (CfgAttr.INTERNAL_IP6_DNS, ipaddress.ip_address("2001:db8::53").packed)]
+
+
+def test_pool_leases_go_to_the_eap_user_not_the_shared_ike_identity(
+        pki: tuple) -> None:  # type: ignore[type-arg]
+    """Road warriors often all send the same IDi (their private address behind NAT):
+    each EAP user gets an address of its own, and one user's logout frees only its own."""
+    shared = gateway(pki)
+    carol = make_pair(client(pki), shared, wall_clock=True)
+    dave = make_pair(client(pki, "dave", "test-only password 2"), shared, wall_clock=True)
+    up(carol)
+    up(dave)
+    (carol_up,), (dave_up,) = carol.of("b", IkeSaUp), dave.of("b", IkeSaUp)
+    assert str(carol_up.remote_id) == str(dave_up.remote_id) == ADDR_A
+    assert carol_up.virtual_ip != dave_up.virtual_ip
+    assert shared.pool is not None
+    assert {str(a) for a in shared.pool.leases.values()} == {   # type: ignore[attr-defined]
+        carol_up.virtual_ip, dave_up.virtual_ip}
+    carol.a.act(carol.a.all()[0], lambda sa: sa.delete(carol.now))
+    carol.pump()
+    assert [str(a) for a in shared.pool.leases.values()] == [  # type: ignore[attr-defined]
+        dave_up.virtual_ip]
 
 
 def test_wrong_password_is_refused_with_reason(pki: tuple) -> None:  # type: ignore[type-arg]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.support.ike_pair import Pair, make_pair, psk_config
+from xfrmctl.daemon.pool import AddressPool
 from xfrmctl.ike import persist, ts
 from xfrmctl.ike.config import ChildConfig
 from xfrmctl.ike.constants import ExchangeType
@@ -62,6 +63,24 @@ def test_restored_sa_answers_the_peer_and_rekeys() -> None:
     assert new_a.spi_out == new_b.spi_in and new_a.encr_key_out == new_b.encr_key_in
     assert pair.of("b", ChildSaDeleted)[0].spi_out == old_child.spi_in
     assert pair.b.all()[0].state is IkeState.ESTABLISHED
+
+
+def test_a_restored_gateway_sa_takes_its_peers_virtual_ip_back() -> None:
+    client = ChildConfig("ra", remote_ts=(ts.parse("198.51.100.0/24"),))
+    pair = make_pair(psk_config(children=(client,), request_virtual_ip=True),
+                     psk_config(children=(LAN_B,), pool=AddressPool("203.0.113.64/28")))
+    pair.a.initiate("net", pair.endpoint("a"), pair.endpoint("b"), pair.now)
+    pair.pump()
+    (sa,) = pair.b.all()
+    assert sa.virtual_ip == "203.0.113.65"
+    data = json.loads(json.dumps(persist.snapshot(sa)))
+    restarted = psk_config(children=(LAN_B,), pool=AddressPool("203.0.113.64/28"))
+    restored = persist.restore(data, restarted, pair.now)
+    assert restarted.pool is not None and restored.virtual_ip == "203.0.113.65"
+    assert str(restarted.pool.acquire("another.example")) == "203.0.113.66"
+    restored.close("closed by the test")  # its lease goes back to the pool with it
+    assert "203.0.113.65" not in {
+        str(a) for a in restarted.pool.leases.values()}  # type: ignore[attr-defined]
 
 
 def test_snapshot_moves_the_aead_iv_past_what_was_used() -> None:
@@ -134,6 +153,7 @@ def test_a_record_saved_by_the_previous_release_restores_and_answers_its_peer() 
     assert reply.is_response and reply.message_id == 0 and reply.protected == []
     # Saved again, it is the same record (the IV moved past the margin).
     again = persist.snapshot(sa)
+    assert again.pop("remote_eap_id") is None  # a field added since
     assert again["iv_out"] == 1 + persist.IV_MARGIN + 1
     assert {k: v for k, v in again.items() if k not in ("iv_out", "expected_peer_id")} == \
         {k: v for k, v in SAVED_V1.items() if k not in ("iv_out", "expected_peer_id")}

@@ -355,6 +355,7 @@ def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payloa
     conf, setup = sa.conf(), sa.setup
     assert setup is not None
     payloads = list(proof)
+    sa.remote_eap_id = remote_eap_id
     cp = ike_config.respond(sa, conf, first)
     if cp is not None:
         payloads.append(cp)

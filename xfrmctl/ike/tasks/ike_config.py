@@ -33,7 +33,7 @@ def respond(sa: IkeSa, conf: IkeConfig, msg: Message) -> CpPayload | None:
     cp = msg.find(CpPayload)
     if cp is None or cp.cfg_type != CfgType.REQUEST or conf.pool is None:
         return None
-    address = conf.pool.acquire(str(sa.remote_id))
+    address = conf.pool.acquire(sa.lease_owner)
     if address is None:
         return None
     sa.virtual_ip = str(address)

@@ -30,7 +30,7 @@ def spawn(sa: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
     new.local_id, new.remote_id = sa.local_id, sa.remote_id
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
     new.peer_fragmentation, new.peer_hashes = sa.peer_fragmentation, sa.peer_hashes
-    new.virtual_ip = sa.virtual_ip
+    new.virtual_ip, new.remote_eap_id = sa.virtual_ip, sa.remote_eap_id
     new.silent = True
     new.move_to(IkeState.INIT_DONE)
     new.move_to(IkeState.ESTABLISHED)
