@@ -117,6 +117,8 @@ class IkeSaInfo:
     expire_at: datetime | None = None
     nat_local: bool = False
     nat_remote: bool = False
+    remote_eap_id: str | None = None  # the user the peer logged in as with EAP
+    virtual_ip: str | None = None  # ours (initiator) or the one we leased to the peer
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ class IkeSaPublic(BaseModel):
     expire_at: datetime | None
     nat_local: bool
     nat_remote: bool
+    remote_eap_id: str | None = None
+    virtual_ip: str | None = None
 
     @field_validator("spi_i", "spi_r", mode="before")
     @classmethod

@@ -51,7 +51,8 @@ def test_sa_views(server: Server) -> None:
     table = server.run("sa", "list")
     assert table.returncode == 0, table.stderr
     for text in ("ike-1", "1122334455667788_i", "c0ffee01_i", "192.0.2.0/24 === 198.51.100.0/24",
-                 "1.5KiB/10p", "2.9KiB/20p", "ESTABLISHED", "aes256gcm16-prfsha384-x25519"):
+                 "1.5KiB/10p", "2.9KiB/20p", "ESTABLISHED", "aes256gcm16-prfsha384-x25519",
+                 "198.51.100.1[gw2.example] eap:carol vip:203.0.113.9"):
         assert text in table.stdout
     data = server.json("sa", "list")
     assert data["ike_sas"][0]["spi_r"] == "99aabbccddeeff00"

@@ -70,6 +70,9 @@ async def test_eap_login_gets_a_virtual_ip(pems: dict[str, str]) -> None:
     assert child.local_ts == ("203.0.113.129/32",)
     (ike,) = await gw.b.list_ike_sas()
     assert ike.remote_id == CLIENT  # IDi; erin logged in with EAP
+    assert (ike.remote_eap_id, ike.virtual_ip) == ("erin", "203.0.113.129")
+    (client_ike,) = await gw.a.list_ike_sas()
+    assert (client_ike.remote_eap_id, client_ike.virtual_ip) == (None, "203.0.113.129")
     await gw.a.stop()
     await gw.b.stop()
 

@@ -37,7 +37,7 @@ def ike_sa(conn_id: int, sa_id: str = "ike-1") -> IkeSaInfo:
         local_addr="192.0.2.1", local_port=500, remote_addr="198.51.100.1", remote_port=500,
         local_id="gw1.example", remote_id="gw2.example", encryption="AES_GCM_16_256",
         prf="PRF_HMAC_SHA2_384", dh_group="CURVE25519", proposal="aes256gcm16-prfsha384-x25519",
-        established_at=NOW,
+        established_at=NOW, remote_eap_id="carol", virtual_ip="203.0.113.9",
         rekey_at=NOW + timedelta(hours=4), expire_at=NOW + timedelta(hours=5))
 
 

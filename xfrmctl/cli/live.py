@@ -32,10 +32,20 @@ def resolve_connection(state: State, ref: str) -> dict[str, Any]:
     raise ApiError(f"no connection named {ref!r}", EXIT_NOT_FOUND)
 
 
+def _remote(sa: dict[str, Any]) -> str:
+    """addr[IKE identity], the EAP user it logged in as and the virtual IP, if any."""
+    text = f"{sa['remote_addr']}[{sa['remote_id'] or ''}]"
+    if sa.get("remote_eap_id"):
+        text += f" eap:{sa['remote_eap_id']}"
+    if sa.get("virtual_ip"):
+        text += f" vip:{sa['virtual_ip']}"
+    return text
+
+
 IKE_COLUMNS = [
     col("IKE_SA", "id"), col("CONN", "connection_name"), col("STATE", "state"),
     ("LOCAL", lambda s: f"{s['local_addr']}[{s['local_id'] or ''}]"),
-    ("REMOTE", lambda s: f"{s['remote_addr']}[{s['remote_id'] or ''}]"),
+    ("REMOTE", _remote),
     ("SPIS", lambda s: f"{s['spi_i']}_i {s['spi_r']}_r"),
     ("PROPOSAL", lambda s: s.get("proposal") or _algorithms(s, "encryption", "integrity",
                                                              "dh_group")),

@@ -218,7 +218,8 @@ class Recorder:
 
 def ike_row(info: IkeSaInfo) -> dict[str, Any]:
     row = asdict(info)
-    for extra in ("connection_name", "nat_local", "nat_remote", "proposal"):
+    for extra in ("connection_name", "nat_local", "nat_remote", "proposal", "remote_eap_id",
+                  "virtual_ip"):
         row.pop(extra)
     row["spi_i"], row["spi_r"] = f"{info.spi_i:016x}", f"{info.spi_r:016x}"
     return row

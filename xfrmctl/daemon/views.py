@@ -96,7 +96,8 @@ class Views:
             proposal=_proposal(suite), established_at=self.wall(sa.established_at),
             rekey_at=self.wall(rekey_at), reauth_at=self.wall(sa.reauth_deadline),
             expire_at=self.wall(sa.expire_deadline),
-            nat_local=sa.nat_local, nat_remote=sa.nat_remote)
+            nat_local=sa.nat_local, nat_remote=sa.nat_remote,
+            remote_eap_id=sa.remote_eap_id, virtual_ip=sa.virtual_ip)
 
     def ike_sa_info(self, sa_id: int) -> IkeSaInfo | None:
         sa = self.c.manager.get(sa_id)
