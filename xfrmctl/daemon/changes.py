@@ -19,6 +19,7 @@ from . import conf as cf
 from . import confdiff
 from .pool import AddressPool
 from .records import ChildRecord, ChildRecordState, ConnectionRecord
+from .revocation import add_configured, configured_crls
 from .routelinks import wanted_links
 
 if TYPE_CHECKING:
@@ -250,7 +251,9 @@ class Changes:
             if conn.pool:
                 pool = self.c._pools.setdefault(name, AddressPool(conn.pool))
             try:
-                ike = cf.ike_config(name, conn, pool)
+                ike = cf.ike_config(name, conn, pool, self.c.revocation.store)
+                add_configured(self.c.revocation.store, name, ike,
+                               configured_crls(conn.crl_pem, conn.crl))
             except (OSError, ValueError) as exc:  # e.g. a psk_file or key that is missing
                 self.not_loadable(name, exc)
                 continue

@@ -71,6 +71,7 @@ from xfrmctl.ike.config import (
 from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
+from xfrmctl.ike.revocation import RevocationPolicy, RevocationStore
 
 from .pool import AddressPool
 
@@ -174,6 +175,11 @@ class ConnectionConf(_Strict):
     certificate_pem: str | None = None  # database mode: PEM text instead of files
     private_key_pem: SecretStr | None = None
     ca_pem: list[str] = Field(default_factory=list)
+    # revocation: CRL files (DER or PEM) of the connection's CAs, and the policy when a
+    # status stays unknown (strongSwan's `revocation`: strict, ifuri, relaxed) or none
+    crl: list[Path] = Field(default_factory=list)
+    crl_pem: list[str] = Field(default_factory=list)  # database mode
+    revocation: RevocationPolicy = RevocationPolicy.RELAXED
     ike_proposals: str | None = None
     start_action: StartAction = StartAction.NONE
     # 0 = off, strongSwan's default (and the API's): DPD only where asked for
@@ -300,8 +306,8 @@ def credential_digest(conf: ConnectionConf) -> str | None:
     certificate, private_key, ca), so a reload notices new content behind the same path.
     None when it names none. Kept in memory only: neither it nor the secret is logged.
     Raises OSError for a file that cannot be read."""
-    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca)
-             if p is not None]
+    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca,
+                         *conf.crl) if p is not None]
     if not paths:
         return None
     digest = hashlib.sha256()
@@ -357,23 +363,27 @@ def _pem(text: str | None, path: Path | None) -> bytes:
     return path.read_bytes()
 
 
-def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth, RemoteAuth]:
     if conf.auth is AuthMethodName.PSK:
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
                 RemoteAuth(AuthMethodName.PSK, psk=psk))
-    cert = x509.load_pem_x509_certificate(_pem(conf.certificate_pem, conf.certificate))
+    # the certificate file may hold our chain: the end entity, then its intermediates
+    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
     key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
     key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
     cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
            for c in x509.load_pem_x509_certificates(pem.encode())]
-    return (LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert),  # type: ignore[arg-type]
-            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas)))
+    return (LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
+                      intermediates=tuple(chain)),
+            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas),
+                       revocation=conf.revocation, crls=crls))
 
 
-def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None) -> IkeConfig:
-    """The IKE core's view of one connection."""
-    local_auth, remote_auth = _auth(conf)
+def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None,
+               crls: RevocationStore | None = None) -> IkeConfig:
+    """The IKE core's view of one connection. `crls`: the daemon's revocation store."""
+    local_auth, remote_auth = _auth(conf, crls)
     return IkeConfig(
         name=name,
         local_auth=local_auth,

@@ -15,6 +15,7 @@ from cryptography import x509
 from .constants import IdType
 from .payloads import TrafficSelector
 from .proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
+from .revocation import RevocationPolicy, RevocationStore
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -101,6 +102,8 @@ class RemoteAuth:
     method: AuthMethodName
     psk: bytes | None = field(default=None, repr=False)
     trust: TrustStore | None = None
+    revocation: RevocationPolicy = RevocationPolicy.RELAXED  # strongSwan's default
+    crls: RevocationStore | None = None  # the daemon's (shared); None: nothing known
 
 
 class SendCert(StrEnum):
