@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -105,12 +106,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RevocationLab]:
                "file-revoked": client("file-revoked"),
                "ocsp-good": client("ocsp-good", ocsp_url=OCSP_URL),
                "ocsp-revoked": client("ocsp-revoked", ocsp_url=OCSP_URL)}
-    crl = pki.make_crl(ca, [clients["crl-revoked"].cert, clients["file-revoked"].cert])
+    crl = pki.make_crl(ca, [clients["crl-revoked"].cert])
+    # the file's CRL is newer and lists only file-revoked: the case proves the file is read
+    file_crl = pki.make_crl(ca, [clients["file-revoked"].cert],
+                            last_update=datetime.now(UTC) - timedelta(minutes=30))
     web = work / "web"
     web.mkdir()
     (web / "ca.crl").write_bytes(crl.public_bytes(Encoding.DER))
     files = {"ca.pem": pki.pem(ca.cert), "left.pem": pki.pem(ours.cert),
-             "left.key": _pem_key(ours), "ca.crl": crl.public_bytes(Encoding.PEM),
+             "left.key": _pem_key(ours), "ca.crl": file_crl.public_bytes(Encoding.PEM),
              "ocsp.pem": pki.pem(signer.cert), "ocsp.key": _pem_key(signer),
              "index.txt": _ocsp_index(clients, {"ocsp-revoked"}).encode()}
     for fname, data in files.items():

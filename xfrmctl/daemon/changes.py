@@ -269,6 +269,7 @@ class Changes:
             changed.append(name)
         for name in set(self.c.connections) - set(conf.connections):
             changed.append(name)
+            self.c.revocation.store.remove_crls(f"connection {name}")
         for name in set(self.c.not_loaded) - set(conf.connections):
             del self.c.not_loaded[name]
         self.c.manager.configs = {r.name: r.ike for r in self.c.connections.values()
