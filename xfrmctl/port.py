@@ -15,7 +15,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
-ConfigKind = Literal["peer", "connection", "child", "proposal", "secret", "ca", "certificate"]
+ConfigKind = Literal["peer", "connection", "child", "proposal", "secret", "ca", "certificate",
+                     "crl"]
 ConfigChange = Literal["created", "updated", "deleted"]
 TargetKind = Literal["connection", "ike_sa", "child_sa"]
 

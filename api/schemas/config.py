@@ -30,6 +30,7 @@ from xfrmctl.store.models import (
     InterfaceKind,
     Mode,
     ProposalProtocol,
+    Revocation,
     SecretKind,
     StartAction,
 )
@@ -136,6 +137,10 @@ class ConnectionBase(BaseModel):
     mobike: Mobike = False
     pool: Prefix | None = Field(None, description="remote access: virtual IPs from this")
     request_virtual_ip: bool = False
+    revocation: Revocation = Field(
+        Revocation.RELAXED, description="when a peer certificate's revocation status stays "
+        "unknown: strict fails, ifuri fails if it names a CRL/OCSP URI, relaxed (strongSwan's "
+        "default) fails only if revoked; none checks nothing")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -170,6 +175,7 @@ class ConnectionUpdate(BaseModel):
     mobike: Mobike | None = None
     pool: Prefix | None = None
     request_virtual_ip: bool | None = None
+    revocation: Revocation | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
@@ -390,4 +396,38 @@ class CertificatePublic(CertificateBase, PublicBase):
 
 
 class CertificatesPublic(Page[CertificatePublic]):
+    pass
+
+
+CrlPem = Field(description="PEM-encoded certificate revocation list, signed by the CA",
+               min_length=1, max_length=8 << 20)
+
+
+class CrlBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    ca_id: Id = Field(description="the CA that issued (signed) the CRL")
+
+
+class CrlCreate(CrlBase):
+    pem: str = CrlPem
+
+
+class CrlUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    pem: str | None = Field(None, description="a newer CRL of the same CA",
+                            min_length=1, max_length=8 << 20)
+
+
+class CrlPublic(CrlBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    pem: str
+    issuer: str
+    this_update: datetime
+    next_update: datetime | None
+    revoked: int = Field(description="how many certificates it lists")
+
+
+class CrlsPublic(Page[CrlPublic]):
     pass

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "secret": "xfrmctl.cli.creds:secret",
     "ca": "xfrmctl.cli.creds:ca",
     "cert": "xfrmctl.cli.creds:cert",
+    "crl": "xfrmctl.cli.creds:crl",
     "db": "xfrmctl.cli.db:db",
     "daemon": "xfrmctl.cli.daemon:daemon",  # imports the daemon only when it runs
 }

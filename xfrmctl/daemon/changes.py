@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from xfrmctl.ike.config import IkeConfig
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import ChildSaNegotiated, ReauthDue
 from xfrmctl.ike.sa import IkeSa, IkeState
@@ -246,6 +247,7 @@ class Changes:
                 self.not_loadable(name, exc)
                 continue
             if old is not None and old.conf == conn and old.credentials == credentials:
+                self.reload_crls(name, conn, old.ike)
                 continue
             pool = None
             if conn.pool:
@@ -277,6 +279,17 @@ class Changes:
         self.c._wanted_links = wanted_links({r.name: r.conf for r in self.c.connections.values()
                                              if r.name in conf.connections})
         return changed
+
+    def reload_crls(self, name: str, conn: cf.ConnectionConf, ike: IkeConfig) -> None:
+        """Read a running connection's CRL files again (new content is no reason to
+        reauthenticate); one that went bad leaves the last good one in use."""
+        if not (conn.crl or conn.crl_pem):
+            return
+        try:
+            add_configured(self.c.revocation.store, name, ike,
+                           configured_crls(conn.crl_pem, conn.crl))
+        except (OSError, ValueError) as exc:
+            log.error("connection %s: CRL not loaded: %s", name, exc)
 
     def not_loadable(self, name: str, exc: Exception) -> None:
         """One connection that cannot be loaded is left out (a running one keeps its

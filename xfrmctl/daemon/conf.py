@@ -306,8 +306,8 @@ def credential_digest(conf: ConnectionConf) -> str | None:
     certificate, private_key, ca), so a reload notices new content behind the same path.
     None when it names none. Kept in memory only: neither it nor the secret is logged.
     Raises OSError for a file that cannot be read."""
-    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca,
-                         *conf.crl) if p is not None]
+    paths = [p for p in (conf.psk_file, conf.certificate, conf.private_key, *conf.ca)
+             if p is not None]
     if not paths:
         return None
     digest = hashlib.sha256()

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from xfrmctl.config import Settings
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
 from xfrmctl.store import models as m
-from xfrmctl.store import repo
+from xfrmctl.store import pki, repo
 from xfrmctl.store.db import Database, make_engine
 from xfrmctl.store.migrate import (
     HEAD_REVISION,
@@ -113,6 +113,7 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "fragmentation": "force" if row.fragmentation is m.Fragmentation.FORCE
         else row.fragmentation is not m.Fragmentation.NO, "encap": row.encap,
         "mobike": row.mobike, "pool": row.pool, "request_virtual_ip": row.request_virtual_ip,
+        "revocation": row.revocation.value,
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -157,6 +158,8 @@ def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[st
         out["private_key_pem"] = _text(repo.reveal_secret(session, box, key_id), key_id)
     if ca_id is not None:
         out["ca_pem"] = [repo.get(session, m.CertificateAuthority, ca_id).pem]
+        out["crl_pem"] = list(session.scalars(select(m.Crl.pem).where(m.Crl.ca_id == ca_id)
+                                              .order_by(m.Crl.id)))
     return out
 
 
@@ -337,6 +340,7 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "reauth_time": conn.reauth_time, "over_time": conn.over_time,
         "encap": conn.encap, "mobike": conn.mobike, "pool": conn.pool,
         "request_virtual_ip": conn.request_virtual_ip,
+        "revocation": m.Revocation(conn.revocation.value),
     }
     if conn.auth.value == m.AuthMethod.PSK:
         psk = _field(name, "psk_file", lambda: cf._psk(conn))
@@ -407,7 +411,26 @@ def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.Connectio
         cert_id = repo.create(session, m.Certificate, {
             "name": _free_name(session, m.Certificate, f"{name}-cert"), **cert_values},
             actor=actor).id
+    _import_crls(session, name, conn, ca_id, actor)
     return {"secret_id": key_id, "certificate_id": cert_id, "ca_id": ca_id}
+
+
+def _import_crls(session: Session, name: str, conn: cf.ConnectionConf, ca_id: int,
+                 actor: str) -> None:
+    """The connection's CRLs (files or PEM) as rows of its CA, unless stored already."""
+    datas = [*(p.encode() for p in conn.crl_pem),
+             *(_field(name, "crl", p.read_bytes) for p in conn.crl)]
+    for data in datas:
+        try:
+            crl = pki.load_crl(data)
+        except ValueError as exc:
+            raise FileRefused(f"connection {name}: crl: {exc}") from None
+        if not pki.crl_signed_by(crl, repo.get(session, m.CertificateAuthority, ca_id).pem):
+            raise FileRefused(f"connection {name}: crl: not signed by the connection's CA")
+        fields = pki.crl_fields(crl)
+        if session.scalar(select(m.Crl.id).where(m.Crl.pem == fields["pem"])) is None:
+            repo.create(session, m.Crl, {"name": _free_name(session, m.Crl, f"{name}-crl"),
+                                         "ca_id": ca_id, **fields}, actor=actor)
 
 
 def _ca(session: Session, name: str, pem: str, actor: str) -> int:

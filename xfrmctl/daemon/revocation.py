@@ -28,7 +28,13 @@ from cryptography.x509 import ocsp
 
 from xfrmctl.ike.config import IkeConfig
 from xfrmctl.ike.events import RevocationFetch
-from xfrmctl.ike.revocation import CrlQuery, OcspQuery, RevocationStore, parse_crl
+from xfrmctl.ike.revocation import (
+    CrlQuery,
+    OcspQuery,
+    RevocationStore,
+    crl_issued_by,
+    parse_crl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +53,21 @@ def configured_crls(pems: Sequence[str], paths: Sequence[Path]
 
 def add_configured(store: RevocationStore, name: str, ike: IkeConfig,
                    crls: Sequence[x509.CertificateRevocationList]) -> None:
-    """A connection's CRLs into the shared store, each verified against one of its CAs;
-    ValueError naming the CRL when none of them signed it."""
-    store.remove_crls(f"connection {name}")
+    """A connection's CRLs into the shared store (replacing its earlier ones), each
+    verified against one of its CAs; ValueError naming the CRL when none signed it (and
+    the earlier ones stay)."""
     cas = ike.remote_auth.trust.cas if ike.remote_auth.trust is not None else ()
+    signed = []
     for crl in crls:
-        for ca in cas:
-            try:
-                store.add_crl(crl, ca, source=f"connection {name}")
-                break
-            except ValueError:
-                continue
-        else:
+        ca = next((ca for ca in cas if crl_issued_by(crl, ca)), None)
+        if ca is None:
             raise ValueError(f"CRL of {crl.issuer.rfc4514_string()} is not signed by any "
                              "CA of the connection")
+        signed.append((crl, ca))
+    source = f"connection {name}"
+    store.remove_crls(source)
+    for crl, ca in signed:
+        store.add_crl(crl, ca, source=source)
 
 
 class RevocationFetcher:
