@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.support.gateways import NET_A, NET_B, A, B, Gateways, connection, start_pair
 from tests.support.pki import Credential, make_ca, make_cert, make_crl, make_ocsp_signer, pem
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.revocation import RevocationFetcher, add_configured, configured_crls
@@ -31,6 +32,7 @@ from xfrmctl.ike.revocation import (
     RevocationPolicy,
     RevocationStore,
 )
+from xfrmctl.port import ConnectionState
 
 
 def free_port() -> int:
@@ -241,3 +243,64 @@ def test_certificate_file_with_chain_gives_intermediates(tmp_path: Path) -> None
     assert ike.local_auth.certificate == gw.cert
     assert ike.local_auth.intermediates == (sub.cert,)
     assert ike.remote_auth.revocation is RevocationPolicy.RELAXED  # strongSwan's default
+
+
+# ----------------------------------------------------------------- two daemons
+
+
+def write_pubkey(tmp_path: Path, tag: str, cred: Credential, ca: Credential) -> dict[str, Path]:
+    files = {"certificate": tmp_path / f"{tag}.pem", "private_key": tmp_path / f"{tag}.key",
+             "ca": tmp_path / "ca.pem"}
+    files["certificate"].write_bytes(pem(cred.cert))
+    files["private_key"].write_bytes(cred.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                                            NoEncryption()))
+    files["ca"].write_bytes(pem(ca.cert))
+    return files
+
+
+async def pubkey_pair(tmp_path: Path, cred_a: Credential, cred_b: Credential, ca: Credential,
+                      revocation: str) -> Gateways:
+    fa, fb = write_pubkey(tmp_path, "a", cred_a, ca), write_pubkey(tmp_path, "b", cred_b, ca)
+    conn_a = connection(A, B, NET_A, NET_B, "start", auth="pubkey", psk=None,
+                        certificate=fa["certificate"], private_key=fa["private_key"],
+                        ca=[fa["ca"]], revocation="none")
+    conn_b = connection(B, A, NET_B, NET_A, auth="pubkey", psk=None,
+                        certificate=fb["certificate"], private_key=fb["private_key"],
+                        ca=[fb["ca"]], revocation=revocation)
+    return await start_pair(cf.DaemonConf(connections={"b": conn_a}),
+                            cf.DaemonConf(connections={"a": conn_b}))
+
+
+async def until_settled(gw: Gateways, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await gw.settle()
+        if gw.b.connections["a"].state is not ConnectionState.CONNECTING and \
+                gw.a.connections["b"].state is not ConnectionState.CONNECTING:
+            return
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(("revoked", "state"), [(True, ConnectionState.DOWN),
+                                                (False, ConnectionState.UP)])
+async def test_daemon_fetches_the_crl_and_decides(web: tuple[str, Path], tmp_path: Path,
+                                                  revoked: bool,
+                                                  state: ConnectionState) -> None:
+    base, root = web
+    ca = make_ca("Daemon CRL CA")
+    url = f"{base}/daemon-{revoked}.crl"
+    cred_a = make_cert(ca, "a.example", crl_url=url)
+    (root / f"daemon-{revoked}.crl").write_bytes(
+        make_crl(ca, [cred_a.cert] if revoked else []).public_bytes(Encoding.DER))
+    gw = await pubkey_pair(tmp_path, cred_a, make_cert(ca, "b.example"), ca, "strict")
+    try:
+        gw.a.connections["b"].wanted = True
+        await until_settled(gw)
+        assert gw.b.revocation.counters["fetches"] == 1
+        assert gw.b.connections["a"].state is state
+        if revoked:  # `status` says why
+            record = gw.b.connections["a"]
+            assert "revoked" in f"{record.reason} {record.detail}", (record.reason, record.detail)
+    finally:
+        await gw.a.stop()
+        await gw.b.stop()

@@ -417,17 +417,27 @@ def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.Connectio
 
 def _import_crls(session: Session, name: str, conn: cf.ConnectionConf, ca_id: int,
                  actor: str) -> None:
-    """The connection's CRLs (files or PEM) as rows of its CA, unless stored already."""
+    """The connection's CRLs (files or PEM) as rows of its CA named `<name>-crl...`; those
+    rows that the file no longer gives (an older CRL) are removed."""
     datas = [*(p.encode() for p in conn.crl_pem),
              *(_field(name, "crl", p.read_bytes) for p in conn.crl)]
+    ca_pem = repo.get(session, m.CertificateAuthority, ca_id).pem
+    wanted: dict[str, dict[str, Any]] = {}
     for data in datas:
         try:
             crl = pki.load_crl(data)
         except ValueError as exc:
             raise FileRefused(f"connection {name}: crl: {exc}") from None
-        if not pki.crl_signed_by(crl, repo.get(session, m.CertificateAuthority, ca_id).pem):
+        if not pki.crl_signed_by(crl, ca_pem):
             raise FileRefused(f"connection {name}: crl: not signed by the connection's CA")
         fields = pki.crl_fields(crl)
+        wanted[fields["pem"]] = fields
+    ours = session.scalars(select(m.Crl).where(m.Crl.ca_id == ca_id,
+                                               m.Crl.name.startswith(f"{name}-crl")))
+    for row in list(ours):
+        if wanted.pop(row.pem, None) is None:
+            repo.delete(session, m.Crl, row.id, actor=actor)
+    for fields in wanted.values():
         if session.scalar(select(m.Crl.id).where(m.Crl.pem == fields["pem"])) is None:
             repo.create(session, m.Crl, {"name": _free_name(session, m.Crl, f"{name}-crl"),
                                          "ca_id": ca_id, **fields}, actor=actor)
