@@ -35,7 +35,12 @@ or nothing; its connections are marked `managed_by: file:<path>`, the API refuse
 to them (409) until they are taken over, and the file removes only its own connections.
 `xfrmctl db import FILE` creates a file's connections once, managed by the API from then
 on. Read back from the database, `id` fields carry the database ids and certificates and
-keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`, `crl_pem`).
+
+Certificates (auth: pubkey): `certificate` (PEM; may hold our intermediates after the end
+entity: they are sent in CERT payloads), `private_key`, `ca` (the CAs peers must chain
+to), `crl` (CRL files of those CAs, DER or PEM, re-read on every reload) and `revocation`
+(strict | ifuri | relaxed | none; default relaxed as strongSwan; README "Certificates").
 
 Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
 true until MOBIKE exists), proposals left out = the core's default set.

@@ -81,7 +81,9 @@ class RevocationFetcher:
         self.resume = resume
         self.timeout = timeout
         self.wall_clock = wall_clock
-        self._client_factory = client or (lambda: httpx.AsyncClient(follow_redirects=False))
+        # direct (no proxy from the environment), no redirects: the URL is the CA's
+        self._client_factory = client or (
+            lambda: httpx.AsyncClient(follow_redirects=False, trust_env=False))
         self._client: httpx.AsyncClient | None = None
         self._crl_fetches: dict[str, asyncio.Task[None]] = {}  # by URL: shared while running
         self._failed: dict[str, float] = {}  # URL -> when it last failed (monotonic)
