@@ -19,14 +19,20 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from tests.lab.conftest import GatewayPair
-from tests.lab.interop_common import LEFT_ID, Case, check_traffic, routed_pair, wait_clean
+from tests.lab.interop_common import (
+    LEFT_ID,
+    Case,
+    case_logs,
+    check_traffic,
+    routed_pair,
+    wait_clean,
+)
 from tests.support import pki
 from tests.support.strongswan import Charon, CharonError, SwanConn
 from tests.support.xfrmctl_daemon import (
@@ -56,7 +62,7 @@ class RevocationLab:
     charon: Charon
     daemon: XfrmctlDaemon
     work: Path
-    ca: pki.Credential
+    ours_ca: pki.Credential  # charon trusts it (our certificate)
     clients: dict[str, pki.Credential]
     names: Iterator[int]
 
@@ -93,34 +99,39 @@ def _wait_listening(netns: str, port: int) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RevocationLab]:
     work = tmp_path_factory.mktemp("revocation")
-    ca = pki.make_ca("xfrmctl revocation lab CA")
-    ours = pki.make_cert(ca, LEFT_ID, sans=[LEFT_ID])
-    signer = pki.make_ocsp_signer(ca, "xfrmctl lab OCSP signer")
+    # one CA per way of knowing (each consistent: its CRL or responder knows all it
+    # revoked), and one for our own certificate
+    ours_ca = pki.make_ca("xfrmctl revocation lab gateway CA")
+    cas = {kind: pki.make_ca(f"xfrmctl revocation lab {kind} CA")
+           for kind in ("crl", "file", "ocsp")}
+    ours = pki.make_cert(ours_ca, LEFT_ID, sans=[LEFT_ID])
+    signer = pki.make_ocsp_signer(cas["ocsp"], "xfrmctl lab OCSP signer")
 
     def client(tag: str, **kw: str) -> pki.Credential:
         ident = f"{tag}.right.example.org"
-        return pki.make_cert(ca, ident, sans=[ident], **kw)
+        return pki.make_cert(cas[tag.partition("-")[0]], ident, sans=[ident], **kw)
 
     clients = {"crl-good": client("crl-good", crl_url=CRL_URL),
                "crl-revoked": client("crl-revoked", crl_url=CRL_URL),
                "file-revoked": client("file-revoked"),
                "ocsp-good": client("ocsp-good", ocsp_url=OCSP_URL),
                "ocsp-revoked": client("ocsp-revoked", ocsp_url=OCSP_URL)}
-    crl = pki.make_crl(ca, [clients["crl-revoked"].cert])
-    # the file's CRL is newer and lists only file-revoked: the case proves the file is read
-    file_crl = pki.make_crl(ca, [clients["file-revoked"].cert],
-                            last_update=datetime.now(UTC) - timedelta(minutes=30))
+    crl = pki.make_crl(cas["crl"], [clients["crl-revoked"].cert])
+    file_crl = pki.make_crl(cas["file"], [clients["file-revoked"].cert])
     web = work / "web"
     web.mkdir()
     (web / "ca.crl").write_bytes(crl.public_bytes(Encoding.DER))
-    files = {"ca.pem": pki.pem(ca.cert), "left.pem": pki.pem(ours.cert),
-             "left.key": _pem_key(ours), "ca.crl": file_crl.public_bytes(Encoding.PEM),
+    ocsp_clients = {k: v for k, v in clients.items() if k.startswith("ocsp")}
+    files = {"ours-ca.pem": pki.pem(ours_ca.cert), "left.pem": pki.pem(ours.cert),
+             "left.key": _pem_key(ours), "file-ca.crl": file_crl.public_bytes(Encoding.PEM),
              "ocsp.pem": pki.pem(signer.cert), "ocsp.key": _pem_key(signer),
-             "index.txt": _ocsp_index(clients, {"ocsp-revoked"}).encode()}
+             "index.txt": _ocsp_index(ocsp_clients, {"ocsp-revoked"}).encode(),
+             **{f"{kind}-ca.pem": pki.pem(ca.cert) for kind, ca in cas.items()}}
     for fname, data in files.items():
         (work / fname).write_bytes(data)
     (work / "index.txt.attr").write_text("unique_subject = no\n")
-    with routed_pair("xv") as pair:
+    ocsp_log = (work / "ocsp.log").open("wb")
+    with routed_pair("xv") as pair, ocsp_log:
         ns = pair.left.netns
         servers = [
             subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server",
@@ -129,9 +140,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RevocationLab]:
             subprocess.Popen(["ip", "netns", "exec", ns, "openssl", "ocsp",
                               "-index", str(work / "index.txt"), "-port", "8081",
                               "-rsigner", str(work / "ocsp.pem"), "-rkey",
-                              str(work / "ocsp.key"), "-CA", str(work / "ca.pem"),
+                              str(work / "ocsp.key"), "-CA", str(work / "ocsp-ca.pem"),
                               "-ndays", "1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                             stdout=ocsp_log, stderr=subprocess.STDOUT)]
         daemon = XfrmctlDaemon(ns, work / "daemon", daemon_conf([pair.left.outer], {}))
         charon = Charon(pair.right.netns, work / "charon")
         daemon.start(wait=False)
@@ -140,13 +151,28 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RevocationLab]:
             daemon.wait_ready()
             _wait_listening(ns, 8080)
             _wait_listening(ns, 8081)
-            yield RevocationLab(pair, charon, daemon, work, ca, clients, iter(range(1, 99)))
+            yield RevocationLab(pair, charon, daemon, work, ours_ca, clients,
+                                iter(range(1, 99)))
         finally:
             charon.stop()
             daemon.stop()
             for server in servers:
                 server.terminate()
                 server.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def keep_logs(request: pytest.FixtureRequest, lab: RevocationLab,
+              lab_results: Path) -> Iterator[None]:
+    """A failing case keeps both logs and the OCSP responder's; and leaves nothing up."""
+    failed = yield from case_logs(
+        request, lab_results, "revocation-logs",
+        [(lab.daemon.log_path, "xfrmctl.log"), (lab.charon.log_path, "charon.log"),
+         (lab.work / "ocsp.log", "ocsp.log")],
+        [(lab.daemon.config_path, "xfrmctl.yaml")])
+    if failed:
+        for sa in lab.charon.list_sas():
+            lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
 
 
 def our_conf(lab: RevocationLab, name: str, client: str, **extra: object) -> dict[str, object]:
@@ -157,7 +183,8 @@ def our_conf(lab: RevocationLab, name: str, client: str, **extra: object) -> dic
         pair.left.outer, pair.right.outer, {"net": kid},
         local_id=LEFT_ID, remote_id=f"{client}.right.example.org",
         ike_proposals=CASE.ike, auth="pubkey", certificate=str(lab.work / "left.pem"),
-        private_key=str(lab.work / "left.key"), ca=[str(lab.work / "ca.pem")], **extra)
+        private_key=str(lab.work / "left.key"),
+        ca=[str(lab.work / f"{client.partition('-')[0]}-ca.pem")], **extra)
     return daemon_conf([pair.left.outer], {name: conn})
 
 
@@ -170,7 +197,7 @@ def load_charon(lab: RevocationLab, client: str) -> None:
         esp_proposals=[CASE.esp], local_ts=[me.subnet], remote_ts=[peer.subnet],
         auth="pubkey", local_cert="right.pem", remote_cacert="ca.pem")
     lab.charon.load([conn], certs={"right.pem": pki.pem(cred.cert)},
-                    cacerts={"ca.pem": pki.pem(lab.ca.cert)},
+                    cacerts={"ca.pem": pki.pem(lab.ours_ca.cert)},
                     keys={"right.key": _pem_key(cred)})
 
 
@@ -189,6 +216,9 @@ def refused(lab: RevocationLab, client: str, **extra: object) -> None:
     failed = lab.daemon.wait_event("NegotiationFailed", 60, mark, connection=name)
     assert failed["reason"] == "AUTHENTICATION_FAILED", failed
     assert "revoked" in str(failed["message"]), failed
+    # fetched (CRL at the distribution point, OCSP) or held (the file's CRL)
+    fetched = lab.daemon.events("RevocationFetch", connection=name)
+    assert bool(fetched) is not ("crl" in extra), fetched
     assert not lab.daemon.events("IkeSaUp", connection=name)
     wait_clean(lab.pair, lambda: not lab.charon.list_sas())
 
@@ -197,6 +227,7 @@ def accepted(lab: RevocationLab, client: str) -> None:
     name, mark = start_case(lab, client, revocation="strict")
     lab.charon.initiate("net", "gw", timeout=90)
     lab.daemon.wait_event("IkeSaUp", 60, mark, connection=name)
+    assert lab.daemon.events("RevocationFetch", connection=name)  # strict: a real answer
     event = wait_installed(lab.daemon, mark, connection=name)
     lab.charon.wait_child_installed("net")
     check_traffic(lab.pair, CASE, event, None)
@@ -215,7 +246,7 @@ def test_crl_from_distribution_point_accepts_unrevoked(lab: RevocationLab) -> No
 
 
 def test_crl_file_refuses_revoked(lab: RevocationLab) -> None:
-    refused(lab, "file-revoked", crl=[str(lab.work / "ca.crl")])
+    refused(lab, "file-revoked", crl=[str(lab.work / "file-ca.crl")])
 
 
 def test_ocsp_refuses_revoked(lab: RevocationLab) -> None:
