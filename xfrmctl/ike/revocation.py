@@ -281,12 +281,14 @@ class RevocationStore:
             status, how = self.status(cert, issuer, now)
             if status is CertStatus.REVOKED:
                 return Verdict(f"certificate {_who(cert)} is revoked ({how})")
+            ocsp_at, crl_at = ocsp_uris(cert), crl_uris(cert)
+            if not fetched and not how.startswith("OCSP"):
+                # OCSP first, as strongSwan: fresher than a CRL that says good
+                queries += [OcspQuery(u, cert, issuer) for u in ocsp_at]
+                if status is not CertStatus.GOOD:
+                    crls += [CrlQuery(u, issuer) for u in crl_at]
             if status is CertStatus.GOOD:
                 continue
-            ocsp_at, crl_at = ocsp_uris(cert), crl_uris(cert)
-            if not fetched:
-                queries += [OcspQuery(u, cert, issuer) for u in ocsp_at]
-                crls += [CrlQuery(u, issuer) for u in crl_at]
             if policy is RevocationPolicy.STRICT or (
                     policy is RevocationPolicy.IFURI and (ocsp_at or crl_at)):
                 unsettled.append(f"revocation status of {_who(cert)} unknown ({how})")

@@ -218,7 +218,8 @@ def test_unknown_with_uris_asks_for_a_fetch_once(pki: Pki) -> None:
     assert verdict.crls[0].issuer == pki.ca.cert
     # a fresh CRL held: nothing to fetch (the cache until nextUpdate)
     store.add_crl(make_crl(pki.ca), pki.ca.cert, source=CRL_URL)
-    verdict = store.check(path(both, pki.ca), RevocationPolicy.STRICT, now(), fetched=False)
+    verdict = store.check(path(pki.with_crl, pki.ca), RevocationPolicy.STRICT, now(),
+                          fetched=False)
     assert verdict.why is None and not verdict.wants_fetch
 
 
@@ -231,3 +232,22 @@ def test_intermediate_revoked_by_the_root(pki: Pki) -> None:
     chain = [(leaf.cert, sub.cert), (sub.cert, pki.ca.cert)]
     verdict = store.check(chain, RevocationPolicy.STRICT, now(), fetched=True)
     assert verdict.why is not None and "Revoked Sub CA" in verdict.why
+
+
+def test_ocsp_asked_even_when_a_crl_says_good(pki: Pki) -> None:
+    """As strongSwan: OCSP (fresher) first; a held CRL that does not list the certificate
+    does not stop the query, and the responder's "revoked" wins."""
+    both = make_cert(pki.ca, "both2.example", crl_url=CRL_URL, ocsp_url=OCSP_URL)
+    store = RevocationStore()
+    store.add_crl(make_crl(pki.ca), pki.ca.cert)
+    verdict = store.check(path(both, pki.ca), RevocationPolicy.RELAXED, now(), fetched=False)
+    assert [q.url for q in verdict.ocsp] == [OCSP_URL] and not verdict.crls
+    store.add_ocsp_response(make_ocsp_response(both.cert, pki.ca, status="revoked"),
+                            both.cert, pki.ca.cert, None, now())
+    verdict = store.check(path(both, pki.ca), RevocationPolicy.RELAXED, now(), fetched=True)
+    assert verdict.why is not None and "revoked (OCSP" in verdict.why
+    # a fresh "good" answer held: nothing to fetch
+    store.add_ocsp_response(make_ocsp_response(both.cert, pki.ca), both.cert, pki.ca.cert,
+                            None, now())
+    verdict = store.check(path(both, pki.ca), RevocationPolicy.STRICT, now(), fetched=False)
+    assert verdict.why is None and not verdict.wants_fetch
