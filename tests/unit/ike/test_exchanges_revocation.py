@@ -192,3 +192,18 @@ def test_chain_is_cut_at_the_ca_the_certreq_names() -> None:
     assert _intermediates_for(local, frozenset({spki_sha1(root.cert)})) == [sub2.cert, sub1.cert]
     assert _intermediates_for(local, frozenset({spki_sha1(sub1.cert)})) == [sub2.cert]
     assert _intermediates_for(local, frozenset({spki_sha1(sub2.cert)})) == []
+
+
+def test_without_a_store_nothing_is_fetched(pki: Pki) -> None:
+    """A configuration without a RevocationStore cannot take fetched answers: it decides
+    with nothing known (relaxed passes, strict fails) instead of waiting forever."""
+    pair = make_pair(conf(pki, pki.gw_a, None, RevocationPolicy.NONE, side="a"),
+                     conf(pki, pki.gw_b, None, RevocationPolicy.RELAXED, side="b"),
+                     wall_clock=True)
+    start(pair)
+    assert not pair.of("b", RevocationFetch) and pair.of("b", IkeSaUp)
+    pair = make_pair(conf(pki, pki.gw_a, None, RevocationPolicy.NONE, side="a"),
+                     conf(pki, pki.gw_b, None, RevocationPolicy.STRICT, side="b"),
+                     wall_clock=True)
+    start(pair)
+    assert not pair.of("b", RevocationFetch) and "unknown" in failure(pair, "b").message

@@ -135,9 +135,10 @@ def _check_revocation(sa: IkeSa, remote: RemoteAuth, path: Path) -> str | None:
     setup (see park_for_revocation) and pass for now."""
     setup = sa.setup
     assert setup is not None
-    store = remote.crls or _NOTHING_KNOWN
+    # no store: nothing is known and nothing can be fetched (a daemon always gives one)
+    store = remote.crls if remote.crls is not None else _NOTHING_KNOWN
     verdict = store.check(path, remote.revocation, datetime.fromtimestamp(sa.wall_time, UTC),
-                          fetched=setup.revocation_fetched)
+                          fetched=setup.revocation_fetched or remote.crls is None)
     if verdict.wants_fetch:
         setup.revocation_fetch = verdict
         return None
