@@ -226,8 +226,13 @@ def refused(lab: RevocationLab, client: str, **extra: object) -> None:
 def accepted(lab: RevocationLab, client: str) -> None:
     name, mark = start_case(lab, client, revocation="strict")
     lab.charon.initiate("net", "gw", timeout=90)
-    lab.daemon.wait_event("IkeSaUp", 60, mark, connection=name)
-    assert lab.daemon.events("RevocationFetch", connection=name)  # strict: a real answer
+    lab.daemon.wait_event("IkeSaUp", 60, mark, connection=name)  # strict: a known answer
+    # fetched for this case, or (the CRL) once for the module: kept until its nextUpdate
+    url = OCSP_URL if client.startswith("ocsp") else CRL_URL
+    fetches = [e for e in lab.daemon.events("RevocationFetch")
+               if url in f"{e.get('crls')} {e.get('ocsp')}"]
+    mine = [e for e in fetches if e.get("connection") == name]
+    assert len(mine) == 1 if url == OCSP_URL else len(fetches) == 1, fetches
     event = wait_installed(lab.daemon, mark, connection=name)
     lab.charon.wait_child_installed("net")
     check_traffic(lab.pair, CASE, event, None)
