@@ -60,6 +60,7 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, responses=COMMON_RESPONSES)
     for sub in (peers.router, connections.router, children.router, proposals.router,
                 secrets.router, eap_users.router, certificates.ca_router, certificates.router,
+                certificates.crl_router,
                 sas.ike_router, sas.child_router, policies.router, policies.kernel_router,
                 status.router, events.router, tokens.router):
         router.include_router(sub)

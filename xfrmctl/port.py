@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
 ConfigKind = Literal["peer", "connection", "child", "proposal", "secret", "ca", "certificate",
-                     "eap_user"]
+                     "eap_user", "crl"]
 ConfigChange = Literal["created", "updated", "deleted"]
 TargetKind = Literal["connection", "ike_sa", "child_sa"]
 

@@ -1,4 +1,5 @@
-"""CAs (trust anchors) and certificates (end entity, optionally with a private key)."""
+"""CAs (trust anchors), their CRLs, and certificates (end entity, optionally with a
+private key)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from xfrmctl.store.models import (
     Certificate,
     CertificateAuthority,
     Connection,
+    Crl,
     Secret,
     SecretKind,
 )
@@ -30,10 +32,15 @@ from ..schemas.config import (
     CertificatePublic,
     CertificatesPublic,
     CertificateUpdate,
+    CrlCreate,
+    CrlPublic,
+    CrlsPublic,
+    CrlUpdate,
 )
 
 ca_router = APIRouter(prefix="/cas", tags=["cas"])
 router = APIRouter(prefix="/certificates", tags=["certificates"])
+crl_router = APIRouter(prefix="/crls", tags=["crls"])
 
 
 def parse_pem(pem: str) -> x509.Certificate:
@@ -151,3 +158,52 @@ async def update_certificate(services: ServicesDep, who: AdminDep, certificate_i
 async def delete_certificate(services: ServicesDep, who: AdminDep, certificate_id: IdPath
                              ) -> None:
     await crud.delete(services, who, Certificate, "certificate", certificate_id)
+
+
+def _crl_fields(pem: str | None) -> dict[str, Any]:
+    if pem is None:
+        return {}
+    try:
+        return pki.crl_fields(pki.load_crl(pem))
+    except ValueError as exc:
+        raise repo.InvalidField("pem", str(exc)) from None
+
+
+def _crl_check(session: Session, v: dict[str, Any]) -> None:
+    """The CRL is signed by its CA (so the daemon can use it)."""
+    ca = session.get(CertificateAuthority, v["ca_id"])
+    if ca is None:
+        raise repo.InvalidField("ca_id", f"no CA with id {v['ca_id']}")
+    if not pki.crl_signed_by(pki.load_crl(v["pem"]), ca.pem):
+        raise repo.InvalidField("pem", f"the CRL of {v['issuer']} is not signed by CA "
+                                       f"{ca.name!r}")
+
+
+@crl_router.get("", response_model=CrlsPublic)
+async def list_crls(services: ServicesDep, _: ReadDep, paging: PagingDep) -> CrlsPublic:
+    rows, count = await crud.page(services, Crl, paging)
+    return CrlsPublic(data=[CrlPublic.model_validate(r) for r in rows], count=count)
+
+
+@crl_router.post("", response_model=CrlPublic, status_code=status.HTTP_201_CREATED)
+async def create_crl(services: ServicesDep, who: AdminDep, body: CrlCreate) -> Crl:
+    values = {"name": body.name, "ca_id": body.ca_id, **_crl_fields(body.pem)}
+    return await crud.create(services, who, Crl, "crl", values, _crl_check)
+
+
+@crl_router.get("/{crl_id}", response_model=CrlPublic)
+async def read_crl(services: ServicesDep, _: ReadDep, crl_id: IdPath) -> Crl:
+    return await crud.get(services, Crl, crl_id)
+
+
+@crl_router.patch("/{crl_id}", response_model=CrlPublic)
+async def update_crl(services: ServicesDep, who: AdminDep, crl_id: IdPath, body: CrlUpdate
+                     ) -> Crl:
+    patch = body.model_dump(exclude_unset=True)
+    values = {**patch, **_crl_fields(patch.get("pem"))}
+    return await crud.update(services, who, Crl, "crl", crl_id, values, _crl_check)
+
+
+@crl_router.delete("/{crl_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_crl(services: ServicesDep, who: AdminDep, crl_id: IdPath) -> None:
+    await crud.delete(services, who, Crl, "crl", crl_id)

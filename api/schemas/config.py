@@ -32,6 +32,7 @@ from xfrmctl.store.models import (
     InterfaceKind,
     Mode,
     ProposalProtocol,
+    Revocation,
     SecretKind,
     StartAction,
 )
@@ -147,6 +148,10 @@ class ConnectionBase(BaseModel):
     eap_id: Identity | None = Field(None, description="our EAP identity (default local_id)")
     eap_secret_id: Id | None = Field(None, description="secret (kind eap): our EAP password")
     dns: AddressList = Field([], description="DNS servers sent with a virtual IP")
+    revocation: Revocation = Field(
+        Revocation.RELAXED, description="when a peer certificate's revocation status stays "
+        "unknown: strict fails, ifuri fails if it names a CRL/OCSP URI, relaxed (strongSwan's "
+        "default) fails only if revoked; none checks nothing")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -186,6 +191,7 @@ class ConnectionUpdate(BaseModel):
     eap_id: Identity | None = None
     eap_secret_id: Id | None = None
     dns: AddressList | None = None
+    revocation: Revocation | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
@@ -448,4 +454,38 @@ class EapUserPublic(PublicBase):
 
 
 class EapUsersPublic(Page[EapUserPublic]):
+    pass
+
+
+CrlPem = Field(description="PEM-encoded certificate revocation list, signed by the CA",
+               min_length=1, max_length=8 << 20)
+
+
+class CrlBase(BaseModel):
+    model_config = _FORBID
+    name: Name
+    ca_id: Id = Field(description="the CA that issued (signed) the CRL")
+
+
+class CrlCreate(CrlBase):
+    pem: str = CrlPem
+
+
+class CrlUpdate(BaseModel):
+    model_config = _FORBID
+    name: Name | None = None
+    pem: str | None = Field(None, description="a newer CRL of the same CA",
+                            min_length=1, max_length=8 << 20)
+
+
+class CrlPublic(CrlBase, PublicBase):
+    model_config = ConfigDict(from_attributes=True)
+    pem: str
+    issuer: str
+    this_update: datetime
+    next_update: datetime | None
+    revoked: int = Field(description="how many certificates it lists")
+
+
+class CrlsPublic(Page[CrlPublic]):
     pass

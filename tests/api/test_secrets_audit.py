@@ -12,12 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from tests.api.pki import cert_pem, key_pem
 from tests.support.fake_controller import FakeController, child_sa, ike_sa
-from tests.support.pki import make_ca, make_cert
+from tests.support.pki import make_ca, make_cert, make_crl
 from xfrmctl.ike.eap.mschapv2 import nt_hash
 from xfrmctl.store.db import Database
 from xfrmctl.store.models import Event
@@ -52,6 +53,9 @@ async def _setup(client: httpx.AsyncClient) -> dict[str, Any]:
                                                 "value": PSK}))["id"]
     key = await post("/secrets", {"name": "key", "kind": "private_key", "value": key_pem(gw)})
     ids["ca_id"] = (await post("/cas", {"name": "ca", "pem": cert_pem(ca)}))["id"]
+    crl = make_crl(ca).public_bytes(Encoding.PEM).decode()
+    ids["crl_id"] = (await post("/crls", {"name": "crl", "ca_id": ids["ca_id"],
+                                          "pem": crl}))["id"]
     ids["certificate_id"] = (await post("/certificates", {
         "name": "cert", "pem": cert_pem(gw), "ca_id": ids["ca_id"],
         "key_secret_id": key["id"]}))["id"]

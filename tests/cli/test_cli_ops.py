@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from tests.cli.conftest import Server
-from tests.support.pki import make_ca, make_cert
+from tests.support.pki import make_ca, make_cert, make_crl
 from xfrmctl.port import (
     ChildStatus,
     ConnectionState,
@@ -243,3 +243,27 @@ def test_a_bad_setting_is_one_sentence_and_exit_78(server: Server, tmp_path: Pat
             assert result.stderr.startswith("error: ") and named in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert "s3cret-looking-value" not in result.stderr
+
+
+def test_crl_commands(server: Server, tmp_path: Path) -> None:
+    ca = make_ca("xfrmctl CLI CRL CA")
+    ca_pem = tmp_path / "ca.pem"
+    ca_pem.write_bytes(ca.cert.public_bytes(Encoding.PEM))
+    assert server.run("ca", "add", "crl-root", str(ca_pem)).returncode == 0
+    peer = make_cert(ca, "peer.example")
+    der = tmp_path / "ca.crl"
+    der.write_bytes(make_crl(ca, [peer.cert]).public_bytes(Encoding.DER))  # as CAs publish
+    added = server.run("crl", "add", "root-crl", "crl-root", str(der))
+    assert added.returncode == 0, added.stderr
+    assert "1 revoked" in added.stdout
+    (listed,) = server.json("crl", "list")
+    assert listed["name"] == "root-crl" and listed["revoked"] == 1
+    pem = tmp_path / "new.crl"
+    pem.write_bytes(make_crl(ca, []).public_bytes(Encoding.PEM))
+    assert "0 revoked" in server.run("crl", "replace", "root-crl", str(pem)).stdout
+    forged = tmp_path / "forged.crl"
+    forged.write_bytes(make_crl(make_ca("xfrmctl CLI CRL CA")).public_bytes(Encoding.DER))
+    refused = server.run("crl", "add", "forged", "crl-root", str(forged))
+    assert refused.returncode != 0 and "not signed by CA" in refused.stderr
+    assert server.run("crl", "delete", "root-crl").returncode == 0
+    assert server.json("crl", "list") == []

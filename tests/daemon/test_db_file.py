@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy import select
 
 from api.schemas.config import ChildCreate, ConnectionCreate
@@ -28,6 +29,7 @@ from tests.support.db_daemon import (
     daemon,
     daemon_settings,
 )
+from tests.support.pki import make_ca, make_cert, make_crl, pem
 from xfrmctl.config import Settings
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import main
@@ -311,3 +313,41 @@ async def test_daemon_without_listen_starts(env: Settings,
     API on the daemon's running loop, "This event loop is already running")."""
     async with daemon(env, None, monkeypatch) as d:
         assert d.controller.connections == {}
+
+
+def test_file_crls_go_to_the_database_and_follow_the_file(env: Settings, tmp_path: Path) -> None:
+    """A connection's `crl` files become CRL rows of its CA (checked against it); a newer
+    file replaces its row; `revocation` is stored; read back, the daemon gets both."""
+    ca, other = make_ca("File CRL CA"), make_ca("Other CA")
+    gw, peer = make_cert(ca, "gw.example"), make_cert(ca, "peer.example")
+    files = {"ca.pem": pem(ca.cert), "gw.pem": pem(gw.cert),
+             "gw.key": gw.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
+             "ca.crl": make_crl(ca).public_bytes(Encoding.DER)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "connections:\n  gw:\n    local_addrs: [192.0.2.1]\n    remote_addrs: [192.0.2.2]\n"
+        f"    auth: pubkey\n    certificate: {tmp_path}/gw.pem\n"
+        f"    private_key: {tmp_path}/gw.key\n    ca: [{tmp_path}/ca.pem]\n"
+        f"    crl: [{tmp_path}/ca.crl]\n    revocation: ifuri\n")
+    upgrade(env.database_url)
+    db = Database(env.database_url)
+    box = SecretBox.from_file(env.secret_key_file)
+    try:
+        apply_file(db, box, path)
+        conf, problems = db.call(read_conf, box)
+        assert not problems and conf.connections["gw"].revocation == "ifuri"
+        (first,) = conf.connections["gw"].crl_pem
+        newer = make_crl(ca, [peer.cert])
+        (tmp_path / "ca.crl").write_bytes(newer.public_bytes(Encoding.PEM))
+        apply_file(db, box, path)
+        conf, _ = db.call(read_conf, box)
+        assert conf.connections["gw"].crl_pem == [newer.public_bytes(Encoding.PEM).decode()]
+        assert db.call(lambda s: len(list(s.scalars(select(m.Crl))))) == 1
+        (tmp_path / "ca.crl").write_bytes(make_crl(other).public_bytes(Encoding.DER))
+        with pytest.raises(FileRefused, match="gw: crl: not signed by the connection's CA"):
+            apply_file(db, box, path)
+        assert first != conf.connections["gw"].crl_pem[0]
+    finally:
+        db.dispose()

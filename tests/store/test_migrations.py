@@ -136,6 +136,33 @@ def test_0003_keeps_stored_secrets_without_a_version_and_back(tmp_path: Path) ->
     assert "version" not in columns
 
 
+def test_0005_gives_stored_connections_relaxed_revocation_and_back(tmp_path: Path) -> None:
+    """A connection stored before 0005 checks revocation as strongSwan's default (relaxed);
+    the downgrade drops the CRLs and the column and keeps the connection."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO connections (name, enabled, local_addrs, remote_addrs,"
+                          " local_port, remote_port, auth, ike_proposals, start_action,"
+                          " dpd_delay, dpd_action, rekey_time, reauth_time, over_time,"
+                          " fragmentation, encap, mobike, created_at, updated_at) VALUES"
+                          " ('c', 1, '[]', '[]', 500, 500, 'psk', 'aes128-sha256-modp2048',"
+                          " 'none', 0, 'clear', 14400, 0, 0, 'yes', 0, 0,"
+                          " '2026-01-01', '2026-01-01')"))
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT revocation FROM connections")).scalar() == "relaxed"
+        assert conn.execute(text("SELECT count(*) FROM crls")).scalar() == 0
+    downgrade(url, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM connections")).scalars().all() == ["c"]
+        columns = {c["name"] for c in inspect(engine).get_columns("connections")}
+        tables = inspect(engine).get_table_names()
+    engine.dispose()
+    assert "revocation" not in columns and "crls" not in tables
+
+
 def test_a_new_database_gets_the_migrations_schema_at_once(tmp_path: Path) -> None:
     """The daemon creates a new database from the models and stamps it (fast in a VM
     without KVM): the same schema as the migrations give, and later migrations apply."""

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "ed25519", "ed448", "rsa2048")
 
@@ -110,8 +111,14 @@ def make_cert(
     not_after: datetime | None = None,
     subject: x509.Name | None = None,
     key: CertificateIssuerPrivateKeyTypes | None = None,
+    crl_url: str | None = None,
+    ocsp_url: str | None = None,
+    extensions: Sequence[x509.ExtensionType] = (),
 ) -> Credential:
     """A certificate for `common_name`, signed by `issuer` (self-signed if None).
+
+    `crl_url` adds a CRL distribution point, `ocsp_url` an AIA OCSP responder;
+    `extensions` are added as they are (not critical).
 
     `key_usage=True` adds the usual one for the role, `False`/`None` omits it, an
     `x509.KeyUsage` is used as given. Validity defaults to now-1d .. now+30d.
@@ -142,6 +149,16 @@ def make_cert(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([general_name(s) for s in sans]), False
         )
+    if crl_url:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)],
+                                       None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), False)
+    if ocsp_url:
+        aia = x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                     x509.UniformResourceIdentifier(ocsp_url))
+        builder = builder.add_extension(x509.AuthorityInformationAccess([aia]), False)
+    for extension in extensions:
+        builder = builder.add_extension(extension, False)
     if issuer:
         ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -184,3 +201,68 @@ def simple_cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
 
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_crl(
+    ca: Credential,
+    revoked: Sequence[x509.Certificate] = (),
+    *,
+    last_update: datetime | None = None,
+    next_update: datetime | None = None,
+    signer: Credential | None = None,
+    issuer_name: x509.Name | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL of `ca` listing `revoked` (reason keyCompromise), signed by `signer` (default
+    the CA). Valid from now-1h to now+1d unless told otherwise."""
+    now = datetime.now(UTC)
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(issuer_name or ca.cert.subject)
+               .last_update(last_update or now - timedelta(hours=1))
+               .next_update(next_update or now + timedelta(days=1)))
+    for cert in revoked:
+        entry = (x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                 .revocation_date(now - timedelta(hours=2))
+                 .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), False)
+                 .build())
+        builder = builder.add_revoked_certificate(entry)
+    key = (signer or ca).key
+    return builder.sign(key, _hash_for(key))
+
+
+def make_ocsp_signer(ca: Credential, common_name: str = "OCSP responder", *,
+                     eku: bool = True) -> Credential:
+    """A delegated OCSP responder certificate issued by `ca` (EKU OCSPSigning)."""
+    extensions = [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])] if eku else []
+    return make_cert(ca, common_name, extensions=extensions)
+
+
+def make_ocsp_response(
+    cert: x509.Certificate,
+    issuer: Credential,
+    *,
+    status: str = "good",
+    responder: Credential | None = None,
+    nonce: bytes | None = None,
+    this_update: datetime | None = None,
+    next_update: datetime | None = None,
+) -> bytes:
+    """DER OCSP response about `cert` ("good", "revoked" or "unknown"), signed by
+    `responder` (default the issuer itself; a delegated one is included)."""
+    now = datetime.now(UTC)
+    cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
+                   "unknown": ocsp.OCSPCertStatus.UNKNOWN}[status]
+    revoked = status == "revoked"
+    signer = responder or issuer
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=issuer.cert, algorithm=hashes.SHA1(), cert_status=cert_status,
+        this_update=this_update or now - timedelta(minutes=1),
+        next_update=next_update or now + timedelta(hours=1),
+        revocation_time=now - timedelta(hours=2) if revoked else None,
+        revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+    ).responder_id(ocsp.OCSPResponderEncoding.HASH, signer.cert)
+    if responder is not None:
+        builder = builder.certificates([responder.cert])
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), False)
+    response = builder.sign(signer.key, _hash_for(signer.key))
+    return response.public_bytes(serialization.Encoding.DER)

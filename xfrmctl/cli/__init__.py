@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ca": "xfrmctl.cli.creds:ca",
     "cert": "xfrmctl.cli.creds:cert",
     "eap-user": "xfrmctl.cli.eapusers:eap_user",
+    "crl": "xfrmctl.cli.creds:crl",
     "db": "xfrmctl.cli.db:db",
     "daemon": "xfrmctl.cli.daemon:daemon",  # imports the daemon only when it runs
 }

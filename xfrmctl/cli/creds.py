@@ -3,7 +3,9 @@ file, stdin or a hidden prompt, sent once, and never printed."""
 
 from __future__ import annotations
 
+import base64
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,64 @@ def ca_replace(state: State, ref: str, pem_file: Path) -> None:
     updated = state.api.request("PATCH", f"/cas/{current['id']}",
                                 json={"pem": _pem(pem_file)})
     _done(state, updated, f"replaced CA {current['name']}: {updated['subject']}")
+
+
+# --------------------------------------------------------------------------- CRLs
+
+@click.group()
+def crl() -> None:
+    """Certificate revocation lists of our CAs (peers' certificates they list are refused)."""
+
+
+_add_list(crl, "/crls", [col("ID", "id"), col("NAME", "name"), col("CA", "ca_id"),
+                         col("ISSUER", "issuer"), col("REVOKED", "revoked"),
+                         col("THIS_UPDATE", "this_update"),
+                         col("NEXT_UPDATE", "next_update")])
+_add_show(crl, "/crls", "CRL")
+_add_delete(crl, "/crls", "CRL")
+
+_crl_arg = click.argument("crl_file", metavar="CRL", type=click.Path(
+    path_type=Path, dir_okay=False, exists=True))
+
+
+def _crl_pem(path: Path) -> str:
+    """The CRL file as PEM (DER files, as CAs publish them, are wrapped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="CRL") from None
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return data.decode("ascii", errors="replace")
+    body = textwrap.fill(base64.b64encode(data).decode(), 64)
+    return f"-----BEGIN X509 CRL-----\n{body}\n-----END X509 CRL-----\n"
+
+
+@crl.command("add")
+@click.argument("name")
+@click.argument("ca_ref", metavar="CA")
+@_crl_arg
+@json_flag
+@pass_state
+def crl_add(state: State, name: str, ca_ref: str, crl_file: Path) -> None:
+    """Store a CRL (PEM or DER file) of a CA (id or name); it must be signed by it."""
+    ca_id = resolve(state, "/cas", ca_ref, "CA")["id"]
+    created = state.api.request("POST", "/crls", json={
+        "name": name, "ca_id": ca_id, "pem": _crl_pem(crl_file)})
+    _done(state, created, f"added CRL {name} (id {created['id']}): {created['revoked']} "
+                          f"revoked, next update {created['next_update'] or '-'}")
+
+
+@crl.command("replace")
+@click.argument("ref")
+@_crl_arg
+@json_flag
+@pass_state
+def crl_replace(state: State, ref: str, crl_file: Path) -> None:
+    """Replace a CRL with a newer one of the same CA."""
+    current = resolve(state, "/crls", ref, "CRL")
+    updated = state.api.request("PATCH", f"/crls/{current['id']}",
+                                json={"pem": _crl_pem(crl_file)})
+    _done(state, updated, f"replaced CRL {current['name']}: {updated['revoked']} revoked")
 
 
 # --------------------------------------------------------------------------- certificates

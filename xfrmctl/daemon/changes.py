@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from xfrmctl.ike.config import IkeConfig
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import ChildSaNegotiated, ReauthDue
 from xfrmctl.ike.sa import IkeSa, IkeState
@@ -19,6 +20,7 @@ from . import conf as cf
 from . import confdiff
 from .pool import AddressPool
 from .records import ChildRecord, ChildRecordState, ConnectionRecord
+from .revocation import add_configured, configured_crls
 from .routelinks import wanted_links
 
 if TYPE_CHECKING:
@@ -245,12 +247,15 @@ class Changes:
                 self.not_loadable(name, exc)
                 continue
             if old is not None and old.conf == conn and old.credentials == credentials:
+                self.reload_crls(name, conn, old.ike)
                 continue
             pool = None
             if conn.pool:
                 pool = self.c._pools.setdefault(name, AddressPool(conn.pool))
             try:
-                ike = cf.ike_config(name, conn, pool)
+                ike = cf.ike_config(name, conn, pool, self.c.revocation.store)
+                add_configured(self.c.revocation.store, name, ike,
+                               configured_crls(conn.crl_pem, conn.crl))
             except (OSError, ValueError) as exc:  # e.g. a psk_file or key that is missing
                 self.not_loadable(name, exc)
                 continue
@@ -266,6 +271,7 @@ class Changes:
             changed.append(name)
         for name in set(self.c.connections) - set(conf.connections):
             changed.append(name)
+            self.c.revocation.store.remove_crls(f"connection {name}")
         for name in set(self.c.not_loaded) - set(conf.connections):
             del self.c.not_loaded[name]
         self.c.manager.configs = {r.name: r.ike for r in self.c.connections.values()
@@ -273,6 +279,17 @@ class Changes:
         self.c._wanted_links = wanted_links({r.name: r.conf for r in self.c.connections.values()
                                              if r.name in conf.connections})
         return changed
+
+    def reload_crls(self, name: str, conn: cf.ConnectionConf, ike: IkeConfig) -> None:
+        """Read a running connection's CRL files again (new content is no reason to
+        reauthenticate); one that went bad leaves the last good one in use."""
+        if not (conn.crl or conn.crl_pem):
+            return
+        try:
+            add_configured(self.c.revocation.store, name, ike,
+                           configured_crls(conn.crl_pem, conn.crl))
+        except (OSError, ValueError) as exc:
+            log.error("connection %s: CRL not loaded: %s", name, exc)
 
     def not_loadable(self, name: str, exc: Exception) -> None:
         """One connection that cannot be loaded is left out (a running one keeps its

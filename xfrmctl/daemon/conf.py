@@ -40,7 +40,12 @@ or nothing; its connections are marked `managed_by: file:<path>`, the API refuse
 to them (409) until they are taken over, and the file removes only its own connections.
 `xfrmctl db import FILE` creates a file's connections once, managed by the API from then
 on. Read back from the database, `id` fields carry the database ids and certificates and
-keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
+keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`, `crl_pem`).
+
+Certificates (auth: pubkey): `certificate` (PEM; may hold our intermediates after the end
+entity: they are sent in CERT payloads), `private_key`, `ca` (the CAs peers must chain
+to), `crl` (CRL files of those CAs, DER or PEM, re-read on every reload) and `revocation`
+(strict | ifuri | relaxed | none; default relaxed as strongSwan; README "Certificates").
 
 Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
 true until MOBIKE exists), proposals left out = the core's default set.
@@ -77,6 +82,7 @@ from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
 from xfrmctl.ike.eap.mschapv2 import MschapClient, MschapServer, nt_hash
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
+from xfrmctl.ike.revocation import RevocationPolicy, RevocationStore
 
 from .eapusers import EAP_USERS
 from .pool import AddressPool
@@ -185,6 +191,11 @@ class ConnectionConf(_Strict):
     certificate_pem: str | None = None  # database mode: PEM text instead of files
     private_key_pem: SecretStr | None = None
     ca_pem: list[str] = Field(default_factory=list)
+    # revocation: CRL files (DER or PEM) of the connection's CAs, and the policy when a
+    # status stays unknown (strongSwan's `revocation`: strict, ifuri, relaxed) or none
+    crl: list[Path] = Field(default_factory=list)
+    crl_pem: list[str] = Field(default_factory=list)  # database mode
+    revocation: RevocationPolicy = RevocationPolicy.RELAXED
     ike_proposals: str | None = None
     start_action: StartAction = StartAction.NONE
     # 0 = off, strongSwan's default (and the API's): DPD only where asked for
@@ -414,39 +425,46 @@ def eap_password(conf: ConnectionConf) -> str:
     return conf.eap_password_file.read_text().strip()
 
 
-def _cas(conf: ConnectionConf) -> list[x509.Certificate]:
-    return [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
-            for c in x509.load_pem_x509_certificates(pem.encode())]
+def _remote_pubkey(conf: ConnectionConf, crls: RevocationStore | None) -> RemoteAuth:
+    """The peer proves itself with a certificate from one of our CAs, not revoked."""
+    cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
+           for c in x509.load_pem_x509_certificates(pem.encode())]
+    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas), revocation=conf.revocation,
+                      crls=crls)
 
 
-def _eap_client(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+def _eap_client(conf: ConnectionConf, crls: RevocationStore | None
+                ) -> tuple[LocalAuth, RemoteAuth]:
     identity = conf.eap_id or conf.local_id or ""
     password_hash = nt_hash(eap_password(conf))
     return (LocalAuth(AuthMethodName.PUBKEY,
                       eap=lambda: MschapClient(identity, password_hash)),
-            RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf))))
+            _remote_pubkey(conf, crls))
 
 
-def _auth(conf: ConnectionConf) -> tuple[LocalAuth, RemoteAuth]:
+def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth, RemoteAuth]:
     if conf.local_auth is not None:
-        return _eap_client(conf)
+        return _eap_client(conf, crls)
     if conf.auth is AuthMethodName.PSK:
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
                 RemoteAuth(AuthMethodName.PSK, psk=psk))
-    cert = x509.load_pem_x509_certificate(_pem(conf.certificate_pem, conf.certificate))
+    # the certificate file may hold our chain: the end entity, then its intermediates
+    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
     key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
     key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
-    local = LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert)  # type: ignore[arg-type]
+    local = LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
+                      intermediates=tuple(chain))
     if conf.remote_auth is not None:  # the gateway: users from the database
         return local, RemoteAuth(AuthMethodName.PUBKEY,
                                  eap=lambda sa_id: MschapServer(EAP_USERS.lookup))
-    return local, RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf)))
+    return local, _remote_pubkey(conf, crls)
 
 
-def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None) -> IkeConfig:
-    """The IKE core's view of one connection."""
-    local_auth, remote_auth = _auth(conf)
+def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None,
+               crls: RevocationStore | None = None) -> IkeConfig:
+    """The IKE core's view of one connection. `crls`: the daemon's revocation store."""
+    local_auth, remote_auth = _auth(conf, crls)
     return IkeConfig(
         name=name,
         local_auth=local_auth,

@@ -28,6 +28,9 @@ from .conf import ChildConf, ConnectionConf
 CONNECTION_LOCAL = frozenset({
     "id", "description", "start_action", "dpd_delay", "dpd_action", "close_action",
     "rekey_time", "reauth_time", "over_time", "children",
+    # revocation applies to the next authentication (as strongSwan: no reauthentication
+    # when a CRL changes; the daemon re-reads CRL files on every reload)
+    "crl", "crl_pem", "revocation",
 })
 # ConnectionConf fields that an IKE_SA rekey brings in (no reauthentication needed).
 IKE_REKEY = frozenset({"ike_proposals"})

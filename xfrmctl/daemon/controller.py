@@ -39,9 +39,11 @@ from xfrmctl.ike.events import (
     NegotiationFailed,
     PeerMoved,
     ReauthDue,
+    RevocationFetch,
     VirtualIpAssigned,
 )
 from xfrmctl.ike.manager import IkeManager
+from xfrmctl.ike.revocation import RevocationStore
 from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks
@@ -82,6 +84,7 @@ from .records import (
 )
 from .records import child_id as child_id_of
 from .restore import Restorer, read_boot_id
+from .revocation import RevocationFetcher
 from .routelinks import LinkSpec, RouteLinks
 from .routes import PolicyRoutes
 from .state import StateFile
@@ -164,6 +167,9 @@ class Controller:
         self.changes = Changes(self)
         self.saved = Restorer(self)
         self.traps = Traps(kernel, self.routes, self.reqid)
+        # CRLs and OCSP answers (shared by the connections), and the fetches IKE_AUTH asks
+        self.revocation = RevocationFetcher(RevocationStore(), self._resume_auth,
+                                            wall_clock=wall_clock)
         self.changes.load(conf)
 
     # The installer's state, as the daemon's tests and views read it.
@@ -255,6 +261,7 @@ class Controller:
     async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        await self.revocation.close()
         self.installer.cancel()
         for task in self._tasks:
             task.cancel()
@@ -302,6 +309,12 @@ class Controller:
                 self.send(datagram)
         self._dirty = True
         self._schedule_timer()
+
+    def _resume_auth(self, sa_id: int) -> None:
+        """Revocation information came (or the fetch gave up): IKE_AUTH goes on."""
+        self.manager.wall_offset = self.wall_clock() - self.clock()
+        self.manager.resume_auth(sa_id, self.clock())
+        self._flush()
 
     # ----------------------------------------------------------------- timers
 
@@ -553,4 +566,5 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     VirtualIpAssigned: lambda c, e: c.child_sas.on_vip(e),
     PeerMoved: lambda c, e: c.child_sas.on_peer_moved(e),
     ReauthDue: lambda c, e: c.changes.on_reauth_due(e),
+    RevocationFetch: lambda c, e: c.revocation.on_fetch(e),
 }

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from xfrmctl.config import Settings
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
 from xfrmctl.store import models as m
-from xfrmctl.store import repo
+from xfrmctl.store import pki, repo
 from xfrmctl.store.db import Database, make_engine
 from xfrmctl.store.migrate import (
     HEAD_REVISION,
@@ -118,6 +118,7 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "local_auth": row.local_auth.value if row.local_auth else None,
         "remote_auth": row.remote_auth.value if row.remote_auth else None,
         "eap_id": row.eap_id, "dns": row.dns or [],
+        "revocation": row.revocation.value,
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -170,6 +171,8 @@ def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[st
         out["private_key_pem"] = _text(repo.reveal_secret(session, box, key_id), key_id)
     if ca_id is not None:
         out["ca_pem"] = [repo.get(session, m.CertificateAuthority, ca_id).pem]
+        out["crl_pem"] = list(session.scalars(select(m.Crl.pem).where(m.Crl.ca_id == ca_id)
+                                              .order_by(m.Crl.id)))
     return out
 
 
@@ -356,6 +359,7 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "local_auth": m.EapMethod(conn.local_auth.value) if conn.local_auth else None,
         "remote_auth": m.EapMethod(conn.remote_auth.value) if conn.remote_auth else None,
         "eap_id": conn.eap_id, "dns": conn.dns,
+        "revocation": m.Revocation(conn.revocation.value),
     }
     if conn.local_auth is not None:  # an EAP client: the gateway's CA, our password
         password = _field(name, "eap_password_file", lambda: cf.eap_password(conn)).encode()
@@ -435,7 +439,39 @@ def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.Connectio
         cert_id = repo.create(session, m.Certificate, {
             "name": _free_name(session, m.Certificate, f"{name}-cert"), **cert_values},
             actor=actor).id
+    if ca_id is not None:
+        _import_crls(session, name, conn, ca_id, actor)
+    elif conn.crl or conn.crl_pem:
+        raise FileRefused(f"connection {name}: crl: a CRL needs the connection's ca")
     return {"secret_id": key_id, "certificate_id": cert_id, "ca_id": ca_id}
+
+
+def _import_crls(session: Session, name: str, conn: cf.ConnectionConf, ca_id: int,
+                 actor: str) -> None:
+    """The connection's CRLs (files or PEM) as rows of its CA named `<name>-crl...`; those
+    rows that the file no longer gives (an older CRL) are removed."""
+    datas = [*(p.encode() for p in conn.crl_pem),
+             *(_field(name, "crl", p.read_bytes) for p in conn.crl)]
+    ca_pem = repo.get(session, m.CertificateAuthority, ca_id).pem
+    wanted: dict[str, dict[str, Any]] = {}
+    for data in datas:
+        try:
+            crl = pki.load_crl(data)
+        except ValueError as exc:
+            raise FileRefused(f"connection {name}: crl: {exc}") from None
+        if not pki.crl_signed_by(crl, ca_pem):
+            raise FileRefused(f"connection {name}: crl: not signed by the connection's CA")
+        fields = pki.crl_fields(crl)
+        wanted[fields["pem"]] = fields
+    ours = session.scalars(select(m.Crl).where(m.Crl.ca_id == ca_id,
+                                               m.Crl.name.startswith(f"{name}-crl")))
+    for row in list(ours):
+        if wanted.pop(row.pem, None) is None:
+            repo.delete(session, m.Crl, row.id, actor=actor)
+    for fields in wanted.values():
+        if session.scalar(select(m.Crl.id).where(m.Crl.pem == fields["pem"])) is None:
+            repo.create(session, m.Crl, {"name": _free_name(session, m.Crl, f"{name}-crl"),
+                                         "ca_id": ca_id, **fields}, actor=actor)
 
 
 def _ca(session: Session, name: str, pem: str, actor: str) -> int:

@@ -4,7 +4,8 @@ Chain validation here is the part IKE needs (RFC 4945 profile, RFC 5280 basics):
 signatures up to a configured CA, validity at `now`, basicConstraints cA and
 pathLenConstraint for issuers, keyUsage keyCertSign for issuers and
 digitalSignature/nonRepudiation for the end entity where keyUsage is present.
-Revocation (CRL/OCSP) is not checked. Signature checks use `cryptography`.
+Revocation (CRL/OCSP) is revocation.py's, on the path `verify` returns. Signature
+checks use `cryptography`.
 """
 
 import ipaddress
@@ -113,19 +114,23 @@ class TrustStore:
         end_entity: x509.Certificate,
         intermediates: Sequence[x509.Certificate],
         now: datetime,
-    ) -> None:
-        """Raise ProtocolError(AUTHENTICATION_FAILED) unless `end_entity` chains to a CA."""
+    ) -> list[tuple[x509.Certificate, x509.Certificate]]:
+        """Raise ProtocolError(AUTHENTICATION_FAILED) unless `end_entity` chains to a CA.
+        Returns the path as (certificate, issuer) pairs from the end entity up."""
         _check_end_entity(end_entity, now)
         current, pool, below = end_entity, list(intermediates), 0
+        path: list[tuple[x509.Certificate, x509.Certificate]] = []
         for _ in range(_MAX_CHAIN):
             anchor = self._anchor_for(current)
             if anchor is not None:
                 _check_issuer(anchor, now, below)
-                return
+                path.append((current, anchor))
+                return path
             issuer = _find_issuer(current, pool)
             if issuer is None:
                 raise _failed(current, "not issued by a trusted CA")
             _check_issuer(issuer, now, below)
+            path.append((current, issuer))
             pool.remove(issuer)
             current, below = issuer, below + 1
         raise _failed(end_entity, f"chain longer than {_MAX_CHAIN}")

@@ -16,6 +16,7 @@ from cryptography import x509
 from .constants import IdType
 from .payloads import TrafficSelector
 from .proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
+from .revocation import RevocationPolicy, RevocationStore
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -107,6 +108,8 @@ class RemoteAuth:
     trust: TrustStore | None = None
     # set: the peer authenticates with EAP against this server (we are the gateway)
     eap: EapServerFactory | None = field(default=None, repr=False)
+    revocation: RevocationPolicy = RevocationPolicy.RELAXED  # strongSwan's default
+    crls: RevocationStore | None = None  # the daemon's (shared); None: nothing known
 
 
 class SendCert(StrEnum):

@@ -15,6 +15,7 @@ from .config import Identity, Mode
 from .constants import ProtocolId
 from .payloads import TrafficSelector
 from .proposals import Suite
+from .revocation import CrlQuery, OcspQuery
 
 Endpoint = tuple[str, int]
 
@@ -159,5 +160,18 @@ class PeerMoved:
     new: Endpoint
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationFetch:
+    """IKE_AUTH waits for revocation information: fetch it (CRLs into the connection's
+    RevocationStore, OCSP answers verified by it), then call `IkeManager.resume_auth`.
+    Asked only after the peer's chain and AUTH signature verified."""
+
+    ike_sa: int
+    connection: str
+    crls: tuple[CrlQuery, ...]
+    ocsp: tuple[OcspQuery, ...]
+
+
 Event = (IkeSaUp | IkeSaRekeyed | IkeSaDown | ChildSaNegotiated | ChildSaDeleted
-         | NegotiationFailed | VirtualIpAssigned | PeerMoved | ReauthDue)
+         | NegotiationFailed | VirtualIpAssigned | PeerMoved | ReauthDue | RevocationFetch)
+

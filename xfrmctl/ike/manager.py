@@ -142,6 +142,14 @@ class IkeManager:
         self._register(sa)
         self._collect(sa)
 
+    def resume_auth(self, sa_id: int, now: float) -> None:
+        """The daemon fetched what a RevocationFetch asked for (or gave up): go on."""
+        sa = self.get(sa_id)
+        if sa is not None:
+            sa.wall_offset = self.wall_offset
+            sa.resume_auth(now)
+            self._collect(sa)
+
     def act(self, sa: IkeSa, action: Callable[[IkeSa], object]) -> None:
         """Run an API call on an SA (rekey, delete ...) and collect what it produced."""
         action(sa)

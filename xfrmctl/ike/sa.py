@@ -503,10 +503,22 @@ class IkeSa:
             return  # late or spoofed: ignore
         if msg.exchange == ExchangeType.IKE_SA_INIT and self.setup is not None:
             self.setup.init_response = raw
+        self.process_response(out.task, msg, now)
+
+    def process_response(self, task: Task, msg: Message, now: float) -> None:
         try:
-            out.task.process(self, msg, now)
+            task.process(self, msg, now)
         except ProtocolError as exc:
             self.fail(FailureReason.PROTOCOL_ERROR, str(exc))
+
+    def resume_auth(self, now: float) -> None:
+        """Run the IKE_AUTH step that waited for revocation information (ike_auth.py)."""
+        setup = self.setup
+        if setup is None or setup.parked is None or self.state is IkeState.CLOSED:
+            return
+        step, setup.parked = setup.parked, None
+        step(now)
+        self._next_task(now)
 
     def _on_request(self, msg: Message, raw: bytes, now: float) -> None:
         window = self.window
@@ -522,6 +534,10 @@ class IkeSa:
         responder = RESPONDERS.get(msg.exchange)
         if responder is None:
             return
+        self.answer_request(responder, msg, raw, now)
+
+    def answer_request(self, responder: Callable[[IkeSa, Message, bytes, float], None],
+                       msg: Message, raw: bytes, now: float) -> None:
         try:
             responder(self, msg, raw, now)
         except ProtocolError as exc:

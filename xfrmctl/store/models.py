@@ -109,6 +109,13 @@ class Fragmentation(enum.StrEnum):
     FORCE = "force"
 
 
+class Revocation(enum.StrEnum):
+    STRICT = "strict"
+    IFURI = "ifuri"
+    RELAXED = "relaxed"
+    NONE = "none"
+
+
 class Mode(enum.StrEnum):
     TUNNEL = "tunnel"
     TRANSPORT = "transport"
@@ -183,6 +190,20 @@ class CertificateAuthority(Timestamps, Base):
     not_after: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Crl(Timestamps, Base):
+    """A certificate revocation list of one of our CAs (verified against it when written)."""
+
+    __tablename__ = "crls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"), index=True)
+    pem: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(Text)
+    this_update: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_update: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked: Mapped[int] = mapped_column(Integer, default=0)  # how many certificates it lists
+
+
 class Certificate(Timestamps, Base):
     __tablename__ = "certificates"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -241,6 +262,9 @@ class Connection(Timestamps, Base):
     eap_secret_id: Mapped[int | None] = mapped_column(
         ForeignKey("secrets.id", ondelete="RESTRICT"))
     dns: Mapped[list[str]] = mapped_column(JSON, default=list)  # sent with virtual IPs
+    # strongSwan's `revocation` (strict, ifuri, relaxed) or none
+    revocation: Mapped[Revocation] = mapped_column(_enum(Revocation),
+                                                   default=Revocation.RELAXED)
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)

@@ -3,11 +3,15 @@ certificates, the configuration payload and the first CHILD_SA.
 
 The initiator's `IkeAuth` follows IKE_SA_INIT; `respond` picks the connection by the
 peer's identity among the candidates. Certificates go out as `IkeConfig.send_cert` says
-(default: when the peer sent a CERTREQ).
+(default: when the peer sent a CERTREQ): the end entity and the intermediates up to
+the CA the peer named. Revocation is checked after the chain and the AUTH signature
+verified; when it needs a fetch the exchange parks (`Setup.parked`), the daemon fetches
+(RevocationFetch) and `IkeSa.resume_auth` runs the step again with what came back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -16,12 +20,12 @@ from cryptography.hazmat.primitives import constant_time
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import auth
-from ..certs import TrustStore, id_for_certificate, identity_matches
-from ..config import AuthMethodName, Identity, IkeConfig, LocalAuth, SendCert
+from ..certs import TrustStore, id_for_certificate, identity_matches, spki_sha1
+from ..config import AuthMethodName, Identity, IkeConfig, LocalAuth, RemoteAuth, SendCert
 from ..constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
 from ..eap import EapError
 from ..errors import LocalError, ProtocolError
-from ..events import FailureReason, IkeSaUp
+from ..events import FailureReason, IkeSaUp, RevocationFetch
 from ..message import Message
 from ..payloads import (
     AuthPayload,
@@ -34,11 +38,12 @@ from ..payloads import (
     SaPayload,
     id_body,
 )
+from ..revocation import RevocationStore
 from ..state import IkeState
 from . import ike_config, ike_eap
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
-from .ike_init import Setup, certreq
+from .ike_init import Setup, certreq, requested_cas
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -82,11 +87,21 @@ def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
     method, data = auth.sign(local.private_key, octets, set(sa.peer_hashes))
     if not _sends_cert(conf, setup):
         return [AuthPayload(method, data)]
-    certs: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE,
-                                        local.certificate.public_bytes(Encoding.DER))]
-    certs += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(Encoding.DER))
-              for c in local.intermediates]
+    chain = [local.certificate, *_intermediates_for(local, setup.peer_cas)]
+    certs: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(Encoding.DER))
+                            for c in chain]
     return [*certs, AuthPayload(method, data)]
+
+
+def _intermediates_for(local: LocalAuth, requested: frozenset[bytes]) -> list[x509.Certificate]:
+    """Our intermediates (configured issuer first) up to the CA the peer's CERTREQ named:
+    a peer that trusts an intermediate itself needs nothing above it."""
+    sent: list[x509.Certificate] = []
+    for cert in local.intermediates:
+        if spki_sha1(cert) in requested:
+            break
+        sent.append(cert)
+    return sent
 
 
 def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
@@ -107,12 +122,47 @@ def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
         if not constant_time.bytes_eq(expected, auth_payload.data):
             return "PSK AUTH payload does not verify (wrong pre-shared key?)"
         return None
-    return _verify_certificate_auth(sa, remote.trust, msg, id_payload, auth_payload, octets)
+    path = _verify_certificate_auth(sa, remote.trust, msg, id_payload, auth_payload, octets)
+    if isinstance(path, str):
+        return path
+    return _check_revocation(sa, remote, path)
+
+
+Path = list[tuple[x509.Certificate, x509.Certificate]]
+_NOTHING_KNOWN = RevocationStore()
+
+
+def _check_revocation(sa: IkeSa, remote: RemoteAuth, path: Path) -> str | None:
+    """Revocation of a verified chain; when a fetch would settle it, note that in the
+    setup (see park_for_revocation) and pass for now."""
+    setup = sa.setup
+    assert setup is not None
+    # no store: nothing is known and nothing can be fetched (a daemon always gives one)
+    store = remote.crls if remote.crls is not None else _NOTHING_KNOWN
+    verdict = store.check(path, remote.revocation, datetime.fromtimestamp(sa.wall_time, UTC),
+                          fetched=setup.revocation_fetched or remote.crls is None)
+    if verdict.wants_fetch:
+        setup.revocation_fetch = verdict
+        return None
+    return verdict.why
+
+
+def park_for_revocation(sa: IkeSa, step: Callable[[float], None]) -> bool:
+    """If the last verify_peer_auth asked for revocation information: ask the daemon
+    for it, keep `step` to run again on resume_auth, and say so (True)."""
+    setup = sa.setup
+    if setup is None or setup.revocation_fetch is None:
+        return False
+    verdict, setup.revocation_fetch = setup.revocation_fetch, None
+    setup.revocation_fetched, setup.parked = True, step
+    sa.emit(RevocationFetch(ike_sa=sa.id, connection=sa.conf().name, crls=verdict.crls,
+                            ocsp=verdict.ocsp))
+    return True
 
 
 def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
                              id_payload: IdiPayload | IdrPayload,
-                             auth_payload: AuthPayload, octets: bytes) -> str | None:
+                             auth_payload: AuthPayload, octets: bytes) -> str | Path:
     if trust is None:
         return "no CA configured to verify the peer's certificate"
     if auth_payload.method == AuthMethod.PSK:
@@ -126,14 +176,14 @@ def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
         return f"peer certificate does not parse: {exc}"
     end_entity = chain[0]
     try:
-        trust.verify(end_entity, chain[1:], datetime.fromtimestamp(sa.wall_time, UTC))
+        path = trust.verify(end_entity, chain[1:], datetime.fromtimestamp(sa.wall_time, UTC))
         auth.verify(end_entity.public_key(), auth_payload.method, auth_payload.data, octets)
     except ProtocolError as exc:
         return str(exc)
     if not identity_matches(end_entity, id_payload.id_type, id_payload.data):
         return f"identity {Identity(id_payload.id_type, id_payload.data)} is not in " \
                f"the certificate of {end_entity.subject.rfc4514_string()}"
-    return None
+    return path
 
 
 def established(sa: IkeSa, now: float, remote_eap_id: str | None = None) -> None:
@@ -227,6 +277,8 @@ class IkeAuth:
                                setup.nonce_i)
         if why is not None:
             self._reject_responder(sa, why)
+            return
+        if park_for_revocation(sa, lambda later: sa.process_response(self, msg, later)):
             return
         sa.remote_id = remote_id
         if self.eap is not None:
@@ -329,6 +381,7 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         return
     sa.config = conf
     setup.peer_certreq = msg.find(CertReqPayload) is not None
+    setup.peer_cas = requested_cas(msg)
     if auth_payload is None:  # EAP: we prove ourselves, then ask who it is
         sa.remote_id = remote_id
         sa.local_id = local_identity(sa, conf)
@@ -340,6 +393,8 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
         return
+    if park_for_revocation(sa, lambda later: sa.answer_request(respond, msg, raw, later)):
+        return  # the peer's retransmissions are dropped meanwhile (no answer cached yet)
     sa.remote_id = remote_id
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from ..payloads import (
     SaPayload,
 )
 from ..proposals import Suite, suite_of
+from ..revocation import Verdict
 from ..state import IkeState
 from .base import error_notify, notify
 
@@ -55,6 +57,10 @@ class Setup:
     retries: int = 0
     sent_proposals: tuple[Proposal, ...] = ()
     peer_certreq: bool = False
+    peer_cas: frozenset[bytes] = frozenset()  # SHA-1 SPKI hashes the peer's CERTREQs named
+    revocation_fetch: Verdict | None = None  # what IKE_AUTH waits for (revocation.py)
+    revocation_fetched: bool = False
+    parked: Callable[[float], None] | None = None  # the IKE_AUTH step to run on resume
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
     eap: EapExchange | None = None  # the gateway's EAP conversation (ike_eap.py)
 
@@ -101,6 +107,13 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
         # RFC 7296 2.23: after a NAT is detected, IKE moves to port 4500.
         sa.remote = (sa.remote[0], 4500)
         sa.local = (sa.local[0], 4500)
+
+
+def requested_cas(msg: Message) -> frozenset[bytes]:
+    """The CA hashes (SHA-1 of the SPKI, RFC 7296 3.7) named by the peer's CERTREQs."""
+    data = b"".join(p.data for p in msg.find_all(CertReqPayload)
+                    if p.encoding == CertEncoding.X509_SIGNATURE)
+    return frozenset(data[i : i + 20] for i in range(0, len(data) - len(data) % 20, 20))
 
 
 def certreq(sa: IkeSa) -> CertReqPayload | None:
@@ -165,6 +178,7 @@ class IkeInit:
         read_init_notifies(sa, msg)
         _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
+        setup.peer_cas = requested_cas(msg)
         sa.move_to(IkeState.AUTH_SENT)
         sa.start_auth(now)
 
