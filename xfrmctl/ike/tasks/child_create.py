@@ -360,9 +360,8 @@ def _accept_child(sa: IkeSa, msg: Message, rekey_of: ChildSa | None, now: float,
                 raise ChildFailure(FailureReason.INVALID_KE_PAYLOAD,
                                    f"PFS group {ke.group} instead of {suite.dh}",
                                    child=config.name, notify_data=struct.pack("!H", suite.dh))
-            our_ke = dh.new_key_exchange(suite.dh)
-            shared = our_ke.shared_secret(ke.data)
-            response.append(KePayload(suite.dh, our_ke.public_key))
+            our_data, shared = dh.respond(suite.dh, ke.data)
+            response.append(KePayload(suite.dh, our_data))
     chosen = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
                       chosen.transforms)
     child = add_child(sa, config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,

@@ -125,7 +125,7 @@ class IkeInit:
         conf, setup = sa.conf(), sa.setup
         assert setup is not None and setup.ke is not None
         setup.sent_proposals = tuple(
-            spec.to_wire(i + 1, b"") for i, spec in enumerate(conf.proposals))
+            spec.to_wire(i + 1, b"", with_addke=True) for i, spec in enumerate(conf.proposals))
         payloads: list[Payload] = []
         if setup.cookie is not None:
             payloads.append(notify(NotifyType.COOKIE, setup.cookie))
@@ -203,7 +203,7 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     ours = [spec for conf in sa.candidates for spec in conf.proposals]
     # RFC 7296 3.3.1: an IKE_SA_INIT proposal carries no SPI (it is in the header); one
     # that does is skipped, and the SPI is never echoed.
-    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0)
+    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0, addke=True)
     if chosen is None:
         sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)], plain=True)
         sa.fail(FailureReason.NO_PROPOSAL_CHOSEN, "no common IKE proposal",
@@ -217,12 +217,11 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
                    plain=True)
         sa.close(FailureReason.INVALID_KE_PAYLOAD.value, quiet=True)
         return
-    our_ke = dh.new_key_exchange(suite.dh)
-    shared = our_ke.shared_secret(ke.data)
+    our_data, shared = dh.respond(suite.dh, ke.data)
     setup.nonce_i, setup.nonce_r = nonce.data, new_nonce()
     read_init_notifies(sa, msg)
     _derive_keys(sa, setup, suite, shared)
-    payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, our_ke.public_key),
+    payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, our_data),
                                NoncePayload(setup.nonce_r), *init_notifies(sa)]
     request = certreq(sa)
     if request is not None:

@@ -113,15 +113,14 @@ def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
         assert suite.dh is not None
         sa.respond(msg, [notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh))])
         return
-    ke = dh.new_key_exchange(suite.dh)
+    our_data, shared = dh.respond(suite.dh, peer_ke.data)
     nonce_r = new_nonce()
     spi_r = new_spi()
     answer = Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)
     sa.respond(msg, [SaPayload((answer,)), NoncePayload(nonce_r),
-                     KePayload(ke.group, ke.public_key)])
+                     KePayload(suite.dh, our_data)])
     assert sa.keys is not None
-    keys = sa.keys.rekeyed(suite, ke.shared_secret(peer_ke.data), nonce.data, nonce_r,
-                           chosen.spi, spi_r, False)
+    keys = sa.keys.rekeyed(suite, shared, nonce.data, nonce_r, chosen.spi, spi_r, False)
     new = spawn(sa, False, chosen.spi, spi_r, suite, keys, now)
     collision = collisions.peer_ike_rekey(sa, ours is not None, min(nonce.data, nonce_r), new,
                                           now)
