@@ -133,6 +133,25 @@ def derive_rekeyed_ike_keys(
     return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
 
 
+def derive_additional_ike_keys(
+    prf: Prf,
+    sk_d: bytes,
+    shared_secret: bytes,
+    nonce_i: bytes,
+    nonce_r: bytes,
+    spi_i: bytes,
+    spi_r: bytes,
+    encr_key_size: int,
+    integ_key_size: int,
+) -> IkeKeys:
+    """RFC 9370 2.2.2, after each additional key exchange of an IKE SA's setup:
+    SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr), then every SK_* anew with
+    prf+(SKEYSEED(n), Ni | Nr | SPIi | SPIr) (the IKE SA's own nonces and SPIs)."""
+    skeyseed = prf(sk_d, shared_secret + nonce_i + nonce_r)
+    seed = nonce_i + nonce_r + spi_i + spi_r
+    return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
+
+
 def derive_child_keymat(
     prf: Prf,
     sk_d: bytes,

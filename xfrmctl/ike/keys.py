@@ -13,6 +13,7 @@ from .algorithms import encr_key_size, integ_key_size
 from .crypto import (
     IkeKeys,
     Prf,
+    derive_additional_ike_keys,
     derive_child_keymat,
     derive_ike_keys,
     derive_rekeyed_ike_keys,
@@ -67,6 +68,16 @@ class KeyState:
         assert suite.prf is not None and suite.encr is not None
         keys = derive_rekeyed_ike_keys(
             self.prf, self.keys.sk_d, Prf(suite.prf), shared, nonce_i, nonce_r, spi_i, spi_r,
+            encr_key_size(suite.encr, suite.encr_bits), integ_key_size(suite.integ))
+        return KeyState(suite, keys, initiator)
+
+    def after_additional_exchange(self, suite: Suite, shared: bytes, nonce_i: bytes,
+                                  nonce_r: bytes, spi_i: bytes, spi_r: bytes,
+                                  initiator: bool) -> KeyState:
+        """The keys once an IKE_INTERMEDIATE additional key exchange is done (RFC 9370)."""
+        assert suite.encr is not None
+        keys = derive_additional_ike_keys(
+            self.prf, self.keys.sk_d, shared, nonce_i, nonce_r, spi_i, spi_r,
             encr_key_size(suite.encr, suite.encr_bits), integ_key_size(suite.integ))
         return KeyState(suite, keys, initiator)
 

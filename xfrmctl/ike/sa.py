@@ -52,7 +52,7 @@ from .message import Message, decode, encode
 from .payloads import NotifyPayload, Payload
 from .proposals import Suite
 from .state import SETTING_UP, UP, ChildState, IkeState, ike_move
-from .tasks import rekeyed
+from .tasks import ike_intermediate, rekeyed
 from .tasks.base import IkeCollision, notify, reason_of
 from .tasks.child_create import ChildCreate
 from .tasks.child_delete import ChildDelete
@@ -463,8 +463,9 @@ class IkeSa:
         """A datagram the manager routed to this SA (IKE header already checked)."""
         try:
             msg = decode(data, self.keys.cipher_in if self.keys else None)
-        except IntegrityError:
-            return  # RFC 7296 2.21.2: drop silently
+        except IntegrityError:  # RFC 7296 2.21.2: drop silently, unless sent under the
+            ike_intermediate.resend_for_old_keys(self, data)  # keys IKE_INTERMEDIATE replaced
+            return
         except ProtocolError as exc:
             inbound.answer_malformed(self, data, exc)
             return

@@ -37,6 +37,7 @@ from . import ike_config
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
 from .ike_init import Setup, certreq
+from .ike_intermediate import int_auth
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -62,12 +63,13 @@ def _sends_cert(conf: IkeConfig, setup: Setup) -> bool:
 
 def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
                   id_payload: IdiPayload | IdrPayload, octets_prefix: bytes,
-                  peer_nonce: bytes) -> list[Payload]:
+                  peer_nonce: bytes, auth_message_id: int) -> list[Payload]:
     """CERT and AUTH payloads proving our identity."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, peer_nonce, keys.prf,
-                                keys.sk_p(True, sa.is_initiator), id_body(id_payload))
+                                keys.sk_p(True, sa.is_initiator), id_body(id_payload),
+                                int_auth(setup, auth_message_id))
     local: LocalAuth = conf.local_auth
     if local.method is AuthMethodName.PSK:
         if local.psk is None:
@@ -89,12 +91,13 @@ def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
 
 def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
                      id_payload: IdiPayload | IdrPayload, auth_payload: AuthPayload,
-                     octets_prefix: bytes, our_nonce: bytes) -> str | None:
+                     octets_prefix: bytes, our_nonce: bytes, setup: Setup) -> str | None:
     """Check the peer's AUTH; None when good, else why not."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, our_nonce, keys.prf,
-                                keys.sk_p(False, sa.is_initiator), id_body(id_payload))
+                                keys.sk_p(False, sa.is_initiator), id_body(id_payload),
+                                int_auth(setup, msg.message_id))
     remote = conf.remote_auth
     if remote.method is AuthMethodName.PSK:
         if auth_payload.method != AuthMethod.PSK:
@@ -167,7 +170,8 @@ class IkeAuth:
         sa.local_id = local_identity(sa, conf)
         idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
         payloads: list[Payload] = [idi]
-        proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r)
+        proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r,
+                              sa.window.next_request_id)
         payloads += [p for p in proof if isinstance(p, CertPayload)]
         request = certreq(sa)
         if request is not None:
@@ -204,7 +208,7 @@ class IkeAuth:
                                    theirs=(str(remote_id),))
             return
         why = verify_peer_auth(sa, conf, msg, idr, auth_payload, setup.init_response,
-                               setup.nonce_i)
+                               setup.nonce_i, setup)
         if why is not None:
             self._reject_responder(sa, why)
             return
@@ -244,6 +248,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     setup = sa.setup
     if sa.state is not IkeState.INIT_DONE or setup is None:
         raise ProtocolError("unexpected IKE_AUTH")
+    if setup.intermediate is not None and setup.intermediate.pending:
+        raise ProtocolError("IKE_AUTH before the additional key exchanges (IKE_INTERMEDIATE)",
+                            notify=NotifyType.INVALID_SYNTAX)
     idi, auth_payload = msg.find(IdiPayload), msg.find(AuthPayload)
     if idi is None or auth_payload is None:
         raise ProtocolError("IKE_AUTH request lacks IDi or AUTH")
@@ -258,7 +265,8 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         return
     sa.config = conf
     setup.peer_certreq = msg.find(CertReqPayload) is not None
-    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r)
+    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r,
+                           setup)
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
         return
@@ -266,7 +274,8 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
     payloads: list[Payload] = [our_idr, *auth_payloads(sa, setup, conf, our_idr,
-                                                       setup.init_response, setup.nonce_i)]
+                                                       setup.init_response, setup.nonce_i,
+                                                       msg.message_id)]
     cp = ike_config.respond(sa, conf, msg)
     if cp is not None:
         payloads.append(cp)

@@ -33,6 +33,8 @@ from ..payloads import (
 from ..proposals import Suite, suite_of
 from ..state import IkeState
 from .base import error_notify, notify
+from .ike_intermediate import Intermediate
+from .ike_intermediate import start as start_intermediate
 
 if TYPE_CHECKING:
     from ..sa import Endpoint, IkeSa
@@ -55,6 +57,8 @@ class Setup:
     sent_proposals: tuple[Proposal, ...] = ()
     peer_certreq: bool = False
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
+    peer_intermediate: bool = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
+    intermediate: Intermediate | None = None  # RFC 9370 additional key exchanges
 
 
 def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
@@ -74,10 +78,20 @@ def init_notifies(sa: IkeSa) -> list[Payload]:
     ]
     if conf.fragmentation:
         notifies.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+    if _offers_intermediate(sa):
+        notifies.append(notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
     hashes = b"".join(struct.pack("!H", h) for h in sorted(auth.SUPPORTED_HASHES))
     if hashes:
         notifies.append(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
     return notifies
+
+
+def _offers_intermediate(sa: IkeSa) -> bool:
+    """RFC 9242 2.1: the initiator announces IKE_INTERMEDIATE when it proposes additional
+    key exchanges; the responder answers an initiator that announced it."""
+    if sa.is_initiator:
+        return any(spec.has_addke for spec in sa.conf().proposals)
+    return sa.setup is not None and sa.setup.peer_intermediate
 
 
 def read_init_notifies(sa: IkeSa, msg: Message) -> None:
@@ -91,6 +105,9 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
     if (sa.config or sa.candidates[0]).force_encap and src_hashes:
         sa.nat_local = True
     sa.peer_fragmentation = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if sa.setup is not None:
+        sa.setup.peer_intermediate = \
+            msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
     hashes = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if hashes is not None:
         data = hashes.data[: len(hashes.data) // 2 * 2]
@@ -111,6 +128,8 @@ def certreq(sa: IkeSa) -> CertReqPayload | None:
 
 def _derive_keys(sa: IkeSa, setup: Setup, suite: Suite, shared: bytes) -> None:
     sa.suite = suite
+    if suite.addke:
+        setup.intermediate = Intermediate(list(suite.addke))
     sa.keys = KeyState.derive(suite, shared, setup.nonce_i, setup.nonce_r, sa.spi_i,
                               sa.spi_r, sa.is_initiator)
 
@@ -161,10 +180,13 @@ class IkeInit:
         sa.spi_r = msg.spi_r
         setup.nonce_r = nonce.data
         read_init_notifies(sa, msg)
+        if suite.addke and not setup.peer_intermediate:
+            raise ProtocolError("responder chose additional key exchanges without "
+                                "INTERMEDIATE_EXCHANGE_SUPPORTED")
         _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
-        sa.move_to(IkeState.AUTH_SENT)
-        sa.start_auth(now)
+        sa.move_to(IkeState.AUTH_SENT)  # IKE_INTERMEDIATE exchanges, if any, come first
+        start_intermediate(sa, now)
 
     def _retry(self, sa: IkeSa, setup: Setup, cookie: NotifyPayload | None,
                invalid_ke: NotifyPayload | None, now: float) -> None:
@@ -203,7 +225,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     ours = [spec for conf in sa.candidates for spec in conf.proposals]
     # RFC 7296 3.3.1: an IKE_SA_INIT proposal carries no SPI (it is in the header); one
     # that does is skipped, and the SPI is never echoed.
-    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0, addke=True)
+    # RFC 9242: additional key exchanges only with an initiator that can do IKE_INTERMEDIATE
+    intermediate = msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0, addke=intermediate)
     if chosen is None:
         sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)], plain=True)
         sa.fail(FailureReason.NO_PROPOSAL_CHOSEN, "no common IKE proposal",
