@@ -24,6 +24,9 @@ Typical use::
         left.initiate("gw")
         left.wait_child_installed("gw")      # raises CharonError with the log tail
 
+``build=STRONGSWAN6`` runs strongSwan 6.0.6 (unpacked to ``/opt/strongswan6`` by
+``deploy/setup.sh``; RFC 9370 multiple key exchanges, ML-KEM) instead of Debian's 5.9.8.
+
 Start several with ``start(wait=False)`` and then ``wait_ready()`` to overlap their
 start-up; ``tests/lab/conftest.py`` has a ``charons`` fixture doing the bookkeeping.
 """
@@ -62,16 +65,45 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+
+
+@dataclass(frozen=True)
+class Build:
+    """One strongSwan installation: its binaries, plugin configurations and plugins."""
+
+    name: str
+    charon: Path
+    swanctl: Path
+    plugin_conf_dir: Path
+    plugins: tuple[str, ...]
+    install_hint: str
+    run_dir: Path = Path("/run")  # pid file (made on the instance's private /run)
+
+
+DEBIAN = Build("strongSwan 5.9.8 (Debian)", CHARON, SWANCTL, PLUGIN_CONF_DIR, DEFAULT_PLUGINS,
+               "apt strongswan-charon strongswan-swanctl")
+STRONGSWAN6_ROOT = Path("/opt/strongswan6")
+STRONGSWAN6 = Build(
+    "strongSwan 6.0.6", STRONGSWAN6_ROOT / "libexec/ipsec/charon",
+    STRONGSWAN6_ROOT / "sbin/swanctl", STRONGSWAN6_ROOT / "etc/strongswan.d/charon",
+    # openssl does the classic algorithms, ml the ML-KEM key exchanges
+    ("random", "nonce", "openssl", "ml", "kdf", "chapoly", "curve25519", "pem", "pkcs1",
+     "pkcs8", "x509", "pubkey", "constraints", "revocation", "attr", "kernel-netlink",
+     "socket-default", "vici", "updown"),
+    "deploy/setup.sh unpacks ../shared/peers/strongswan-6.0.6.tar.xz to /opt/strongswan6",
+    run_dir=Path("/run/strongswan6"))
+
+
 class CharonError(RuntimeError):
     """charon failed to start, refused a command, or did not reach a state in time."""
 
 
-def available() -> str | None:
+def available(build: Build = DEBIAN) -> str | None:
     """None when charon and swanctl are installed, else the reason they cannot run."""
-    if not CHARON.exists():
-        return f"{CHARON} not installed (apt strongswan-charon)"
-    if not SWANCTL.exists():
-        return "swanctl not installed (apt strongswan-swanctl)"
+    if not build.charon.exists():
+        return f"{build.charon} not installed ({build.install_hint})"
+    if not build.swanctl.exists():
+        return f"{build.swanctl} not installed ({build.install_hint})"
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return "unshare/ip (util-linux, iproute2) not installed"
     return None
@@ -265,9 +297,13 @@ def render_strongswan_conf(
     workdir: Path,
     log_levels: Mapping[str, int],
     plugins: Sequence[str] | None = DEFAULT_PLUGINS,
+    plugin_conf_dir: Path = PLUGIN_CONF_DIR,
+    options: Mapping[str, object] | None = None,
 ) -> str:
-    """strongswan.conf for one instance: its plugins, file log, private VICI socket."""
+    """strongswan.conf for one instance: its plugins, file log, private VICI socket, and
+    further ``charon.<key> = value`` ``options`` (e.g. ``{"fragment_size": 1024}``)."""
     levels = {**DEFAULT_LOG_LEVELS, **log_levels}
+    extra = "".join(f"    {k} = {_plain(v)}\n" for k, v in (options or {}).items())
     level_lines = "\n".join(f"            {k} = {v}" for k, v in levels.items())
     load = "load_modular = yes" if plugins is None else f"load = {' '.join(plugins)}"
     return f"""\
@@ -276,8 +312,8 @@ charon {{
     install_virtual_ip = yes
     retransmit_timeout = 4.0
     retransmit_tries = 5
-    plugins {{
-        include {PLUGIN_CONF_DIR}/*.conf
+{extra}    plugins {{
+        include {plugin_conf_dir}/*.conf
         vici {{
             socket = unix://{workdir}/charon.vici
         }}
@@ -375,13 +411,19 @@ class Charon:
         workdir: Path | str,
         *,
         log_levels: Mapping[str, int] | None = None,
-        plugins: Sequence[str] | None = DEFAULT_PLUGINS,
+        plugins: Sequence[str] | None = (),
         start_timeout: float = 240.0,  # charon loads its plugins slowly under TCG
+        build: Build = DEBIAN,
+        options: Mapping[str, object] | None = None,
     ) -> None:
+        """``plugins``: the build's own list when empty (the default), None for every
+        installed plugin."""
+        self.build = build
+        self.options = dict(options or {})
         self.netns = netns
         self.workdir = Path(workdir).resolve()
         self.log_levels = dict(log_levels or {})
-        self.plugins = plugins
+        self.plugins = plugins if plugins is None or plugins else build.plugins
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
@@ -412,17 +454,20 @@ class Charon:
         """
         if self.proc is not None:
             raise CharonError("charon already started")
-        reason = available()
+        reason = available(self.build)
         if reason:
             raise CharonError(reason)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for sub in ("x509", "x509ca", "private", "ecdsa", "rsa", "pkcs8", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
         self.vici_path.unlink(missing_ok=True)
-        self.conf.write_text(render_strongswan_conf(self.workdir, self.log_levels, self.plugins))
+        self.conf.write_text(render_strongswan_conf(self.workdir, self.log_levels,
+                                                    self.plugins, self.build.plugin_conf_dir,
+                                                    self.options))
         # ip netns exec already gives a fresh mount namespace; unshare -m makes sure the
         # tmpfs on /run stays private to this charon. exec keeps one pid to signal.
-        script = f"mount -t tmpfs tmpfs /run && exec {CHARON}"
+        script = (f"mount -t tmpfs tmpfs /run && mkdir -p {self.build.run_dir} "
+                  f"&& exec {self.build.charon}")
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, *UNSHARE, "sh", "-c", script],
@@ -519,7 +564,7 @@ class Charon:
         """Run ``swanctl`` against this instance (its socket, its swanctl dir)."""
         env = {**self.env, "SWANCTL_DIR": str(self.swanctl_dir)}
         proc = subprocess.run(
-            [str(SWANCTL), *args, "--uri", f"unix://{self.vici_path}"],
+            [str(self.build.swanctl), *args, "--uri", f"unix://{self.vici_path}"],
             env=env,
             capture_output=True,
             text=True,
