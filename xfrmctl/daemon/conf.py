@@ -26,6 +26,22 @@ policy-based tunnels, default on, table and rule priority 220; see daemon/routes
 packets still on the wire, default 5, as strongSwan's setting of that name), and
 `limits` (what unauthenticated peers may make the daemon hold; README "Security").
 
+Proposals (`ike_proposals`, `esp_proposals`, `ah_proposals`) use strongSwan's keywords,
+joined by `-`, several proposals by `,` (xfrmctl/ike/proposals.py lists them). Post-quantum
+hybrid key exchange (RFC 9370 over RFC 9242 IKE_INTERMEDIATE) adds `keN_<method>` for the
+additional key exchange N (1..7), `keN_none` making it optional, with ML-KEM (FIPS 203) as
+`mlkem768` or `mlkem1024` (ML-KEM-512 is not offered: the crypto library lacks it):
+
+        ike_proposals: aes256gcm16-prfsha384-x25519-ke1_mlkem768
+        esp_proposals: aes256gcm16-x25519-ke1_mlkem768
+
+The IKE SA then runs X25519 in IKE_SA_INIT and ML-KEM-768 in an IKE_INTERMEDIATE exchange
+(fragmented when needed). A peer that cannot do it gets NO_PROPOSAL_CHOSEN unless the
+proposal says `ke1_none`. Today the `keN_` part of ESP/AH proposals and the IKE SA's rekeys
+are not yet run as additional exchanges (IKE_FOLLOWUP_KE): CHILD_SA and IKE_SA rekeys use
+the main key exchange only, and a rekey the peer insists on doing with ML-KEM fails with
+NO_PROPOSAL_CHOSEN (the SAs then expire and are negotiated anew).
+
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 
 How the file relates to the database (xfrmctl/daemon/dbconfig.py): the database
