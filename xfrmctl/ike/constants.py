@@ -15,6 +15,7 @@ class ExchangeType(IntEnum):
     INFORMATIONAL = 37
     IKE_SESSION_RESUME = 38
     IKE_INTERMEDIATE = 43
+    IKE_FOLLOWUP_KE = 44
 
 
 class HeaderFlag(IntFlag):

@@ -18,14 +18,15 @@ from tests.support.ike_pair import (
     psk_config,
     up,
 )
-from xfrmctl.ike.constants import DhId, ExchangeType, PayloadType, ProtocolId
+from xfrmctl.ike.constants import DhId, ExchangeType, NotifyType, PayloadType, ProtocolId
 from xfrmctl.ike.crypto import Prf, derive_additional_ike_keys
-from xfrmctl.ike.events import ChildSaNegotiated, IkeSaUp, NegotiationFailed
+from xfrmctl.ike.events import ChildSaDeleted, ChildSaNegotiated, IkeSaUp, NegotiationFailed
+from xfrmctl.ike.keys import KeyState
 from xfrmctl.ike.message import Message, decode, intermediate_octets, parse_header
-from xfrmctl.ike.payloads import KePayload, push_chain
+from xfrmctl.ike.payloads import KePayload, NotifyPayload, push_chain
 from xfrmctl.ike.proposals import ProposalSpec, parse_proposals
 from xfrmctl.ike.sa import Datagram, IkeState
-from xfrmctl.ike.tasks import ike_auth, ike_intermediate
+from xfrmctl.ike.tasks import followup_ke, ike_auth, ike_intermediate
 
 HYBRID = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
 
@@ -221,3 +222,168 @@ def test_unexpected_intermediate_request_is_refused() -> None:
     reply = decode(answer.data, sa_a.keys.cipher_in)
     assert [n.notify_type for n in reply.notifies()] == [7]  # INVALID_SYNTAX
     assert sa_b.state is IkeState.CLOSED
+
+
+# --- CREATE_CHILD_SA with additional key exchanges (IKE_FOLLOWUP_KE) --------------------
+
+ESP_HYBRID = "aes256gcm16-x25519-ke1_mlkem768"
+
+
+def esp_pair(ours: str = ESP_HYBRID, theirs: str = ESP_HYBRID) -> Pair:
+    lan = child(proposals=parse_proposals(ours, ProtocolId.ESP))
+    back = mirrored(child(proposals=parse_proposals(theirs, ProtocolId.ESP)))
+    return make_pair(psk_config(children=(lan,), proposals=_ike(HYBRID)),
+                     psk_config(children=(back,), proposals=_ike(HYBRID)))
+
+
+def keymat_secrets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the length of the shared secret each CHILD_SA's KEYMAT is made from."""
+    seen: list[int] = []
+    real = KeyState.child_keymat
+
+    def spy(self: KeyState, nonce_i: bytes, nonce_r: bytes, size: int,
+            shared: bytes | None) -> bytes:
+        seen.append(len(shared or b""))
+        return real(self, nonce_i, nonce_r, size, shared)
+
+    monkeypatch.setattr(KeyState, "child_keymat", spy)
+    return seen
+
+
+def test_child_rekey_with_mlkem_runs_ike_followup_ke(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = esp_pair()
+    up(pair)
+    (old_a,) = pair.of("a", ChildSaNegotiated)
+    seen = keymat_secrets(monkeypatch)
+    pair.a.act(pair.a.all()[0], lambda sa: sa.rekey_child(old_a.spi_in, pair.now))
+    pair.pump()
+    new_a, new_b = pair.of("a", ChildSaNegotiated)[1], pair.of("b", ChildSaNegotiated)[1]
+    assert_child_pair(new_a, new_b)
+    assert new_a.rekey_of == old_a.spi_in
+    assert new_a.suite.dh == DhId.CURVE25519 and new_a.suite.addke == (DhId.ML_KEM_768,)
+    # KEYMAT from g^ir (32 octets) | SK(1) (ML-KEM: 32 octets), on both sides
+    assert seen == [64, 64]
+    kinds = [e for _, e in exchanges(pair)]
+    i = kinds.index(ExchangeType.CREATE_CHILD_SA)
+    assert kinds[i:i + 4] == [ExchangeType.CREATE_CHILD_SA] * 2 + \
+        [ExchangeType.IKE_FOLLOWUP_KE] * 2
+    (del_a,) = pair.of("a", ChildSaDeleted)
+    assert del_a.spi_in == old_a.spi_in
+    assert pair.events_a.index(new_a) < pair.events_a.index(del_a)
+    assert pair.a.all()[0].followups is None and pair.b.all()[0].followups is None
+
+
+def test_new_child_with_two_additional_exchanges(monkeypatch: pytest.MonkeyPatch) -> None:
+    esp = "aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024"
+    lan = child(proposals=parse_proposals(ESP_HYBRID, ProtocolId.ESP))
+    dmz = child("dmz", "198.51.100.128/25", "203.0.113.128/25",
+                proposals=parse_proposals(esp, ProtocolId.ESP))
+    pair = make_pair(psk_config(children=(lan, dmz), proposals=_ike(HYBRID)),
+                     psk_config(children=(mirrored(lan), mirrored(dmz)),
+                                proposals=_ike(HYBRID)))
+    seen = keymat_secrets(monkeypatch)
+    up(pair)
+    a = {c.child: c for c in pair.of("a", ChildSaNegotiated)}
+    b = {c.child: c for c in pair.of("b", ChildSaNegotiated)}
+    assert_child_pair(a["dmz"], b["dmz"])
+    assert a["dmz"].suite.addke == (DhId.ML_KEM_768, DhId.ML_KEM_1024)
+    assert seen[-2:] == [96, 96]  # g^ir | SK(1) | SK(2)
+    followups = {parse_header(d.data).message_id for _, d in pair.wire
+                 if parse_header(d.data).exchange == ExchangeType.IKE_FOLLOWUP_KE}
+    assert len(followups) == 2  # two exchanges (ML-KEM-1024's went in fragments)
+
+
+def test_peer_insisting_on_mlkem_in_a_rekey_gets_no_proposal_chosen() -> None:
+    """Our child wants only X25519: the peer's ML-KEM rekey is refused, the old SA stays."""
+    pair = esp_pair(ESP_HYBRID, "aes256gcm16-x25519")
+    up(pair)
+    (old_a,) = pair.of("a", ChildSaNegotiated)
+    pair.a.act(pair.a.all()[0], lambda sa: sa.rekey_child(old_a.spi_in, pair.now))
+    pair.pump()
+    (fail,) = pair.of("a", NegotiationFailed)
+    assert fail.reason.value == "NO_PROPOSAL_CHOSEN"
+    assert [c.spi_in for c in pair.a.all()[0].children.values()] == [old_a.spi_in]
+
+
+def test_followup_with_an_unknown_link_is_state_not_found() -> None:
+    pair = esp_pair()
+    up(pair)
+    sa_a = pair.a.all()[0]
+    assert sa_a.keys is not None
+    ke = KePayload(DhId.ML_KEM_768, bytes(1184))
+    msg = sa_a.message(ExchangeType.IKE_FOLLOWUP_KE,
+                       [ke, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, 0, b"", b"x" * 8)])
+    msg.message_id = sa_a.window.claim_id()
+    (data,) = sa_a.encode(msg)
+    pair.b.receive_datagram(data, pair.endpoint("a"), pair.endpoint("b"), pair.now)
+    (answer,) = pair.b.datagrams_to_send()
+    reply = decode(answer.data, sa_a.keys.cipher_in)
+    assert [n.notify_type for n in reply.notifies()] == [NotifyType.STATE_NOT_FOUND]
+    assert pair.b.all()[0].state is IkeState.ESTABLISHED
+
+
+def test_failed_followup_leaves_the_old_child_and_reports(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """The responder rejects the initiator's ML-KEM key (modulus check): INVALID_SYNTAX,
+    no CHILD_SA on either side, the old one stays installed."""
+    pair = esp_pair()
+    up(pair)
+    (old_a,) = pair.of("a", ChildSaNegotiated)
+    real_build = followup_ke.FollowupKe.build
+
+    def bad_key(self: followup_ke.FollowupKe, sa: object, now: float) -> Message:
+        msg = real_build(self, sa, now)  # type: ignore[arg-type]
+        assert msg.protected is not None
+        msg.protected[0] = KePayload(DhId.ML_KEM_768, b"\xff" * 1184)
+        return msg
+
+    monkeypatch.setattr(followup_ke.FollowupKe, "build", bad_key)
+    pair.a.act(pair.a.all()[0], lambda sa: sa.rekey_child(old_a.spi_in, pair.now))
+    pair.pump()
+    assert len(pair.of("a", ChildSaNegotiated)) == len(pair.of("b", ChildSaNegotiated)) == 1
+    (fail,) = pair.of("a", NegotiationFailed)
+    assert "INVALID_SYNTAX" in fail.message
+    sa_a = pair.a.all()[0]
+    assert [(c.spi_in, c.state.name) for c in sa_a.children.values()] == \
+        [(old_a.spi_in, "INSTALLED")]
+    assert pair.b.all()[0].followups is None
+
+
+def test_ike_rekey_with_mlkem_runs_ike_followup_ke(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SKEYSEED = prf(SK_d (old), g^ir | SK(1) | Ni | Nr): the new IKE SA works (a child
+    rekey over it succeeds) and its keys came from both secrets on both sides."""
+    pair = esp_pair()
+    up(pair)
+    old = pair.a.all()[0]
+    seen: list[int] = []
+    real = KeyState.rekeyed
+
+    def spy(self: KeyState, suite: object, shared: bytes, *args: object) -> KeyState:
+        seen.append(len(shared))
+        return real(self, suite, shared, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KeyState, "rekeyed", spy)
+    pair.a.act(old, lambda sa: sa.rekey(pair.now))
+    pair.pump()
+    assert seen == [64, 64]  # X25519 | ML-KEM-768 secrets, both sides
+    (new_a,), (new_b,) = pair.a.all(), pair.b.all()
+    assert old.state is IkeState.CLOSED and new_a.state is IkeState.ESTABLISHED
+    assert new_a.suite is not None and new_a.suite.addke == (DhId.ML_KEM_768,)
+    assert new_a.keys is not None and new_b.keys is not None
+    assert new_a.keys.keys.sk_d == new_b.keys.keys.sk_d
+    assert ExchangeType.IKE_FOLLOWUP_KE in [e for _, e in exchanges(pair)]
+    (child_a,) = pair.of("a", ChildSaNegotiated)
+    pair.a.act(new_a, lambda sa: sa.rekey_child(child_a.spi_in, pair.now))
+    pair.pump()
+    assert_child_pair(pair.of("a", ChildSaNegotiated)[1], pair.of("b", ChildSaNegotiated)[1])
+
+
+def test_ike_rekey_by_the_responder_with_mlkem() -> None:
+    pair = esp_pair()
+    up(pair)
+    pair.b.act(pair.b.all()[0], lambda sa: sa.rekey(pair.now))
+    pair.pump()
+    (new_a,), (new_b,) = pair.a.all(), pair.b.all()
+    assert new_a.state is new_b.state is IkeState.ESTABLISHED
+    assert new_a.keys is not None and new_b.keys is not None
+    assert new_a.keys.keys.sk_d == new_b.keys.keys.sk_d and len(new_a.children) == 1

@@ -53,9 +53,12 @@ def test_several_addke_types_and_none_round_trip_through_describe() -> None:
 def test_esp_proposal_takes_addke_keywords() -> None:
     (spec,) = parse_proposals("aes256gcm16-x25519-ke1_mlkem768", ESP)
     assert spec.get(TransformType.ADDKE1) == ((DhId.ML_KEM_768, None),)
-    # a CREATE_CHILD_SA proposal does not carry them (IKE_FOLLOWUP_KE is not done)
+    # IKE_AUTH's child proposal does not carry them (no key exchange there);
+    # CREATE_CHILD_SA's does (IKE_FOLLOWUP_KE follows)
     assert not any(t.type == TransformType.ADDKE1
-                   for t in spec.to_wire(1, b"\0\0\0\1").transforms)
+                   for t in spec.to_wire(1, b"\0\0\0\1", with_dh=False).transforms)
+    assert any(t.type == TransformType.ADDKE1
+               for t in spec.to_wire(1, b"\0\0\0\1", with_addke=True).transforms)
 
 
 @pytest.mark.parametrize(("text", "why"), [
@@ -121,8 +124,8 @@ def test_initiator_refuses_a_dropped_mandatory_addke() -> None:
 
 
 def test_exchanges_without_addke_do_not_choose_a_proposal_that_insists() -> None:
-    """CREATE_CHILD_SA (IKE rekey, child rekey) does no IKE_FOLLOWUP_KE yet: a proposal
-    that requires ADDKE must not be taken there as if it were classic."""
+    """Where no additional key exchange can follow (a CREATE_CHILD_SA without KE, or
+    `addke` off), a proposal that requires ADDKE is not taken as if it were classic."""
     ours = parse_proposals(HYBRID, IKE)
     assert select(ours, offer(HYBRID)) is None
     assert select(ours, offer(HYBRID + "-ke1_none")) is not None

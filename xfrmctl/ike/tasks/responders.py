@@ -12,6 +12,7 @@ from ..state import IkeState
 from . import (
     child_create,
     child_rekey,
+    followup_ke,
     ike_auth,
     ike_init,
     ike_intermediate,
@@ -51,4 +52,5 @@ RESPONDERS: dict[ExchangeType, Callable[[IkeSa, Message, bytes, float], None]] =
     ExchangeType.IKE_AUTH: ike_auth.respond,
     ExchangeType.CREATE_CHILD_SA: _create_child_sa,
     ExchangeType.INFORMATIONAL: informational.respond,
+    ExchangeType.IKE_FOLLOWUP_KE: followup_ke.respond,
 }
