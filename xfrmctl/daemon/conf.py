@@ -36,11 +36,11 @@ additional key exchange N (1..7), `keN_none` making it optional, with ML-KEM (FI
         esp_proposals: aes256gcm16-x25519-ke1_mlkem768
 
 The IKE SA then runs X25519 in IKE_SA_INIT and ML-KEM-768 in an IKE_INTERMEDIATE exchange
-(fragmented when needed). A peer that cannot do it gets NO_PROPOSAL_CHOSEN unless the
-proposal says `ke1_none`. Today the `keN_` part of ESP/AH proposals and the IKE SA's rekeys
-are not yet run as additional exchanges (IKE_FOLLOWUP_KE): CHILD_SA and IKE_SA rekeys use
-the main key exchange only, and a rekey the peer insists on doing with ML-KEM fails with
-NO_PROPOSAL_CHOSEN (the SAs then expire and are negotiated anew).
+(fragmented when needed); its rekeys, and CHILD_SAs made or rekeyed by CREATE_CHILD_SA
+with a key exchange, run the additional ones in IKE_FOLLOWUP_KE exchanges (the first
+CHILD_SA, made in IKE_AUTH, has no key exchange of its own: the `keN_` part of its ESP
+proposal applies from its first rekey). A peer that cannot do them gets
+NO_PROPOSAL_CHOSEN unless the proposal says `keN_none`.
 
 See deploy/examples/ for net-to-net, host-to-host, remote access and route-based files.
 

@@ -263,8 +263,7 @@ def _child_from_response(sa: IkeSa, request: ChildRequest, msg: Message,
                            "additional key exchanges chosen without a key exchange", ours)
     pending = followup_ke.Followups(
         addke, lambda sa_, extra, now_: _made(sa_, request, make(extra), now_),
-        lambda sa_, why, now_: _failed(sa_, request, ChildFailure(
-            FailureReason.PROTOCOL_ERROR, why, ours)))
+        lambda sa_, reason, why, now_: _failed(sa_, request, ChildFailure(reason, why, ours)))
     try:
         followup_ke.start(sa, pending, msg)
     except ProtocolError as exc:

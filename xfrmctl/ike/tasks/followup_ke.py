@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 from .. import dh
 from ..constants import DhId, ExchangeType, NotifyType, notify_name
 from ..errors import ProtocolError
+from ..events import FailureReason
 from ..message import Message
 from ..payloads import KePayload, Payload
-from .base import error_notify, notify
+from .base import error_notify, notify, reason_of
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -35,7 +36,7 @@ MAX_PENDING = 4
 LINK_SIZE = 8
 
 Finish = Callable[["IkeSa", bytes, float], None]  # (sa, SK(1) | ... | SK(n), now)
-Fail = Callable[["IkeSa", str, float], None]
+Fail = Callable[["IkeSa", FailureReason, str, float], None]
 
 
 @dataclass(slots=True)
@@ -102,9 +103,11 @@ class FollowupKe:
         pending = self.pending
         assert pending.fail is not None
         error = error_notify(msg)
+        if error is not None:
+            pending.fail(sa, reason_of(error.notify_type), "additional key exchange: peer "
+                         f"answered {notify_name(error.notify_type)}", now)
+            return
         try:
-            if error is not None:
-                raise ProtocolError(f"peer answered {notify_name(error.notify_type)}")
             ke = _peer_ke(msg, self.ke.group)
             pending.secrets.append(self.ke.shared_secret(ke.data))
             pending.groups.pop(0)
@@ -112,7 +115,8 @@ class FollowupKe:
                 start(sa, pending, msg)
                 return
         except ProtocolError as exc:
-            pending.fail(sa, f"additional key exchange failed: {exc}", now)
+            pending.fail(sa, FailureReason.PROTOCOL_ERROR,
+                         f"additional key exchange failed: {exc}", now)
             return
         pending.finish(sa, b"".join(pending.secrets), now)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .. import dh, proposals
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import ProtocolError
+from ..events import FailureReason
 from ..keys import new_nonce, new_spi
 from ..message import Message
 from ..payloads import KePayload, NoncePayload, Payload, Proposal, SaPayload
@@ -97,7 +98,7 @@ class IkeRekey:
             make(sa, b"", now)
             return
 
-        def failed(sa_: IkeSa, why: str, now_: float) -> None:
+        def failed(sa_: IkeSa, reason: FailureReason, why: str, now_: float) -> None:
             if theirs is not None:
                 adopt(sa_, theirs[1], now_)
             else:
@@ -106,7 +107,7 @@ class IkeRekey:
         try:
             followup_ke.start(sa, followup_ke.Followups(list(suite.addke), make, failed), msg)
         except ProtocolError as exc:
-            failed(sa, str(exc), now)
+            failed(sa, FailureReason.PROTOCOL_ERROR, str(exc), now)
 
 
 def rekey_out(sa: IkeSa) -> IkeRekey | None:
