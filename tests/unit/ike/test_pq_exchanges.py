@@ -19,7 +19,12 @@ from tests.support.ike_pair import (
     up,
 )
 from xfrmctl.ike.constants import DhId, ExchangeType, NotifyType, PayloadType, ProtocolId
-from xfrmctl.ike.crypto import Prf, derive_additional_ike_keys
+from xfrmctl.ike.crypto import (
+    Prf,
+    derive_additional_ike_keys,
+    derive_child_keymat,
+    derive_rekeyed_ike_keys,
+)
 from xfrmctl.ike.events import ChildSaDeleted, ChildSaNegotiated, IkeSaUp, NegotiationFailed
 from xfrmctl.ike.keys import KeyState
 from xfrmctl.ike.message import Message, decode, intermediate_octets, parse_header
@@ -205,6 +210,18 @@ def test_key_update_formula() -> None:
     assert keys.sk_ei == t2[:36]
 
 
+def test_followup_secrets_come_after_the_nonces() -> None:
+    """RFC 9370 2.2.4 (and strongSwan 6): KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1)...)
+    and SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1)...)."""
+    prf = Prf(5)  # HMAC-SHA2-256
+    sk_d, g_ir, ni, nr, sk1 = b"d" * 32, b"g" * 32, b"i" * 32, b"r" * 32, b"k" * 32
+    keymat = derive_child_keymat(prf, sk_d, ni, nr, 32, g_ir, sk1)
+    assert keymat == hmac.new(sk_d, g_ir + ni + nr + sk1 + b"\x01", hashlib.sha256).digest()
+    keys = derive_rekeyed_ike_keys(prf, sk_d, prf, g_ir, ni, nr, b"s" * 8, b"t" * 8, 36, 0,
+                                   sk1)
+    assert keys.skeyseed == hmac.new(sk_d, g_ir + ni + nr + sk1, hashlib.sha256).digest()
+
+
 def test_unexpected_intermediate_request_is_refused() -> None:
     """A classic IKE SA (no ADDKE chosen) answers IKE_INTERMEDIATE with INVALID_SYNTAX."""
     pair = hybrid_pair("aes256gcm16-prfsha384-x25519", "aes256gcm16-prfsha384-x25519")
@@ -236,15 +253,16 @@ def esp_pair(ours: str = ESP_HYBRID, theirs: str = ESP_HYBRID) -> Pair:
                      psk_config(children=(back,), proposals=_ike(HYBRID)))
 
 
-def keymat_secrets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the length of the shared secret each CHILD_SA's KEYMAT is made from."""
-    seen: list[int] = []
+def keymat_secrets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record the lengths of the secrets each CHILD_SA's KEYMAT is made from: the main key
+    exchange's and the additional ones'."""
+    seen: list[tuple[int, int]] = []
     real = KeyState.child_keymat
 
     def spy(self: KeyState, nonce_i: bytes, nonce_r: bytes, size: int,
-            shared: bytes | None) -> bytes:
-        seen.append(len(shared or b""))
-        return real(self, nonce_i, nonce_r, size, shared)
+            shared: bytes | None, additional: bytes = b"") -> bytes:
+        seen.append((len(shared or b""), len(additional)))
+        return real(self, nonce_i, nonce_r, size, shared, additional)
 
     monkeypatch.setattr(KeyState, "child_keymat", spy)
     return seen
@@ -261,8 +279,8 @@ def test_child_rekey_with_mlkem_runs_ike_followup_ke(monkeypatch: pytest.MonkeyP
     assert_child_pair(new_a, new_b)
     assert new_a.rekey_of == old_a.spi_in
     assert new_a.suite.dh == DhId.CURVE25519 and new_a.suite.addke == (DhId.ML_KEM_768,)
-    # KEYMAT from g^ir (32 octets) | SK(1) (ML-KEM: 32 octets), on both sides
-    assert seen == [64, 64]
+    # KEYMAT from g^ir (32 octets) and SK(1) (ML-KEM: 32 octets), on both sides
+    assert seen == [(32, 32), (32, 32)]
     kinds = [e for _, e in exchanges(pair)]
     i = kinds.index(ExchangeType.CREATE_CHILD_SA)
     assert kinds[i:i + 4] == [ExchangeType.CREATE_CHILD_SA] * 2 + \
@@ -287,7 +305,7 @@ def test_new_child_with_two_additional_exchanges(monkeypatch: pytest.MonkeyPatch
     b = {c.child: c for c in pair.of("b", ChildSaNegotiated)}
     assert_child_pair(a["dmz"], b["dmz"])
     assert a["dmz"].suite.addke == (DhId.ML_KEM_768, DhId.ML_KEM_1024)
-    assert seen[-2:] == [96, 96]  # g^ir | SK(1) | SK(2)
+    assert seen[-2:] == [(32, 64), (32, 64)]  # g^ir; SK(1) | SK(2)
     followups = {parse_header(d.data).message_id for _, d in pair.wire
                  if parse_header(d.data).exchange == ExchangeType.IKE_FOLLOWUP_KE}
     assert len(followups) == 2  # two exchanges (ML-KEM-1024's went in fragments)
@@ -355,17 +373,19 @@ def test_ike_rekey_with_mlkem_runs_ike_followup_ke(monkeypatch: pytest.MonkeyPat
     pair = esp_pair()
     up(pair)
     old = pair.a.all()[0]
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
     real = KeyState.rekeyed
 
     def spy(self: KeyState, suite: object, shared: bytes, *args: object) -> KeyState:
-        seen.append(len(shared))
+        additional = args[5] if len(args) > 5 else b""
+        assert isinstance(additional, bytes)
+        seen.append((len(shared), len(additional)))
         return real(self, suite, shared, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(KeyState, "rekeyed", spy)
     pair.a.act(old, lambda sa: sa.rekey(pair.now))
     pair.pump()
-    assert seen == [64, 64]  # X25519 | ML-KEM-768 secrets, both sides
+    assert seen == [(32, 32), (32, 32)]  # X25519 and ML-KEM-768 secrets, both sides
     (new_a,), (new_b,) = pair.a.all(), pair.b.all()
     assert old.state is IkeState.CLOSED and new_a.state is IkeState.ESTABLISHED
     assert new_a.suite is not None and new_a.suite.addke == (DhId.ML_KEM_768,)

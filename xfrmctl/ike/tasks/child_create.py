@@ -250,9 +250,8 @@ def _child_from_response(sa: IkeSa, request: ChildRequest, msg: Message,
     def make(extra: bytes) -> ChildSa:
         return add_child(sa, request.config, chosen, request.spi_in,
                          int.from_bytes(chosen.spi, "big"), local_ts, remote_ts, mode,
-                         (nonce_i, nonce_r), (shared or b"") + extra if extra else shared,
-                         now, exchange_initiator=True, rekey_of=request.rekey_of,
-                         peer_tfc=peer_tfc)
+                         (nonce_i, nonce_r), shared, now, exchange_initiator=True,
+                         rekey_of=request.rekey_of, peer_tfc=peer_tfc, additional=extra)
 
     addke = list(suite_of(chosen).addke) if msg.exchange == ExchangeType.CREATE_CHILD_SA \
         else []
@@ -275,13 +274,15 @@ def add_child(sa: IkeSa, config: ChildConfig, chosen: Proposal, spi_in: int, spi
               local_ts: Selectors, remote_ts: Selectors, mode: Mode,
               nonces: tuple[bytes, bytes], shared: bytes | None, now: float, *,
               exchange_initiator: bool, rekey_of: ChildSa | None,
-              peer_tfc: bool = True) -> ChildSa:
-    """A negotiated CHILD_SA: keyed (RFC 7296 2.17), kept, and announced to the daemon."""
+              peer_tfc: bool = True, additional: bytes = b"") -> ChildSa:
+    """A negotiated CHILD_SA: keyed (RFC 7296 2.17; `additional`: RFC 9370 secrets), kept,
+    and announced to the daemon."""
     assert sa.keys is not None
     suite = suite_of(chosen)
     encr_size = encr_key_size(suite.encr, suite.encr_bits) if suite.encr is not None else 0
     integ_size = integ_key_size(suite.integ)
-    keymat = sa.keys.child_keymat(nonces[0], nonces[1], 2 * (encr_size + integ_size), shared)
+    keymat = sa.keys.child_keymat(nonces[0], nonces[1], 2 * (encr_size + integ_size), shared,
+                                  additional)
     keys = split_child_keymat(keymat, encr_size, integ_size)
     child = ChildSa(new_id(), config, ProtocolId(chosen.protocol), mode, spi_in, spi_out,
                     tuple(local_ts), tuple(remote_ts), suite, now)
@@ -402,8 +403,8 @@ def _accept_child(sa: IkeSa, msg: Message, rekey_of: ChildSa | None, now: float,
 
     def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
         child = add_child(sa_, config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,
-                          (nonce_i, nonce_r), (shared or b"") + extra if extra else shared,
-                          now_, exchange_initiator=False, rekey_of=rekey_of, peer_tfc=peer_tfc)
+                          (nonce_i, nonce_r), shared, now_, exchange_initiator=False,
+                          rekey_of=rekey_of, peer_tfc=peer_tfc, additional=extra)
         if rekey_of is not None:
             collisions.peer_child_rekey_done(sa_, rekey_of, min(nonce_i, nonce_r), child, now_)
 

@@ -4,7 +4,7 @@ The new IKE SA is keyed from the old one's SK_d and stays silent until adopted
 (rekeyed.py): CHILD_SAs move over, then the old SA is deleted by the initiator of
 the surviving exchange. Simultaneous rekeys are decided in collisions.py. With
 additional key exchanges (RFC 9370) the new IKE SA is made after the IKE_FOLLOWUP_KE
-exchanges (followup_ke.py): SKEYSEED = prf(SK_d (old), SK(0) | SK(1) ... | SK(n) | Ni | Nr).
+exchanges (followup_ke.py): SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) ... | SK(n)).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class IkeRekey:
 
         def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
             assert sa_.keys is not None
-            keys = sa_.keys.rekeyed(suite, shared + extra, self.nonce, nonce_r, self.spi,
-                                    chosen.spi, True)
+            keys = sa_.keys.rekeyed(suite, shared, self.nonce, nonce_r, self.spi,
+                                    chosen.spi, True, extra)
             ours = spawn(sa_, True, self.spi, chosen.spi, suite, keys, now_)
             collisions.our_ike_rekey_done(sa_, ours, min(self.nonce, nonce_r), theirs, now_)
 
@@ -142,8 +142,8 @@ def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
 
     def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
         assert sa_.keys is not None
-        keys = sa_.keys.rekeyed(suite, shared + extra, nonce_i, nonce_r, chosen.spi, spi_r,
-                                False)
+        keys = sa_.keys.rekeyed(suite, shared, nonce_i, nonce_r, chosen.spi, spi_r, False,
+                                extra)
         new = spawn(sa_, False, chosen.spi, spi_r, suite, keys, now_)
         ours_now = rekey_out(sa_)
         collision = collisions.peer_ike_rekey(sa_, ours_now is not None,
