@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything xfrmctl needs on a fresh Debian 12 machine: the Debian packages
 # (iproute2, strongSwan as the interop peer, the real kernel and qemu for the lab VM)
-# and a virtualenv in .venv with the project and its development tools.
+# and a virtualenv in .venv with the project and its development tools, and strongSwan
+# 6.0.6 (the post-quantum interop peer, built from the public release) in /opt/strongswan6.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,18 @@ if ((${#missing[@]})); then
   # strongSwan's and PostgreSQL's services must not run on the host: the tests start
   # their own instances inside network namespaces.
   systemctl disable --now strongswan-starter strongswan postgresql >/dev/null 2>&1 || true
+fi
+
+# strongSwan 6.0.6 beside Debian's 5.9.8 (RFC 9370 + ML-KEM interop): the tarball holds
+# absolute paths under /opt/strongswan6. XFRMCTL_STRONGSWAN6_TARBALL overrides where it is.
+SWAN6_TARBALL=${XFRMCTL_STRONGSWAN6_TARBALL:-../shared/peers/strongswan-6.0.6.tar.xz}
+if [[ ! -x /opt/strongswan6/libexec/ipsec/charon ]]; then
+  if [[ -f $SWAN6_TARBALL ]]; then
+    echo "setup: unpacking strongSwan 6.0.6 to /opt/strongswan6"
+    tar -xJf "$SWAN6_TARBALL" -C /
+  else
+    echo "setup: $SWAN6_TARBALL not found: the post-quantum interop tests will skip" >&2
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -70,7 +70,8 @@ class Case:
     @property
     def dh(self) -> str:
         """Our events' name of the ESP proposal's key exchange group (PFS on rekey)."""
-        return DH_NAMES[self.esp.rsplit("-", 1)[1]]
+        # the main key exchange: the last group keyword (keN_ additional ones follow it)
+        return next(DH_NAMES[w] for w in reversed(self.esp.split("-")) if w in DH_NAMES)
 
 
 CASES = [

@@ -30,6 +30,22 @@ EAP (docs/eap.md): `remote_auth: eap-mschapv2` makes a connection an EAP gateway
 the database), `local_auth: eap-mschapv2` with `eap_id` and `eap_password[_file]` a client;
 `dns` lists DNS servers sent with virtual IPs.
 
+Proposals (`ike_proposals`, `esp_proposals`, `ah_proposals`) use strongSwan's keywords,
+joined by `-`, several proposals by `,` (xfrmctl/ike/proposals.py lists them). Post-quantum
+hybrid key exchange (RFC 9370 over RFC 9242 IKE_INTERMEDIATE) adds `keN_<method>` for the
+additional key exchange N (1..7), `keN_none` making it optional, with ML-KEM (FIPS 203) as
+`mlkem768` or `mlkem1024` (ML-KEM-512 is not offered: the crypto library lacks it):
+
+        ike_proposals: aes256gcm16-prfsha384-x25519-ke1_mlkem768
+        esp_proposals: aes256gcm16-x25519-ke1_mlkem768
+
+The IKE SA then runs X25519 in IKE_SA_INIT and ML-KEM-768 in an IKE_INTERMEDIATE exchange
+(fragmented when needed); its rekeys, and CHILD_SAs made or rekeyed by CREATE_CHILD_SA
+with a key exchange, run the additional ones in IKE_FOLLOWUP_KE exchanges (the first
+CHILD_SA, made in IKE_AUTH, has no key exchange of its own: the `keN_` part of its ESP
+proposal applies from its first rekey). A peer that cannot do them gets
+NO_PROPOSAL_CHOSEN unless the proposal says `keN_none`.
+
 See deploy/examples/ for net-to-net, host-to-host, remote access (with EAP too) and
 route-based files.
 

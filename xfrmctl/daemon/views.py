@@ -236,6 +236,8 @@ def _proposal(suite: Suite) -> str | None:
         if ident is None or (ident == 0 and kind in (TransformType.INTEG, TransformType.DH)):
             continue
         words.append(_KEYWORD_OF.get((kind, ident, bits), f"{kind.name.lower()}{ident}"))
+    words += [f"ke{n}_{_KEYWORD_OF.get((TransformType.DH, ident, None), str(ident))}"
+              for n, ident in enumerate(suite.addke, 1)]  # RFC 9370 additional exchanges
     if suite.esn:
         words.append("esn")
     return "-".join(words) or None

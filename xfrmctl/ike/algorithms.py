@@ -47,8 +47,14 @@ class PrfInfo:
 
 @dataclass(frozen=True, slots=True)
 class DhInfo:
-    public_size: int  # length of the KE payload's key exchange data
+    public_size: int  # length of the KE payload's key exchange data (the initiator's)
     legacy: bool = False
+    # A KEM (ML-KEM): the responder sends a ciphertext of this length, not a public value.
+    responder_size: int | None = None
+
+    def size(self, responder: bool) -> int:
+        """Octets of the KE data the initiator (False) or responder (True) sends."""
+        return self.responder_size if responder and self.responder_size else self.public_size
 
 
 _AES = (128, 192, 256)
@@ -98,6 +104,10 @@ DH: dict[DhId, DhInfo] = {
     DhId.ECP_521: DhInfo(132),
     DhId.CURVE25519: DhInfo(32),
     DhId.CURVE448: DhInfo(56),
+    # FIPS 203 ML-KEM (draft-ietf-ipsecme-ikev2-mlkem): encapsulation key / ciphertext.
+    # ML-KEM-512 is missing: the cryptography library has no ML-KEM-512.
+    DhId.ML_KEM_768: DhInfo(1184, responder_size=1088),
+    DhId.ML_KEM_1024: DhInfo(1568, responder_size=1568),
 }
 
 

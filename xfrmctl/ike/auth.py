@@ -33,14 +33,16 @@ SUPPORTED_HASHES: Final[frozenset[int]] = frozenset(
 
 
 def signed_octets(
-    message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes, id_body: bytes
+    message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes, id_body: bytes,
+    int_auth: bytes = b"",
 ) -> bytes:
-    """RealMessage | NonceOfPeer | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15).
+    """RealMessage | NonceOfPeer | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)
+    [| IntAuth_iN | IntAuth_rN | IKE_AUTH message ID, after IKE_INTERMEDIATE: RFC 9242].
 
     `id_body` is the ID payload after its generic header: ID type, 3 reserved
     octets, identification data.
     """
-    return message + peer_nonce + prf(sk_p, id_body)
+    return message + peer_nonce + prf(sk_p, id_body) + int_auth
 
 
 def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:

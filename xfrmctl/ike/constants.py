@@ -15,6 +15,7 @@ class ExchangeType(IntEnum):
     INFORMATIONAL = 37
     IKE_SESSION_RESUME = 38
     IKE_INTERMEDIATE = 43
+    IKE_FOLLOWUP_KE = 44
 
 
 class HeaderFlag(IntFlag):
@@ -57,6 +58,20 @@ class TransformType(IntEnum):
     INTEG = 3
     DH = 4  # "Key Exchange Method" since RFC 9370
     ESN = 5
+    # RFC 9370: additional key exchanges, each done in its own IKE_INTERMEDIATE (IKE SA)
+    # or IKE_FOLLOWUP_KE (CREATE_CHILD_SA) exchange, in this order.
+    ADDKE1 = 6
+    ADDKE2 = 7
+    ADDKE3 = 8
+    ADDKE4 = 9
+    ADDKE5 = 10
+    ADDKE6 = 11
+    ADDKE7 = 12
+
+
+ADDKE_TYPES = (TransformType.ADDKE1, TransformType.ADDKE2, TransformType.ADDKE3,
+               TransformType.ADDKE4, TransformType.ADDKE5, TransformType.ADDKE6,
+               TransformType.ADDKE7)
 
 
 class EncrId(IntEnum):

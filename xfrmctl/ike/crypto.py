@@ -126,9 +126,30 @@ def derive_rekeyed_ike_keys(
     spi_r: bytes,
     encr_key_size: int,
     integ_key_size: int,
+    additional: bytes = b"",
 ) -> IkeKeys:
-    """RFC 7296 2.18: SKEYSEED = prf_old(SK_d_old, g^ir(new) | Ni | Nr), then prf+ (new PRF)."""
-    skeyseed = old_prf(old_sk_d, shared_secret + nonce_i + nonce_r)
+    """RFC 7296 2.18: SKEYSEED = prf_old(SK_d_old, g^ir(new) | Ni | Nr), then prf+ (new PRF);
+    RFC 9370 2.2.4 appends the additional key exchanges' secrets: ... | Nr | SK(1)...SK(n)."""
+    skeyseed = old_prf(old_sk_d, shared_secret + nonce_i + nonce_r + additional)
+    seed = nonce_i + nonce_r + spi_i + spi_r
+    return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
+
+
+def derive_additional_ike_keys(
+    prf: Prf,
+    sk_d: bytes,
+    shared_secret: bytes,
+    nonce_i: bytes,
+    nonce_r: bytes,
+    spi_i: bytes,
+    spi_r: bytes,
+    encr_key_size: int,
+    integ_key_size: int,
+) -> IkeKeys:
+    """RFC 9370 2.2.2, after each additional key exchange of an IKE SA's setup:
+    SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr), then every SK_* anew with
+    prf+(SKEYSEED(n), Ni | Nr | SPIi | SPIr) (the IKE SA's own nonces and SPIs)."""
+    skeyseed = prf(sk_d, shared_secret + nonce_i + nonce_r)
     seed = nonce_i + nonce_r + spi_i + spi_r
     return _expand_ike_keys(prf, skeyseed, seed, encr_key_size, integ_key_size)
 
@@ -140,9 +161,11 @@ def derive_child_keymat(
     nonce_r: bytes,
     length: int,
     shared_secret: bytes | None = None,
+    additional: bytes = b"",
 ) -> bytes:
-    """RFC 7296 2.17: KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr)."""
-    seed = (shared_secret or b"") + nonce_i + nonce_r
+    """RFC 7296 2.17: KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); RFC 9370 2.2.4 appends
+    the additional key exchanges' secrets: ... | Ni | Nr | SK(1) | ... | SK(n)."""
+    seed = (shared_secret or b"") + nonce_i + nonce_r + additional
     return prf.plus(sk_d, seed, length)
 
 

@@ -5,16 +5,23 @@ Encodings: X25519/X448 as RFC 8031 (raw u-coordinate), ECP groups as RFC 5903
 is the x coordinate), MODP groups as RFC 7296 (public value and shared secret
 left-padded with zeros to the prime's length).
 
+ML-KEM (FIPS 203, draft-ietf-ipsecme-ikev2-mlkem) is a key encapsulation method: the
+initiator sends its encapsulation key, the responder answers with a ciphertext
+(`respond`), and the initiator decapsulates it. Both values have fixed lengths per
+parameter set.
+
 Peer values are checked as RFC 6989 asks; anything wrong is a `ProtocolError`
 (INVALID_SYNTAX): wrong length, point not on the curve, X25519/X448 results of
-all zeros (low-order points), MODP values outside 1 < y < p-1.
+all zeros (low-order points), MODP values outside 1 < y < p-1, an ML-KEM
+encapsulation key that fails the FIPS 203 modulus check or a ciphertext of the
+wrong length.
 """
 
 import functools
 import warnings
 from typing import Final, Protocol
 
-from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .algorithms import DH
@@ -122,9 +129,16 @@ _CURVES: Final[dict[int, ec.EllipticCurve]] = {
     DhId.ECP_521: ec.SECP521R1(),
 }
 
+_MLKEM: Final[dict[int, tuple[type[mlkem.MLKEM768PrivateKey] | type[mlkem.MLKEM1024PrivateKey],
+                               type[mlkem.MLKEM768PublicKey] | type[mlkem.MLKEM1024PublicKey]]]] = {
+    DhId.ML_KEM_768: (mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey),
+    DhId.ML_KEM_1024: (mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey),
+}
+
 SUPPORTED_GROUPS: Final[frozenset[int]] = frozenset(
-    {DhId.CURVE25519, DhId.CURVE448, *_CURVES, *MODP_PRIMES}
+    {DhId.CURVE25519, DhId.CURVE448, *_CURVES, *MODP_PRIMES, *_MLKEM}
 )
+KEMS: Final[frozenset[int]] = frozenset(_MLKEM)
 
 
 class KeyExchange(Protocol):
@@ -146,8 +160,8 @@ def _bad_value(group: int, why: str) -> ProtocolError:
     )
 
 
-def _check_length(group: int, peer: bytes) -> None:
-    expected = DH[DhId(group)].public_size
+def _check_length(group: int, peer: bytes, from_responder: bool = False) -> None:
+    expected = DH[DhId(group)].size(from_responder)
     if len(peer) != expected:
         raise _bad_value(group, f"{len(peer)} octets, {expected} expected")
 
@@ -244,6 +258,39 @@ class _Modp:
         return secret.rjust(self._size, b"\x00")
 
 
+class _MlKem:
+    """The initiator's side of ML-KEM: the encapsulation key out, the ciphertext in."""
+
+    def __init__(self, group: int, seed: bytes | None = None) -> None:
+        self.group = group
+        private_type = _MLKEM[group][0]
+        self._private = private_type.generate() if seed is None \
+            else private_type.from_seed_bytes(seed)
+        self.public_key = self._private.public_key().public_bytes_raw()
+
+    def shared_secret(self, peer: bytes) -> bytes:
+        _check_length(self.group, peer, from_responder=True)
+        try:
+            return self._private.decapsulate(peer)
+        except ValueError:
+            raise _bad_value(self.group, "ciphertext rejected") from None
+
+
+def respond(group: int, peer: bytes) -> tuple[bytes, bytes]:
+    """The responder's side of a key exchange with the initiator's KE data `peer`:
+    (our KE data, the shared secret). For a KEM our KE data is the ciphertext."""
+    if group not in _MLKEM:
+        ours = new_key_exchange(group)
+        return ours.public_key, ours.shared_secret(peer)
+    _check_length(group, peer)
+    try:
+        public = _MLKEM[group][1].from_public_bytes(peer)
+    except ValueError:
+        raise _bad_value(group, "encapsulation key fails the modulus check") from None
+    secret, ciphertext = public.encapsulate()
+    return ciphertext, secret
+
+
 def new_key_exchange(group: int) -> KeyExchange:
     """A fresh key pair for `group` (a DhId value)."""
     return key_exchange_from_private(group, None)
@@ -257,6 +304,8 @@ def key_exchange_from_private(group: int, private: bytes | None) -> KeyExchange:
         raise LocalError(f"unsupported key exchange method {group}")
     if group in (DhId.CURVE25519, DhId.CURVE448):
         return _Montgomery(group, private)
+    if group in _MLKEM:
+        return _MlKem(group, private)  # `private`: the 64-octet FIPS 203 seed (d || z)
     if group in _CURVES:
         return _Ecp(group, private)
     return _Modp(group, private)

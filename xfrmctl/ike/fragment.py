@@ -146,6 +146,6 @@ def _assemble(pending: _Pending) -> Message:
                             notify_data=exc.notify_data) from None  # fmt: skip
     m = pending.message
     whole = Message(m.exchange, m.spi_i, m.spi_r, m.message_id, m.is_initiator, m.is_response,
-                    [], protected)  # fmt: skip
+                    [], protected, inner=inner)  # fmt: skip
     rules.check(whole)
     return whole

@@ -13,6 +13,7 @@ from .algorithms import encr_key_size, integ_key_size
 from .crypto import (
     IkeKeys,
     Prf,
+    derive_additional_ike_keys,
     derive_child_keymat,
     derive_ike_keys,
     derive_rekeyed_ike_keys,
@@ -62,18 +63,32 @@ class KeyState:
         return cls(suite, keys, initiator)
 
     def rekeyed(self, suite: Suite, shared: bytes, nonce_i: bytes, nonce_r: bytes,
-                spi_i: bytes, spi_r: bytes, initiator: bool) -> KeyState:
-        """The keys of the IKE SA that replaces this one (RFC 7296 2.18)."""
+                spi_i: bytes, spi_r: bytes, initiator: bool, additional: bytes = b""
+                ) -> KeyState:
+        """The keys of the IKE SA that replaces this one (RFC 7296 2.18; `additional`: the
+        secrets of RFC 9370 additional key exchanges, in order)."""
         assert suite.prf is not None and suite.encr is not None
         keys = derive_rekeyed_ike_keys(
             self.prf, self.keys.sk_d, Prf(suite.prf), shared, nonce_i, nonce_r, spi_i, spi_r,
+            encr_key_size(suite.encr, suite.encr_bits), integ_key_size(suite.integ),
+            additional)
+        return KeyState(suite, keys, initiator)
+
+    def after_additional_exchange(self, suite: Suite, shared: bytes, nonce_i: bytes,
+                                  nonce_r: bytes, spi_i: bytes, spi_r: bytes,
+                                  initiator: bool) -> KeyState:
+        """The keys once an IKE_INTERMEDIATE additional key exchange is done (RFC 9370)."""
+        assert suite.encr is not None
+        keys = derive_additional_ike_keys(
+            self.prf, self.keys.sk_d, shared, nonce_i, nonce_r, spi_i, spi_r,
             encr_key_size(suite.encr, suite.encr_bits), integ_key_size(suite.integ))
         return KeyState(suite, keys, initiator)
 
     def child_keymat(self, nonce_i: bytes, nonce_r: bytes, size: int,
-                     shared: bytes | None) -> bytes:
-        """KEYMAT for a CHILD_SA (RFC 7296 2.17)."""
-        return derive_child_keymat(self.prf, self.keys.sk_d, nonce_i, nonce_r, size, shared)
+                     shared: bytes | None, additional: bytes = b"") -> bytes:
+        """KEYMAT for a CHILD_SA (RFC 7296 2.17, RFC 9370 2.2.4)."""
+        return derive_child_keymat(self.prf, self.keys.sk_d, nonce_i, nonce_r, size, shared,
+                                   additional)
 
     def sk_p(self, ours: bool, initiator: bool) -> bytes:
         """SK_pi or SK_pr: ours (signing our AUTH) or the peer's (checking theirs)."""

@@ -81,6 +81,8 @@ class Message:
     payloads: list[Payload] = field(default_factory=list)  # outside SK
     protected: list[Payload] | None = None  # inside SK; None = no SK payload
     fragment: SkFragment | None = None  # set when the datagram was an SKF
+    # Decoded messages: the decrypted inner payload octets as received (RFC 9242 IntAuth)
+    inner: bytes = field(default=b"", repr=False, compare=False)
 
     def find(self, cls: type[T]) -> T | None:
         """First payload of type `cls`, searching protected then unprotected payloads."""
@@ -207,11 +209,11 @@ def _check_last(data: bytes, at: int, header_size: int) -> tuple[int, int]:
     return next_type, length
 
 
-def _open_sk(data: bytes, at: int, cipher: SkCipher | None) -> list[Payload]:
+def _open_sk(data: bytes, at: int, cipher: SkCipher | None) -> tuple[list[Payload], bytes]:
     first, _ = _check_last(data, at, PAYLOAD_HEADER_SIZE)
     inner = _open(data, at, at + PAYLOAD_HEADER_SIZE, cipher)
     try:
-        return pull_chain(inner, 0, len(inner), first)[0]
+        return pull_chain(inner, 0, len(inner), first)[0], inner
     except ProtocolError as exc:
         raise ProtocolError(
             f"inside SK: {exc}", notify=exc.notify, notify_data=exc.notify_data
@@ -225,6 +227,18 @@ def _open_skf(data: bytes, at: int, cipher: SkCipher | None) -> SkFragment:
     if not 1 <= number <= total:
         raise ProtocolError(f"fragment {number} of {total}", offset=at + PAYLOAD_HEADER_SIZE)
     return SkFragment(number, total, first, _open(data, at, at + head, cipher))
+
+
+def intermediate_octets(message: Message, inner: bytes) -> bytes:
+    """IntAuth_[i|r]*A | IntAuth_[i|r]*P of an IKE_INTERMEDIATE message (RFC 9242 3.3.2):
+    the message as if it were sent whole with an SK payload of only its inner octets
+    (no IV, padding or ICV; Length fields adjusted), whether it went in fragments or not."""
+    outer = push_chain(message.payloads, PayloadType.SK)
+    first = message.payloads[0].payload_type if message.payloads else PayloadType.SK
+    inner_first = message.protected[0].payload_type if message.protected else PayloadType.NONE
+    sk_length = PAYLOAD_HEADER_SIZE + len(inner)
+    return b"".join((_pack_header(message, first, IKE_HEADER_SIZE + len(outer) + sk_length),
+                     outer, GENERIC_HEADER.pack(inner_first, 0, sk_length), inner))
 
 
 # --- message ------------------------------------------------------------------------------
@@ -267,7 +281,7 @@ def decode(data: bytes | bytearray | memoryview, cipher: SkCipher | None = None)
         payloads,
     )
     if enc_type == PayloadType.SK:
-        message.protected = _open_sk(data, at, cipher)
+        message.protected, message.inner = _open_sk(data, at, cipher)
     elif enc_type == PayloadType.SKF:
         message.fragment = _open_skf(data, at, cipher)
         rules.check_fragment(message)

@@ -36,11 +36,15 @@ _SUITE_FIELDS = ("encr", "encr_bits", "integ", "prf", "dh", "esn")
 
 
 def suite_to_dict(suite: Suite) -> dict[str, Any]:
-    return {"protocol": int(suite.protocol), **{f: getattr(suite, f) for f in _SUITE_FIELDS}}
+    saved = {"protocol": int(suite.protocol), **{f: getattr(suite, f) for f in _SUITE_FIELDS}}
+    if suite.addke:  # written only when used: records of classic suites stay as they were
+        saved["addke"] = list(suite.addke)
+    return saved
 
 
 def suite_from_dict(data: dict[str, Any]) -> Suite:
-    return Suite(protocol=ProtocolId(data["protocol"]), **{f: data[f] for f in _SUITE_FIELDS})
+    return Suite(protocol=ProtocolId(data["protocol"]), **{f: data[f] for f in _SUITE_FIELDS},
+                 addke=tuple(data.get("addke", ())))
 
 
 def _identity(identity: Identity | None) -> list[Any] | None:

@@ -4,6 +4,14 @@ A configured proposal is a set of acceptable algorithms per transform type, writ
 keywords joined by '-', several proposals joined by ',':
     "aes128gcm16-prfsha256-x25519, aes256-sha256-modp3072"
 For ESP/AH the key exchange keywords are the PFS groups used when rekeying.
+Additional key exchanges (RFC 9370) are written as strongSwan does, `keN_<method>` for
+ADDKE N (1..7), `keN_none` making that one optional:
+    "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
+
+RFC 7296 3.3.6: a proposal with a transform type we do not know is never chosen (the
+whole proposal, not just that transform); neither is one whose additional key exchanges
+we cannot do in that exchange (each ADDKE type offered must include one of ours, or
+NONE).
 
 Selection: the responder walks its own proposals in its order of preference and, for each,
 the peer's proposals in their order; the first pair with something common in every transform
@@ -12,11 +20,21 @@ type wins, taking from each type our most preferred algorithm the peer also offe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
+from .constants import (
+    ADDKE_TYPES,
+    DhId,
+    EncrId,
+    EsnId,
+    IntegId,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
 from .payloads import Proposal, Transform
 
 Algorithm = tuple[int, int | None]  # (transform id, key length in bits or None)
@@ -76,6 +94,8 @@ KEYWORDS: dict[str, tuple[TransformType, int, int | None]] = {
     "curve25519": (TransformType.DH, DhId.CURVE25519, None),
     "x448": (TransformType.DH, DhId.CURVE448, None),
     "curve448": (TransformType.DH, DhId.CURVE448, None),
+    "mlkem768": (TransformType.DH, DhId.ML_KEM_768, None),
+    "mlkem1024": (TransformType.DH, DhId.ML_KEM_1024, None),
     "esn": (TransformType.ESN, EsnId.ESN, None),
     "noesn": (TransformType.ESN, EsnId.NO_ESN, None),
 }
@@ -103,7 +123,9 @@ LEGACY: frozenset[tuple[TransformType, int]] = frozenset({
 })
 
 _TYPE_ORDER = (TransformType.ENCR, TransformType.PRF, TransformType.INTEG, TransformType.DH,
-               TransformType.ESN)
+               TransformType.ESN, *ADDKE_TYPES)
+_ADDKE_WORD = re.compile(r"ke([1-7])_([a-z0-9_]+)")
+_NONE: Algorithm = (DhId.NONE, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +147,19 @@ class ProposalSpec:
     def is_aead(self) -> bool:
         return all(a[0] in _AEAD for a in self.get(TransformType.ENCR))
 
-    def to_wire(self, number: int, spi: bytes, *, with_dh: bool = True) -> Proposal:
+    @property
+    def has_addke(self) -> bool:
+        return any(self.get(t) for t in ADDKE_TYPES)
+
+    def to_wire(self, number: int, spi: bytes, *, with_dh: bool = True,
+                with_addke: bool = False) -> Proposal:
+        """The proposal as sent; additional key exchanges only where the exchange does
+        them (`with_addke`: IKE_SA_INIT)."""
         transforms = tuple(
             Transform(ttype, alg_id, bits)
             for ttype in _TYPE_ORDER
-            if with_dh or ttype is not TransformType.DH
+            if (with_dh or ttype is not TransformType.DH)
+            and (with_addke or ttype not in ADDKE_TYPES)
             for alg_id, bits in self.get(ttype)
         )
         return Proposal(number, self.protocol, spi, transforms)
@@ -149,15 +179,31 @@ def parse_proposals(text: str, protocol: ProtocolId) -> tuple[ProposalSpec, ...]
 def _parse_one(text: str, protocol: ProtocolId) -> ProposalSpec:
     algorithms: dict[TransformType, list[Algorithm]] = {}
     for word in text.lower().split("-"):
-        if word not in KEYWORDS:
-            raise ValueError(f"unknown algorithm keyword {word!r} in proposal {text!r}")
-        ttype, alg_id, bits = KEYWORDS[word]
+        ttype, alg_id, bits = _keyword(word, text)
         entry = (alg_id, bits)
         bucket = algorithms.setdefault(ttype, [])
         if entry not in bucket:
             bucket.append(entry)
     _complete(algorithms, protocol, text)
     return ProposalSpec(protocol, {t: tuple(v) for t, v in algorithms.items()}, text)
+
+
+def _keyword(word: str, text: str) -> tuple[TransformType, int, int | None]:
+    """One keyword: an algorithm, or `keN_<method>` / `keN_none` (ADDKE N, RFC 9370)."""
+    addke = _ADDKE_WORD.fullmatch(word)
+    if addke is None:
+        if word not in KEYWORDS:
+            raise ValueError(f"unknown algorithm keyword {word!r} in proposal {text!r}")
+        return KEYWORDS[word]
+    ttype = ADDKE_TYPES[int(addke.group(1)) - 1]
+    method = addke.group(2)
+    if method == "none":
+        return ttype, DhId.NONE, None
+    known = KEYWORDS.get(method)
+    if known is None or known[0] is not TransformType.DH:
+        raise ValueError(f"{word!r} in proposal {text!r}: {method!r} is not a key exchange "
+                         f"method (e.g. ke1_mlkem768)")
+    return ttype, known[1], None
 
 
 def _complete(algs: dict[TransformType, list[Algorithm]], protocol: ProtocolId,
@@ -178,6 +224,9 @@ def _complete(algs: dict[TransformType, list[Algorithm]], protocol: ProtocolId,
         raise ValueError(f"proposal {text!r} needs an encryption algorithm")
     elif not aead and not algs.get(TransformType.INTEG):
         raise ValueError(f"proposal {text!r} needs an integrity algorithm")
+    if any(algs.get(t) for t in ADDKE_TYPES) and not algs.get(TransformType.DH):
+        raise ValueError(f"proposal {text!r}: additional key exchanges (keN_) need a key "
+                         f"exchange method too (e.g. x25519-ke1_mlkem768)")
     if protocol is ProtocolId.IKE:
         _complete_ike(algs, text)
     else:
@@ -229,6 +278,7 @@ class Suite:
     prf: int | None = None
     dh: int | None = None
     esn: bool = False
+    addke: tuple[int, ...] = ()  # RFC 9370 additional key exchanges, in ADDKE order
 
     @property
     def aead(self) -> bool:
@@ -245,9 +295,14 @@ class Suite:
             names.append(f"PRF_{PrfId(self.prf).name}")
         if self.dh:
             names.append(DhId(self.dh).name)
+        names += [f"KE{n}_{_dh_name(i)}" for n, i in enumerate(self.addke, 1)]
         if self.protocol is not ProtocolId.IKE:
             names.append("ESN" if self.esn else "NO_ESN")
         return "/".join(names)
+
+
+def _dh_name(group: int) -> str:
+    return DhId(group).name if group in DhId._value2member_map_ else str(group)
 
 
 def suite_of(proposal: Proposal) -> Suite:
@@ -268,6 +323,7 @@ def suite_of(proposal: Proposal) -> Suite:
         prf=prf.id if prf else None,
         dh=dh.id if dh and dh.id != DhId.NONE else None,
         esn=bool(esn and esn.id == EsnId.ESN),
+        addke=tuple(first[t].id for t in ADDKE_TYPES if t in first and first[t].id != DhId.NONE),
     )
 
 
@@ -288,13 +344,36 @@ class DhRule(Enum):
     IGNORE = "ignore"  # IKE_AUTH: the first CHILD_SA never does a key exchange
 
 
-def _match(spec: ProposalSpec, peer: Proposal, dh: DhRule) -> tuple[Transform, ...] | None:
+def _match_addke(ours: tuple[Algorithm, ...], theirs: set[Algorithm], usable: bool
+                 ) -> Algorithm | bool:
+    """One ADDKE type: the algorithm to take, True to leave it out, False for no match.
+    Where the exchange does no additional key exchanges (`usable` False) the peer's offer
+    must allow NONE."""
+    if not usable or not ours:
+        return not theirs or _NONE in theirs
+    pick = next((a for a in ours if a in theirs), None)
+    if pick is None:
+        return not theirs and _NONE in ours
+    return True if pick == _NONE else pick
+
+
+def _match(spec: ProposalSpec, peer: Proposal, dh: DhRule, addke: bool = False
+           ) -> tuple[Transform, ...] | None:
     """Our best transform of each type that `peer` offers, or None if a type has none."""
     offered = _offered(peer)
     chosen: list[Transform] = []
     for ttype in _TYPE_ORDER:
         ours = spec.get(ttype)
         theirs = offered.get(ttype, set())
+        if ttype in ADDKE_TYPES:
+            if dh is DhRule.IGNORE:
+                continue
+            result = _match_addke(ours, theirs, addke)
+            if result is False:
+                return None
+            if isinstance(result, tuple):
+                chosen.append(Transform(ttype, result[0], result[1]))
+            continue
         if ttype is TransformType.DH and dh is not DhRule.REQUIRE:
             if dh is DhRule.NONE and (spec.dh_groups or theirs - {(DhId.NONE, None)}):
                 return None
@@ -318,19 +397,21 @@ def acceptable(peer: Proposal, spi_size: int | None = None) -> bool:
 
 
 def select(local: Sequence[ProposalSpec], offered: Sequence[Proposal],
-           dh: DhRule = DhRule.REQUIRE, spi_size: int | None = None) -> Proposal | None:
+           dh: DhRule = DhRule.REQUIRE, spi_size: int | None = None,
+           addke: bool = False) -> Proposal | None:
     """Choose a proposal as responder; None means NO_PROPOSAL_CHOSEN.
 
     The result carries the peer's proposal number and SPI, one transform per type.
     Proposals that are not `acceptable` (unknown transform types, an SPI not of
-    `spi_size` octets when given) are skipped.
+    `spi_size` octets when given) are skipped. `addke`: the exchange can do additional
+    key exchanges (IKE_SA_INIT); elsewhere a proposal insisting on one is not chosen.
     """
     offered = [p for p in offered if acceptable(p, spi_size)]
     for spec in local:
         for peer in offered:
             if peer.protocol != spec.protocol:
                 continue
-            transforms = _match(spec, peer, dh)
+            transforms = _match(spec, peer, dh, addke)
             if transforms is not None:
                 return Proposal(peer.number, ProtocolId(peer.protocol), peer.spi, transforms)
     return None
@@ -349,16 +430,25 @@ def accept_chosen(sent: Sequence[Proposal], chosen: Proposal) -> bool:
                 or (t.id, t.key_length) not in offered.get(TransformType(t.type), ()):
             return False
         seen.add(t.type)
-    required = {TransformType(t) for t in offered} - {TransformType.DH}
+    optional = {TransformType.DH} | {t for t in ADDKE_TYPES if _NONE in offered.get(t, ())}
+    required = {TransformType(t) for t in offered} - optional
     return required <= {TransformType(t) for t in seen}
 
 
 def describe_spec(spec: ProposalSpec) -> str:
     """Keywords of a proposal, for logs and failure reports."""
     reverse = {(t, a, b): kw for kw, (t, a, b) in reversed(KEYWORDS.items())}
-    words = [reverse.get((t, a[0], a[1]), f"{t.name}:{a[0]}")
-             for t in _TYPE_ORDER for a in spec.get(t)]
+    words = [_word(reverse, t, a) for t in _TYPE_ORDER for a in spec.get(t)]
     return "-".join(words)
+
+
+def _word(reverse: dict[tuple[TransformType, int, int | None], str], ttype: TransformType,
+          alg: Algorithm) -> str:
+    if ttype in ADDKE_TYPES:
+        method = "none" if alg[0] == DhId.NONE \
+            else reverse.get((TransformType.DH, alg[0], None), str(alg[0]))
+        return f"ke{ttype - TransformType.ADDKE1 + 1}_{method}"
+    return reverse.get((ttype, alg[0], alg[1]), f"{ttype.name}:{alg[0]}")
 
 
 def describe_offer(proposals: Sequence[Proposal]) -> list[str]:

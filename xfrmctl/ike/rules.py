@@ -82,6 +82,7 @@ _INFORMATIONAL: _Counts = {
     P.VENDOR: (0, MAX_VENDOR),
 }
 _INTERMEDIATE: _Counts = {P.KE: (0, 1), P.NOTIFY: (0, MAX_NOTIFY), P.VENDOR: (0, MAX_VENDOR)}
+_FOLLOWUP_KE: _Counts = {P.KE: (1, 1), P.NOTIFY: (0, MAX_NOTIFY), P.VENDOR: (0, MAX_VENDOR)}
 _RESUME: _Counts = {P.NONCE: (1, 1), P.NOTIFY: (0, MAX_NOTIFY), P.VENDOR: (0, MAX_VENDOR)}
 _AUTH_SUFFICIENT = frozenset({P.EAP, P.AUTH})
 
@@ -103,6 +104,9 @@ RULES: dict[tuple[ExchangeType, bool], MessageRule] = {
     (ExchangeType.INFORMATIONAL, True): MessageRule(True, _INFORMATIONAL),
     (ExchangeType.IKE_INTERMEDIATE, False): MessageRule(True, _INTERMEDIATE),
     (ExchangeType.IKE_INTERMEDIATE, True): MessageRule(True, _INTERMEDIATE),
+    (ExchangeType.IKE_FOLLOWUP_KE, False): MessageRule(True, _FOLLOWUP_KE),
+    (ExchangeType.IKE_FOLLOWUP_KE, True): MessageRule(True, _FOLLOWUP_KE,
+                                                      errors_sufficient=True),
     (ExchangeType.IKE_SESSION_RESUME, False): MessageRule(False, _RESUME),
     (ExchangeType.IKE_SESSION_RESUME, True): MessageRule(False, _RESUME, errors_sufficient=True),
 }

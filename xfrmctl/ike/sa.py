@@ -52,12 +52,13 @@ from .message import Message, decode, encode
 from .payloads import NotifyPayload, Payload
 from .proposals import Suite
 from .state import SETTING_UP, UP, ChildState, IkeState, ike_move
-from .tasks import rekeyed
+from .tasks import ike_intermediate, rekeyed
 from .tasks.base import IkeCollision, notify, reason_of
 from .tasks.child_create import ChildCreate
 from .tasks.child_delete import ChildDelete
 from .tasks.child_rekey import ChildRekey
 from .tasks.dpd import Dpd
+from .tasks.followup_ke import Followups
 from .tasks.ike_auth import IkeAuth
 from .tasks.ike_delete import IkeDelete
 from .tasks.ike_init import IkeInit, Setup
@@ -93,7 +94,7 @@ class IkeSa:
     # No per-instance dict: a gateway holds one of these per tunnel (memory per IKE_SA).
     __slots__ = ("_events", "_last_peer_activity", "_out", "_state", "alloc_spi", "budget",
                  "candidates", "children", "config", "created", "down_reason",
-                 "established_at", "id", "is_initiator", "keys", "local", "local_id",
+                 "established_at", "followups", "id", "is_initiator", "keys", "local", "local_id",
                  "nat_local", "nat_remote", "peer_fragmentation", "peer_hashes", "reassembly",
                  "remote", "remote_eap_id", "remote_id", "setup", "silent", "spawned", "spi_i",
                  "spi_r", "successor", "suite", "timers", "virtual_ip", "wall_offset", "window")
@@ -131,6 +132,8 @@ class IkeSa:
         self.setup: Setup | None = Setup()  # until IKE_AUTH is done
         self.budget: Budget | None = None  # the manager's: fragment buffers are charged to it
         self.reassembly: dict[bool, Reassembler] | None = None  # by is_response
+        # responder: SAs waiting for their IKE_FOLLOWUP_KE exchanges, by link (RFC 9370)
+        self.followups: dict[bytes, Followups] | None = None
         self._events: list[Event] = []
         self._out: list[Datagram] = []
         self._last_peer_activity = now
@@ -470,8 +473,9 @@ class IkeSa:
         """A datagram the manager routed to this SA (IKE header already checked)."""
         try:
             msg = decode(data, self.keys.cipher_in if self.keys else None)
-        except IntegrityError:
-            return  # RFC 7296 2.21.2: drop silently
+        except IntegrityError:  # RFC 7296 2.21.2: drop silently, unless sent under the
+            ike_intermediate.resend_for_old_keys(self, data)  # keys IKE_INTERMEDIATE replaced
+            return
         except ProtocolError as exc:
             inbound.answer_malformed(self, data, exc)
             return

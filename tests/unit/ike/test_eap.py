@@ -8,6 +8,7 @@ EAP-MSCHAPv2 and gets a virtual IP. Users are NT hashes only.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.support.pki import make_ca, make_cert
 from xfrmctl.daemon.pool import AddressPool
 from xfrmctl.ike.certs import TrustStore
 from xfrmctl.ike.config import AuthMethodName, IkeConfig, LocalAuth, RemoteAuth
-from xfrmctl.ike.constants import CfgAttr, PayloadType
+from xfrmctl.ike.constants import CfgAttr, PayloadType, ProtocolId
 from xfrmctl.ike.eap import EapPacket, EapServer, EapStep, Outcome
 from xfrmctl.ike.eap import mschapv2 as ms
 from xfrmctl.ike.eap.md4 import md4
@@ -29,6 +30,7 @@ from xfrmctl.ike.events import (
 )
 from xfrmctl.ike.message import decode
 from xfrmctl.ike.payloads import CpPayload
+from xfrmctl.ike.proposals import parse_proposals
 from xfrmctl.ike.sa import IkeState
 from xfrmctl.ike.tasks import ike_eap
 
@@ -171,6 +173,22 @@ def test_pool_leases_go_to_the_eap_user_not_the_shared_ike_identity(
     carol.pump()
     assert [str(a) for a in shared.pool.leases.values()] == [  # type: ignore[attr-defined]
         dave_up.virtual_ip]
+
+
+def test_eap_after_ike_intermediate_binds_the_msk_auth_to_it(
+        pki: tuple) -> None:  # type: ignore[type-arg]
+    """An EAP login over an IKE SA with an ML-KEM key exchange in IKE_INTERMEDIATE: every
+    AUTH (the gateway's signature, both MSK ones) takes IntAuth with the first IKE_AUTH's
+    message ID (RFC 9242 3.3.2), and both ends agree on it."""
+    hybrid = parse_proposals("aes256gcm16-prfsha384-x25519-ke1_mlkem768", ProtocolId.IKE)
+    pair = make_pair(replace(client(pki), proposals=hybrid),
+                     replace(gateway(pki), proposals=hybrid), wall_clock=True)
+    up(pair)
+    (up_a,), (up_b,) = pair.of("a", IkeSaUp), pair.of("b", IkeSaUp)
+    assert up_b.remote_eap_id == "carol" and up_a.virtual_ip == up_b.virtual_ip
+    assert pair.a.all()[0].state is IkeState.ESTABLISHED
+    exchanges = [d.data[18] for who, d in pair.wire if who == "a"]
+    assert exchanges[:2] == [34, 43]  # IKE_SA_INIT, then IKE_INTERMEDIATE
 
 
 def test_wrong_password_is_refused_with_reason(pki: tuple) -> None:  # type: ignore[type-arg]

@@ -3,7 +3,9 @@
 `ChildCreate` is the initiator's task; `finish_child_request` also takes the CHILD_SA
 part of an IKE_AUTH answer. The responder picks the child configuration whose selectors
 fit (`select_child`), narrows them and answers (`answer_child_request`). A rekey is the
-same exchange with REKEY_SA (child_rekey.py).
+same exchange with REKEY_SA (child_rekey.py). When the chosen proposal has additional
+key exchanges (RFC 9370), the CHILD_SA is made only after the IKE_FOLLOWUP_KE exchanges
+(followup_ke.py), keyed with every exchange's secret.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..payloads import (
 )
 from ..proposals import DhRule, suite_of
 from ..state import ChildState, IkeState
-from . import collisions
+from . import collisions, followup_ke
 from .base import (
     NOTIFY_FOR_REASON,
     ChildFailure,
@@ -90,7 +92,7 @@ def new_request(sa: IkeSa, child: ChildConfig, rekey_of: ChildSa | None, *,
                 create_child_sa: bool, group: int | None = None) -> ChildRequest:
     spi_in = sa.alloc_spi()
     spi = spi_in.to_bytes(4, "big")
-    wire = tuple(spec.to_wire(i + 1, spi, with_dh=create_child_sa)
+    wire = tuple(spec.to_wire(i + 1, spi, with_dh=create_child_sa, with_addke=create_child_sa)
                  for i, spec in enumerate(child.proposals))
     nonce = new_nonce()
     groups = [g for spec in child.proposals for g in spec.dh_groups]
@@ -150,7 +152,6 @@ class ChildCreate:
 
 def finish_child_request(sa: IkeSa, request: ChildRequest, msg: Message, now: float) -> None:
     """Initiator side of a CHILD_SA exchange (IKE_AUTH or CREATE_CHILD_SA)."""
-    old = request.rekey_of
     error = error_notify(msg)
     if error is not None and error.notify_type == NotifyType.TEMPORARY_FAILURE:
         _retry_later(sa, request, now)
@@ -158,18 +159,29 @@ def finish_child_request(sa: IkeSa, request: ChildRequest, msg: Message, now: fl
     try:
         child = _child_from_response(sa, request, msg, now)
     except ChildFailure as failure:
-        if old is not None and old.state is ChildState.REKEYING:
-            old.move_to(ChildState.INSTALLED)
-        if old is not None and old.child_id not in sa.children:
-            return  # the peer deleted it meanwhile (RFC 7296 2.25.1): nothing to report
-        sa.emit(NegotiationFailed(
-            ike_sa=sa.id, connection=sa.conf().name, reason=failure.reason,
-            message=failure.message, child=request.config.name, ours=failure.ours,
-            theirs=failure.theirs))
+        _failed(sa, request, failure)
         return
+    if child is not None:
+        _made(sa, request, child, now)
+
+
+def _made(sa: IkeSa, request: ChildRequest, child: ChildSa, now: float) -> None:
+    old = request.rekey_of
     if old is not None:
         collisions.our_child_rekey_done(sa, old, min(request.nonce, request.nonce_r), child,
                                         now)
+
+
+def _failed(sa: IkeSa, request: ChildRequest, failure: ChildFailure) -> None:
+    old = request.rekey_of
+    if old is not None and old.state is ChildState.REKEYING:
+        old.move_to(ChildState.INSTALLED)
+    if old is not None and old.child_id not in sa.children:
+        return  # the peer deleted it meanwhile (RFC 7296 2.25.1): nothing to report
+    sa.emit(NegotiationFailed(
+        ike_sa=sa.id, connection=sa.conf().name, reason=failure.reason,
+        message=failure.message, child=request.config.name, ours=failure.ours,
+        theirs=failure.theirs))
 
 
 def _retry_later(sa: IkeSa, request: ChildRequest, now: float) -> None:
@@ -189,7 +201,8 @@ def _retry_later(sa: IkeSa, request: ChildRequest, now: float) -> None:
 
 
 def _child_from_response(sa: IkeSa, request: ChildRequest, msg: Message,
-                         now: float) -> ChildSa:
+                         now: float) -> ChildSa | None:
+    """The CHILD_SA the answer makes, or None while IKE_FOLLOWUP_KE exchanges are due."""
     error = error_notify(msg)
     ours = tuple(str(s) for s in request.config.proposals)
     if error is not None:
@@ -232,23 +245,44 @@ def _child_from_response(sa: IkeSa, request: ChildRequest, msg: Message,
                                    "PFS key exchange missing or of the wrong group", ours)
             shared = request.ke.shared_secret(ke.data)
     request.nonce_r = nonce_r
-    return add_child(sa, request.config, chosen, request.spi_in,
-                     int.from_bytes(chosen.spi, "big"), local_ts, remote_ts, mode,
-                     (nonce_i, nonce_r), shared, now, exchange_initiator=True,
-                     rekey_of=request.rekey_of, peer_tfc=peer_takes_tfc(msg))
+    peer_tfc = peer_takes_tfc(msg)
+
+    def make(extra: bytes) -> ChildSa:
+        return add_child(sa, request.config, chosen, request.spi_in,
+                         int.from_bytes(chosen.spi, "big"), local_ts, remote_ts, mode,
+                         (nonce_i, nonce_r), shared, now, exchange_initiator=True,
+                         rekey_of=request.rekey_of, peer_tfc=peer_tfc, additional=extra)
+
+    addke = list(suite_of(chosen).addke) if msg.exchange == ExchangeType.CREATE_CHILD_SA \
+        else []
+    if not addke:
+        return make(b"")
+    if request.ke is None:
+        raise ChildFailure(FailureReason.PROTOCOL_ERROR,
+                           "additional key exchanges chosen without a key exchange", ours)
+    pending = followup_ke.Followups(
+        addke, lambda sa_, extra, now_: _made(sa_, request, make(extra), now_),
+        lambda sa_, reason, why, now_: _failed(sa_, request, ChildFailure(reason, why, ours)))
+    try:
+        followup_ke.start(sa, pending, msg)
+    except ProtocolError as exc:
+        raise ChildFailure(FailureReason.PROTOCOL_ERROR, str(exc), ours) from None
+    return None
 
 
 def add_child(sa: IkeSa, config: ChildConfig, chosen: Proposal, spi_in: int, spi_out: int,
               local_ts: Selectors, remote_ts: Selectors, mode: Mode,
               nonces: tuple[bytes, bytes], shared: bytes | None, now: float, *,
               exchange_initiator: bool, rekey_of: ChildSa | None,
-              peer_tfc: bool = True) -> ChildSa:
-    """A negotiated CHILD_SA: keyed (RFC 7296 2.17), kept, and announced to the daemon."""
+              peer_tfc: bool = True, additional: bytes = b"") -> ChildSa:
+    """A negotiated CHILD_SA: keyed (RFC 7296 2.17; `additional`: RFC 9370 secrets), kept,
+    and announced to the daemon."""
     assert sa.keys is not None
     suite = suite_of(chosen)
     encr_size = encr_key_size(suite.encr, suite.encr_bits) if suite.encr is not None else 0
     integ_size = integ_key_size(suite.integ)
-    keymat = sa.keys.child_keymat(nonces[0], nonces[1], 2 * (encr_size + integ_size), shared)
+    keymat = sa.keys.child_keymat(nonces[0], nonces[1], 2 * (encr_size + integ_size), shared,
+                                  additional)
     keys = split_child_keymat(keymat, encr_size, integ_size)
     child = ChildSa(new_id(), config, ProtocolId(chosen.protocol), mode, spi_in, spi_out,
                     tuple(local_ts), tuple(remote_ts), suite, now)
@@ -329,7 +363,8 @@ def _accept_child(sa: IkeSa, msg: Message, rekey_of: ChildSa | None, now: float,
     config, local_ts, remote_ts = _select_child(sa, msg, rekey_of)
     ke = msg.find(KePayload)
     rule = DhRule.IGNORE if auth_nonces else (DhRule.REQUIRE if ke else DhRule.NONE)
-    chosen = proposals.select(config.proposals, sa_payload.proposals, rule)
+    chosen = proposals.select(config.proposals, sa_payload.proposals, rule,
+                              addke=rule is DhRule.REQUIRE)
     if chosen is None or len(chosen.spi) != 4:
         raise ChildFailure(FailureReason.NO_PROPOSAL_CHOSEN,
                            f"no common proposal for CHILD_SA {config.name}",
@@ -360,16 +395,23 @@ def _accept_child(sa: IkeSa, msg: Message, rekey_of: ChildSa | None, now: float,
                 raise ChildFailure(FailureReason.INVALID_KE_PAYLOAD,
                                    f"PFS group {ke.group} instead of {suite.dh}",
                                    child=config.name, notify_data=struct.pack("!H", suite.dh))
-            our_ke = dh.new_key_exchange(suite.dh)
-            shared = our_ke.shared_secret(ke.data)
-            response.append(KePayload(suite.dh, our_ke.public_key))
+            our_data, shared = dh.respond(suite.dh, ke.data)
+            response.append(KePayload(suite.dh, our_data))
     chosen = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
                       chosen.transforms)
-    child = add_child(sa, config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,
-                      (nonce_i, nonce_r), shared, now, exchange_initiator=False,
-                      rekey_of=rekey_of, peer_tfc=peer_takes_tfc(msg))
-    if rekey_of is not None:
-        collisions.peer_child_rekey_done(sa, rekey_of, min(nonce_i, nonce_r), child, now)
+    peer_tfc = peer_takes_tfc(msg)
+
+    def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
+        child = add_child(sa_, config, chosen, spi_in, spi_out, local_ts, remote_ts, mode,
+                          (nonce_i, nonce_r), shared, now_, exchange_initiator=False,
+                          rekey_of=rekey_of, peer_tfc=peer_tfc, additional=extra)
+        if rekey_of is not None:
+            collisions.peer_child_rekey_done(sa_, rekey_of, min(nonce_i, nonce_r), child, now_)
+
+    if suite.addke and shared is not None:  # made after the IKE_FOLLOWUP_KE exchanges
+        response.append(followup_ke.offer(sa, followup_ke.Followups(list(suite.addke), make)))
+    else:
+        make(sa, b"", now)
     transport: list[Payload] = [notify(NotifyType.USE_TRANSPORT_MODE)] \
         if mode is Mode.TRANSPORT else []
     return [*transport, *tfc_notify(mode), SaPayload((chosen,)), *response,

@@ -44,6 +44,7 @@ from . import ike_config, ike_eap
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
 from .ike_init import Setup, certreq, requested_cas
+from .ike_intermediate import int_auth
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -69,12 +70,13 @@ def _sends_cert(conf: IkeConfig, setup: Setup) -> bool:
 
 def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
                   id_payload: IdiPayload | IdrPayload, octets_prefix: bytes,
-                  peer_nonce: bytes) -> list[Payload]:
+                  peer_nonce: bytes, auth_message_id: int) -> list[Payload]:
     """CERT and AUTH payloads proving our identity."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, peer_nonce, keys.prf,
-                                keys.sk_p(True, sa.is_initiator), id_body(id_payload))
+                                keys.sk_p(True, sa.is_initiator), id_body(id_payload),
+                                int_auth(setup, auth_message_id))
     local: LocalAuth = conf.local_auth
     if local.method is AuthMethodName.PSK:
         if local.psk is None:
@@ -106,12 +108,13 @@ def _intermediates_for(local: LocalAuth, requested: frozenset[bytes]) -> list[x5
 
 def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
                      id_payload: IdiPayload | IdrPayload, auth_payload: AuthPayload,
-                     octets_prefix: bytes, our_nonce: bytes) -> str | None:
+                     octets_prefix: bytes, our_nonce: bytes, setup: Setup) -> str | None:
     """Check the peer's AUTH; None when good, else why not."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, our_nonce, keys.prf,
-                                keys.sk_p(False, sa.is_initiator), id_body(id_payload))
+                                keys.sk_p(False, sa.is_initiator), id_body(id_payload),
+                                int_auth(setup, msg.message_id))
     remote = conf.remote_auth
     if remote.method is AuthMethodName.PSK:
         if auth_payload.method != AuthMethod.PSK:
@@ -231,10 +234,11 @@ class IkeAuth:
         idi = self.idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
         payloads: list[Payload] = [idi]
         if conf.local_auth.eap is not None:
-            self.eap = ike_eap.EapPeer(conf.local_auth.eap())
+            self.eap = ike_eap.EapPeer(conf.local_auth.eap(), sa.window.next_request_id)
             proof: list[Payload] = []
         else:
-            proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r)
+            proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r,
+                                  sa.window.next_request_id)
         payloads += [p for p in proof if isinstance(p, CertPayload)]
         request = certreq(sa)
         if request is not None:
@@ -274,7 +278,7 @@ class IkeAuth:
                                    theirs=(str(remote_id),))
             return
         why = verify_peer_auth(sa, conf, msg, idr, auth_payload, setup.init_response,
-                               setup.nonce_i)
+                               setup.nonce_i, setup)
         if why is not None:
             self._reject_responder(sa, why)
             return
@@ -365,6 +369,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     if setup.eap is not None:
         ike_eap.respond(sa, msg, now)
         return
+    if setup.intermediate is not None and setup.intermediate.pending:
+        raise ProtocolError("IKE_AUTH before the additional key exchanges (IKE_INTERMEDIATE)",
+                            notify=NotifyType.INVALID_SYNTAX)
     idi, auth_payload = msg.find(IdiPayload), msg.find(AuthPayload)
     if idi is None:
         raise ProtocolError("IKE_AUTH request lacks IDi")
@@ -386,10 +393,12 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         sa.remote_id = remote_id
         sa.local_id = local_identity(sa, conf)
         our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
-        proof = auth_payloads(sa, setup, conf, our_idr, setup.init_response, setup.nonce_i)
+        proof = auth_payloads(sa, setup, conf, our_idr, setup.init_response, setup.nonce_i,
+                              msg.message_id)
         sa.respond(msg, [our_idr, *proof, *ike_eap.start(sa, msg, idi, our_idr)])
         return
-    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r)
+    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r,
+                           setup)
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
         return
@@ -399,7 +408,7 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
     proof = [our_idr, *auth_payloads(sa, setup, conf, our_idr, setup.init_response,
-                                     setup.nonce_i)]
+                                     setup.nonce_i, msg.message_id)]
     finish_responder(sa, msg, msg, proof, now)
 
 

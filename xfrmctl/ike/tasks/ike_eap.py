@@ -27,6 +27,7 @@ from ..events import FailureReason
 from ..message import Message
 from ..payloads import AuthPayload, EapPayload, IdiPayload, IdrPayload, Payload, id_body
 from .base import notify
+from .ike_intermediate import int_auth
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -47,8 +48,9 @@ class EapExchange:
 
 
 def _msk_auth(sa: IkeSa, msk: bytes, initiator_side: bool, id_payload: IdiPayload | IdrPayload,
-              ) -> bytes:
-    """AUTH of one side with the MSK as the shared key (RFC 7296 2.16)."""
+              auth_mid: int) -> bytes:
+    """AUTH of one side with the MSK as the shared key (RFC 7296 2.16); after
+    IKE_INTERMEDIATE exchanges bound to them with the first IKE_AUTH's ID `auth_mid`."""
     keys, setup = sa.keys, sa.setup
     assert keys is not None and setup is not None
     if initiator_side:
@@ -57,7 +59,7 @@ def _msk_auth(sa: IkeSa, msk: bytes, initiator_side: bool, id_payload: IdiPayloa
         prefix, nonce = setup.init_response, setup.nonce_i
     ours = initiator_side == sa.is_initiator
     octets = auth.signed_octets(prefix, nonce, keys.prf, keys.sk_p(ours, sa.is_initiator),
-                                id_body(id_payload))
+                                id_body(id_payload), int_auth(setup, auth_mid))
     key = msk or keys.sk_p(ours, sa.is_initiator)
     return auth.psk_auth(keys.prf, key, octets)
 
@@ -145,14 +147,15 @@ def _final_auth(sa: IkeSa, exchange: EapExchange, msg: Message, now: float) -> N
     auth_payload = msg.find(AuthPayload)
     if auth_payload is None:
         raise ProtocolError("IKE_AUTH request without AUTH after EAP-Success")
-    expected = _msk_auth(sa, exchange.msk, True, exchange.idi)
+    expected = _msk_auth(sa, exchange.msk, True, exchange.idi, exchange.first.message_id)
     if auth_payload.method != AuthMethod.PSK or \
             not constant_time.bytes_eq(expected, auth_payload.data):
         sa.respond(msg, [notify(NotifyType.AUTHENTICATION_FAILED)])
         sa.fail(FailureReason.AUTHENTICATION_FAILED,
                 f"AUTH with the EAP MSK does not verify (EAP identity {exchange.identity!r})")
         return
-    ours = AuthPayload(AuthMethod.PSK, _msk_auth(sa, exchange.msk, False, exchange.idr))
+    ours = AuthPayload(AuthMethod.PSK, _msk_auth(sa, exchange.msk, False, exchange.idr,
+                                                 exchange.first.message_id))
     ike_auth.finish_responder(sa, exchange.first, msg, [ours], now, exchange.identity)
 
 
@@ -162,10 +165,11 @@ def _final_auth(sa: IkeSa, exchange: EapExchange, msg: Message, now: float) -> N
 class EapPeer:
     """The client's EAP: answers the gateway's requests until EAP-Success."""
 
-    __slots__ = ("client", "done", "msk")
+    __slots__ = ("auth_mid", "client", "done", "msk")
 
-    def __init__(self, client: EapClient) -> None:
+    def __init__(self, client: EapClient, auth_mid: int) -> None:
         self.client = client
+        self.auth_mid = auth_mid  # the first IKE_AUTH request's message ID
         self.done = False
         self.msk = b""
 
@@ -193,9 +197,9 @@ class EapPeer:
         return self.client.process(packet)
 
     def auth_payload(self, sa: IkeSa, idi: IdiPayload) -> AuthPayload:
-        return AuthPayload(AuthMethod.PSK, _msk_auth(sa, self.msk, True, idi))
+        return AuthPayload(AuthMethod.PSK, _msk_auth(sa, self.msk, True, idi, self.auth_mid))
 
     def verify(self, sa: IkeSa, idr: IdrPayload, payload: AuthPayload) -> bool:
-        expected = _msk_auth(sa, self.msk, False, idr)
+        expected = _msk_auth(sa, self.msk, False, idr, self.auth_mid)
         return payload.method == AuthMethod.PSK and \
             constant_time.bytes_eq(expected, payload.data)

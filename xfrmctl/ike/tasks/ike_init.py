@@ -35,6 +35,8 @@ from ..proposals import Suite, suite_of
 from ..revocation import Verdict
 from ..state import IkeState
 from .base import error_notify, notify
+from .ike_intermediate import Intermediate
+from .ike_intermediate import start as start_intermediate
 
 if TYPE_CHECKING:
     from ..sa import Endpoint, IkeSa
@@ -63,6 +65,8 @@ class Setup:
     parked: Callable[[float], None] | None = None  # the IKE_AUTH step to run on resume
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
     eap: EapExchange | None = None  # the gateway's EAP conversation (ike_eap.py)
+    peer_intermediate: bool = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
+    intermediate: Intermediate | None = None  # RFC 9370 additional key exchanges
 
 
 def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
@@ -82,10 +86,20 @@ def init_notifies(sa: IkeSa) -> list[Payload]:
     ]
     if conf.fragmentation:
         notifies.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+    if _offers_intermediate(sa):
+        notifies.append(notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
     hashes = b"".join(struct.pack("!H", h) for h in sorted(auth.SUPPORTED_HASHES))
     if hashes:
         notifies.append(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
     return notifies
+
+
+def _offers_intermediate(sa: IkeSa) -> bool:
+    """RFC 9242 2.1: the initiator announces IKE_INTERMEDIATE when it proposes additional
+    key exchanges; the responder answers an initiator that announced it."""
+    if sa.is_initiator:
+        return any(spec.has_addke for spec in sa.conf().proposals)
+    return sa.setup is not None and sa.setup.peer_intermediate
 
 
 def read_init_notifies(sa: IkeSa, msg: Message) -> None:
@@ -99,6 +113,9 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
     if (sa.config or sa.candidates[0]).force_encap and src_hashes:
         sa.nat_local = True
     sa.peer_fragmentation = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if sa.setup is not None:
+        sa.setup.peer_intermediate = \
+            msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
     hashes = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if hashes is not None:
         data = hashes.data[: len(hashes.data) // 2 * 2]
@@ -126,6 +143,8 @@ def certreq(sa: IkeSa) -> CertReqPayload | None:
 
 def _derive_keys(sa: IkeSa, setup: Setup, suite: Suite, shared: bytes) -> None:
     sa.suite = suite
+    if suite.addke:
+        setup.intermediate = Intermediate(list(suite.addke))
     sa.keys = KeyState.derive(suite, shared, setup.nonce_i, setup.nonce_r, sa.spi_i,
                               sa.spi_r, sa.is_initiator)
 
@@ -140,7 +159,7 @@ class IkeInit:
         conf, setup = sa.conf(), sa.setup
         assert setup is not None and setup.ke is not None
         setup.sent_proposals = tuple(
-            spec.to_wire(i + 1, b"") for i, spec in enumerate(conf.proposals))
+            spec.to_wire(i + 1, b"", with_addke=True) for i, spec in enumerate(conf.proposals))
         payloads: list[Payload] = []
         if setup.cookie is not None:
             payloads.append(notify(NotifyType.COOKIE, setup.cookie))
@@ -176,11 +195,14 @@ class IkeInit:
         sa.spi_r = msg.spi_r
         setup.nonce_r = nonce.data
         read_init_notifies(sa, msg)
+        if suite.addke and not setup.peer_intermediate:
+            raise ProtocolError("responder chose additional key exchanges without "
+                                "INTERMEDIATE_EXCHANGE_SUPPORTED")
         _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
         setup.peer_cas = requested_cas(msg)
-        sa.move_to(IkeState.AUTH_SENT)
-        sa.start_auth(now)
+        sa.move_to(IkeState.AUTH_SENT)  # IKE_INTERMEDIATE exchanges, if any, come first
+        start_intermediate(sa, now)
 
     def _retry(self, sa: IkeSa, setup: Setup, cookie: NotifyPayload | None,
                invalid_ke: NotifyPayload | None, now: float) -> None:
@@ -219,7 +241,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     ours = [spec for conf in sa.candidates for spec in conf.proposals]
     # RFC 7296 3.3.1: an IKE_SA_INIT proposal carries no SPI (it is in the header); one
     # that does is skipped, and the SPI is never echoed.
-    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0)
+    # RFC 9242: additional key exchanges only with an initiator that can do IKE_INTERMEDIATE
+    intermediate = msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+    chosen = proposals.select(ours, sa_payload.proposals, spi_size=0, addke=intermediate)
     if chosen is None:
         sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)], plain=True)
         sa.fail(FailureReason.NO_PROPOSAL_CHOSEN, "no common IKE proposal",
@@ -233,12 +257,11 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
                    plain=True)
         sa.close(FailureReason.INVALID_KE_PAYLOAD.value, quiet=True)
         return
-    our_ke = dh.new_key_exchange(suite.dh)
-    shared = our_ke.shared_secret(ke.data)
+    our_data, shared = dh.respond(suite.dh, ke.data)
     setup.nonce_i, setup.nonce_r = nonce.data, new_nonce()
     read_init_notifies(sa, msg)
     _derive_keys(sa, setup, suite, shared)
-    payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, our_ke.public_key),
+    payloads: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, our_data),
                                NoncePayload(setup.nonce_r), *init_notifies(sa)]
     request = certreq(sa)
     if request is not None:

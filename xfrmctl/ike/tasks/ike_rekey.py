@@ -2,7 +2,9 @@
 
 The new IKE SA is keyed from the old one's SK_d and stays silent until adopted
 (rekeyed.py): CHILD_SAs move over, then the old SA is deleted by the initiator of
-the surviving exchange. Simultaneous rekeys are decided in collisions.py.
+the surviving exchange. Simultaneous rekeys are decided in collisions.py. With
+additional key exchanges (RFC 9370) the new IKE SA is made after the IKE_FOLLOWUP_KE
+exchanges (followup_ke.py): SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) ... | SK(n)).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import TYPE_CHECKING
 from .. import dh, proposals
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import ProtocolError
+from ..events import FailureReason
 from ..keys import new_nonce, new_spi
 from ..message import Message
-from ..payloads import KePayload, NoncePayload, Proposal, SaPayload
+from ..payloads import KePayload, NoncePayload, Payload, Proposal, SaPayload
 from ..state import ChildState, IkeState
-from . import collisions
+from . import collisions, followup_ke
 from .base import IkeCollision, error_notify, group_of, notify, retry_delay
 from .rekeyed import adopt, spawn
 
@@ -45,7 +48,8 @@ class IkeRekey:
         conf = sa.conf()
         assert sa.suite is not None
         self.spi = new_spi()
-        self.wire = tuple(spec.to_wire(i + 1, self.spi) for i, spec in enumerate(conf.proposals))
+        self.wire = tuple(spec.to_wire(i + 1, self.spi, with_addke=True)
+                          for i, spec in enumerate(conf.proposals))
         groups = [g for spec in conf.proposals for g in spec.dh_groups]
         # the current group while configured, else the first of the (changed) proposals
         self.ke = dh.new_key_exchange(self.group or (sa.suite.dh if sa.suite.dh in groups
@@ -81,11 +85,29 @@ class IkeRekey:
         suite = proposals.suite_of(chosen)
         if suite.dh != ke.group or peer_ke.group != ke.group:
             raise ProtocolError("IKE rekey response key exchange group mismatch")
-        assert sa.keys is not None
-        keys = sa.keys.rekeyed(suite, ke.shared_secret(peer_ke.data), self.nonce, nonce.data,
-                               self.spi, chosen.spi, True)
-        ours = spawn(sa, True, self.spi, chosen.spi, suite, keys, now)
-        collisions.our_ike_rekey_done(sa, ours, min(self.nonce, nonce.data), theirs, now)
+        shared, nonce_r = ke.shared_secret(peer_ke.data), nonce.data
+
+        def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
+            assert sa_.keys is not None
+            keys = sa_.keys.rekeyed(suite, shared, self.nonce, nonce_r, self.spi,
+                                    chosen.spi, True, extra)
+            ours = spawn(sa_, True, self.spi, chosen.spi, suite, keys, now_)
+            collisions.our_ike_rekey_done(sa_, ours, min(self.nonce, nonce_r), theirs, now_)
+
+        if not suite.addke:
+            make(sa, b"", now)
+            return
+
+        def failed(sa_: IkeSa, reason: FailureReason, why: str, now_: float) -> None:
+            if theirs is not None:
+                adopt(sa_, theirs[1], now_)
+            else:
+                sa_.timers.rekey = now_ + 60
+
+        try:
+            followup_ke.start(sa, followup_ke.Followups(list(suite.addke), make, failed), msg)
+        except ProtocolError as exc:
+            failed(sa, FailureReason.PROTOCOL_ERROR, str(exc), now)
 
 
 def rekey_out(sa: IkeSa) -> IkeRekey | None:
@@ -104,7 +126,7 @@ def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
         # Finish our CHILD_SA rekey first; the peer retries (RFC 7296 2.25.2).
         sa.respond(msg, [notify(NotifyType.TEMPORARY_FAILURE)])
         return
-    chosen = proposals.select(sa.conf().proposals, sa_payload.proposals)
+    chosen = proposals.select(sa.conf().proposals, sa_payload.proposals, addke=True)
     if chosen is None or len(chosen.spi) != 8:
         sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)])
         return
@@ -113,17 +135,27 @@ def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
         assert suite.dh is not None
         sa.respond(msg, [notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", suite.dh))])
         return
-    ke = dh.new_key_exchange(suite.dh)
-    nonce_r = new_nonce()
+    our_data, shared = dh.respond(suite.dh, peer_ke.data)
+    nonce_i, nonce_r = nonce.data, new_nonce()
     spi_r = new_spi()
     answer = Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)
-    sa.respond(msg, [SaPayload((answer,)), NoncePayload(nonce_r),
-                     KePayload(ke.group, ke.public_key)])
-    assert sa.keys is not None
-    keys = sa.keys.rekeyed(suite, ke.shared_secret(peer_ke.data), nonce.data, nonce_r,
-                           chosen.spi, spi_r, False)
-    new = spawn(sa, False, chosen.spi, spi_r, suite, keys, now)
-    collision = collisions.peer_ike_rekey(sa, ours is not None, min(nonce.data, nonce_r), new,
-                                          now)
-    if ours is not None:
-        ours.collision = collision  # decided when the answer to our own rekey arrives
+
+    def make(sa_: IkeSa, extra: bytes, now_: float) -> None:
+        assert sa_.keys is not None
+        keys = sa_.keys.rekeyed(suite, shared, nonce_i, nonce_r, chosen.spi, spi_r, False,
+                                extra)
+        new = spawn(sa_, False, chosen.spi, spi_r, suite, keys, now_)
+        ours_now = rekey_out(sa_)
+        collision = collisions.peer_ike_rekey(sa_, ours_now is not None,
+                                              min(nonce_i, nonce_r), new, now_)
+        if ours_now is not None:
+            ours_now.collision = collision  # decided when the answer to ours arrives
+
+    payloads: list[Payload] = [SaPayload((answer,)), NoncePayload(nonce_r),
+                               KePayload(suite.dh, our_data)]
+    if suite.addke:  # the new IKE SA is made after the IKE_FOLLOWUP_KE exchanges
+        payloads.append(followup_ke.offer(sa, followup_ke.Followups(list(suite.addke), make)))
+        sa.respond(msg, payloads)
+        return
+    sa.respond(msg, payloads)
+    make(sa, b"", now)

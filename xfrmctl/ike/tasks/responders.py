@@ -9,7 +9,16 @@ from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..message import Message
 from ..payloads import SaPayload
 from ..state import IkeState
-from . import child_create, child_rekey, ike_auth, ike_init, ike_rekey, informational
+from . import (
+    child_create,
+    child_rekey,
+    followup_ke,
+    ike_auth,
+    ike_init,
+    ike_intermediate,
+    ike_rekey,
+    informational,
+)
 from .base import notify
 
 if TYPE_CHECKING:
@@ -39,7 +48,9 @@ def _create_child_sa(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
 
 RESPONDERS: dict[ExchangeType, Callable[[IkeSa, Message, bytes, float], None]] = {
     ExchangeType.IKE_SA_INIT: ike_init.respond,
+    ExchangeType.IKE_INTERMEDIATE: ike_intermediate.respond,
     ExchangeType.IKE_AUTH: ike_auth.respond,
     ExchangeType.CREATE_CHILD_SA: _create_child_sa,
     ExchangeType.INFORMATIONAL: informational.respond,
+    ExchangeType.IKE_FOLLOWUP_KE: followup_ke.respond,
 }
