@@ -37,8 +37,8 @@ to them (409) until they are taken over, and the file removes only its own conne
 on. Read back from the database, `id` fields carry the database ids and certificates and
 keys come as PEM text (`certificate_pem`, `private_key_pem`, `ca_pem`).
 
-Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
-true until MOBIKE exists), proposals left out = the core's default set.
+Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` true (as strongSwan),
+proposals left out = the core's default set.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class ConnectionConf(_Strict):
     over_time: int = Field(0, ge=0)  # hard IKE_SA lifetime after rekey/reauth; 0: 10%
     fragmentation: bool | Literal["force"] = True  # force: even if the peer did not offer
     encap: bool = False
-    mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
+    mobike: bool = True  # MOBIKE (RFC 4555), on by default as strongSwan's
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
     children: dict[str, ChildConf] = Field(default_factory=dict)
@@ -208,13 +208,6 @@ class ConnectionConf(_Strict):
         for text in value:
             if text != "%any":
                 ipaddress.ip_network(text, strict=False)
-        return value
-
-    @field_validator("mobike")
-    @classmethod
-    def _mobike(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("MOBIKE is not supported yet: set mobike to false")
         return value
 
     @field_validator("pool")
@@ -395,4 +388,5 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None)
         request_virtual_ip=conf.request_virtual_ip,
         pool=pool,
         force_encap=conf.encap,
+        mobike=conf.mobike,
     )

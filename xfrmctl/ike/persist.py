@@ -80,6 +80,7 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "peer_fragmentation": sa.peer_fragmentation,
         "peer_hashes": sorted(sa.peer_hashes),
         "virtual_ip": sa.virtual_ip,
+        "mobike": sa.mobike, "original_initiator": sa.original_initiator,
         "established_at": sa.established_at,
         "rekey_deadline": sa.rekey_deadline,
         "reauth_deadline": sa.reauth_deadline,
@@ -108,6 +109,8 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     sa.peer_fragmentation = data["peer_fragmentation"]
     sa.peer_hashes = set(data["peer_hashes"])
     sa.virtual_ip = data["virtual_ip"]
+    sa.mobike = data.get("mobike", False)
+    sa.original_initiator = data.get("original_initiator", sa.is_initiator)
     sa.established_at = data["established_at"]
     for child in data["children"]:
         restored = _restore_child(child, config, sa.established_at or now)

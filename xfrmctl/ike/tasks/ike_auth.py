@@ -33,7 +33,7 @@ from ..payloads import (
     id_body,
 )
 from ..state import IkeState
-from . import ike_config
+from . import ike_config, mobike
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
 from .ike_init import Setup, certreq
@@ -174,6 +174,7 @@ class IkeAuth:
             payloads.append(request)
         if conf.initial_contact:
             payloads.append(notify(NotifyType.INITIAL_CONTACT))
+        payloads += mobike.auth_notifies(sa)
         if conf.remote_id is not None:
             payloads.append(IdrPayload(conf.remote_id.id_type, conf.remote_id.data))
         payloads += [p for p in proof if isinstance(p, AuthPayload)]
@@ -210,6 +211,7 @@ class IkeAuth:
             return
         sa.remote_id = remote_id
         ike_config.process(sa, msg)  # before IkeSaUp, which carries it
+        mobike.read_auth(sa, msg)
         established(sa, now)
         if self.child is not None:
             finish_child_request(sa, self.child, msg, now)
@@ -270,6 +272,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     cp = ike_config.respond(sa, conf, msg)
     if cp is not None:
         payloads.append(cp)
+    mobike.read_auth(sa, msg)
+    if sa.mobike:
+        payloads += mobike.auth_notifies(sa)
     established(sa, now)
     try:
         if msg.find(SaPayload) is not None:
