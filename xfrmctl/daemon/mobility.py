@@ -80,8 +80,8 @@ class Mobility:
     async def _sockets(self, addresses: list[str]) -> list[str]:
         if self.sync_sockets is not None:
             return list(await self.sync_sockets(addresses))
-        listen = set(self.listening())
-        return [a for a in addresses if a in listen]
+        listen = set(self.listening())  # (none configured, no sockets to follow: any)
+        return [a for a in addresses if not listen or a in listen]
 
     @staticmethod
     def _movable(sa: IkeSa) -> bool:
