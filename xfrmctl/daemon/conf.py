@@ -13,6 +13,7 @@ so a file is also an import format for the API. Example (YAML):
         ike_proposals: aes128gcm16-prfsha256-x25519
         start_action: start                      # none | start | trap
         dpd_delay: 30                            # default 0: off, as strongSwan
+        mobike: true                             # MOBIKE (RFC 4555), the default
         children:
           lan:
             local_ts: [198.51.100.0/24]
