@@ -67,8 +67,10 @@ class Mobility:
 
     async def check(self) -> None:
         """Look at our addresses now and move the IKE_SAs whose path changed."""
+        vips = {v.split("/")[0] for v in self.c._vips.values()}  # ours inside the tunnel
         try:
-            addresses = [str(a) for a in await self.c.kernel.local_addresses()]
+            addresses = [str(a) for a in await self.c.kernel.local_addresses()
+                         if str(a) not in vips]
         except KernelError as exc:
             log.warning("MOBIKE: cannot list the local addresses: %s", exc)
             return
