@@ -125,22 +125,40 @@ async def test_without_mobike_nothing_moves(monkeypatch: pytest.MonkeyPatch) -> 
 
 async def test_failed_move_on_the_responder_leaves_the_old_child_whole(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel refuses the move: the old CHILD_SA is whole right after (nothing
+    half-installed), then a rekey makes a new one at the new addresses."""
     gw, _, events_b = await _pair(monkeypatch)
     before = {k: e.spec for k, e in gw.kb.sas.items()}
     policies = dict(gw.kb.policies)
-    add_sa = gw.kb._add_sa
+    spis = {e.spec.spi for e in gw.kb.sas.values()}
+    add_sa, move = gw.kb._add_sa, gw.b.installer.move
+    refused: list[SaSpec] = []
+    after_move: list[tuple[bool, dict[object, SaSpec], dict[object, object]]] = []
 
-    def refuse_from_new(sa: SaSpec) -> int:  # the inbound SA from A's new address
-        return errno.ENOMEM if str(sa.src) == A_NEW else add_sa(sa)
+    def refuse_once(sa: SaSpec) -> int:  # the inbound SA from A's new address
+        if str(sa.src) == A_NEW and not refused:
+            refused.append(sa)
+            return errno.ENOMEM
+        return add_sa(sa)
 
-    monkeypatch.setattr(gw.kb, "_add_sa", refuse_from_new)
+    async def recorded_move(*args: object) -> bool:
+        done = await move(*args)  # type: ignore[arg-type]
+        after_move.append((done, {k: e.spec for k, e in gw.kb.sas.items()},
+                           dict(gw.kb.policies)))
+        return done
+
+    monkeypatch.setattr(gw.kb, "_add_sa", refuse_once)
+    monkeypatch.setattr(gw.b.installer, "move", recorded_move)
     _move_a(gw)
     await _roamed(gw)
-    assert "IkeSaMoved" in _kinds(events_b)  # the IKE_SA moved, the kernel refused
-    assert {k: e.spec for k, e in gw.kb.sas.items()} == before
-    assert gw.kb.policies == policies
-    monkeypatch.setattr(gw.kb, "_add_sa", add_sa)
+    assert refused and "IkeSaMoved" in _kinds(events_b)
+    assert after_move[0] == (False, before, policies)
+    assert "ChildSaNegotiated" in _kinds(events_b)  # the rekey
+    for _ in range(3):  # the old inbound SA lingers delete_rekeyed_delay, then goes
+        await _roamed(gw)
+    current = {e.spec.spi: e.spec for e in gw.kb.sas.values() if e.spec.spi not in spis}
+    assert {(str(s.src), str(s.dst)) for s in current.values()} == {(B, A_NEW), (A_NEW, B)}
+    templates = {p.direction: p.templates[0] for p in gw.kb.policies.values()}
+    assert str(templates[Direction.OUT].dst) == A_NEW
     await gw.a.stop()
     await gw.b.stop()
-
-

@@ -12,12 +12,14 @@ core as "our address set changed", and IKE_SAs the core moved take their CHILD_S
   counts as none (the SA waits for a usable one).
 - IkeSaMoved (either role): every CHILD_SA of the IKE_SA is moved in the kernel to the
   new addresses, ports and encapsulation, keeping SPIs and sequence numbers; its routes
-  follow (the installer's move).
+  follow (the installer's move). A move the kernel refuses leaves the old SAs whole; the
+  CHILD_SA is then rekeyed, which makes the new one at the new addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import IkeSaMoved
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.kernel.types import AddressChange, KernelError, RouteChange
@@ -120,6 +123,23 @@ class Mobility:
         moved = replace(child.event, local=event.local, remote=event.remote,
                         encap=event.nat_local or event.nat_remote)
         await self.c.installer.move(child, moved, conf)
+        old = child.event
+        if child.in_kernel and (old.local, old.remote, old.encap) != (
+                moved.local, moved.remote, moved.encap):
+            self._replace(child)  # the kernel refused the move: the old SAs are whole
+
+    def _replace(self, child: ChildRecord) -> None:
+        """A CHILD_SA left at the old addresses: rekey it, so the new one is made at the
+        IKE_SA's new addresses (make-before-break; the old one goes after)."""
+        sa = self.c.manager.get(child.event.ike_sa)
+        if sa is None or sa.state is not IkeState.ESTABLISHED:
+            return
+        spi_in, now = child.event.spi_in, self.c.clock()
+        log.warning("CHILD_SA %s could not be moved: rekeying it at the new addresses",
+                    child.event.child)
+        with contextlib.suppress(LocalError):  # already rekeying: that one moves it
+            self.c.manager.act(sa, lambda s: s.rekey_child(spi_in, now))
+        self.c._flush()
 
     async def stop(self) -> None:
         if self._timer is not None:
