@@ -15,6 +15,7 @@ from tests.support.ike_pair import (
 from xfrmctl.ike.constants import ExchangeType, NotifyType
 from xfrmctl.ike.events import ChildSaNegotiated, IkeSaDown, IkeSaMoved, NegotiationFailed
 from xfrmctl.ike.message import Message, decode
+from xfrmctl.ike.payloads import NotifyPayload
 from xfrmctl.ike.sa import Datagram, IkeSa
 from xfrmctl.ike.state import IkeState
 from xfrmctl.ike.tasks.mobike import MobikeUpdate
@@ -241,3 +242,27 @@ def test_rekeyed_ike_sa_keeps_mobike_and_the_initiator_role() -> None:
     assert b2.remote == (NEW_A, 4500)
     assert not any(isinstance(e, IkeSaDown) and e.ike_sa == b2.id for e in pair.events_b)
 
+
+
+class _BadAddresses(MobikeUpdate):
+    """An update whose address list has a malformed entry (3 octets) and a good one."""
+
+    def build(self, sa: IkeSa, now: float) -> Message:
+        msg = super().build(sa, now)
+        assert msg.protected is not None
+        msg.protected[:0] = [
+            NotifyPayload(NotifyType.ADDITIONAL_IP4_ADDRESS, 0, b"", b"\xc0\x00\x02"),
+            NotifyPayload(NotifyType.ADDITIONAL_IP6_ADDRESS, 0, b"",
+                          bytes.fromhex("20010db8000000000000000000000009"))]
+        return msg
+
+
+def test_malformed_additional_address_is_skipped() -> None:
+    pair = _pair()
+    up(pair)
+    a, b = _sas(pair)
+    a.local = (NEW_A, 4500)
+    pair.a.act(a, lambda s: s.queue(_BadAddresses(update=True), pair.now))
+    pair.pump()
+    assert b.peer_addresses == ("2001:db8::9",)
+    assert b.remote == (NEW_A, 4500) and b.state is IkeState.ESTABLISHED
