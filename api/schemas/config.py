@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -64,13 +63,7 @@ from .common import (
 _FORBID = ConfigDict(extra="forbid")
 
 
-def _no_mobike(value: bool) -> bool:
-    if value:
-        raise ValueError("MOBIKE is not supported yet: set mobike to false")
-    return value
-
-
-Mobike = Annotated[bool, AfterValidator(_no_mobike)]
+Mobike = Annotated[bool, Field(description="MOBIKE (RFC 4555): on as in strongSwan")]
 IfId = Annotated[int | None, Field(ge=1, le=2**32 - 1, description="XFRM interface id")]
 
 
@@ -136,7 +129,7 @@ class ConnectionBase(BaseModel):
     over_time: Seconds = 0
     fragmentation: Fragmentation = Fragmentation.YES
     encap: bool = False
-    mobike: Mobike = False
+    mobike: Mobike = True
     pool: Prefix | None = Field(None, description="remote access: virtual IPs from this")
     request_virtual_ip: bool = False
     local_auth: EapMethod | None = Field(
@@ -196,7 +189,6 @@ class ConnectionUpdate(BaseModel):
 
 class ConnectionPublic(ConnectionBase, PublicBase):
     model_config = ConfigDict(from_attributes=True)
-    mobike: bool = False  # as stored (never refused on the way out)
     managed_by: str | None = Field(
         None, description='None: managed through the API; "file:<path>": by that '
         "configuration file (writes are refused until taken over)")

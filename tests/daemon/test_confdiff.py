@@ -54,7 +54,7 @@ def test_new_ike_proposals_alone_are_an_ike_rekey() -> None:
     ("local_id", "@a.example"),
     ("remote_id", "@b.example"), ("psk", "another test-only psk"),
     ("remote_addrs", ["192.0.2.3"]), ("local_port", 4500), ("fragmentation", False),
-    ("encap", True)])
+    ("encap", True), ("mobike", False)])  # MOBIKE is negotiated in IKE_AUTH
 def test_ike_level_changes_reauthenticate(field: str, value: object) -> None:
     d = diff_connection("x", conn(), conn(**{field: value}))
     assert d.reauth and d.negotiates

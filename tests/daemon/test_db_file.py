@@ -265,7 +265,7 @@ def test_apply_keeps_ids_and_touches_only_its_own(env: Settings, tmp_path: Path)
         db.dispose()
 
 
-def test_same_defaults_in_file_and_api_and_mobike_refused(tmp_path: Path) -> None:
+def test_same_defaults_in_file_and_api_and_mobike_on(tmp_path: Path) -> None:
     file_default = cf.ConnectionConf(psk="x").dpd_delay  # type: ignore[arg-type]
     api_default = ConnectionCreate(name="a").dpd_delay
     assert file_default == api_default == 0  # strongSwan's: off
@@ -276,13 +276,18 @@ def test_same_defaults_in_file_and_api_and_mobike_refused(tmp_path: Path) -> Non
     api_child = ChildCreate(name="c", local_ts=["192.0.2.0/24"])
     assert api_child.esp_proposals is not None
     assert parse_proposals(api_child.esp_proposals, ProtocolId.ESP) == DEFAULT_ESP
-    assert ConnectionCreate(name="a").mobike is False
-    with pytest.raises(ValueError, match="mobike"):
-        ConnectionCreate(name="a", mobike=True)
+    # MOBIKE: on by default everywhere, as strongSwan's; off when asked, and the core
+    # offers it exactly then
+    assert ConnectionCreate(name="a").mobike is True
+    assert cf.ConnectionConf(psk="x").mobike is True  # type: ignore[arg-type]
+    assert m.Connection.__table__.c.mobike.default.arg is True
     path = tmp_path / "m.yaml"
-    path.write_text("connections:\n  a:\n    psk: x\n    mobike: true\n")
-    with pytest.raises(ValueError, match=r"connections\.a\.mobike"):
-        load_file(path)
+    path.write_text("connections:\n  a:\n    psk: x\n  b:\n    psk: x\n    mobike: false\n")
+    loaded = load_file(path)
+    assert cf.ike_config("a", loaded.connections["a"]).mobike is True
+    assert cf.ike_config("b", loaded.connections["b"]).mobike is False
+    with pytest.raises(ValueError, match="mobike"):
+        ConnectionCreate(name="a", mobike="sometimes")  # type: ignore[arg-type]
 
 
 async def test_pool_and_close_action_through_the_api(
@@ -303,8 +308,13 @@ async def test_pool_and_close_action_through_the_api(
             "name": "bad", "secret_id": secret["id"], "pool": "10.3.0.1/28"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == "pool"
         r = await d.api.post("/connections", json={
-            "name": "bad", "secret_id": secret["id"], "mobike": True})
+            "name": "bad", "secret_id": secret["id"], "mobike": "sometimes"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == "mobike"
+        made = await d.call("POST", "/connections", 201, json={
+            "name": "mob", "secret_id": secret["id"], "local_addrs": ["192.0.2.1"]})
+        assert made["mobike"] is True
+        await d.call("PATCH", f"/connections/{made['id']}", 200, json={"mobike": False})
+        assert d.controller.connections["mob"].ike.mobike is False
 
 
 async def test_daemon_without_listen_starts(env: Settings,

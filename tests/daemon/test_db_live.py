@@ -142,8 +142,9 @@ async def test_rest_changes_reach_the_daemon_and_the_database(
     (ike,) = s.rows(m.IkeSaRecord)
     assert ike.connection_id == conn_id and ike.state == "ESTABLISHED" and ike.initiator
 
-    # A change the daemon does not use (mobike) keeps the tunnel as it is.
-    await s.call("PATCH", f"/connections/{conn_id}", json={"mobike": False})
+    # A change that negotiates nothing (DPD) keeps the tunnel as it is. (mobike was the
+    # example while MOBIKE did not exist; now it is negotiated: a reauthentication.)
+    await s.call("PATCH", f"/connections/{conn_id}", json={"dpd_delay": 30})
     await s.settle()
     assert _spis(s.ka) == {sa["spi_in"], sa["spi_out"]}
 

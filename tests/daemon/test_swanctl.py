@@ -166,6 +166,7 @@ def test_mapping_and_every_unmapped_setting_listed(swanctl_dir: Path) -> None:
     assert gw.psk is not None and gw.psk.get_secret_value() == PSK
     assert gw.ike_proposals == "aes128gcm16-prfsha256-x25519"
     assert (gw.dpd_delay, gw.rekey_time) == (30, 14400)
+    assert gw.mobike is False and conf.connections["rw"].mobike is True  # no / default
     assert gw.start_action is cf.StartAction.TRAP  # from its child
     assert gw.dpd_action is cf.DpdAction.RESTART and gw.close_action is cf.CloseAction.START
     net = gw.children["net-net"]

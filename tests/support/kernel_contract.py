@@ -415,6 +415,53 @@ async def test_move_child_to_the_peers_new_mapping(env: KernelEnv) -> None:
     assert await env.kernel.dump_sas() == [] and await env.kernel.dump_policies() == []
 
 
+def roamed_child(c: ChildInstall, ours: A, encap: bool) -> ChildInstall:  # type: ignore[valid-type]
+    """`child` with our end at `ours` (MOBIKE moved it), ESP in UDP when `encap`."""
+    reqid = c.outbound.reqid
+    templates = {Direction.OUT: Template(reqid, src=ours, dst=RIGHT),
+                 Direction.IN: Template(reqid, src=RIGHT, dst=ours),
+                 Direction.FWD: Template(reqid, src=RIGHT, dst=ours)}
+    udp = Encap(4500, 4500) if encap else None
+    return ChildInstall(
+        inbound=replace(c.inbound, dst=ours, encap=udp),
+        outbound=replace(c.outbound, src=ours, encap=udp),
+        policies=tuple(replace(p, templates=(templates[p.direction],)) for p in c.policies),
+    )  # fmt: skip
+
+
+async def test_move_child_to_our_new_address_keeps_sequence_numbers(env: KernelEnv) -> None:
+    """MOBIKE: our address changes (the outbound SA keeps its destination and SPI, so it
+    is replaced in one batch; the inbound one is added before the old goes), NAT or not;
+    both carry their replay state over."""
+    env.require_esp()
+    old = child(0xC0000081, 0xC0000082)
+    await env.kernel.install_child(old)
+    await env.kernel.set_ae(old.outbound.id, ReplayState(oseq=500, bitmap=(0,)),
+                            Counters(5000, 50))
+    await env.kernel.set_ae(old.inbound.id, ReplayState(seq=40, bitmap=(0xFF,)))
+    new = roamed_child(old, A("192.0.2.12"), encap=True)
+    await env.kernel.move_child(old, new)
+    sas = {s.spec.spi: s.spec for s in await env.kernel.dump_sas()}
+    assert len(sas) == 2
+    assert (sas[0xC0000082].src, sas[0xC0000082].encap) == (A("192.0.2.12"), Encap(4500, 4500))
+    assert (sas[0xC0000081].dst, sas[0xC0000081].encap) == (A("192.0.2.12"), Encap(4500, 4500))
+    out_ae = await env.kernel.get_ae(new.outbound.id)
+    in_ae = await env.kernel.get_ae(new.inbound.id)
+    assert out_ae.replay.oseq == 500 + OSEQ_MARGIN and out_ae.lifetime.packets == 50
+    assert (in_ae.replay.seq, in_ae.replay.bitmap) == (40, (0xFF,))
+    policies = {p.spec.direction: p.spec for p in await env.kernel.dump_policies()}
+    assert policies[Direction.OUT].templates[0].src == A("192.0.2.12")
+    assert policies[Direction.IN].templates[0].dst == A("192.0.2.12")
+    # and back, without the NAT: encapsulation goes off again
+    await env.kernel.move_child(new, old)
+    sas = {s.spec.spi: s.spec for s in await env.kernel.dump_sas()}
+    assert (sas[0xC0000082].src, sas[0xC0000082].encap) == (LEFT, None)
+    assert (sas[0xC0000081].dst, sas[0xC0000081].encap) == (LEFT, None)
+    assert (await env.kernel.get_ae(old.outbound.id)).replay.oseq == 500 + 2 * OSEQ_MARGIN
+    await env.kernel.remove_child(old)
+    assert await env.kernel.dump_sas() == [] and await env.kernel.dump_policies() == []
+
+
 # --- the kernels the suite runs on: `env` (star-imported with the cases) --------------
 
 _caps: list[Capabilities] = []

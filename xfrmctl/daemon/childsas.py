@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from xfrmctl.ike.config import Mode
@@ -219,7 +220,7 @@ class ChildSas:
         record = self.c.connections.get(child.event.connection)
         conf = record.conf.children.get(child.event.child) if record else None
         if conf is not None:
-            await self.c.installer.move(child, remote, conf)
+            await self.c.installer.move(child, replace(child.event, remote=remote), conf)
 
     def on_expire(self, event: Expire) -> None:
         child = self.c.installer.by_sa(event.sa.spi)

@@ -13,6 +13,7 @@ so a file is also an import format for the API. Example (YAML):
         ike_proposals: aes128gcm16-prfsha256-x25519
         start_action: start                      # none | start | trap
         dpd_delay: 30                            # default 0: off, as strongSwan
+        mobike: true                             # MOBIKE (RFC 4555), the default
         children:
           lan:
             local_ts: [198.51.100.0/24]
@@ -63,8 +64,8 @@ entity: they are sent in CERT payloads), `private_key`, `ca` (the CAs peers must
 to), `crl` (CRL files of those CAs, DER or PEM, re-read on every reload) and `revocation`
 (strict | ifuri | relaxed | none; default relaxed as strongSwan; README "Certificates").
 
-Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` false (refused as
-true until MOBIKE exists), proposals left out = the core's default set.
+Defaults are the API's: `dpd_delay` 0 (off, as strongSwan), `mobike` true (as strongSwan),
+proposals left out = the core's default set.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class ConnectionConf(_Strict):
     over_time: int = Field(0, ge=0)  # hard IKE_SA lifetime after rekey/reauth; 0: 10%
     fragmentation: bool | Literal["force"] = True  # force: even if the peer did not offer
     encap: bool = False
-    mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
+    mobike: bool = True  # MOBIKE (RFC 4555), on by default as strongSwan's
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
     # EAP (RFC 7296 2.16), named as swanctl's local/remote `auth`: with remote_auth the
@@ -256,13 +257,6 @@ class ConnectionConf(_Strict):
         for text in value:
             if text != "%any":
                 ipaddress.ip_network(text, strict=False)
-        return value
-
-    @field_validator("mobike")
-    @classmethod
-    def _mobike(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("MOBIKE is not supported yet: set mobike to false")
         return value
 
     @field_validator("dns")
@@ -503,4 +497,5 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None,
         pool=pool,
         dns=tuple(conf.dns),
         force_encap=conf.encap,
+        mobike=conf.mobike,
     )

@@ -34,6 +34,7 @@ from xfrmctl.ike.events import (
     ChildSaNegotiated,
     Event,
     IkeSaDown,
+    IkeSaMoved,
     IkeSaRekeyed,
     IkeSaUp,
     NegotiationFailed,
@@ -50,9 +51,11 @@ from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
+    AddressChange,
     EventsLost,
     Expire,
     KernelEvent,
+    RouteChange,
     SaId,
 )
 from xfrmctl.kernel.types import Mapping as KernelMapping
@@ -76,6 +79,7 @@ from .changes import Changes
 from .childsas import ChildSas
 from .installer import ChildInstaller, SendAfter
 from .lifecycle import Lifecycle
+from .mobility import Mobility
 from .pool import AddressPool
 from .records import (
     ChildRecord,
@@ -158,6 +162,7 @@ class Controller:
         self.kernel_kind = "netlink"  # "memory": the in-memory kernel (said in status)
         self._reload_lock = asyncio.Lock()
         self.child_sas = ChildSas(self)
+        self.mobility = Mobility(self)
         self.installer = ChildInstaller(
             kernel, self.child_sas, clock=clock,
             delete_rekeyed_delay=lambda: self.conf.delete_rekeyed_delay,
@@ -261,6 +266,7 @@ class Controller:
     async def _cancel_tasks(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        await self.mobility.stop()
         await self.revocation.close()
         self.installer.cancel()
         for task in self._tasks:
@@ -410,6 +416,8 @@ class Controller:
             self._on_acquire(event)
         elif isinstance(event, KernelMapping):
             self.child_sas.on_mapping(event)
+        elif isinstance(event, (AddressChange, RouteChange)):
+            self.mobility.on_kernel_event(event)
 
     def _on_acquire(self, event: Acquire) -> None:
         record = self.traps.owner_of(list(self.connections.values()), event.reqid)
@@ -565,6 +573,7 @@ _EVENT_HANDLERS: dict[type, _Handler] = {
     ChildSaDeleted: lambda c, e: c.child_sas.on_child_deleted(e),
     VirtualIpAssigned: lambda c, e: c.child_sas.on_vip(e),
     PeerMoved: lambda c, e: c.child_sas.on_peer_moved(e),
+    IkeSaMoved: lambda c, e: c.mobility.on_moved(e),
     ReauthDue: lambda c, e: c.changes.on_reauth_due(e),
     RevocationFetch: lambda c, e: c.revocation.on_fetch(e),
 }

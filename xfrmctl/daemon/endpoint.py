@@ -137,6 +137,28 @@ class Endpoints:
                 await loop.create_datagram_endpoint(_factory(protocol), sock=sock)
                 self.protocols[(address, port)] = protocol
 
+    async def sync(self, addresses: list[str], ike_port: int = 500,
+                   nat_port: int = 4500) -> list[str]:
+        """Listen on exactly `addresses` (the daemon follows the namespace's addresses
+        when `listen` is not configured): sockets for new ones, none for gone ones.
+        Returns the addresses listened on (one that cannot be bound yet is left out)."""
+        wanted = set(addresses)
+        for key in [k for k in self.protocols if k[0] not in wanted]:
+            transport = self.protocols.pop(key).transport
+            if transport is not None:
+                transport.close()
+        for address in sorted(wanted - {a for a, _ in self.protocols}):
+            try:
+                await self.open([address], ike_port, nat_port)
+                log.info("listening on %s (ports %d, %d)", address, ike_port, nat_port)
+            except OSError as exc:  # e.g. gone again, or not yet usable
+                log.warning("cannot listen on %s: %s", address, exc)
+                for key in [k for k in self.protocols if k[0] == address]:
+                    transport = self.protocols.pop(key).transport
+                    if transport is not None:
+                        transport.close()
+        return sorted({a for a, _ in self.protocols})
+
     def send(self, datagram: Datagram) -> None:
         protocol = self.protocols.get(datagram.local)
         if protocol is None:

@@ -23,11 +23,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from xfrmctl.ike.events import ChildSaNegotiated
-from xfrmctl.ike.sa import ChildState, Datagram, Endpoint
+from xfrmctl.ike.sa import ChildState, Datagram
 from xfrmctl.kernel.capabilities import kernel_reason
 from xfrmctl.kernel.interface import KernelIPsec
 from xfrmctl.kernel.types import IPAddress, KernelError, PolicySpec, Proto, SaId, SaSpec
@@ -385,20 +385,25 @@ class ChildInstaller:
         for handle in self.lingering.values():
             handle.cancel()
 
-    async def move(self, child: ChildRecord, remote: Endpoint, conf: cf.ChildConf) -> bool:
-        """Re-address a CHILD_SA's SAs and policies to the peer's new endpoint."""
-        if not child.in_kernel or child.event.remote == remote:
+    async def move(self, child: ChildRecord, moved: ChildSaNegotiated,
+                   conf: cf.ChildConf) -> bool:
+        """Re-address a CHILD_SA's SAs and policies: `moved` is its event with the new
+        addresses, ports and encapsulation (a NAT mapping moved, or MOBIKE)."""
+        old = child.event
+        if not child.in_kernel or (old.local, old.remote, old.encap) == (
+                moved.local, moved.remote, moved.encap):
             return False
         if child.outbound_pending:  # a move is rare: stop waiting for the old one's delete
             await self.add_outbound(child)
             if not child.in_kernel:
                 return False
-        event = replace(child.event, remote=remote)
+        event = moved
         install = build_child(event, conf, child.reqid)
         try:
             await self.kernel.move_child(child.install, install)
         except KernelError as exc:
-            log.error("moving CHILD_SA %s to %s:%d: %s", event.child, *remote, exc)
+            log.error("moving CHILD_SA %s to %s:%d - %s:%d: %s", event.child, *event.local,
+                      *event.remote, exc)
             return False
         child.event, child.install = event, install
         await self.host.in_kernel(child)  # its routes, now via the peer's new address

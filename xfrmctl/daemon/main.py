@@ -92,7 +92,7 @@ def local_addresses() -> list[str]:
 async def open_kernel() -> KernelIPsec:
     from xfrmctl.kernel.netlink import DAEMON_GROUPS, NetlinkKernel  # noqa: PLC0415
 
-    return await NetlinkKernel.open(groups=DAEMON_GROUPS)
+    return await NetlinkKernel.open(groups=DAEMON_GROUPS, address_events=True)
 
 
 async def open_links() -> KernelLinks:
@@ -150,6 +150,9 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     await endpoints.open(addresses, conf.ike_port, conf.nat_port)
     controller.send = endpoints.send
     controller.keepalive = endpoints.send_keepalive
+    if not conf.listen:  # MOBIKE: the IKE sockets follow the addresses that come and go
+        ports = (conf.ike_port, conf.nat_port)
+        controller.mobility.sync_sockets = lambda a: endpoints.sync(list(a), *ports)
     log.info("listening on %s (ports %d, %d)", ", ".join(addresses), conf.ike_port,
              conf.nat_port)
     stop = asyncio.Event()

@@ -231,8 +231,7 @@ class _Mapper:
                 self.note(f"{path}.version", "only IKEv2 is supported")
         if "mobike" in s:
             used.add("mobike")
-            if _yes(s["mobike"]):
-                self.note(f"{path}.mobike", "MOBIKE is not supported: imported as off")
+            out["mobike"] = _yes(s["mobike"])
         if "fragmentation" in s:
             used.add("fragmentation")
             value = s["fragmentation"].lower()

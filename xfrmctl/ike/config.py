@@ -186,6 +186,9 @@ class IkeConfig:
     dns: tuple[str, ...] = ()  # DNS servers for the peer, with its virtual IP
     force_encap: bool = False
     initial_contact: bool = True
+    # MOBIKE (RFC 4555): offer MOBIKE_SUPPORTED in IKE_AUTH; with both ends for it the
+    # initiator moves the IKE_SA and its CHILD_SAs when its address changes
+    mobike: bool = False
 
     def accepts(self, local: str, remote: str) -> bool:
         """Whether an IKE_SA_INIT from `remote` to `local` may belong to this connection."""

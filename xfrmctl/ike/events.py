@@ -172,6 +172,23 @@ class RevocationFetch:
     ocsp: tuple[OcspQuery, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IkeSaMoved:
+    """MOBIKE (RFC 4555) moved the IKE_SA to new addresses, or the NAT on its path
+    changed: its CHILD_SAs and their policies must follow (same SPIs), with UDP
+    encapsulation when either end is behind a NAT."""
+
+    ike_sa: int
+    connection: str
+    old_local: Endpoint
+    old_remote: Endpoint
+    local: Endpoint
+    remote: Endpoint
+    nat_local: bool
+    nat_remote: bool
+
+
 Event = (IkeSaUp | IkeSaRekeyed | IkeSaDown | ChildSaNegotiated | ChildSaDeleted
-         | NegotiationFailed | VirtualIpAssigned | PeerMoved | ReauthDue | RevocationFetch)
+         | NegotiationFailed | VirtualIpAssigned | PeerMoved | ReauthDue | RevocationFetch
+         | IkeSaMoved)
 

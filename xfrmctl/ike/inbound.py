@@ -10,7 +10,8 @@ Rules:
   A datagram failing its integrity check is dropped silently (RFC 7296 2.21.2).
 - Once keyed, every message is protected (RFC 7296 3.14): a plaintext one is a
   retransmitted IKE_SA_INIT request (answered from the cache), or forged.
-- The peer's port is followed when a NAT moves it (RFC 7296 2.23), once keyed.
+- The peer's port is followed when a NAT moves it (RFC 7296 2.23), once keyed; with
+  MOBIKE a new address is taken only from UPDATE_SA_ADDRESSES (tasks/mobike.py).
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def plaintext_once_keyed(sa: IkeSa, msg: Message, raw: bytes) -> None:
 
 
 def follow_peer(sa: IkeSa, remote: Endpoint, local: Endpoint, msg: Message) -> None:
+    if sa.mobike and remote[0] != sa.remote[0]:
+        return  # RFC 4555 3.5: with MOBIKE only UPDATE_SA_ADDRESSES changes the address
     if sa.keys is not None and msg.protected is not None and remote != sa.remote \
             and (sa.nat_remote or remote[0] == sa.remote[0]):
         sa.local = local

@@ -86,6 +86,7 @@ def snapshot(sa: IkeSa) -> dict[str, Any]:
         "peer_hashes": sorted(sa.peer_hashes),
         "virtual_ip": sa.virtual_ip,
         "remote_eap_id": sa.remote_eap_id,
+        "mobike": sa.mobike, "original_initiator": sa.original_initiator,
         "established_at": sa.established_at,
         "rekey_deadline": sa.rekey_deadline,
         "reauth_deadline": sa.reauth_deadline,
@@ -116,6 +117,8 @@ def restore(data: dict[str, Any], config: IkeConfig, now: float,
     sa.virtual_ip = data["virtual_ip"]
     sa.remote_eap_id = data.get("remote_eap_id")  # absent in snapshots before EAP
     _reclaim_lease(sa, config)
+    sa.mobike = data.get("mobike", False)
+    sa.original_initiator = data.get("original_initiator", sa.is_initiator)
     sa.established_at = data["established_at"]
     for child in data["children"]:
         restored = _restore_child(child, config, sa.established_at or now)

@@ -52,7 +52,7 @@ from .message import Message, decode, encode
 from .payloads import NotifyPayload, Payload
 from .proposals import Suite
 from .state import SETTING_UP, UP, ChildState, IkeState, ike_move
-from .tasks import ike_intermediate, rekeyed
+from .tasks import ike_intermediate, mobike, rekeyed
 from .tasks.base import IkeCollision, notify, reason_of
 from .tasks.child_create import ChildCreate
 from .tasks.child_delete import ChildDelete
@@ -95,7 +95,8 @@ class IkeSa:
     __slots__ = ("_events", "_last_peer_activity", "_out", "_state", "alloc_spi", "budget",
                  "candidates", "children", "config", "created", "down_reason",
                  "established_at", "followups", "id", "is_initiator", "keys", "local", "local_id",
-                 "nat_local", "nat_remote", "peer_fragmentation", "peer_hashes", "reassembly",
+                 "mobike", "nat_local", "nat_remote", "original_initiator", "own_addresses",
+                 "path", "peer_addresses", "peer_fragmentation", "peer_hashes", "reassembly",
                  "remote", "remote_eap_id", "remote_id", "setup", "silent", "spawned", "spi_i",
                  "spi_r", "successor", "suite", "timers", "virtual_ip", "wall_offset", "window")
 
@@ -125,6 +126,14 @@ class IkeSa:
         self.peer_hashes: set[int] = set()
         self.virtual_ip: str | None = None  # ours (initiator) or the peer's (responder)
         self.remote_eap_id: str | None = None  # the user the peer logged in as with EAP
+        # MOBIKE (tasks/mobike.py): negotiated?; who decides the addresses (the original
+        # initiator, also after IKE rekeys); the addresses each side listed besides its own
+        self.mobike = False
+        self.original_initiator = initiator
+        self.own_addresses: tuple[str, ...] | None = None  # None: not listed yet
+        self.peer_addresses: tuple[str, ...] | None = None  # None: the peer listed none
+        # the (local, remote) of the request being answered: answers go back its way
+        self.path: tuple[Endpoint, Endpoint] | None = None
         self.down_reason = ""
         self.alloc_spi = spi_allocator
         self.window = RequestWindow()
@@ -288,6 +297,14 @@ class IkeSa:
         self.down_reason = reason
         self.send_request(IkeDelete(reason, collision=collision), now)
 
+    def addresses_changed(self, local: str | None, additional: Sequence[str],
+                          now: float) -> bool:
+        """Our address set changed (MOBIKE, RFC 4555): `local` is the address the kernel
+        now picks towards the peer (None: none yet), `additional` our other ones. As the
+        original initiator with MOBIKE negotiated, the IKE_SA moves there (IkeSaMoved
+        once the peer agreed). Returns whether an exchange was queued."""
+        return mobike.addresses_changed(self, local, additional, now)
+
     def use_budget(self, budget: Budget) -> None:
         """Charge this SA's fragment buffers to `budget` (the manager's) from now on."""
         self.budget = budget
@@ -395,8 +412,10 @@ class IkeSa:
 
     # ----------------------------------------------------------------- sending
 
-    def emit_datagrams(self, datagrams: list[bytes]) -> None:
-        self._out.extend(Datagram(d, self.local, self.remote) for d in datagrams)
+    def emit_datagrams(self, datagrams: list[bytes],
+                       path: tuple[Endpoint, Endpoint] | None = None) -> None:
+        local, remote = path or (self.local, self.remote)
+        self._out.extend(Datagram(d, local, remote) for d in datagrams)
 
     def queue(self, task: Task, now: float) -> None:
         self.window.tasks.append(task)
@@ -463,7 +482,7 @@ class IkeSa:
             msg.protected = payloads
         datagrams = self.encode(msg)
         self.window.cached_response = (request.message_id, datagrams)
-        self.emit_datagrams(datagrams)
+        self.emit_datagrams(datagrams, self.path)  # RFC 7296 2.11: back where it came from
         return datagrams
 
     # ----------------------------------------------------------------- receiving
@@ -485,7 +504,11 @@ class IkeSa:
                 return
             msg = assembled
         inbound.follow_peer(self, remote, local, msg)
-        self.receive_message(msg, data, now)
+        self.path = (local, remote)
+        try:
+            self.receive_message(msg, data, now)
+        finally:
+            self.path = None
 
     def receive_message(self, msg: Message, raw: bytes, now: float) -> None:
         if self.state is IkeState.CLOSED:
@@ -528,7 +551,7 @@ class IkeSa:
         window = self.window
         cached = window.cached_answer(msg.message_id)
         if cached is not None:
-            self.emit_datagrams(cached)  # a retransmission: answer from the cache
+            self.emit_datagrams(cached, self.path)  # a retransmission: answer from the cache
             return
         if msg.message_id != window.expected_peer_id:
             return  # RFC 7296 2.3: drop requests outside the window

@@ -177,7 +177,9 @@ def _sa_attrs(sa: SaSpec) -> bytes:
         e = sa.encap
         payload = S_ENCAP.pack(e.type, htons(e.sport), htons(e.dport), pack_addr(e.oa))
         out.append(nla(Attr.ENCAP, payload))
-    if sa.esn or sa.replay_window > 32:
+    if sa.replay is not None:  # the state it starts from (a moved SA)
+        out.append(replay_attr(sa.replay))
+    elif sa.esn or sa.replay_window > 32:
         words = (sa.replay_window + 31) // 32
         esn = S_REPLAY_ESN.pack(words, 0, 0, 0, 0, sa.replay_window) + bytes(4 * words)
         out.append(nla(Attr.REPLAY_ESN_VAL, esn))

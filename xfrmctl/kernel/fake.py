@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,12 +24,14 @@ from .codec import AE_GET_FLAGS
 from .interface import AeState, KernelIPsec, Op, OpKind
 from .types import (
     Acquire,
+    AddressChange,
     Algorithm,
     Counters,
     Direction,
     EventsLost,
     Expire,
     IPAddress,
+    IPNetwork,
     KernelError,
     KernelEvent,
     Mark,
@@ -38,6 +41,7 @@ from .types import (
     PolicyState,
     Proto,
     ReplayState,
+    RouteChange,
     SaId,
     SaNotify,
     SaSpec,
@@ -131,6 +135,11 @@ class FakeKernel(KernelIPsec):
     fail_on: set[OpKind] = field(default_factory=set)  # force a failure (tests)
     faults: FaultPlan | None = None
     missing_protocols: frozenset[Proto] = frozenset()  # built without ESP (or AH)
+    # The namespace's addresses (with their prefix and interface) and routes (destination
+    # -> preferred source): what MOBIKE reads; changed with add/delete_address and
+    # add/delete_route, which queue the events rtnetlink would send.
+    addresses: dict[IPAddress, tuple[int, int]] = field(default_factory=dict)
+    routes: dict[IPNetwork, IPAddress] = field(default_factory=dict)
     _queue: asyncio.Queue[KernelEvent] = field(default_factory=asyncio.Queue)
     _next_index: int = 8
     _overrun: bool = False
@@ -178,13 +187,17 @@ class FakeKernel(KernelIPsec):
     def _store_sa(self, sa: SaSpec, kind: str) -> int:
         code = errno.EPROTONOSUPPORT if sa.proto in self.missing_protocols else _check_sa(sa)
         if code == 0:
-            spec = replace(sa, selector=sa.effective_selector())
+            spec = replace(sa, selector=sa.effective_selector(), replay=None)
             old = self.sas.get(_sa_key(sa.id))
             if kind == "update" and old is not None and not old.larval:
-                # UPDSA keeps the SA's state (counters, sequence numbers), as the kernel
+                # UPDSA keeps the SA's state (counters, sequence numbers) and, as the
+                # kernel's xfrm_state_update, takes only new encap ports (when both have
+                # encap) and lifetimes: never a new source address or encap on/off
+                encap = spec.encap if old.spec.encap and spec.encap else old.spec.encap
+                spec = replace(old.spec, encap=encap, lifetime=spec.lifetime)
                 self.sas[_sa_key(sa.id)] = replace(old, spec=spec)
             else:
-                self.sas[_sa_key(sa.id)] = _Sa(spec, self.now)
+                self.sas[_sa_key(sa.id)] = _Sa(spec, self.now, replay=sa.replay)
             self._notify(SaNotify(kind, sa.id, sa.reqid))
         return code
 
@@ -313,6 +326,39 @@ class FakeKernel(KernelIPsec):
         if thresholds.v6_local > 128 or thresholds.v6_remote > 128:
             raise KernelError("set spdinfo", thresholds, errno.EINVAL)
         self.thresholds = thresholds
+
+    async def source_address(self, dst: IPAddress) -> IPAddress | None:
+        """The longest matching route's source, as `ip route get` gives it."""
+        found = [(net.prefixlen, src) for net, src in self.routes.items()
+                 if dst.version == net.version and dst in net and src in self.addresses]
+        return max(found, key=lambda f: f[0])[1] if found else None
+
+    async def local_addresses(self) -> list[IPAddress]:
+        return list(self.addresses)
+
+    def add_address(self, address: IPAddress, prefix: int, ifindex: int = 2) -> None:
+        """An address appears, with its connected route (as `ip addr add`)."""
+        self.addresses[address] = (prefix, ifindex)
+        self._notify(AddressChange(True, address, ifindex))
+        net = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+        self.routes[net] = address
+        self._notify(RouteChange(True))
+
+    def delete_address(self, address: IPAddress) -> None:
+        """The address goes, and with it the routes using it as their source."""
+        _, ifindex = self.addresses.pop(address)
+        self._notify(AddressChange(False, address, ifindex))
+        for net in [n for n, src in self.routes.items() if src == address]:
+            del self.routes[net]
+            self._notify(RouteChange(False))
+
+    def add_route(self, dst: str, src: IPAddress) -> None:
+        self.routes[ipaddress.ip_network(dst)] = src
+        self._notify(RouteChange(True))
+
+    def delete_route(self, dst: str) -> None:
+        del self.routes[ipaddress.ip_network(dst)]
+        self._notify(RouteChange(False))
 
     async def events(self) -> AsyncIterator[KernelEvent]:
         while True:

@@ -169,7 +169,19 @@ class KernelIPsec(ABC):
 
     @abstractmethod
     def events(self) -> AsyncIterator[KernelEvent]:
-        """Kernel events (ACQUIRE, EXPIRE, ...) in the order they arrived."""
+        """Kernel events (ACQUIRE, EXPIRE, ..., and AddressChange/RouteChange when opened
+        to watch addresses) in the order they arrived."""
+
+    # --- addresses and routes (MOBIKE) -----------------------------------------------
+
+    @abstractmethod
+    async def source_address(self, dst: IPAddress) -> IPAddress | None:
+        """The address the kernel sends from towards `dst` (`ip route get`'s src); None
+        when there is no route."""
+
+    @abstractmethod
+    async def local_addresses(self) -> list[IPAddress]:
+        """The usable addresses of this namespace (no loopback, link-local, tentative)."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -293,35 +305,44 @@ class KernelIPsec(ABC):
         await self.remove_children([child], inbound=inbound, outbound=outbound)
 
     async def move_child(self, old: ChildInstall, new: ChildInstall) -> None:
-        """Re-address an installed CHILD_SA (the peer's NAT mapping moved): the same SPIs,
-        keys and reqid, to the peer's new address or port. Sequence numbers and counters
-        carry over. The new outbound SA is in place before the policies point to it; the
-        inbound SA (same destination and SPI) is replaced in one batch. On failure the
-        old CHILD_SA is put back (an SA deleted meanwhile restarts its counters)."""
-        if old.outbound.id == new.outbound.id:  # only the port moved: update in place
+        """Re-address an installed CHILD_SA (the peer's NAT mapping moved, or MOBIKE moved
+        either end): the same SPIs, keys and reqid at the new addresses, ports or UDP
+        encapsulation. Sequence numbers, the replay window and counters carry over (the
+        new SAs are added with the old ones' replay state, outbound a margin further on,
+        as strongSwan's kernel-netlink does without XFRM_MSG_MIGRATE).
+
+        Make-before-break where the kernel allows it: an SA whose (destination, SPI)
+        changes is added before the policies point to it and the old one goes after; one
+        keeping them (the kernel allows one) is replaced within the same batch. Only new
+        ports on an encapsulated SA are an update in place. All or nothing: on failure
+        the old CHILD_SA is put back, with its replay state, and KernelError raised."""
+        if _ports_only(old, new):
             await self._run([
                 _Step(Op(OpKind.UPDATE_SA, new.outbound), Op(OpKind.UPDATE_SA, old.outbound)),
                 _Step(Op(OpKind.UPDATE_SA, new.inbound), Op(OpKind.UPDATE_SA, old.inbound))])
             return
         out_ae, in_ae = await self.get_ae(old.outbound.id), await self.get_ae(old.inbound.id)
-        await self._run([self._add_sa_step(new.outbound)])
-        try:
-            # packets the old SA sends until the switch must not reuse a sequence number
-            await self.set_ae(new.outbound.id, _advance(out_ae.replay, OSEQ_MARGIN),
-                              out_ae.lifetime)
-            steps = self._repoint_policy_steps(old.policies, new.policies)
-            steps += [_Step(Op(OpKind.DELETE_SA, old.outbound.id),
-                            Op(OpKind.ADD_SA, old.outbound)),
-                      _Step(Op(OpKind.DELETE_SA, old.inbound.id),
-                            Op(OpKind.ADD_SA, old.inbound)),
-                      _Step(Op(OpKind.ADD_SA, new.inbound), None)]
-            await self._run(steps)
-        except KernelError:
-            await self._execute([Op(OpKind.DELETE_SA, new.outbound.id)])
-            raise
+        # packets the old SA sends until the switch must not reuse a sequence number
+        out_new = replace(new.outbound, replay=_advance(out_ae.replay, OSEQ_MARGIN))
+        in_new = replace(new.inbound, replay=in_ae.replay)
+        old_out = replace(old.outbound, replay=out_ae.replay)
+        old_in = replace(old.inbound, replay=in_ae.replay)
+        before: list[_Step] = []  # SAs that can exist beside the old ones: first
+        after: list[_Step] = []  # the old SAs (and same-id replacements): last
+        for o, n in ((old_out, out_new), (old_in, in_new)):
+            if o.id == n.id:
+                step = [_Step(Op(OpKind.DELETE_SA, o.id), Op(OpKind.ADD_SA, o)),
+                        _Step(Op(OpKind.ADD_SA, n), Op(OpKind.DELETE_SA, n.id))]
+                (before if o is old_out else after).extend(step)
+            else:
+                before.append(_Step(Op(OpKind.ADD_SA, n), Op(OpKind.DELETE_SA, n.id)))
+                after.append(_Step(Op(OpKind.DELETE_SA, o.id), Op(OpKind.ADD_SA, o)))
+        steps = before + self._repoint_policy_steps(old.policies, new.policies) + after
+        await self._run(steps)
         self._swap_policy_refs(old.policies, new.policies)
-        with contextlib.suppress(KernelError):  # a fresh replay window is still safe
-            await self.set_ae(new.inbound.id, in_ae.replay, in_ae.lifetime)
+        for sa, ae in ((new.outbound, out_ae), (new.inbound, in_ae)):
+            with contextlib.suppress(KernelError):  # the counters only (shown, lifetimes)
+                await self.set_ae(sa.id, lifetime_cur=ae.lifetime)
 
     def _repoint_policy_steps(self, old: Sequence[PolicySpec], new: Sequence[PolicySpec]
                               ) -> list[_Step]:
@@ -524,6 +545,14 @@ class Resync:
     policies_removed: int
     policies_restored: int
     missing_sas: frozenset[tuple[IPAddress, int, Proto]]
+
+
+def _ports_only(old: ChildInstall, new: ChildInstall) -> bool:
+    """Only the UDP ports of encapsulated SAs differ: UPDSA changes them in place (the
+    kernel's update takes new encap ports, never new addresses or encap on/off)."""
+    return all(a.encap is not None and b.encap is not None
+               and replace(a, encap=b.encap) == b
+               for a, b in ((old.outbound, new.outbound), (old.inbound, new.inbound)))
 
 
 def _same_policy(a: PolicySpec, b: PolicySpec) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import codec
 from . import messages as m
+from .addresses import AddressMonitor, RouteQueries
 from .interface import AeState, KernelIPsec, Op, OpKind
 from .messages import Group, MsgType
 from .nsutil import open_socket
@@ -205,22 +206,36 @@ def _encode_op(op: Op, seq: int) -> bytes:
 class NetlinkKernel(KernelIPsec):
     """The real kernel (in `netns`, or the current namespace when None)."""
 
-    def __init__(self, transport: Transport, monitor: socket.socket | None) -> None:
+    def __init__(self, transport: Transport, monitor: socket.socket | None,
+                 netns: str | None = None) -> None:
         super().__init__()
         self._transport = transport
         self._monitor = monitor
         self._queue: asyncio.Queue[KernelEvent] = asyncio.Queue()
         if monitor is not None:
             transport.loop.add_reader(monitor.fileno(), self._monitor_readable)
+        self._routes = RouteQueries(netns)
+        self._addresses: AddressMonitor | None = None
 
     @classmethod
     async def open(cls, netns: str | None = None, monitor: bool = True,
-                   groups: Sequence[Group] = EVENT_GROUPS) -> NetlinkKernel:
+                   groups: Sequence[Group] = EVENT_GROUPS,
+                   address_events: bool = False) -> NetlinkKernel:
         """`groups`: the multicast groups `events()` reports (the daemon leaves out SA and
-        POLICY: they echo every write it makes, and decoding them costs CPU per install)."""
+        POLICY: they echo every write it makes, and decoding them costs CPU per install).
+        `address_events`: also report address and route changes (rtnetlink), for MOBIKE."""
         sock = _netlink_socket(netns)
         mon = _netlink_socket(netns, _group_mask(groups)) if monitor else None
-        return cls(Transport(sock), mon)
+        kernel = cls(Transport(sock), mon, netns)
+        if address_events:
+            kernel._addresses = AddressMonitor(netns, kernel._queue.put_nowait)
+        return kernel
+
+    async def source_address(self, dst: IPAddress) -> IPAddress | None:
+        return await self._routes.source_address(dst)
+
+    async def local_addresses(self) -> list[IPAddress]:
+        return await self._routes.local_addresses()
 
     # --- batched writes ----------------------------------------------------------------
 
@@ -371,6 +386,10 @@ class NetlinkKernel(KernelIPsec):
             yield await self._queue.get()
 
     async def close(self) -> None:
+        self._routes.close()
+        if self._addresses is not None:
+            self._addresses.close()
+            self._addresses = None
         self._transport.close()
         if self._monitor is not None:
             self._transport.loop.remove_reader(self._monitor.fileno())

@@ -235,6 +235,10 @@ class SaSpec:
     direction: SaDir = SaDir.NONE
     offload: Offload | None = None
     coaddr: IPAddress | None = None
+    # the replay state to start from (XFRMA_REPLAY_VAL/ESN_VAL with NEWSA, which the
+    # kernel applies over the fresh one): an SA re-added elsewhere keeps its sequence
+    # numbers. Only written, never read back (a dump's spec has None; SaState has it).
+    replay: ReplayState | None = None
 
     def __post_init__(self) -> None:
         if self.src.version != self.dst.version:
@@ -461,8 +465,26 @@ class EventsLost:
     errno: int
 
 
+@dataclass(frozen=True)
+class AddressChange:
+    """RTM_NEWADDR / RTM_DELADDR: a usable address came or went (MOBIKE follows)."""
+
+    added: bool
+    address: IPAddress
+    ifindex: int = 0
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    """RTM_NEWROUTE / RTM_DELROUTE: the path to a peer may have changed."""
+
+    added: bool
+    table: int = 254
+
+
 KernelEvent = (
     EventsLost | Acquire | Expire | PolicyExpire | Mapping | Migrate | SaNotify | PolicyNotify
+    | AddressChange | RouteChange
 )
 
 

@@ -248,7 +248,7 @@ class Connection(Timestamps, Base):
     fragmentation: Mapped[Fragmentation] = mapped_column(
         _enum(Fragmentation), default=Fragmentation.YES)
     encap: Mapped[bool] = mapped_column(Boolean, default=False)  # force UDP encapsulation
-    mobike: Mapped[bool] = mapped_column(Boolean, default=False)  # refused as on (no MOBIKE)
+    mobike: Mapped[bool] = mapped_column(Boolean, default=True)  # MOBIKE (RFC 4555)
     close_action: Mapped[CloseAction] = mapped_column(
         _enum(CloseAction), default=CloseAction.NONE)  # when the peer deletes the IKE_SA
     pool: Mapped[str | None] = mapped_column(String(64))  # remote access: virtual IP prefix

@@ -40,7 +40,7 @@ from ..payloads import (
 )
 from ..revocation import RevocationStore
 from ..state import IkeState
-from . import ike_config, ike_eap
+from . import ike_config, ike_eap, mobike
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
 from .ike_init import Setup, certreq, requested_cas
@@ -245,6 +245,7 @@ class IkeAuth:
             payloads.append(request)
         if conf.initial_contact:
             payloads.append(notify(NotifyType.INITIAL_CONTACT))
+        payloads += mobike.auth_notifies(sa)
         if conf.remote_id is not None:
             payloads.append(IdrPayload(conf.remote_id.id_type, conf.remote_id.data))
         payloads += [p for p in proof if isinstance(p, AuthPayload)]
@@ -295,6 +296,7 @@ class IkeAuth:
         setup = sa.setup
         assert setup is not None
         ike_config.process(sa, msg)  # before IkeSaUp, which carries it
+        mobike.read_auth(sa, msg)
         established(sa, now)
         if self.child is not None:
             finish_child_request(sa, self.child, msg, now)
@@ -423,6 +425,9 @@ def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payloa
     cp = ike_config.respond(sa, conf, first)
     if cp is not None:
         payloads.append(cp)
+    mobike.read_auth(sa, first)
+    if sa.mobike:
+        payloads += mobike.auth_notifies(sa)
     established(sa, now, remote_eap_id)
     try:
         if first.find(SaPayload) is not None:

@@ -120,8 +120,11 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
     if hashes is not None:
         data = hashes.data[: len(hashes.data) // 2 * 2]
         sa.peer_hashes = {v for (v,) in struct.iter_unpack("!H", data)}
-    if (sa.nat_local or sa.nat_remote) and sa.is_initiator and sa.remote[1] == 500:
-        # RFC 7296 2.23: after a NAT is detected, IKE moves to port 4500.
+    mobike = (sa.config or sa.candidates[0]).mobike and bool(src_hashes)
+    if (sa.nat_local or sa.nat_remote or mobike) and sa.is_initiator and sa.remote[1] == 500:
+        # RFC 7296 2.23: after a NAT is detected, IKE moves to port 4500; with MOBIKE
+        # wanted and a peer doing NAT-T, IKE_AUTH already goes there (RFC 4555 3.3, as
+        # strongSwan): a NAT on a later path then needs no change of port.
         sa.remote = (sa.remote[0], 4500)
         sa.local = (sa.local[0], 4500)
 

@@ -1,5 +1,6 @@
 """The responder's INFORMATIONAL (RFC 7296 1.4, 1.5): deletes of CHILD_SAs and of the IKE
-SA, a peer's AUTHENTICATION_FAILED, and empty liveness checks (answered empty)."""
+SA, a peer's AUTHENTICATION_FAILED, empty liveness checks (answered empty) and MOBIKE's
+address updates (tasks/mobike.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..events import FailureReason
 from ..message import Message
 from ..payloads import DeletePayload, Payload
 from ..state import ChildState, IkeState
+from . import mobike
 from .ike_rekey import rekey_out
 from .rekeyed import adopt
 
@@ -24,6 +26,8 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
                 "peer rejected our authentication (AUTHENTICATION_FAILED)")
         return
     response: list[Payload] = []
+    if mobike.has_mobike_notify(msg):
+        response += mobike.respond_update(sa, msg, sa.path or (sa.local, sa.remote))
     ike_deleted = False
     for delete in msg.find_all(DeletePayload):
         if delete.protocol == ProtocolId.IKE:

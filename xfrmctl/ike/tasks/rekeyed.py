@@ -31,6 +31,8 @@ def spawn(sa: IkeSa, initiator: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
     new.peer_fragmentation, new.peer_hashes = sa.peer_fragmentation, sa.peer_hashes
     new.virtual_ip, new.remote_eap_id = sa.virtual_ip, sa.remote_eap_id
+    new.mobike, new.original_initiator = sa.mobike, sa.original_initiator
+    new.own_addresses, new.peer_addresses = sa.own_addresses, sa.peer_addresses
     new.silent = True
     new.move_to(IkeState.INIT_DONE)
     new.move_to(IkeState.ESTABLISHED)

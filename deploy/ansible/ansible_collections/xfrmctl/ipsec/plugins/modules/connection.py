@@ -101,7 +101,7 @@ options:
     description: Force UDP encapsulation of ESP.
     type: bool
   mobike:
-    description: MOBIKE (RFC 4555).
+    description: MOBIKE (RFC 4555); on when left out, as in strongSwan.
     type: bool
   children:
     description:
