@@ -46,6 +46,7 @@ from .common import (
     IkeProposals,
     InterfaceAddress,
     InterfaceName,
+    Mss,
     Name,
     Page,
     Port,
@@ -214,6 +215,7 @@ class ChildBase(BaseModel):
     rekey_packets: Count64 = 0
     life_packets: Count64 = 0
     tfc_padding: int = Field(0, ge=0, le=65535)
+    mss: Mss = "off"
     start_action: StartAction = StartAction.NONE
 
 
@@ -248,6 +250,7 @@ class ChildUpdate(BaseModel):
     rekey_packets: Count64 | None = None
     life_packets: Count64 | None = None
     tfc_padding: int | None = Field(None, ge=0, le=65535)
+    mss: Mss | None = None
     start_action: StartAction | None = None
 
 

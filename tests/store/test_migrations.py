@@ -29,7 +29,7 @@ def _check_round_trip(url: str) -> None:
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
-    assert revision == "0003"
+    assert revision == "0006"
     _exercise(url)
     downgrade(url, "base")
     assert current_tables(url) <= {"alembic_version"}
@@ -148,7 +148,7 @@ def test_a_new_database_gets_the_migrations_schema_at_once(tmp_path: Path) -> No
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
-    assert diff == [] and revision == "0003"
+    assert diff == [] and revision == "0006"
     downgrade(url, "0001")  # and the migrations run on it both ways
     upgrade(url)
     _exercise(url)

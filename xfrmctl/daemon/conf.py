@@ -74,6 +74,8 @@ from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_
 
 from .pool import AddressPool
 
+MSS_MIN, MSS_MAX = 536, 65495  # IPv4's default MSS (RFC 9293 3.7.1); the largest IPv4 one
+
 
 class StartAction(StrEnum):
     NONE = "none"  # responder only, or started by the API
@@ -130,6 +132,15 @@ class ChildConf(_Strict):
     rekey_packets: int = Field(0, ge=0)
     life_packets: int = Field(0, ge=0)
     tfc_padding: int = Field(0, ge=0, le=1500)
+    # TCP MSS clamping of SYNs through the tunnel: auto (what fits after ESP), a number, off
+    mss: Literal["auto", "off"] | int = "off"
+
+    @field_validator("mss")
+    @classmethod
+    def _mss(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and not MSS_MIN <= value <= MSS_MAX:
+            raise ValueError(f"mss must be auto, off or {MSS_MIN}..{MSS_MAX}")
+        return value
 
     @field_validator("local_ts", "remote_ts")
     @classmethod

@@ -135,6 +135,7 @@ def child_values(row: m.Child) -> dict[str, Any]:
         "life_time": row.life_time, "rekey_bytes": row.rekey_bytes,
         "life_bytes": row.life_bytes, "rekey_packets": row.rekey_packets,
         "life_packets": row.life_packets, "tfc_padding": row.tfc_padding,
+        "mss": int(row.mss) if row.mss.isdigit() else row.mss,
     }
 
 
@@ -444,7 +445,7 @@ def _child_row(connection_id: int, name: str, child: cf.ChildConf) -> dict[str, 
         "rekey_time": child.rekey_time, "life_time": child.life_time,
         "rekey_bytes": child.rekey_bytes, "life_bytes": child.life_bytes,
         "rekey_packets": child.rekey_packets, "life_packets": child.life_packets,
-        "tfc_padding": child.tfc_padding,
+        "tfc_padding": child.tfc_padding, "mss": str(child.mss),
     }
 
 

@@ -266,6 +266,7 @@ class Child(Timestamps, Base):
     rekey_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     life_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     tfc_padding: Mapped[int] = mapped_column(Integer, default=0)
+    mss: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
 
