@@ -246,3 +246,23 @@ async def test_child_selectors_take_protocol_and_ports(client: httpx.AsyncClient
         assert r.json()["local_ts"] == [selector]
     else:
         assert fields(r) == ["0"]
+
+
+@pytest.mark.parametrize(("mss", "ok"), [
+    ("auto", True), ("off", True), (1360, True), (100, False), (70000, False), ("max", False)])
+async def test_child_mss_is_auto_off_or_a_tcp_mss(client: httpx.AsyncClient, mss: object,
+                                                  ok: bool) -> None:
+    secret = await psk_secret(client)
+    conn = await client.post("/connections", json={
+        "name": "c", "remote_addrs": ["192.0.2.2"], "secret_id": secret})
+    r = await client.post(f"/connections/{conn.json()['id']}/children",
+                          json={"name": "net", "mss": mss})
+    if not ok:
+        assert r.status_code == 422 and "mss" in r.text, r.text
+        return
+    assert r.status_code == 201, r.text
+    assert r.json()["mss"] == mss
+    child = r.json()["id"]
+    r = await client.patch(f"/children/{child}", json={"mss": 1300})
+    assert r.status_code == 200 and r.json()["mss"] == 1300, r.text
+    assert (await client.get(f"/children/{child}")).json()["mss"] == 1300

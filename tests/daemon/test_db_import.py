@@ -176,3 +176,16 @@ def test_cli_db_import(conf_file: Path, tmp_path: Path) -> None:
         assert database.call(lambda s: s.scalar(select(func.count(m.Child.id)))) == 3
     finally:
         database.dispose()
+
+
+def test_mss_survives_the_database(db: Database, tmp_path: Path) -> None:
+    """`mss` auto, a number and off come back as written (the column holds text)."""
+    path = tmp_path / "mss.yaml"
+    path.write_text("connections:\n  c:\n    psk: x\n    children:\n"
+                    "      a: {mss: auto}\n      n: {mss: 1360}\n      o: {}\n")
+    box = SecretBox.from_file(tmp_path / "secret.key")
+    assert import_file(db, box, path) == ["c"]
+    loaded, problems = db.call(read_conf, box)
+    assert problems == {}
+    kids = loaded.connections["c"].children
+    assert (kids["a"].mss, kids["n"].mss, kids["o"].mss) == ("auto", 1360, "off")
