@@ -137,6 +137,10 @@ class ConnectionBase(BaseModel):
     mobike: Mobike = False
     pool: Prefix | None = Field(None, description="remote access: virtual IPs from this")
     request_virtual_ip: bool = False
+    ppk_id: Text | None = Field(None, max_length=255, description=(
+        "RFC 8784 postquantum preshared key: its PPK_ID (with ppk_secret_id)"))
+    ppk_secret_id: Id | None = Field(None, description="the PPK: a secret of kind ppk")
+    ppk_required: bool = Field(False, description="refuse peers that do not use the PPK")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -171,6 +175,9 @@ class ConnectionUpdate(BaseModel):
     mobike: Mobike | None = None
     pool: Prefix | None = None
     request_virtual_ip: bool | None = None
+    ppk_id: Text | None = Field(None, max_length=255)
+    ppk_secret_id: Id | None = None
+    ppk_required: bool | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):

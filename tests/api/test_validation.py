@@ -266,3 +266,25 @@ async def test_child_mss_is_auto_off_or_a_tcp_mss(client: httpx.AsyncClient, mss
     r = await client.patch(f"/children/{child}", json={"mss": 1300})
     assert r.status_code == 200 and r.json()["mss"] == 1300, r.text
     assert (await client.get(f"/children/{child}")).json()["mss"] == 1300
+
+
+async def test_connection_ppk_takes_a_ppk_secret_and_its_id(client: httpx.AsyncClient) -> None:
+    """RFC 8784: ppk_id with a secret of kind ppk (write-only like every secret)."""
+    psk = await psk_secret(client)
+    r = await client.post("/secrets", json={
+        "name": "pq", "kind": "ppk", "value": "test-only postquantum preshared key 0123456"})
+    assert r.status_code == 201, r.text
+    ppk = r.json()["id"]
+    assert "value" not in r.json() and "test-only" not in r.text
+    base = {"name": "c", "remote_addrs": ["192.0.2.2"], "secret_id": psk}
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1"})
+    assert fields(r) == ["ppk_secret_id"]
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1", "ppk_secret_id": psk})
+    assert fields(r) == ["ppk_secret_id"] and "ppk" in r.text
+    r = await client.post("/connections", json={**base, "ppk_required": True})
+    assert fields(r) == ["ppk_required"]
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1", "ppk_secret_id": ppk,
+                                                 "ppk_required": True})
+    assert r.status_code == 201, r.text
+    assert (r.json()["ppk_id"], r.json()["ppk_required"]) == ("pq1", True)
+    assert "test-only" not in r.text

@@ -74,6 +74,7 @@ from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_
 
 from .pool import AddressPool
 
+PPK_MIN = 32  # octets of a postquantum preshared key
 MSS_MIN, MSS_MAX = 536, 65495  # IPv4's default MSS (RFC 9293 3.7.1); the largest IPv4 one
 
 
@@ -199,6 +200,11 @@ class ConnectionConf(_Strict):
     mobike: bool = False  # refused as true until MOBIKE (RFC 4555) exists
     pool: str | None = None  # remote access: hand out virtual IPs from this prefix
     request_virtual_ip: bool = False
+    # RFC 8784 postquantum preshared key (PPK): mixed into the IKE SA's keys when both
+    # ends have it; `ppk_required` refuses peers without it (else they get in without)
+    ppk_id: str | None = Field(None, min_length=1, max_length=255)
+    ppk: SecretStr | None = None
+    ppk_required: bool = False
     children: dict[str, ChildConf] = Field(default_factory=dict)
 
     @field_validator("ike_proposals")
@@ -245,6 +251,13 @@ class ConnectionConf(_Strict):
             raise ValueError("auth pubkey needs certificate, private_key and ca")
         if self.start_action is not StartAction.NONE and not self.remote_addrs:
             raise ValueError(f"start_action {self.start_action} needs remote_addrs")
+        if (self.ppk is None) != (self.ppk_id is None):
+            raise ValueError("ppk and ppk_id go together: set both or neither")
+        if self.ppk_required and self.ppk is None:
+            raise ValueError("ppk_required needs ppk and ppk_id")
+        if self.ppk is not None and len(self.ppk.get_secret_value().encode()) < PPK_MIN:
+            raise ValueError(f"ppk must be at least {PPK_MIN} octets (RFC 8784 asks for "
+                             "256 bits of entropy)")
         return self
 
 
@@ -406,4 +419,7 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None)
         request_virtual_ip=conf.request_virtual_ip,
         pool=pool,
         force_encap=conf.encap,
+        ppk=conf.ppk.get_secret_value().encode() if conf.ppk is not None else None,
+        ppk_id=conf.ppk_id.encode() if conf.ppk_id is not None else None,
+        ppk_required=conf.ppk_required,
     )

@@ -113,6 +113,7 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "fragmentation": "force" if row.fragmentation is m.Fragmentation.FORCE
         else row.fragmentation is not m.Fragmentation.NO, "encap": row.encap,
         "mobike": row.mobike, "pool": row.pool, "request_virtual_ip": row.request_virtual_ip,
+        "ppk_id": row.ppk_id, "ppk_required": row.ppk_required,
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -144,6 +145,13 @@ def _selectors(values: list[str]) -> list[str]:
 
 
 def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[str, Any]:
+    ppk: dict[str, Any] = {} if row.ppk_secret_id is None else {
+        "ppk": _text(repo.reveal_secret(session, box, row.ppk_secret_id), row.ppk_secret_id)}
+    return ppk | _auth_credentials(session, box, row)
+
+
+def _auth_credentials(session: Session, box: SecretBox, row: m.Connection
+                      ) -> dict[str, Any]:
     if row.auth is m.AuthMethod.PSK:
         if row.secret_id is None:
             return {}  # validation says "auth psk needs psk"
@@ -250,8 +258,10 @@ def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: st
                               actor=actor)
             applied.created.append(name)
         else:
-            before = repo.snapshot(row)
+            before, old_ppk = repo.snapshot(row), row.ppk_secret_id
             repo.update(session, m.Connection, row.id, values, actor=actor)
+            if old_ppk is not None and values["ppk_secret_id"] is None:
+                _drop_ppk(session, old_ppk, actor=actor)
             changed = _sync_children(session, row.id, conn, actor)
             after = repo.snapshot(row)
             (applied.updated if changed or _differs(before, after)
@@ -260,9 +270,11 @@ def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: st
         _sync_children(session, row.id, conn, actor)
     for name, row in rows.items():
         if row.managed_by == origin and name not in conf.connections:
-            owned = (row.secret_id, row.certificate_id)
+            owned, ppk = (row.secret_id, row.certificate_id), row.ppk_secret_id
             repo.delete(session, m.Connection, row.id, actor=actor)
             _drop_unreferenced(session, *owned, actor=actor)
+            if ppk is not None:
+                _drop_ppk(session, ppk, actor=actor)
             applied.removed.append(name)
     return applied
 
@@ -309,6 +321,14 @@ def _drop_unreferenced(session: Session, secret_id: int | None, certificate_id: 
         repo.delete(session, m.Secret, secret_id, actor=actor)
 
 
+def _drop_ppk(session: Session, secret_id: int, *, actor: str) -> None:
+    """Remove a file connection's former PPK secret unless another connection uses it."""
+    session.flush()
+    if session.scalar(select(m.Connection.id).where(
+            m.Connection.ppk_secret_id == secret_id)) is None:
+        repo.delete(session, m.Secret, secret_id, actor=actor)
+
+
 def import_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, *,
                 actor: str = "import") -> list[str]:
     """Create every connection of `conf` (names must be new), managed by the database
@@ -338,6 +358,10 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "reauth_time": conn.reauth_time, "over_time": conn.over_time,
         "encap": conn.encap, "mobike": conn.mobike, "pool": conn.pool,
         "request_virtual_ip": conn.request_virtual_ip,
+        "ppk_id": conn.ppk_id, "ppk_required": conn.ppk_required,
+        "ppk_secret_id": None if conn.ppk is None else _put_secret(
+            session, box, row.ppk_secret_id if row else None, f"{name}-ppk", m.SecretKind.PPK,
+            conn.ppk.get_secret_value().encode(), actor),
     }
     if conn.auth.value == m.AuthMethod.PSK:
         psk = _field(name, "psk_file", lambda: cf._psk(conn))

@@ -49,6 +49,7 @@ class IkeSaUp:
     nat_local: bool
     nat_remote: bool
     virtual_ip: str | None = None
+    ppk: bool = False  # the keys include a postquantum preshared key (RFC 8784)
 
 
 @dataclass(frozen=True, slots=True)

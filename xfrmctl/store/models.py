@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -128,6 +129,7 @@ class ProposalProtocol(enum.StrEnum):
 class SecretKind(enum.StrEnum):
     PSK = "psk"
     PRIVATE_KEY = "private_key"
+    PPK = "ppk"  # RFC 8784 postquantum preshared key
 
 
 class EventKind(enum.StrEnum):
@@ -227,6 +229,12 @@ class Connection(Timestamps, Base):
         _enum(CloseAction), default=CloseAction.NONE)  # when the peer deletes the IKE_SA
     pool: Mapped[str | None] = mapped_column(String(64))  # remote access: virtual IP prefix
     request_virtual_ip: Mapped[bool] = mapped_column(Boolean, default=False)
+    # RFC 8784 postquantum preshared key: its PPK_ID, the secret (kind ppk), required?
+    ppk_id: Mapped[str | None] = mapped_column(String(255))
+    ppk_secret_id: Mapped[int | None] = mapped_column(
+        ForeignKey("secrets.id", ondelete="RESTRICT"))
+    ppk_required: Mapped[bool] = mapped_column(Boolean, default=False,
+                                               server_default=sa_false())
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)

@@ -19,6 +19,7 @@ from .. import auth
 from ..certs import TrustStore, id_for_certificate, identity_matches
 from ..config import AuthMethodName, Identity, IkeConfig, LocalAuth, SendCert
 from ..constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
+from ..crypto import IkeKeys
 from ..errors import LocalError, ProtocolError
 from ..events import FailureReason, IkeSaUp
 from ..message import Message
@@ -32,11 +33,12 @@ from ..payloads import (
     SaPayload,
     id_body,
 )
+from ..ppk import derive_ppk_keys, encode_ppk_identity, parse_ppk_identity
 from ..state import IkeState
 from . import ike_config
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
-from .ike_init import Setup, certreq
+from .ike_init import Setup, certreq, offers_ppk
 
 if TYPE_CHECKING:
     from ..sa import IkeSa
@@ -60,14 +62,22 @@ def _sends_cert(conf: IkeConfig, setup: Setup) -> bool:
     return conf.send_cert is SendCert.ALWAYS
 
 
+def _sk_p(sa: IkeSa, ours: bool, ppk_keys: IkeKeys | None) -> bytes:
+    """SK_pi or SK_pr: the IKE SA's, or those a PPK made (RFC 8784 3)."""
+    assert sa.keys is not None
+    if ppk_keys is None:
+        return sa.keys.sk_p(ours, sa.is_initiator)
+    return ppk_keys.sk_pi if ours == sa.is_initiator else ppk_keys.sk_pr
+
+
 def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
                   id_payload: IdiPayload | IdrPayload, octets_prefix: bytes,
-                  peer_nonce: bytes) -> list[Payload]:
-    """CERT and AUTH payloads proving our identity."""
+                  peer_nonce: bytes, ppk_keys: IkeKeys | None = None) -> list[Payload]:
+    """CERT and AUTH payloads proving our identity (with a PPK's SK_p when given)."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, peer_nonce, keys.prf,
-                                keys.sk_p(True, sa.is_initiator), id_body(id_payload))
+                                _sk_p(sa, True, ppk_keys), id_body(id_payload))
     local: LocalAuth = conf.local_auth
     if local.method is AuthMethodName.PSK:
         if local.psk is None:
@@ -89,12 +99,14 @@ def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
 
 def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
                      id_payload: IdiPayload | IdrPayload, auth_payload: AuthPayload,
-                     octets_prefix: bytes, our_nonce: bytes) -> str | None:
-    """Check the peer's AUTH; None when good, else why not."""
+                     octets_prefix: bytes, our_nonce: bytes,
+                     ppk_keys: IkeKeys | None = None) -> str | None:
+    """Check the peer's AUTH (made with a PPK's SK_p when given); None when good, else
+    why not."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, our_nonce, keys.prf,
-                                keys.sk_p(False, sa.is_initiator), id_body(id_payload))
+                                _sk_p(sa, False, ppk_keys), id_body(id_payload))
     remote = conf.remote_auth
     if remote.method is AuthMethodName.PSK:
         if auth_payload.method != AuthMethod.PSK:
@@ -134,7 +146,7 @@ def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
     return None
 
 
-def established(sa: IkeSa, now: float) -> None:
+def established(sa: IkeSa, now: float, ppk: bool = False) -> None:
     """IKE_AUTH succeeded (either role): timers, and IkeSaUp."""
     conf = sa.conf()
     sa.move_to(IkeState.ESTABLISHED)
@@ -148,18 +160,19 @@ def established(sa: IkeSa, now: float) -> None:
         ike_sa=sa.id, connection=conf.name, spi_i=sa.spi_i, spi_r=sa.spi_r,
         initiator=sa.is_initiator, local=sa.local, remote=sa.remote, local_id=sa.local_id,
         remote_id=sa.remote_id, suite=sa.suite, nat_local=sa.nat_local,
-        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip))
+        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip, ppk=ppk))
 
 
 class IkeAuth:
     """The initiator's IKE_AUTH, with the first CHILD_SA (the others follow in
     CREATE_CHILD_SA exchanges once it is done)."""
 
-    __slots__ = ("child",)
+    __slots__ = ("child", "ppk_keys")
     name = "IKE_AUTH"
 
     def __init__(self) -> None:
         self.child: ChildRequest | None = None
+        self.ppk_keys: IkeKeys | None = None  # the keys our PPK makes, if we offer one
 
     def build(self, sa: IkeSa, now: float) -> Message:
         conf, setup = sa.conf(), sa.setup
@@ -167,7 +180,11 @@ class IkeAuth:
         sa.local_id = local_identity(sa, conf)
         idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
         payloads: list[Payload] = [idi]
-        proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r)
+        assert sa.keys is not None
+        if conf.ppk is not None and setup.peer_use_ppk:
+            self.ppk_keys = derive_ppk_keys(sa.keys.prf, conf.ppk, sa.keys.keys)
+        proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r,
+                              self.ppk_keys)
         payloads += [p for p in proof if isinstance(p, CertPayload)]
         request = certreq(sa)
         if request is not None:
@@ -177,6 +194,7 @@ class IkeAuth:
         if conf.remote_id is not None:
             payloads.append(IdrPayload(conf.remote_id.id_type, conf.remote_id.data))
         payloads += [p for p in proof if isinstance(p, AuthPayload)]
+        payloads += self._ppk_notifies(sa, setup, conf, idi)
         cp = ike_config.build(sa, conf)
         if cp is not None:
             payloads.append(cp)
@@ -203,19 +221,40 @@ class IkeAuth:
                                    f"{conf.remote_id}", ours=(str(conf.remote_id),),
                                    theirs=(str(remote_id),))
             return
+        ppk_keys = self.ppk_keys if msg.notify(NotifyType.PPK_IDENTITY) is not None else None
+        if self.ppk_keys is not None and ppk_keys is None and conf.ppk_required:
+            self._reject_responder(sa, "a PPK is required, but the peer did not use it "
+                                   "(no PPK_IDENTITY in its IKE_AUTH response)")
+            return
         why = verify_peer_auth(sa, conf, msg, idr, auth_payload, setup.init_response,
-                               setup.nonce_i)
+                               setup.nonce_i, ppk_keys)
         if why is not None:
             self._reject_responder(sa, why)
             return
         sa.remote_id = remote_id
+        if ppk_keys is not None:
+            sa.keys.keys = ppk_keys  # type: ignore[union-attr]  # SK_d, SK_pi, SK_pr
         ike_config.process(sa, msg)  # before IkeSaUp, which carries it
-        established(sa, now)
+        established(sa, now, ppk=ppk_keys is not None)
         if self.child is not None:
             finish_child_request(sa, self.child, msg, now)
         for child in setup.children:
             sa.create_child(child.name, now)
         sa.setup = None
+
+    def _ppk_notifies(self, sa: IkeSa, setup: Setup, conf: IkeConfig,
+                      idi: IdiPayload) -> list[Payload]:
+        """PPK_IDENTITY naming our PPK, and with an optional PPK and a PSK, NO_PPK_AUTH:
+        the AUTH data with the original SK_pi, for a responder without the PPK."""
+        if self.ppk_keys is None:
+            return []
+        out: list[Payload] = [notify(NotifyType.PPK_IDENTITY,
+                                     encode_ppk_identity(conf.ppk_id or b""))]
+        if not conf.ppk_required and conf.local_auth.method is AuthMethodName.PSK:
+            (plain,) = [p for p in auth_payloads(sa, setup, conf, idi, setup.init_request,
+                                                 setup.nonce_r) if isinstance(p, AuthPayload)]
+            out.append(notify(NotifyType.NO_PPK_AUTH, plain.data))
+        return out
 
     @staticmethod
     def _reject_responder(sa: IkeSa, why: str, ours: tuple[str, ...] = (),
@@ -258,7 +297,13 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         return
     sa.config = conf
     setup.peer_certreq = msg.find(CertReqPayload) is not None
-    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r)
+    ppk = _responder_ppk(sa, conf, msg, auth_payload)
+    if isinstance(ppk, str):
+        _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, ppk)
+        return
+    ppk_keys, auth_payload = ppk
+    why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request,
+                           setup.nonce_r, ppk_keys)
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
         return
@@ -266,11 +311,16 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
     payloads: list[Payload] = [our_idr, *auth_payloads(sa, setup, conf, our_idr,
-                                                       setup.init_response, setup.nonce_i)]
+                                                       setup.init_response, setup.nonce_i,
+                                                       ppk_keys)]
+    if ppk_keys is not None:
+        payloads.append(notify(NotifyType.PPK_IDENTITY))
+        assert sa.keys is not None
+        sa.keys.keys = ppk_keys  # before the CHILD_SA's KEYMAT comes from SK_d
     cp = ike_config.respond(sa, conf, msg)
     if cp is not None:
         payloads.append(cp)
-    established(sa, now)
+    established(sa, now, ppk=ppk_keys is not None)
     try:
         if msg.find(SaPayload) is not None:
             payloads += answer_child_request(sa, msg, None, now,
@@ -278,6 +328,30 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     finally:
         sa.setup = None  # the initial exchanges are done
     sa.respond(msg, payloads)
+
+
+def _responder_ppk(sa: IkeSa, conf: IkeConfig, msg: Message, auth_payload: AuthPayload
+                   ) -> tuple[IkeKeys | None, AuthPayload] | str:
+    """RFC 8784 on the responder: (the PPK's keys, or None without one; the AUTH payload
+    to check: NO_PPK_AUTH's data when the initiator's PPK is not ours), or why not."""
+    offered = offers_ppk(sa)
+    note = msg.notify(NotifyType.PPK_IDENTITY) if offered else None
+    if note is None:
+        if conf.ppk_required:
+            return "a PPK is required, but the peer did not offer one (no USE_PPK " \
+                   "or PPK_IDENTITY)"
+        return None, auth_payload
+    ppk_id = parse_ppk_identity(note.data)
+    if conf.ppk is not None and ppk_id is not None and ppk_id == (conf.ppk_id or b""):
+        assert sa.keys is not None
+        return derive_ppk_keys(sa.keys.prf, conf.ppk, sa.keys.keys), auth_payload
+    why = f"the peer's PPK_ID {ppk_id!r} is not ours"
+    if conf.ppk_required:
+        return f"a PPK is required, but {why}"
+    no_ppk = msg.notify(NotifyType.NO_PPK_AUTH)
+    if no_ppk is None or auth_payload.method != AuthMethod.PSK:
+        return f"{why}, and there is no NO_PPK_AUTH to fall back on"
+    return None, AuthPayload(auth_payload.method, no_ppk.data)
 
 
 def _reject(sa: IkeSa, msg: Message, reason: FailureReason, why: str,

@@ -54,6 +54,7 @@ class Setup:
     retries: int = 0
     sent_proposals: tuple[Proposal, ...] = ()
     peer_certreq: bool = False
+    peer_use_ppk: bool = False  # the peer sent USE_PPK (RFC 8784)
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
 
 
@@ -77,7 +78,18 @@ def init_notifies(sa: IkeSa) -> list[Payload]:
     hashes = b"".join(struct.pack("!H", h) for h in sorted(auth.SUPPORTED_HASHES))
     if hashes:
         notifies.append(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
+    if offers_ppk(sa):
+        notifies.append(notify(NotifyType.USE_PPK))
     return notifies
+
+
+def offers_ppk(sa: IkeSa) -> bool:
+    """Whether our IKE_SA_INIT carries USE_PPK: the initiator's connection has a PPK; a
+    responder answers one that sent it when a candidate connection has a PPK."""
+    if sa.is_initiator:
+        return sa.conf().ppk is not None
+    return sa.setup is not None and sa.setup.peer_use_ppk and any(
+        c.ppk is not None for c in sa.candidates)
 
 
 def read_init_notifies(sa: IkeSa, msg: Message) -> None:
@@ -91,6 +103,8 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
     if (sa.config or sa.candidates[0]).force_encap and src_hashes:
         sa.nat_local = True
     sa.peer_fragmentation = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if sa.setup is not None:
+        sa.setup.peer_use_ppk = msg.notify(NotifyType.USE_PPK) is not None
     hashes = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if hashes is not None:
         data = hashes.data[: len(hashes.data) // 2 * 2]
@@ -161,6 +175,10 @@ class IkeInit:
         sa.spi_r = msg.spi_r
         setup.nonce_r = nonce.data
         read_init_notifies(sa, msg)
+        if sa.conf().ppk_required and not setup.peer_use_ppk:
+            sa.fail(FailureReason.AUTHENTICATION_FAILED, "a PPK is required, but the peer "
+                    "does not support PPK (no USE_PPK in its IKE_SA_INIT)")
+            return
         _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
         sa.move_to(IkeState.AUTH_SENT)
