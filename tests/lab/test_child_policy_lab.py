@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 
 from tests.lab.conftest import Gateway, run
-from tests.lab.interop_common import LEFT_ID, PSK, RIGHT_ID, wait_clean
+from tests.lab.interop_common import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
+    ping_done,
+    ping_from,
+    wait_clean,
+)
 from tests.lab.swan_lab import Lab, keep_logs, lab
 from tests.support.strongswan import SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import (
@@ -39,6 +46,7 @@ from tests.support.xfrmctl_daemon import (
 __all__ = ["keep_logs", "lab"]  # fixtures, imported for pytest
 
 HOST, HOST_NS_DEV, LEFT_DEV = "198.51.100.10", "vh0", "vh"
+PPK_ID, PPK = "pq-lab", "test-only postquantum preshared key for the lab 0123456789"
 ESP = "aes128gcm16-x25519"
 BULK = 400_000  # octets the host sends through the tunnel
 
@@ -172,14 +180,20 @@ def snmp(netns: str) -> dict[str, int]:
 
 
 def _load(net: Net, name: str, ours: dict[str, Any], swan_remote_ts: list[str],
-          swan_local_ts: list[str], we_initiate: bool = True) -> None:
+          swan_local_ts: list[str], we_initiate: bool = True,
+          swan_extra: dict[str, Any] | None = None, swan_ppk: str | None = None,
+          **conn_extra: Any) -> None:
     left, right = net.left, net.right
+    secrets = [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])]
+    if swan_ppk is not None:
+        secrets.append(SwanSecret(swan_ppk, ids=[PPK_ID], kind="ppk"))
     net.lab.charon.load([SwanConn(
         "gw", child_name="net", local_addrs=[right.outer], remote_addrs=[left.outer],
         local_id=RIGHT_ID, remote_id=LEFT_ID, local_ts=swan_local_ts, remote_ts=swan_remote_ts,
-        esp_proposals=[ESP])], [SwanSecret(PSK, ids=[LEFT_ID, RIGHT_ID])])
+        esp_proposals=[ESP], extra=swan_extra or {})], secrets)
     conn = connection(left.outer, right.outer, {"net": ours}, psk=PSK, local_id=LEFT_ID,
-                      remote_id=RIGHT_ID, start_action="start" if we_initiate else "none")
+                      remote_id=RIGHT_ID, start_action="start" if we_initiate else "none",
+                      **conn_extra)
     net.lab.daemon.reload(daemon_conf([left.outer], {name: conn}))
 
 
@@ -275,3 +289,29 @@ def test_web_only_child_passes_443_and_nothing_else_leaves_in_clear(
     _unload(net, name, mark)
     assert "action block" not in run("ip", "xfrm", "policy", netns=net.left.netns)
 
+
+
+# --------------------------------------------------------------------------- PPK
+
+
+@pytest.mark.parametrize("case", ["we-initiate", "peer-initiates", "peer-lacks-ppk"])
+def test_postquantum_preshared_key(net: Net, case: str, keep_logs: None) -> None:
+    """RFC 8784 against charon: with the PPK on both ends and required by both, the IKE SA
+    comes up either way with the PPK in its keys, and the CHILD_SA (KEYMAT from the new
+    SK_d) carries pings; with our PPK optional and none at charon, NO_PPK_AUTH lets it up
+    without one."""
+    lab, name = net.lab, f"p{next(net.lab.names)}"
+    mark = lab.daemon.mark()
+    both = case != "peer-lacks-ppk"
+    ours = child([net.left.subnet], [net.right.subnet], esp_proposals=ESP)
+    _load(net, name, ours, [net.left.subnet], [net.right.subnet],
+          we_initiate=case != "peer-initiates",
+          swan_extra={"ppk_id": PPK_ID, "ppk_required": "yes"} if both else {},
+          swan_ppk=PPK if both else None, ppk_id=PPK_ID, ppk=PPK, ppk_required=both)
+    if case == "peer-initiates":
+        lab.charon.initiate("net", "gw", timeout=90)
+    up = lab.daemon.wait_event("IkeSaUp", 120, mark, connection=name)
+    assert up["ppk"] is both, up
+    wait_installed(lab.daemon, mark, connection=name)
+    ping_done(ping_from(net.left, net.left.inner, net.right.inner, 3))
+    _unload(net, name, mark)

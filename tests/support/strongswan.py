@@ -225,10 +225,12 @@ class SwanConn:
 
 @dataclass
 class SwanSecret:
-    """A shared IKE secret (``secrets.ike-<n>``) for the given identities."""
+    """A shared IKE secret (``secrets.ike-<n>``) for the given identities; with
+    ``kind="ppk"`` a postquantum preshared key (``secrets.ppk-<n>``, ids: its PPK_IDs)."""
 
     secret: str
     ids: Sequence[str] = ()
+    kind: str = "ike"
 
     def as_section(self) -> dict[str, Any]:
         body: dict[str, Any] = {f"id-{i}": ident for i, ident in enumerate(self.ids, 1)}
@@ -256,7 +258,8 @@ def render_swanctl(
     """Render a complete swanctl.conf for ``swanctl --load-all --file``."""
     lines: list[str] = []
     lines += _section("connections", {c.name: c.as_section() for c in conns}, 0)
-    lines += _section("secrets", {f"ike-{i}": s.as_section() for i, s in enumerate(secrets, 1)}, 0)
+    lines += _section("secrets", {f"{s.kind}-{i}": s.as_section()
+                                  for i, s in enumerate(secrets, 1)}, 0)
     lines += _section("pools", {p.name: p.as_section() for p in pools}, 0)
     return "\n".join(lines) + "\n"
 
@@ -577,7 +580,8 @@ class Charon:
         for i, sec in enumerate(secrets, 1):
             self._command(
                 "load-shared",
-                {"id": f"ike-{i}", "type": "IKE", "data": sec.secret, "owners": list(sec.ids)},
+                {"id": f"{sec.kind}-{i}", "type": sec.kind.upper(), "data": sec.secret,
+                 "owners": list(sec.ids)},
             )
         files = {**(certs or {}), **(cacerts or {})}
         loaded = self._command("get-conns").get("conns", [])
