@@ -107,6 +107,11 @@ def test_route_based_rules_match_the_interface_and_a_fixed_mss() -> None:
     assert {(r.hook, r.iif, r.oif) for r in result.rules} == {
         (Hook.FORWARD, None, "ipsec7"), (Hook.OUTPUT, None, "ipsec7"),
         (Hook.FORWARD, "ipsec7", None)}
+    # auto on an interface the daemon sized itself: its MTU, not what ESP would leave
+    auto = child_mss(_event(lts=("0.0.0.0/0",), rts=("0.0.0.0/0",)),
+                     cf.ChildConf(mss="auto", interface_kind="xfrmi", if_id=7,
+                                  interface_name="ipsec7"), 1500, "ipsec7")
+    assert (auto.mtu, auto.mss) == (1440, {4: 1400})  # interface_mtu's worst-case padding
 
 
 def test_off_and_tcp_free_children_get_no_rules() -> None:

@@ -30,6 +30,7 @@ from xfrmctl.kernel.types import IPNetwork
 
 from . import algorithms as esp_alg
 from .conf import ChildConf
+from .install import interface_mtu
 
 log = logging.getLogger("xfrmctl.daemon")
 DEFAULT_PATH_MTU = 1500
@@ -94,8 +95,8 @@ def child_mss(event: ChildSaNegotiated, conf: ChildConf, path_mtu: int,
     children by their selectors and the IPsec transform, route-based ones (`interface`)
     by the interface."""
     mtu = esp_mtu(event, path_mtu)
-    if interface is not None and conf.mtu:
-        mtu = min(mtu, conf.mtu)
+    if interface is not None:  # the interface's MTU: configured, or as the daemon sets it
+        mtu = min(mtu, conf.mtu or interface_mtu(event))
     if conf.mss == "off" or not _carries_tcp(event):
         return ChildMss(mtu, {}, ())
     versions = _versions(event)
