@@ -143,6 +143,8 @@ class ChildSaInfo:
     esn: bool = False
     encap: bool = False
     if_id: int | None = None
+    mtu: int | None = None  # effective MTU through the tunnel (children with mss on)
+    mss: int | None = None  # the MSS TCP SYNs are clamped to (IPv4's if both)
     installed_at: datetime | None = None
     rekey_at: datetime | None = None
     expire_at: datetime | None = None
@@ -178,6 +180,8 @@ class ChildStatus:
     detail: dict[str, Any] = field(default_factory=dict)
     child_sa_ids: tuple[str, ...] = ()
     since: datetime | None = None
+    mtu: int | None = None  # effective MTU through the tunnel (children with mss on)
+    mss: int | None = None  # the MSS TCP SYNs are clamped to (IPv4's if both)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,7 @@ async def list_connection_children(services: ServicesDep, _: ReadDep, paging: Pa
 async def create_child(services: ServicesDep, who: AdminDep, connection_id: ConnectionRef,
                        body: ChildCreate) -> Child:
     parent = await services.db.run(find_connection, connection_id)
-    values = {**body.model_dump(), "connection_id": parent.id}
+    values = {**_stored(body.model_dump()), "connection_id": parent.id}
     return await crud.create(services, who, Child, "child", values, check_child)
 
 
@@ -84,13 +84,20 @@ async def read_child(services: ServicesDep, _: ReadDep, child_id: IdPath) -> Chi
 async def update_child(services: ServicesDep, who: AdminDep, child_id: IdPath,
                        body: ChildUpdate) -> Child:
     return await crud.update(services, who, Child, "child", child_id,
-                             body.model_dump(exclude_unset=True), check_child)
+                             _stored(body.model_dump(exclude_unset=True)), check_child)
 
 
 @router.delete("/children/{child_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_child(services: ServicesDep, who: AdminDep, child_id: IdPath) -> None:
     await services.db.run(_deletable_child, child_id)
     await crud.delete(services, who, Child, "child", child_id)
+
+
+def _stored(values: dict[str, Any]) -> dict[str, Any]:
+    """The column keeps `mss` as text ("auto", "off" or the number)."""
+    if values.get("mss") is not None:
+        values["mss"] = str(values["mss"])
+    return values
 
 
 def _deletable_child(session: Session, child_id: int) -> None:

@@ -99,11 +99,24 @@ def connection_check(box: SecretBox) -> crud.Check:
             _check_pubkey(session, box, values)
         else:
             _secret(session, values.get("secret_id"), SecretKind.PSK, "psk")
+        _check_ppk(session, values)
         if values.get("start_action", StartAction.NONE) != StartAction.NONE \
                 and not values.get("remote_addrs"):
             raise repo.InvalidField("remote_addrs", f"start_action {values['start_action']} "
                                     "needs the peer's address in remote_addrs")
     return check
+
+
+def _check_ppk(session: Session, values: dict[str, Any]) -> None:
+    """A PPK (RFC 8784) is a ppk_id with a secret of kind ppk; required needs one."""
+    has_id, has_secret = values.get("ppk_id") is not None, values.get("ppk_secret_id") is not None
+    if has_id != has_secret:
+        raise repo.InvalidField("ppk_secret_id" if has_id else "ppk_id",
+                                "ppk_id and ppk_secret_id go together: set both or neither")
+    if has_secret:
+        _secret(session, values["ppk_secret_id"], SecretKind.PPK, "with a PPK", "ppk_secret_id")
+    elif values.get("ppk_required"):
+        raise repo.InvalidField("ppk_required", "ppk_required needs ppk_id and ppk_secret_id")
 
 
 def _secret(session: Session, secret_id: int | None, kind: SecretKind, auth: str,

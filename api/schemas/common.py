@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from cryptography import x509
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
@@ -66,6 +66,10 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[int, Field(ge=0, le=INT32)]
 Count64 = Annotated[int, Field(ge=0, le=INT63)]
 U32 = Annotated[int, Field(ge=0, le=UINT32)]
+# TCP MSS clamping of a child: auto (what fits after ESP), off, or the MSS itself
+Mss = Annotated[Literal["auto", "off"] | Annotated[int, Field(ge=536, le=65495)], Field(
+    description="TCP MSS clamping of SYNs through the tunnel: auto (what fits after the "
+                "negotiated ESP overhead on the outgoing interface's MTU), off, or an MSS")]
 
 
 def _address(value: str) -> str:

@@ -48,6 +48,7 @@ from .common import (
     IkeProposals,
     InterfaceAddress,
     InterfaceName,
+    Mss,
     Name,
     Page,
     Port,
@@ -145,6 +146,10 @@ class ConnectionBase(BaseModel):
         Revocation.RELAXED, description="when a peer certificate's revocation status stays "
         "unknown: strict fails, ifuri fails if it names a CRL/OCSP URI, relaxed (strongSwan's "
         "default) fails only if revoked; none checks nothing")
+    ppk_id: Text | None = Field(None, max_length=255, description=(
+        "RFC 8784 postquantum preshared key: its PPK_ID (with ppk_secret_id)"))
+    ppk_secret_id: Id | None = Field(None, description="the PPK: a secret of kind ppk")
+    ppk_required: bool = Field(False, description="refuse peers that do not use the PPK")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -185,6 +190,9 @@ class ConnectionUpdate(BaseModel):
     eap_secret_id: Id | None = None
     dns: AddressList | None = None
     revocation: Revocation | None = None
+    ppk_id: Text | None = Field(None, max_length=255)
+    ppk_secret_id: Id | None = None
+    ppk_required: bool | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
@@ -228,6 +236,7 @@ class ChildBase(BaseModel):
     rekey_packets: Count64 = 0
     life_packets: Count64 = 0
     tfc_padding: int = Field(0, ge=0, le=65535)
+    mss: Mss = "off"
     start_action: StartAction = StartAction.NONE
 
 
@@ -262,6 +271,7 @@ class ChildUpdate(BaseModel):
     rekey_packets: Count64 | None = None
     life_packets: Count64 | None = None
     tfc_padding: int | None = Field(None, ge=0, le=65535)
+    mss: Mss | None = None
     start_action: StartAction | None = None
 
 

@@ -86,6 +86,8 @@ class ChildSaPublic(BaseModel):
     esn: bool
     encap: bool
     if_id: int | None
+    mtu: int | None = None
+    mss: int | None = None
     installed_at: datetime | None
     rekey_at: datetime | None
     expire_at: datetime | None
@@ -177,6 +179,8 @@ class ChildStatusPublic(BaseModel):
     detail: dict[str, Any]
     child_sa_ids: list[str]
     since: datetime | None
+    mtu: int | None = None
+    mss: int | None = None
 
 
 class ConnectionStatusPublic(BaseModel):

@@ -246,3 +246,45 @@ async def test_child_selectors_take_protocol_and_ports(client: httpx.AsyncClient
         assert r.json()["local_ts"] == [selector]
     else:
         assert fields(r) == ["0"]
+
+
+@pytest.mark.parametrize(("mss", "ok"), [
+    ("auto", True), ("off", True), (1360, True), (100, False), (70000, False), ("max", False)])
+async def test_child_mss_is_auto_off_or_a_tcp_mss(client: httpx.AsyncClient, mss: object,
+                                                  ok: bool) -> None:
+    secret = await psk_secret(client)
+    conn = await client.post("/connections", json={
+        "name": "c", "remote_addrs": ["192.0.2.2"], "secret_id": secret})
+    r = await client.post(f"/connections/{conn.json()['id']}/children",
+                          json={"name": "net", "mss": mss})
+    if not ok:
+        assert r.status_code == 422 and "mss" in r.text, r.text
+        return
+    assert r.status_code == 201, r.text
+    assert r.json()["mss"] == mss
+    child = r.json()["id"]
+    r = await client.patch(f"/children/{child}", json={"mss": 1300})
+    assert r.status_code == 200 and r.json()["mss"] == 1300, r.text
+    assert (await client.get(f"/children/{child}")).json()["mss"] == 1300
+
+
+async def test_connection_ppk_takes_a_ppk_secret_and_its_id(client: httpx.AsyncClient) -> None:
+    """RFC 8784: ppk_id with a secret of kind ppk (write-only like every secret)."""
+    psk = await psk_secret(client)
+    r = await client.post("/secrets", json={
+        "name": "pq", "kind": "ppk", "value": "test-only postquantum preshared key 0123456"})
+    assert r.status_code == 201, r.text
+    ppk = r.json()["id"]
+    assert "value" not in r.json() and "test-only" not in r.text
+    base = {"name": "c", "remote_addrs": ["192.0.2.2"], "secret_id": psk}
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1"})
+    assert fields(r) == ["ppk_secret_id"]
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1", "ppk_secret_id": psk})
+    assert fields(r) == ["ppk_secret_id"] and "ppk" in r.text
+    r = await client.post("/connections", json={**base, "ppk_required": True})
+    assert fields(r) == ["ppk_required"]
+    r = await client.post("/connections", json={**base, "ppk_id": "pq1", "ppk_secret_id": ppk,
+                                                 "ppk_required": True})
+    assert r.status_code == 201, r.text
+    assert (r.json()["ppk_id"], r.json()["ppk_required"]) == ("pq1", True)
+    assert "test-only" not in r.text

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from tests.support.pki import pem, simple_cert
 from xfrmctl.cli import main as cli
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.dbconfig import import_file, read_conf
+from xfrmctl.daemon.dbconfig import apply_file, import_file, read_conf
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -176,3 +176,54 @@ def test_cli_db_import(conf_file: Path, tmp_path: Path) -> None:
         assert database.call(lambda s: s.scalar(select(func.count(m.Child.id)))) == 3
     finally:
         database.dispose()
+
+
+def test_mss_survives_the_database(db: Database, tmp_path: Path) -> None:
+    """`mss` auto, a number and off come back as written (the column holds text)."""
+    path = tmp_path / "mss.yaml"
+    path.write_text("connections:\n  c:\n    psk: x\n    children:\n"
+                    "      a: {mss: auto}\n      n: {mss: 1360}\n      o: {}\n")
+    box = SecretBox.from_file(tmp_path / "secret.key")
+    assert import_file(db, box, path) == ["c"]
+    loaded, problems = db.call(read_conf, box)
+    assert problems == {}
+    kids = loaded.connections["c"].children
+    assert (kids["a"].mss, kids["n"].mss, kids["o"].mss) == ("auto", 1360, "off")
+
+
+def test_ppk_is_stored_as_a_secret_and_read_back(db: Database, tmp_path: Path) -> None:
+    """ppk_id, ppk_required and the PPK (a secret of kind ppk, encrypted) survive the
+    database; a PPK taken out of the file takes its secret with it."""
+    ppk = "test-only postquantum preshared key 0123456789abcdef"
+    path = tmp_path / "ppk.yaml"
+    body = "connections:\n  c:\n    psk: x\n    remote_addrs: [192.0.2.2]\n"
+    path.write_text(body + f"    ppk_id: pq1\n    ppk: '{ppk}'\n    ppk_required: true\n")
+    box = SecretBox.from_file(tmp_path / "secret.key")
+    apply_file(db, box, path)
+    loaded, problems = db.call(read_conf, box)
+    conn = loaded.connections["c"]
+    assert problems == {} and (conn.ppk_id, conn.ppk_required) == ("pq1", True)
+    assert conn.ppk is not None and conn.ppk.get_secret_value() == ppk
+    (secret,) = [s for s in db.call(lambda s: list(s.scalars(select(m.Secret))))
+                 if s.kind is m.SecretKind.PPK]
+    assert ppk.encode() not in secret.ciphertext
+    path.write_text(body)
+    apply_file(db, box, path)
+    loaded, _ = db.call(read_conf, box)
+    assert loaded.connections["c"].ppk is None
+    assert m.SecretKind.PPK not in {s.kind for s in db.call(
+        lambda s: list(s.scalars(select(m.Secret))))}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    ppk_id: pq1\n", "ppk and ppk_id go together"),
+    ("    ppk_required: true\n", "ppk_required needs ppk"),
+    ("    ppk_id: pq1\n    ppk: short\n", "at least 32 octets"),
+])
+def test_bad_ppk_settings_say_what_to_do(extra: str, message: str) -> None:
+    import yaml  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    data = yaml.safe_load("psk: x\n" + extra.replace("    ", ""))
+    with pytest.raises(ValidationError, match=message):
+        cf.ConnectionConf.model_validate(data)

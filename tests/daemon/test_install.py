@@ -33,3 +33,40 @@ def test_ah_over_ipv4_aligns_its_icv_to_32_bits() -> None:
     esp = build_child(_event(ProtocolId.ESP, gcm, "192.0.2.1", "192.0.2.2"), cf.ChildConf(),
                       REQID_MIN + 1)
     assert esp.outbound.flags == SaFlag.NONE
+
+
+def _tunnel(local_ts: tuple[str, ...], remote_ts: tuple[str, ...]) -> ChildSaNegotiated:
+    from dataclasses import replace  # noqa: PLC0415
+
+    from xfrmctl.ike import ts  # noqa: PLC0415
+
+    gcm = Suite(ProtocolId.ESP, EncrId.AES_GCM_16, 128)
+    return replace(_event(ProtocolId.ESP, gcm, "192.0.2.1", "192.0.2.2"),
+                   local_ts=tuple(map(ts.parse, local_ts)),
+                   remote_ts=tuple(map(ts.parse, remote_ts)),
+                   encr_key_in=b"k" * 20, encr_key_out=b"k" * 20)
+
+
+def test_a_port_limited_tunnel_blocks_the_subnets_other_traffic() -> None:
+    """198.51.100.0/24 === 203.0.113.0/24[tcp/443]: 443 goes through the SA; anything else
+    between the subnets meets an outbound block below it instead of leaving in clear."""
+    from xfrmctl.kernel.types import Action, Direction  # noqa: PLC0415
+
+    child = build_child(_tunnel(("198.51.100.0/24",), ("203.0.113.0/24[tcp/443]",)),
+                        cf.ChildConf(), REQID_MIN + 1)
+    out = [p for p in child.policies if p.direction is Direction.OUT]
+    (allow,) = [p for p in out if p.action is Action.ALLOW]
+    (block,) = [p for p in out if p.action is Action.BLOCK]
+    assert (allow.selector.proto, allow.selector.dport, allow.selector.dport_mask) == \
+        (6, 443, 0xFFFF)
+    assert (str(block.selector.src), str(block.selector.dst), block.selector.proto,
+            block.selector.dport_mask) == ("198.51.100.0/24", "203.0.113.0/24", 0, 0)
+    assert block.priority > allow.priority  # the allow wins for 443
+    assert block.templates and block.owned()  # ours after a restart too
+    assert all(p.action is Action.ALLOW for p in child.policies if p.direction is not
+               Direction.OUT)
+    # a whole-subnet child gets no block; nor one whose other selector covers the pair
+    for remote in (("203.0.113.0/24",), ("203.0.113.0/24[tcp/443]", "203.0.113.0/24")):
+        plain = build_child(_tunnel(("198.51.100.0/24",), remote), cf.ChildConf(),
+                            REQID_MIN + 1)
+        assert all(p.action is Action.ALLOW for p in plain.policies)

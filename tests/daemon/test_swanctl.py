@@ -187,7 +187,8 @@ def test_mapping_and_every_unmapped_setting_listed(swanctl_dir: Path) -> None:
         "connections.gw-gw.children.net-net.updown: not supported",
         "connections.host.children.host.mark_in: the mask is not supported: imported without",
         "pools.rw_pool.dns: not supported",
-        "secrets.eap-carol: only IKE pre-shared keys (secrets.ike*) are imported",
+        "secrets.eap-carol: only IKE pre-shared keys (secrets.ike*) and postquantum "
+        "preshared keys (secrets.ppk*) are imported",
     ])
 
 
@@ -228,3 +229,44 @@ async def test_db_import_takes_effect_in_a_running_daemon(
         managed = d.db.call(lambda s: dict(s.execute(select(
             m.Connection.name, m.Connection.managed_by)).all()))
         assert managed["gw-gw"] is None and managed["site-b"] is not None
+
+
+def test_ppk_settings_and_secret_are_imported(tmp_path: Path) -> None:
+    """RFC 8784: ppk_id/ppk_required and the secrets.ppk* naming that id."""
+    path = tmp_path / "swanctl.conf"
+    path.write_text("""
+connections {
+  gw {
+    remote_addrs = 192.0.2.2
+    ppk_id = pq1
+    ppk_required = yes
+    local { auth = psk
+            id = a }
+    remote { auth = psk
+             id = b }
+    children { net { local_ts = 198.51.100.0/24 } }
+  }
+  other {
+    remote_addrs = 192.0.2.3
+    ppk_id = missing
+    local { auth = psk
+            id = a }
+    remote { auth = psk
+             id = b }
+  }
+}
+secrets {
+  ike-1 { secret = "test-only psk"
+          id-1 = a
+          id-2 = b }
+  ppk-1 { secret = "test-only postquantum preshared key 0123456789"
+          id = pq1 }
+}
+""")
+    conf, notes = swanctl.load(path)
+    gw = conf.connections["gw"]
+    assert (gw.ppk_id, gw.ppk_required) == ("pq1", True)
+    assert gw.ppk is not None and gw.ppk.get_secret_value().startswith("test-only postq")
+    assert conf.connections["other"].ppk is None
+    assert [n for n in notes if "ppk" in n] == [
+        "connections.other.ppk_id: no secrets.ppk* with id missing: imported without a PPK"]

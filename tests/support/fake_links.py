@@ -17,9 +17,13 @@ class FakeLinks:
         self.addrs = list(addresses)  # on other links (policy routes pick a source)
         self.table: dict[str, Route] = {}  # policy routes, by destination
         self.rules: set[tuple[int, int, int]] = set()
+        self.mtu = 1500  # of the link towards every peer
 
     async def next_hop(self, address: str) -> NextHop:
         return NextHop(oif=7, gateway=None)  # every peer on-link
+
+    async def link_mtu(self, index: int) -> int:
+        return self.mtu
 
     async def addresses(self) -> list[str]:
         return [a.split("/")[0] for a in self.loopback] + self.addrs

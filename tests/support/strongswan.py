@@ -265,12 +265,13 @@ class SwanConn:
 
 @dataclass
 class SwanSecret:
-    """A shared IKE secret (``secrets.ike-<n>``) for the given identities; ``kind="EAP"``
-    an EAP password (``secrets.eap-<n>``)."""
+    """A shared IKE secret (``secrets.ike-<n>``) for the given identities; ``kind="eap"``
+    an EAP password (``secrets.eap-<n>``); ``kind="ppk"`` a postquantum preshared key
+    (``secrets.ppk-<n>``, ids: its PPK_IDs). The kind is case-insensitive."""
 
     secret: str
     ids: Sequence[str] = ()
-    kind: str = "IKE"
+    kind: str = "ike"
 
     def as_section(self) -> dict[str, Any]:
         body: dict[str, Any] = {f"id-{i}": ident for i, ident in enumerate(self.ids, 1)}
@@ -633,7 +634,7 @@ class Charon:
         for i, sec in enumerate(secrets, 1):
             self._command(
                 "load-shared",
-                {"id": f"{sec.kind.lower()}-{i}", "type": sec.kind, "data": sec.secret,
+                {"id": f"{sec.kind.lower()}-{i}", "type": sec.kind.upper(), "data": sec.secret,
                  "owners": list(sec.ids)},
             )
         files = {**(certs or {}), **(cacerts or {})}

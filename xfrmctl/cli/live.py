@@ -59,6 +59,7 @@ CHILD_COLUMNS = [
     ("PROPOSAL", lambda s: s.get("proposal") or _algorithms(s, "encryption", "integrity",
                                                              "dh_group")),
     ("SELECTORS", lambda s: f"{','.join(s['local_ts'])} === {','.join(s['remote_ts'])}"),
+    ("MTU/MSS", lambda s: f"{s['mtu']}/{s['mss']}" if s.get("mss") else s.get("mtu")),
     ("IN", lambda s: f"{human_bytes(s['traffic']['bytes_in'])}/"
                      f"{s['traffic']['packets_in']}p"),
     ("OUT", lambda s: f"{human_bytes(s['traffic']['bytes_out'])}/"
@@ -141,7 +142,9 @@ def status(state: State) -> None:
     emit_table(rows, [
         col("ID", "id"), col("CONNECTION", "name"), col("ENABLED", "enabled"),
         ("STATE", lambda c: c["state"] or "unknown"), col("REASON", "why"),
-        ("SAS", lambda c: len(c["ike_sa_ids"])), ("SINCE", lambda c: ago(c["since"]))])
+        ("SAS", lambda c: len(c["ike_sa_ids"])),
+        ("MTU/MSS", lambda c: f"{c['mtu']}/{c['mss']}" if c.get("mss") else None),
+        ("SINCE", lambda c: ago(c["since"]))])
     if data.get("unmatched"):
         click.echo("\nrecent peers that matched no connection:")
         emit_table(data["unmatched"], [

@@ -20,11 +20,13 @@ from xfrmctl.ike.events import (
     VirtualIpAssigned,
 )
 from xfrmctl.ike.sa import ChildState, Datagram, Endpoint, IkeState
+from xfrmctl.kernel.nft import FirewallError
 from xfrmctl.kernel.types import Expire, KernelError, PolicySpec
 from xfrmctl.kernel.types import Mapping as KernelMapping
 from xfrmctl.port import DownReason
 
 from .install import interface_mtu
+from .mss import DEFAULT_PATH_MTU, child_mss
 from .records import ChildDown, ChildRecord
 from .routelinks import link_spec
 from .traps import hold_routes
@@ -154,6 +156,7 @@ class ChildSas:
 
     async def in_kernel(self, child: ChildRecord) -> None:
         await self.hold_child_routes(child)
+        await self.hold_mss(child)
 
     async def leaving(self, child: ChildRecord) -> None:
         if child.link is not None:  # its interface goes before it, if nothing else uses it
@@ -162,6 +165,8 @@ class ChildSas:
     async def left(self, child: ChildRecord) -> None:
         if self.c.routes is not None:
             await self.c.routes.release(child.event.spi_in)
+        if self.c.mss is not None:
+            await self.c.mss.release(child.event.spi_in)
 
     def retry_install(self, failed: ChildSaNegotiated) -> None:
         """Negotiate a child again whose install failed: rekey its predecessor if that
@@ -191,6 +196,36 @@ class ChildSas:
         vip = self.c._vips.get(event.ike_sa)
         await hold_routes(self.c.routes, event.spi_in, event.local_ts, event.remote_ts,
                           event.remote[0], vip.split("/")[0] if vip else None)
+
+    async def hold_mss(self, child: ChildRecord) -> None:
+        """A CHILD_SA's MTU after ESP on the path to the peer, and with `mss` on, the
+        rules that clamp TCP SYNs through it (before its predecessor's go)."""
+        conf = child.conf
+        if conf is None or conf.mss == "off" or self.c.mss is None:
+            return
+        event = child.event
+        result = child_mss(event, conf, await self.path_mtu(event.remote[0]),
+                           child.link.name if child.link is not None else None)
+        try:
+            await self.c.mss.hold(event.spi_in, result.rules)
+        except FirewallError as exc:
+            log.error("MSS clamping for CHILD_SA %s/%s: %s", event.connection, event.child, exc)
+            self.c.emit("MssClampFailed", {"connection": event.connection,
+                                           "child": event.child, "reason": str(exc)})
+            child.mtu, child.mss = result.mtu, None
+            return
+        child.mtu, child.mss = result.mtu, result.mss
+
+    async def path_mtu(self, peer: str) -> int:
+        """The MTU of the interface the kernel sends to `peer` by."""
+        if self.c.links is None:
+            return DEFAULT_PATH_MTU
+        try:
+            hop = await self.c.links.next_hop(peer)
+            return await self.c.links.link_mtu(hop.oif)
+        except KernelError as exc:
+            log.warning("path MTU towards %s: %s (taking %d)", peer, exc, DEFAULT_PATH_MTU)
+            return DEFAULT_PATH_MTU
 
     async def set_mtu(self, name: str, mtu: int) -> None:
         if self.c.links is not None:

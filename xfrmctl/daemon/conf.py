@@ -104,6 +104,9 @@ from xfrmctl.ike.revocation import RevocationPolicy, RevocationStore
 from .eapusers import EAP_USERS
 from .pool import AddressPool
 
+PPK_MIN = 32  # octets of a postquantum preshared key
+MSS_MIN, MSS_MAX = 536, 65495  # IPv4's default MSS (RFC 9293 3.7.1); the largest IPv4 one
+
 
 class StartAction(StrEnum):
     NONE = "none"  # responder only, or started by the API
@@ -160,6 +163,15 @@ class ChildConf(_Strict):
     rekey_packets: int = Field(0, ge=0)
     life_packets: int = Field(0, ge=0)
     tfc_padding: int = Field(0, ge=0, le=1500)
+    # TCP MSS clamping of SYNs through the tunnel: auto (what fits after ESP), a number, off
+    mss: Literal["auto", "off"] | int = "off"
+
+    @field_validator("mss")
+    @classmethod
+    def _mss(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and not MSS_MIN <= value <= MSS_MAX:
+            raise ValueError(f"mss must be auto, off or {MSS_MIN}..{MSS_MAX}")
+        return value
 
     @field_validator("local_ts", "remote_ts")
     @classmethod
@@ -237,6 +249,11 @@ class ConnectionConf(_Strict):
     eap_password: SecretStr | None = None
     eap_password_file: Path | None = None
     dns: list[str] = Field(default_factory=list)  # sent to clients with a virtual IP
+    # RFC 8784 postquantum preshared key (PPK): mixed into the IKE SA's keys when both
+    # ends have it; `ppk_required` refuses peers without it (else they get in without)
+    ppk_id: str | None = Field(None, min_length=1, max_length=255)
+    ppk: SecretStr | None = None
+    ppk_required: bool = False
     children: dict[str, ChildConf] = Field(default_factory=dict)
 
     @field_validator("ike_proposals")
@@ -285,6 +302,13 @@ class ConnectionConf(_Strict):
             raise ValueError("auth pubkey needs certificate, private_key and ca")
         if self.start_action is not StartAction.NONE and not self.remote_addrs:
             raise ValueError(f"start_action {self.start_action} needs remote_addrs")
+        if (self.ppk is None) != (self.ppk_id is None):
+            raise ValueError("ppk and ppk_id go together: set both or neither")
+        if self.ppk_required and self.ppk is None:
+            raise ValueError("ppk_required needs ppk and ppk_id")
+        if self.ppk is not None and len(self.ppk.get_secret_value().encode()) < PPK_MIN:
+            raise ValueError(f"ppk must be at least {PPK_MIN} octets (RFC 8784 asks for "
+                             "256 bits of entropy)")
         return self
 
 
@@ -498,4 +522,7 @@ def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None,
         dns=tuple(conf.dns),
         force_encap=conf.encap,
         mobike=conf.mobike,
+        ppk=conf.ppk.get_secret_value().encode() if conf.ppk is not None else None,
+        ppk_id=conf.ppk_id.encode() if conf.ppk_id is not None else None,
+        ppk_required=conf.ppk_required,
     )

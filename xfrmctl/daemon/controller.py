@@ -48,6 +48,7 @@ from xfrmctl.ike.revocation import RevocationStore
 from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks
+from xfrmctl.kernel.nft import Firewall
 from xfrmctl.kernel.types import (
     REQID_MIN,
     Acquire,
@@ -80,6 +81,7 @@ from .childsas import ChildSas
 from .installer import ChildInstaller, SendAfter
 from .lifecycle import Lifecycle
 from .mobility import Mobility
+from .mss import MssClamps
 from .pool import AddressPool
 from .records import (
     ChildRecord,
@@ -109,7 +111,7 @@ class Controller:
     def __init__(self, conf: cf.DaemonConf, kernel: KernelIPsec, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, state: StateFile | None = None,
-                 links: KernelLinks | None = None) -> None:
+                 links: KernelLinks | None = None, firewall: Firewall | None = None) -> None:
         self.conf = conf
         self.links = links  # route-based children need it (XFRM interfaces, VTIs)
         self.route_links = RouteLinks(links)
@@ -117,6 +119,8 @@ class Controller:
         # policy-based tunnels: routes to the remote selectors (table 220)
         self.routes = PolicyRoutes(links, conf.route_table, conf.route_priority) \
             if links is not None and conf.install_routes else None
+        # TCP MSS clamping (children with mss auto or a number): the daemon's nftables rules
+        self.mss = MssClamps(firewall) if firewall is not None else None
         self.state = state  # set: SAs are saved, and a restart keeps the tunnels
         self._dirty = False
         self.kernel = kernel
@@ -220,6 +224,8 @@ class Controller:
         self._tasks = [loop.create_task(self.installer.run(), name="kernel-jobs"),
                        loop.create_task(self._kernel_event_loop(), name="kernel-events"),
                        loop.create_task(self._keepalive_loop(), name="nat-keepalive")]
+        if self.mss is not None:
+            await self.mss.start()
         if self.state is not None:
             try:
                 await self.saved.restore(self.state)
@@ -228,6 +234,8 @@ class Controller:
             self._tasks.append(loop.create_task(self.saved.writer(self.state),
                                                 name="state-writer"))
         self.installer.ready.set()
+        if self.mss is not None:
+            await self.mss.prune()  # a previous process's rules no CHILD_SA claimed
         await self._sync_links(adopt=True)
         for record in self.connections.values():
             if not self._sas_of(record):
@@ -259,6 +267,8 @@ class Controller:
         await self.route_links.close()
         if self.routes is not None:
             await self.routes.close()
+        if self.mss is not None:
+            await self.mss.close()
         if self.state is not None:
             self.state.clear()
         await self._cancel_tasks()

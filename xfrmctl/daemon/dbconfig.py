@@ -119,6 +119,7 @@ def connection_conf(session: Session, box: SecretBox, row: m.Connection,
         "remote_auth": row.remote_auth.value if row.remote_auth else None,
         "eap_id": row.eap_id, "dns": row.dns or [],
         "revocation": row.revocation.value,
+        "ppk_id": row.ppk_id, "ppk_required": row.ppk_required,
         "children": {c.name: child_values(c) for c in children},
         **_credentials(session, box, row),
     }
@@ -141,6 +142,7 @@ def child_values(row: m.Child) -> dict[str, Any]:
         "life_time": row.life_time, "rekey_bytes": row.rekey_bytes,
         "life_bytes": row.life_bytes, "rekey_packets": row.rekey_packets,
         "life_packets": row.life_packets, "tfc_padding": row.tfc_padding,
+        "mss": int(row.mss) if row.mss.isdigit() else row.mss,
     }
 
 
@@ -149,6 +151,13 @@ def _selectors(values: list[str]) -> list[str]:
 
 
 def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[str, Any]:
+    ppk: dict[str, Any] = {} if row.ppk_secret_id is None else {
+        "ppk": _text(repo.reveal_secret(session, box, row.ppk_secret_id), row.ppk_secret_id)}
+    return ppk | _auth_credentials(session, box, row)
+
+
+def _auth_credentials(session: Session, box: SecretBox, row: m.Connection
+                      ) -> dict[str, Any]:
     if row.local_auth is not None:  # an EAP client: the gateway's CA and our password
         out: dict[str, Any] = {}
         if row.eap_secret_id is not None:
@@ -265,8 +274,10 @@ def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: st
                               actor=actor)
             applied.created.append(name)
         else:
-            before = repo.snapshot(row)
+            before, old_ppk = repo.snapshot(row), row.ppk_secret_id
             repo.update(session, m.Connection, row.id, values, actor=actor)
+            if old_ppk is not None and values["ppk_secret_id"] is None:
+                _drop_ppk(session, old_ppk, actor=actor)
             changed = _sync_children(session, row.id, conn, actor)
             after = repo.snapshot(row)
             (applied.updated if changed or _differs(before, after)
@@ -275,12 +286,15 @@ def apply_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, origin: st
         _sync_children(session, row.id, conn, actor)
     for name, row in rows.items():
         if row.managed_by == origin and name not in conf.connections:
-            owned, eap_secret = (row.secret_id, row.certificate_id), row.eap_secret_id
+            owned = (row.secret_id, row.certificate_id)
+            eap_secret, ppk = row.eap_secret_id, row.ppk_secret_id
             repo.delete(session, m.Connection, row.id, actor=actor)
             _drop_unreferenced(session, *owned, actor=actor)
             if eap_secret is not None and session.scalar(select(m.Connection.id).where(
                     m.Connection.eap_secret_id == eap_secret)) is None:
                 repo.delete(session, m.Secret, eap_secret, actor=actor)
+            if ppk is not None:
+                _drop_ppk(session, ppk, actor=actor)
             applied.removed.append(name)
     return applied
 
@@ -327,6 +341,14 @@ def _drop_unreferenced(session: Session, secret_id: int | None, certificate_id: 
         repo.delete(session, m.Secret, secret_id, actor=actor)
 
 
+def _drop_ppk(session: Session, secret_id: int, *, actor: str) -> None:
+    """Remove a file connection's former PPK secret unless another connection uses it."""
+    session.flush()
+    if session.scalar(select(m.Connection.id).where(
+            m.Connection.ppk_secret_id == secret_id)) is None:
+        repo.delete(session, m.Secret, secret_id, actor=actor)
+
+
 def import_conf(session: Session, box: SecretBox, conf: cf.DaemonConf, *,
                 actor: str = "import") -> list[str]:
     """Create every connection of `conf` (names must be new), managed by the database
@@ -360,6 +382,10 @@ def _connection_values(session: Session, box: SecretBox, name: str,
         "remote_auth": m.EapMethod(conn.remote_auth.value) if conn.remote_auth else None,
         "eap_id": conn.eap_id, "dns": conn.dns,
         "revocation": m.Revocation(conn.revocation.value),
+        "ppk_id": conn.ppk_id, "ppk_required": conn.ppk_required,
+        "ppk_secret_id": None if conn.ppk is None else _put_secret(
+            session, box, row.ppk_secret_id if row else None, f"{name}-ppk", m.SecretKind.PPK,
+            conn.ppk.get_secret_value().encode(), actor),
     }
     if conn.local_auth is not None:  # an EAP client: the gateway's CA, our password
         password = _field(name, "eap_password_file", lambda: cf.eap_password(conn)).encode()
@@ -508,7 +534,7 @@ def _child_row(connection_id: int, name: str, child: cf.ChildConf) -> dict[str, 
         "rekey_time": child.rekey_time, "life_time": child.life_time,
         "rekey_bytes": child.rekey_bytes, "life_bytes": child.life_bytes,
         "rekey_packets": child.rekey_packets, "life_packets": child.life_packets,
-        "tfc_padding": child.tfc_padding,
+        "tfc_padding": child.tfc_padding, "mss": str(child.mss),
     }
 
 

@@ -18,10 +18,12 @@ from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.payloads import TrafficSelector
 from xfrmctl.kernel.types import (
     XFRM_INF,
+    Action,
     Algorithm,
     ChildInstall,
     Direction,
     Encap,
+    IPNetwork,
     Lifetime,
     Mark,
     Mode,
@@ -158,6 +160,33 @@ def policies_for(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[Traffic
             if tunnel:
                 yield PolicySpec(in_sel, Direction.FWD, (in_tmpl,), prio, mark=mark_in,
                                  if_id=if_id)
+    if tunnel:
+        for out_sel, prio in fences(local_ts, remote_ts):
+            yield PolicySpec(out_sel, Direction.OUT, (out_tmpl,), prio, Action.BLOCK,
+                             mark=mark_out, if_id=if_id)
+
+
+def fences(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...]
+           ) -> list[tuple[Selector, int]]:
+    """Outbound block selectors for a tunnel limited by protocol or port ("web but not
+    file sharing": 198.51.100.0/24 === 203.0.113.0/24[tcp/443]): the subnets' other
+    traffic is dropped rather than sent in the clear by the route to the remote subnet.
+    Only address pairs no unrestricted selector pair of the child already covers; they
+    rank below the child's own policies (less specific: a higher priority value)."""
+    narrowed: dict[tuple[IPNetwork, IPNetwork], None] = {}
+    whole: set[tuple[IPNetwork, IPNetwork]] = set()
+    for lts, rts in itertools.product(local_ts, remote_ts):
+        if lts.ts_type != rts.ts_type:
+            continue
+        limited = bool(lts.ip_protocol or rts.ip_protocol) or \
+            (lts.start_port, lts.end_port, rts.start_port, rts.end_port) != (0, 0xFFFF) * 2
+        for pair in itertools.product(ts.to_networks(lts), ts.to_networks(rts)):
+            if limited:
+                narrowed[pair] = None
+            else:
+                whole.add(pair)
+    return [(Selector(lnet, rnet), PRIORITY_BASE - lnet.prefixlen - rnet.prefixlen)
+            for lnet, rnet in narrowed if (lnet, rnet) not in whole]
 
 
 def trap_policies(local_ts: tuple[TrafficSelector, ...], remote_ts: tuple[TrafficSelector, ...],

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from xfrmctl.config import Settings
 from xfrmctl.kernel.interface import KernelIPsec
 from xfrmctl.kernel.links import KernelLinks
+from xfrmctl.kernel.nft import FakeFirewall, NftFirewall
 
 from . import conf as cf
 from .controller import Controller
@@ -134,7 +135,8 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
         return 2
     kernel, links = await _open_kernel(kernel_kind)
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
-    controller = Controller(conf, kernel, state=state, links=links)
+    firewall = FakeFirewall() if kernel_kind == MEMORY else NftFirewall()
+    controller = Controller(conf, kernel, state=state, links=links, firewall=firewall)
     controller.kernel_kind = kernel_kind
     controller.config_source = source.load
     controller.load_problems = source.not_loaded

@@ -227,7 +227,7 @@ def ike_row(info: IkeSaInfo) -> dict[str, Any]:
 
 def child_row(info: ChildSaInfo, ike_sa_id: str) -> dict[str, Any]:
     row = asdict(info)
-    for extra in ("connection_id", "traffic", "encap", "proposal", "reqid"):
+    for extra in ("connection_id", "traffic", "encap", "proposal", "reqid", "mtu", "mss"):
         row.pop(extra)
     row.update(ike_sa_id=ike_sa_id, spi_in=f"{info.spi_in:08x}",
                spi_out=f"{info.spi_out:08x}", local_ts=list(info.local_ts),

@@ -50,6 +50,8 @@ class ChildRecord:
     predecessor: int | None = None
     conf: cf.ChildConf | None = None  # the configuration it was negotiated with
     link: LinkSpec | None = None  # the interface it is routed through (route-based)
+    mtu: int | None = None  # the largest inner packet that fits after ESP (mss not off)
+    mss: dict[int, int] | None = None  # IP version -> the MSS SYNs are clamped to
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,7 @@ class Restorer:
             self.c.installer.schedule_resync("orphan removal failed")
         for child in list(self.c.children.values()):
             await self.c.child_sas.hold_child_routes(child)  # kept in the kernel: counted again
+            await self.c.child_sas.hold_mss(child)
         log.info("restored %d IKE SAs, %d CHILD_SAs; removed %d orphan SAs, %d policies",
                  len(self.c.manager.all()), len(self.c.children), *removed)
         self.c._flush()

@@ -178,6 +178,7 @@ class _Mapper:
         self.root = root
         self.base = base  # the swanctl directory (x509/, x509ca/, private/ ...)
         self.notes: list[str] = []
+        self.ppks: list[tuple[list[str], str]] = []  # postquantum preshared keys
 
     def note(self, path: str, why: str = "not supported") -> None:
         self.notes.append(f"{path}: {why}")
@@ -191,6 +192,7 @@ class _Mapper:
     def convert(self) -> Converted:
         connections: dict[str, Any] = {}
         psks = self._secrets(self.root.get("secrets", {}))
+        self.ppks = self._secrets(self.root.get("secrets", {}), "ppk")
         pools = self._pools(self.root.get("pools", {}))
         for name, section in self.root.get("connections", {}).items():
             if not isinstance(section, dict):
@@ -250,6 +252,7 @@ class _Mapper:
         if "vips" in s:
             used.add("vips")
             out["request_virtual_ip"] = True
+        self._ppk(path, s, out, used)
         auth_sections = [k for k in s if k == "local" or k.startswith("local-")]
         self._auth(path, s, out, "local", auth_sections, used)
         self._auth(path, s, out, "remote",
@@ -386,12 +389,31 @@ class _Mapper:
         self.rest(path, s, used)
         return out
 
-    def _secrets(self, s: Section) -> list[tuple[list[str], str]]:
+    def _ppk(self, path: str, s: Section, out: dict[str, Any], used: set[str]) -> None:
+        """RFC 8784: ppk_id and ppk_required, the PPK from the secrets.ppk* naming it."""
+        if "ppk_required" in s:
+            used.add("ppk_required")
+            out["ppk_required"] = _yes(s["ppk_required"])
+        if "ppk_id" not in s:
+            return
+        used.add("ppk_id")
+        ppk = next((v for ids, v in self.ppks if s["ppk_id"] in ids), None)
+        if ppk is None:
+            self.note(f"{path}.ppk_id", f"no secrets.ppk* with id {s['ppk_id']}: "
+                      "imported without a PPK")
+            out.pop("ppk_required", None)
+            return
+        out["ppk_id"], out["ppk"] = s["ppk_id"], ppk
+
+    def _secrets(self, s: Section, kind: str = "ike") -> list[tuple[list[str], str]]:
         out = []
         for name, section in s.items():
             path = f"secrets.{name}"
-            if not name.startswith("ike") or not isinstance(section, dict):
-                self.note(path, "only IKE pre-shared keys (secrets.ike*) are imported")
+            if name.startswith("ppk") != (kind == "ppk"):
+                continue  # the other pass's
+            if not name.startswith(kind) or not isinstance(section, dict):
+                self.note(path, "only IKE pre-shared keys (secrets.ike*) and postquantum "
+                          "preshared keys (secrets.ppk*) are imported")
                 continue
             owners = [v for k, v in section.items() if k == "id" or k.startswith("id")]
             try:

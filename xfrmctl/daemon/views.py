@@ -141,7 +141,8 @@ class Views:
             encryption=_encr_name(event.suite), integrity=_name(IntegId, event.suite.integ),
             dh_group=_name(DhId, event.suite.dh), proposal=_proposal(event.suite),
             reqid=child.reqid, esn=event.suite.esn, encap=event.encap,
-            if_id=child.install.inbound.if_id or None, installed_at=self.wall(child.installed_at),
+            if_id=child.install.inbound.if_id or None, mtu=child.mtu, mss=_mss(child),
+            installed_at=self.wall(child.installed_at),
             rekey_at=self.wall(child.installed_at + lifetime.soft_add_expires_seconds)
             if lifetime.soft_add_expires_seconds else None,
             expire_at=self.wall(child.installed_at + lifetime.hard_add_expires_seconds)
@@ -172,13 +173,16 @@ class Views:
 
     async def status(self) -> DaemonStatus:
         installed: dict[tuple[str, str], list[str]] = {}
+        newest: dict[tuple[str, str], ChildRecord] = {}
         for child in self.c.children.values():
             key = (child.event.connection, child.event.child)
             installed.setdefault(key, []).append(str(child.event.child_id))
+            if key not in newest or child.installed_at >= newest[key].installed_at:
+                newest[key] = child
         connections = tuple(
             ConnectionStatus(r.id, r.state, r.reason, dict(r.detail),
                              tuple(str(sa.id) for sa in self.c.sas_of(r)), self.wall(r.since),
-                             self._children_status(r, installed))
+                             self._children_status(r, installed, newest))
             for r in sorted(self.c.connections.values(), key=lambda r: r.id))
         counters = Counters(self.c.counters["ike_setups"], self.c.counters["child_setups"],
                             self.c.counters["rekeys"], dict(self.c.failures),
@@ -191,7 +195,8 @@ class Views:
                             self.c.kernel_kind)
 
     def _children_status(self, record: ConnectionRecord,
-                         installed: dict[tuple[str, str], list[str]]
+                         installed: dict[tuple[str, str], list[str]],
+                         newest: dict[tuple[str, str], ChildRecord]
                          ) -> tuple[ChildStatus, ...]:
         """Each configured child: up with its CHILD_SAs; else down with its own reason
         (refused, install failed, deleted), or as its connection is."""
@@ -200,8 +205,9 @@ class Views:
             ids, down = installed.get((record.name, name)), record.child_down.get(name)
             ident = child_id(record, name)
             if ids:
+                last = newest[(record.name, name)]
                 out.append(ChildStatus(name, ident, ConnectionState.UP,
-                                       child_sa_ids=tuple(ids)))
+                                       child_sa_ids=tuple(ids), mtu=last.mtu, mss=_mss(last)))
             elif down is not None:
                 out.append(ChildStatus(name, ident, ConnectionState.DOWN, down.reason,
                                        dict(down.detail), since=self.wall(down.since)))
@@ -212,6 +218,11 @@ class Views:
                                        since=self.wall(record.since)))
         return tuple(out)
 
+
+
+def _mss(child: ChildRecord) -> int | None:
+    """The MSS SYNs through a CHILD_SA are clamped to (IPv4's when it carries both)."""
+    return child.mss[min(child.mss)] if child.mss else None
 
 
 def _name(enum: type, value: int | None) -> str | None:

@@ -189,6 +189,11 @@ class IkeConfig:
     # MOBIKE (RFC 4555): offer MOBIKE_SUPPORTED in IKE_AUTH; with both ends for it the
     # initiator moves the IKE_SA and its CHILD_SAs when its address changes
     mobike: bool = False
+    # RFC 8784 postquantum preshared key: the PPK and its PPK_ID; required: no IKE SA
+    # without it (else a peer without PPK support or that PPK is accepted)
+    ppk: bytes | None = field(default=None, repr=False)
+    ppk_id: bytes | None = None
+    ppk_required: bool = False
 
     def accepts(self, local: str, remote: str) -> bool:
         """Whether an IKE_SA_INIT from `remote` to `local` may belong to this connection."""

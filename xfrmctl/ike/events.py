@@ -51,6 +51,7 @@ class IkeSaUp:
     nat_remote: bool
     virtual_ip: str | None = None
     remote_eap_id: str | None = None  # the user the peer logged in as with EAP
+    ppk: bool = False  # the keys include a postquantum preshared key (RFC 8784)
 
 
 @dataclass(frozen=True, slots=True)

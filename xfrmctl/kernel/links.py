@@ -152,6 +152,11 @@ class KernelLinks:
         msg = msgs[0]
         return NextHop(int(msg.get("RTA_OIF")), msg.get("RTA_GATEWAY"))
 
+    async def link_mtu(self, index: int) -> int:
+        """The MTU of the link with this index."""
+        msgs = await self._call("get link", index, "link", "get", index=index)
+        return int(msgs[0].get("mtu"))
+
     async def addresses(self) -> list[str]:
         """Every address on this namespace's links (no prefix)."""
         msgs = await self._call("list addresses", "*", "addr", "dump")

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -136,6 +137,7 @@ class SecretKind(enum.StrEnum):
     PSK = "psk"
     PRIVATE_KEY = "private_key"
     EAP = "eap"  # our own EAP password, as a road-warrior client
+    PPK = "ppk"  # RFC 8784 postquantum preshared key
 
 
 class EapMethod(enum.StrEnum):
@@ -265,6 +267,12 @@ class Connection(Timestamps, Base):
     # strongSwan's `revocation` (strict, ifuri, relaxed) or none
     revocation: Mapped[Revocation] = mapped_column(_enum(Revocation),
                                                    default=Revocation.RELAXED)
+    # RFC 8784 postquantum preshared key: its PPK_ID, the secret (kind ppk), required?
+    ppk_id: Mapped[str | None] = mapped_column(String(255))
+    ppk_secret_id: Mapped[int | None] = mapped_column(
+        ForeignKey("secrets.id", ondelete="RESTRICT"))
+    ppk_required: Mapped[bool] = mapped_column(Boolean, default=False,
+                                               server_default=sa_false())
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
@@ -304,6 +312,7 @@ class Child(Timestamps, Base):
     rekey_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     life_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     tfc_padding: Mapped[int] = mapped_column(Integer, default=0)
+    mss: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
     start_action: Mapped[StartAction] = mapped_column(
         _enum(StartAction), default=StartAction.NONE)
 

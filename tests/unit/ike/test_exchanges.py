@@ -280,6 +280,21 @@ def test_traffic_selectors_are_narrowed_by_the_responder() -> None:
     assert [ts.format_ts(t) for t in ca.remote_ts] == ["203.0.113.0/25"]
 
 
+@pytest.mark.parametrize("web_side", ["initiator", "responder"])
+def test_a_web_only_child_is_narrowed_to_tcp_443_either_way(web_side: str) -> None:
+    wide = child(local="198.51.100.0/24", remote="203.0.113.0/24")
+    web = child(local="198.51.100.0/24", remote="203.0.113.0/24[tcp/443]")
+    web_b = child(local="203.0.113.0/24[tcp/443]", remote="198.51.100.0/24")
+    wide_b = child(local="203.0.113.0/24", remote="198.51.100.0/24")
+    a, b = (web, wide_b) if web_side == "initiator" else (wide, web_b)
+    pair = make_pair(psk_config(children=(a,)), psk_config(children=(b,)))
+    up(pair)
+    (ca,), (cb,) = pair.of("a", ChildSaNegotiated), pair.of("b", ChildSaNegotiated)
+    assert [ts.format_ts(t) for t in ca.remote_ts] == ["203.0.113.0/24[tcp/443]"]
+    assert [ts.format_ts(t) for t in cb.local_ts] == ["203.0.113.0/24[tcp/443]"]
+    assert [ts.format_ts(t) for t in ca.local_ts] == ["198.51.100.0/24"]
+
+
 def test_ts_unacceptable_reports_both_selector_sets() -> None:
     a = child(local="198.51.100.0/24", remote="203.0.113.0/24")
     b = child(local="192.0.2.128/25", remote="198.51.100.0/24")

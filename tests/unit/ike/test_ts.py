@@ -178,3 +178,17 @@ def test_intersection_is_symmetric_and_inside_both(x: TrafficSelector,
     if common is not None:
         assert ts.covers(x, common) and ts.covers(y, common)
         assert ts.intersect(common, x) == common
+
+
+def test_narrow_to_a_protocol_and_port() -> None:
+    """A responder configured for web only narrows a peer's whole-subnet proposal to it;
+    one configured wide keeps what a web-only initiator proposes."""
+    web = p("203.0.113.0/24[tcp/443]")
+    assert ts.narrow([p("203.0.113.0/24")], [web]) == [web]
+    assert ts.narrow([p("0.0.0.0/0")], [web]) == [web]
+    assert ts.narrow([web], [p("203.0.113.0/24")]) == [web]
+    assert ts.narrow([p("203.0.113.0/24[tcp/1-1024]")], [web]) == [web]
+    assert ts.narrow([p("203.0.113.0/24[udp]")], [web]) == []
+    assert ts.narrow([p("203.0.113.0/24[tcp/80]")], [web]) == []
+    assert ts.all_covered([web], [p("203.0.113.0/24")])
+    assert not ts.all_covered([p("203.0.113.0/24")], [web])

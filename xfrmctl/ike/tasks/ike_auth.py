@@ -23,6 +23,7 @@ from .. import auth
 from ..certs import TrustStore, id_for_certificate, identity_matches, spki_sha1
 from ..config import AuthMethodName, Identity, IkeConfig, LocalAuth, RemoteAuth, SendCert
 from ..constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
+from ..crypto import IkeKeys
 from ..eap import EapError
 from ..errors import LocalError, ProtocolError
 from ..events import FailureReason, IkeSaUp, RevocationFetch
@@ -38,12 +39,13 @@ from ..payloads import (
     SaPayload,
     id_body,
 )
+from ..ppk import derive_ppk_keys, encode_ppk_identity, parse_ppk_identity
 from ..revocation import RevocationStore
 from ..state import IkeState
 from . import ike_config, ike_eap, mobike
 from .base import error_notify, notify
 from .child_create import ChildRequest, answer_child_request, finish_child_request, new_request
-from .ike_init import Setup, certreq, requested_cas
+from .ike_init import Setup, certreq, offers_ppk, requested_cas
 from .ike_intermediate import int_auth
 
 if TYPE_CHECKING:
@@ -68,14 +70,23 @@ def _sends_cert(conf: IkeConfig, setup: Setup) -> bool:
     return conf.send_cert is SendCert.ALWAYS
 
 
+def _sk_p(sa: IkeSa, ours: bool, ppk_keys: IkeKeys | None) -> bytes:
+    """SK_pi or SK_pr: the IKE SA's, or those a PPK made (RFC 8784 3)."""
+    assert sa.keys is not None
+    if ppk_keys is None:
+        return sa.keys.sk_p(ours, sa.is_initiator)
+    return ppk_keys.sk_pi if ours == sa.is_initiator else ppk_keys.sk_pr
+
+
 def auth_payloads(sa: IkeSa, setup: Setup, conf: IkeConfig,
                   id_payload: IdiPayload | IdrPayload, octets_prefix: bytes,
-                  peer_nonce: bytes, auth_message_id: int) -> list[Payload]:
-    """CERT and AUTH payloads proving our identity."""
+                  peer_nonce: bytes, auth_message_id: int,
+                  ppk_keys: IkeKeys | None = None) -> list[Payload]:
+    """CERT and AUTH payloads proving our identity (with a PPK's SK_p when given)."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, peer_nonce, keys.prf,
-                                keys.sk_p(True, sa.is_initiator), id_body(id_payload),
+                                _sk_p(sa, True, ppk_keys), id_body(id_payload),
                                 int_auth(setup, auth_message_id))
     local: LocalAuth = conf.local_auth
     if local.method is AuthMethodName.PSK:
@@ -108,12 +119,14 @@ def _intermediates_for(local: LocalAuth, requested: frozenset[bytes]) -> list[x5
 
 def verify_peer_auth(sa: IkeSa, conf: IkeConfig, msg: Message,
                      id_payload: IdiPayload | IdrPayload, auth_payload: AuthPayload,
-                     octets_prefix: bytes, our_nonce: bytes, setup: Setup) -> str | None:
-    """Check the peer's AUTH; None when good, else why not."""
+                     octets_prefix: bytes, our_nonce: bytes, setup: Setup,
+                     ppk_keys: IkeKeys | None = None) -> str | None:
+    """Check the peer's AUTH (made with a PPK's SK_p when given); None when good, else
+    why not."""
     keys = sa.keys
     assert keys is not None
     octets = auth.signed_octets(octets_prefix, our_nonce, keys.prf,
-                                keys.sk_p(False, sa.is_initiator), id_body(id_payload),
+                                _sk_p(sa, False, ppk_keys), id_body(id_payload),
                                 int_auth(setup, msg.message_id))
     remote = conf.remote_auth
     if remote.method is AuthMethodName.PSK:
@@ -189,7 +202,8 @@ def _verify_certificate_auth(sa: IkeSa, trust: TrustStore | None, msg: Message,
     return path
 
 
-def established(sa: IkeSa, now: float, remote_eap_id: str | None = None) -> None:
+def established(sa: IkeSa, now: float, remote_eap_id: str | None = None,
+                ppk: bool = False) -> None:
     """IKE_AUTH succeeded (either role): timers, and IkeSaUp."""
     conf = sa.conf()
     sa.move_to(IkeState.ESTABLISHED)
@@ -203,7 +217,8 @@ def established(sa: IkeSa, now: float, remote_eap_id: str | None = None) -> None
         ike_sa=sa.id, connection=conf.name, spi_i=sa.spi_i, spi_r=sa.spi_r,
         initiator=sa.is_initiator, local=sa.local, remote=sa.remote, local_id=sa.local_id,
         remote_id=sa.remote_id, suite=sa.suite, nat_local=sa.nat_local,
-        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip, remote_eap_id=remote_eap_id))
+        nat_remote=sa.nat_remote, virtual_ip=sa.virtual_ip, remote_eap_id=remote_eap_id,
+        ppk=ppk))
 
 
 class IkeAuth:
@@ -212,7 +227,7 @@ class IkeAuth:
     sends each EAP response, then the AUTH made with the MSK, in further IKE_AUTH
     requests (RFC 7296 2.16)."""
 
-    __slots__ = ("child", "eap", "eap_out", "idi", "idr")
+    __slots__ = ("child", "eap", "eap_out", "idi", "idr", "ppk_keys")
     name = "IKE_AUTH"
 
     def __init__(self) -> None:
@@ -221,6 +236,7 @@ class IkeAuth:
         self.eap_out: bytes | None = None  # our next EAP response
         self.idi: IdiPayload | None = None
         self.idr: IdrPayload | None = None  # the gateway's, once its AUTH verified
+        self.ppk_keys: IkeKeys | None = None  # the keys our PPK makes, if we offer one
 
     def build(self, sa: IkeSa, now: float) -> Message:
         if self.idr is not None and self.eap is not None:  # a later round of EAP
@@ -233,12 +249,15 @@ class IkeAuth:
         sa.local_id = local_identity(sa, conf)
         idi = self.idi = IdiPayload(sa.local_id.id_type, sa.local_id.data)
         payloads: list[Payload] = [idi]
+        assert sa.keys is not None
+        if conf.ppk is not None and setup.peer_use_ppk:
+            self.ppk_keys = derive_ppk_keys(sa.keys.prf, conf.ppk, sa.keys.keys)
         if conf.local_auth.eap is not None:
             self.eap = ike_eap.EapPeer(conf.local_auth.eap(), sa.window.next_request_id)
             proof: list[Payload] = []
         else:
             proof = auth_payloads(sa, setup, conf, idi, setup.init_request, setup.nonce_r,
-                                  sa.window.next_request_id)
+                                  sa.window.next_request_id, self.ppk_keys)
         payloads += [p for p in proof if isinstance(p, CertPayload)]
         request = certreq(sa)
         if request is not None:
@@ -249,6 +268,7 @@ class IkeAuth:
         if conf.remote_id is not None:
             payloads.append(IdrPayload(conf.remote_id.id_type, conf.remote_id.data))
         payloads += [p for p in proof if isinstance(p, AuthPayload)]
+        payloads += self._ppk_notifies(sa, setup, conf, idi)
         cp = ike_config.build(sa, conf)
         if cp is not None:
             payloads.append(cp)
@@ -278,14 +298,22 @@ class IkeAuth:
                                    f"{conf.remote_id}", ours=(str(conf.remote_id),),
                                    theirs=(str(remote_id),))
             return
+        ppk_keys = self.ppk_keys if msg.notify(NotifyType.PPK_IDENTITY) is not None else None
+        if self.ppk_keys is not None and ppk_keys is None and conf.ppk_required:
+            self._reject_responder(sa, "a PPK is required, but the peer did not use it "
+                                   "(no PPK_IDENTITY in its IKE_AUTH response)")
+            return
         why = verify_peer_auth(sa, conf, msg, idr, auth_payload, setup.init_response,
-                               setup.nonce_i, setup)
+                               setup.nonce_i, setup, ppk_keys)
         if why is not None:
             self._reject_responder(sa, why)
             return
         if park_for_revocation(sa, lambda later: sa.process_response(self, msg, later)):
             return
         sa.remote_id = remote_id
+        if ppk_keys is not None:
+            sa.keys.keys = ppk_keys  # type: ignore[union-attr]  # SK_d, SK_pi, SK_pr
+        self.ppk_keys = ppk_keys  # None: the peer did not use ours
         if self.eap is not None:
             self.idr = idr
             self._eap_round(sa, msg, now)
@@ -297,7 +325,7 @@ class IkeAuth:
         assert setup is not None
         ike_config.process(sa, msg)  # before IkeSaUp, which carries it
         mobike.read_auth(sa, msg)
-        established(sa, now)
+        established(sa, now, ppk=self.ppk_keys is not None)
         if self.child is not None:
             finish_child_request(sa, self.child, msg, now)
         for child in setup.children:
@@ -335,6 +363,21 @@ class IkeAuth:
                 self._reject_responder(sa, str(exc))
             return
         sa.send_request(self, now)
+
+    def _ppk_notifies(self, sa: IkeSa, setup: Setup, conf: IkeConfig,
+                      idi: IdiPayload) -> list[Payload]:
+        """PPK_IDENTITY naming our PPK, and with an optional PPK and a PSK, NO_PPK_AUTH:
+        the AUTH data with the original SK_pi, for a responder without the PPK."""
+        if self.ppk_keys is None:
+            return []
+        out: list[Payload] = [notify(NotifyType.PPK_IDENTITY,
+                                     encode_ppk_identity(conf.ppk_id or b""))]
+        if not conf.ppk_required and conf.local_auth.method is AuthMethodName.PSK:
+            (plain,) = [p for p in auth_payloads(sa, setup, conf, idi, setup.init_request,
+                                                 setup.nonce_r, sa.window.next_request_id)
+                        if isinstance(p, AuthPayload)]
+            out.append(notify(NotifyType.NO_PPK_AUTH, plain.data))
+        return out
 
     @staticmethod
     def _reject_responder(sa: IkeSa, why: str, ours: tuple[str, ...] = (),
@@ -399,8 +442,13 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
                               msg.message_id)
         sa.respond(msg, [our_idr, *proof, *ike_eap.start(sa, msg, idi, our_idr)])
         return
+    ppk = _responder_ppk(sa, conf, msg, auth_payload)
+    if isinstance(ppk, str):
+        _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, ppk)
+        return
+    ppk_keys, auth_payload = ppk
     why = verify_peer_auth(sa, conf, msg, idi, auth_payload, setup.init_request, setup.nonce_r,
-                           setup)
+                           setup, ppk_keys)
     if why is not None:
         _reject(sa, msg, FailureReason.AUTHENTICATION_FAILED, why)
         return
@@ -410,12 +458,16 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
     sa.local_id = local_identity(sa, conf)
     our_idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
     proof = [our_idr, *auth_payloads(sa, setup, conf, our_idr, setup.init_response,
-                                     setup.nonce_i, msg.message_id)]
-    finish_responder(sa, msg, msg, proof, now)
+                                     setup.nonce_i, msg.message_id, ppk_keys)]
+    if ppk_keys is not None:
+        proof.append(notify(NotifyType.PPK_IDENTITY))
+        assert sa.keys is not None
+        sa.keys.keys = ppk_keys  # before the CHILD_SA's KEYMAT comes from SK_d
+    finish_responder(sa, msg, msg, proof, now, ppk=ppk_keys is not None)
 
 
 def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payload],
-                     now: float, remote_eap_id: str | None = None) -> None:
+                     now: float, remote_eap_id: str | None = None, ppk: bool = False) -> None:
     """Answer the last IKE_AUTH request `msg` with our `proof`, the configuration payload
     and the CHILD_SA the peer asked for in its `first` IKE_AUTH request."""
     conf, setup = sa.conf(), sa.setup
@@ -428,7 +480,7 @@ def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payloa
     mobike.read_auth(sa, first)
     if sa.mobike:
         payloads += mobike.auth_notifies(sa)
-    established(sa, now, remote_eap_id)
+    established(sa, now, remote_eap_id, ppk)
     try:
         if first.find(SaPayload) is not None:
             payloads += answer_child_request(sa, first, None, now,
@@ -436,6 +488,30 @@ def finish_responder(sa: IkeSa, first: Message, msg: Message, proof: list[Payloa
     finally:
         sa.setup = None  # the initial exchanges are done
     sa.respond(msg, payloads)
+
+
+def _responder_ppk(sa: IkeSa, conf: IkeConfig, msg: Message, auth_payload: AuthPayload
+                   ) -> tuple[IkeKeys | None, AuthPayload] | str:
+    """RFC 8784 on the responder: (the PPK's keys, or None without one; the AUTH payload
+    to check: NO_PPK_AUTH's data when the initiator's PPK is not ours), or why not."""
+    offered = offers_ppk(sa)
+    note = msg.notify(NotifyType.PPK_IDENTITY) if offered else None
+    if note is None:
+        if conf.ppk_required:
+            return "a PPK is required, but the peer did not offer one (no USE_PPK " \
+                   "or PPK_IDENTITY)"
+        return None, auth_payload
+    ppk_id = parse_ppk_identity(note.data)
+    if conf.ppk is not None and ppk_id is not None and ppk_id == (conf.ppk_id or b""):
+        assert sa.keys is not None
+        return derive_ppk_keys(sa.keys.prf, conf.ppk, sa.keys.keys), auth_payload
+    why = f"the peer's PPK_ID {ppk_id!r} is not ours"
+    if conf.ppk_required:
+        return f"a PPK is required, but {why}"
+    no_ppk = msg.notify(NotifyType.NO_PPK_AUTH)
+    if no_ppk is None or auth_payload.method != AuthMethod.PSK:
+        return f"{why}, and there is no NO_PPK_AUTH to fall back on"
+    return None, AuthPayload(auth_payload.method, no_ppk.data)
 
 
 def _reject(sa: IkeSa, msg: Message, reason: FailureReason, why: str,

@@ -63,6 +63,7 @@ class Setup:
     revocation_fetch: Verdict | None = None  # what IKE_AUTH waits for (revocation.py)
     revocation_fetched: bool = False
     parked: Callable[[float], None] | None = None  # the IKE_AUTH step to run on resume
+    peer_use_ppk: bool = False  # the peer sent USE_PPK (RFC 8784)
     children: list[ChildConfig] = field(default_factory=list)  # to bring up after AUTH
     eap: EapExchange | None = None  # the gateway's EAP conversation (ike_eap.py)
     peer_intermediate: bool = False  # the peer sent INTERMEDIATE_EXCHANGE_SUPPORTED
@@ -91,6 +92,8 @@ def init_notifies(sa: IkeSa) -> list[Payload]:
     hashes = b"".join(struct.pack("!H", h) for h in sorted(auth.SUPPORTED_HASHES))
     if hashes:
         notifies.append(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, hashes))
+    if offers_ppk(sa):
+        notifies.append(notify(NotifyType.USE_PPK))
     return notifies
 
 
@@ -100,6 +103,15 @@ def _offers_intermediate(sa: IkeSa) -> bool:
     if sa.is_initiator:
         return any(spec.has_addke for spec in sa.conf().proposals)
     return sa.setup is not None and sa.setup.peer_intermediate
+
+
+def offers_ppk(sa: IkeSa) -> bool:
+    """Whether our IKE_SA_INIT carries USE_PPK: the initiator's connection has a PPK; a
+    responder answers one that sent it when a candidate connection has a PPK."""
+    if sa.is_initiator:
+        return sa.conf().ppk is not None
+    return sa.setup is not None and sa.setup.peer_use_ppk and any(
+        c.ppk is not None for c in sa.candidates)
 
 
 def read_init_notifies(sa: IkeSa, msg: Message) -> None:
@@ -116,6 +128,7 @@ def read_init_notifies(sa: IkeSa, msg: Message) -> None:
     if sa.setup is not None:
         sa.setup.peer_intermediate = \
             msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+        sa.setup.peer_use_ppk = msg.notify(NotifyType.USE_PPK) is not None
     hashes = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if hashes is not None:
         data = hashes.data[: len(hashes.data) // 2 * 2]
@@ -201,6 +214,10 @@ class IkeInit:
         if suite.addke and not setup.peer_intermediate:
             raise ProtocolError("responder chose additional key exchanges without "
                                 "INTERMEDIATE_EXCHANGE_SUPPORTED")
+        if sa.conf().ppk_required and not setup.peer_use_ppk:
+            sa.fail(FailureReason.AUTHENTICATION_FAILED, "a PPK is required, but the peer "
+                    "does not support PPK (no USE_PPK in its IKE_SA_INIT)")
+            return
         _derive_keys(sa, setup, suite, setup.ke.shared_secret(ke.data))
         setup.peer_certreq = msg.find(CertReqPayload) is not None
         setup.peer_cas = requested_cas(msg)

@@ -67,6 +67,17 @@ options:
   certificate:
     description: Name of our certificate (O(auth=pubkey)).
     type: str
+  ppk_secret:
+    description:
+      - Name of the secret (kind V(ppk)) holding a postquantum preshared key (RFC 8784);
+        give O(ppk_id) with it.
+    type: str
+  ppk_id:
+    description: The PPK_ID of O(ppk_secret).
+    type: str
+  ppk_required:
+    description: Refuse peers that do not use the PPK.
+    type: bool
   ca:
     description: Name of the CA that must have signed the peer's certificate.
     type: str
@@ -194,6 +205,11 @@ options:
       tfc_padding:
         description: Traffic flow confidentiality padding in bytes.
         type: int
+      mss:
+        description:
+          - TCP MSS clamping of SYNs through the tunnel, V(auto) (what fits after the
+            negotiated ESP overhead), V(off), or the MSS as a number.
+        type: raw
       start_action:
         description: What the daemon does with this child when the connection loads.
         type: str
@@ -281,10 +297,12 @@ CHILD_SPEC = dict(
     rekey_packets=dict(type="int", no_log=False),
     life_packets=dict(type="int"),
     tfc_padding=dict(type="int"),
+    mss=dict(type="raw"),
     start_action=dict(type="str", choices=STARTS),
 )
 REFERENCES = (("peer", "/peers", "peer_id"), ("secret", "/secrets", "secret_id"),
-              ("certificate", "/certificates", "certificate_id"), ("ca", "/cas", "ca_id"))
+              ("certificate", "/certificates", "certificate_id"), ("ca", "/cas", "ca_id"),
+              ("ppk_secret", "/secrets", "ppk_secret_id"))
 
 
 class Connection(Resource):
@@ -293,7 +311,7 @@ class Connection(Resource):
     fields = ("enabled", "local_addrs", "remote_addrs", "local_port", "remote_port",
               "local_id", "remote_id", "auth", "ike_proposals", "start_action", "dpd_delay",
               "dpd_action", "rekey_time", "reauth_time", "over_time", "fragmentation",
-              "encap", "mobike")
+              "encap", "mobike", "ppk_id", "ppk_required")
 
     def desired(self):
         wanted = super(Connection, self).desired()
@@ -363,6 +381,9 @@ def main():
             secret=dict(type="str", no_log=False),
             certificate=dict(type="str"),
             ca=dict(type="str"),
+            ppk_secret=dict(type="str", no_log=False),
+            ppk_id=dict(type="str"),
+            ppk_required=dict(type="bool"),
             ike_proposals=dict(type="str"),
             start_action=dict(type="str", choices=STARTS),
             dpd_delay=dict(type="int"),

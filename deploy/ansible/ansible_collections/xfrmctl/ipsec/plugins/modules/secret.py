@@ -34,7 +34,7 @@ options:
   kind:
     description: What the value is. Required to create; a secret's kind cannot change.
     type: str
-    choices: [psk, private_key]
+    choices: [psk, private_key, ppk]
   value:
     description: The pre-shared key or the PEM private key. Required with O(state=present).
     type: str
@@ -152,7 +152,7 @@ def main():
         argument_spec=api_argument_spec(
             name=dict(type="str", required=True),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            kind=dict(type="str", choices=["psk", "private_key"]),
+            kind=dict(type="str", choices=["psk", "private_key", "ppk"]),
             value=dict(type="str", no_log=True),
             version=dict(type="raw"),
             force=dict(type="bool", default=False),
