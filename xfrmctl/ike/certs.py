@@ -73,7 +73,8 @@ def _check_issuer(cert: x509.Certificate, now: datetime, below: int) -> None:
         raise _failed(cert, "keyUsage does not allow signing certificates")
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """`issuer` signed `cert` (names match and the signature verifies)."""
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -107,7 +108,7 @@ class TrustStore:
         return any(chunk in self._hash_set for chunk in chunks)
 
     def _anchor_for(self, cert: x509.Certificate) -> x509.Certificate | None:
-        return next((ca for ca in self._cas if _issued_by(cert, ca)), None)
+        return next((ca for ca in self._cas if issued_by(cert, ca)), None)
 
     def verify(
         self,
@@ -139,7 +140,7 @@ class TrustStore:
 def _find_issuer(
     cert: x509.Certificate, candidates: Iterable[x509.Certificate]
 ) -> x509.Certificate | None:
-    return next((c for c in candidates if _issued_by(cert, c)), None)
+    return next((c for c in candidates if issued_by(cert, c)), None)
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:

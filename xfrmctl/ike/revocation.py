@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from .certs import issued_by
+
 # An OCSP response without nextUpdate is fresh this long after its thisUpdate (as
 # `openssl ocsp`'s default validity period); clocks may differ this much too.
 OCSP_NO_NEXT_UPDATE: Final = timedelta(minutes=5)
@@ -114,16 +116,6 @@ def verify_signature(key: object, signature: bytes, data: bytes,
         else:
             return False
     except (InvalidSignature, UnsupportedAlgorithm, ValueError):
-        return False
-    return True
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
@@ -370,5 +362,5 @@ def _delegated(cert: x509.Certificate, issuer: x509.Certificate, now: datetime) 
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
-    return (ExtendedKeyUsageOID.OCSP_SIGNING in usage and _issued_by(cert, issuer)
+    return (ExtendedKeyUsageOID.OCSP_SIGNING in usage and issued_by(cert, issuer)
             and cert.not_valid_before_utc <= now <= cert.not_valid_after_utc)
