@@ -129,13 +129,14 @@ table ip lab {
   }
 }
 """)
-        # what the left side sends to the DPD peer's IKE port
+        # what the left side sends to the DPD peer's IKE ports (4500 too: with MOBIKE, on
+        # by default, IKE moves there after IKE_SA_INIT)
         nft(topo.left, f"""\
 table ip lab {{
   counter to_dpd_peer {{ }}
   chain out {{
     type filter hook output priority filter; policy accept;
-    ip daddr {R_DPD} udp dport 500 counter name "to_dpd_peer"
+    ip daddr {R_DPD} udp dport {{ 500, 4500 }} counter name "to_dpd_peer"
   }}
 }}
 """)
@@ -406,7 +407,7 @@ class DpdRun:
     """The DPD connection after its peer was killed: when, and the SAs left behind."""
 
     killed_at: float
-    sent_before: int  # packets to the dead peer's port 500 before the kill
+    sent_before: int  # packets to the dead peer's IKE ports before the kill
     spis: set[int]
     mark: int  # the left daemon's log index at the kill
 
