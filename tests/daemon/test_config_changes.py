@@ -215,7 +215,7 @@ async def test_new_ike_proposals_rekey_the_ike_sa_children_untouched(slow: str) 
     gw, losses = await watched(a, b, slow, [(HOST_A, HOST_B)])
     (old,) = gw.a.manager.all()
     spis = (set(gw.ka.sas), set(gw.kb.sas))
-    await apply(gw, *confs(LAN, _mirror(LAN), ike_proposals="aes256gcm16-prfsha384-ecp384"))
+    await apply(gw, *confs(LAN, _mirror(LAN), ike_proposals="aes256gcm16-prfsha256-ecp384"))
     (new,) = gw.a.manager.all()
     assert new.id != old.id and new.suite is not None and new.suite.encr_bits == 256
     assert (set(gw.ka.sas), set(gw.kb.sas)) == spis  # the CHILD_SAs moved over as they are
@@ -228,8 +228,10 @@ async def test_new_ike_proposals_rekey_the_ike_sa_children_untouched(slow: str) 
 @pytest.mark.parametrize("slow", ["a", "b"])
 @pytest.mark.parametrize("change", [{"local_id": "@gw-a.example"},
                                     {"local_id": "@gw-a.example",
-                                     "ike_proposals": "aes256gcm16-prfsha384-ecp384"}],
-                         ids=["identity", "identity-and-proposals"])
+                                     "ike_proposals": "aes256gcm16-prfsha384-ecp384"},
+                                    # a new PRF: peers key such a rekey differently
+                                    {"ike_proposals": "aes256gcm16-prfsha384-ecp384"}],
+                         ids=["identity", "identity-and-proposals", "new-prf"])
 async def test_an_ike_change_reauthenticates_make_before_break(
         slow: str, change: dict[str, object]) -> None:
     a, b = confs(LAN, _mirror(LAN))
@@ -238,8 +240,7 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     a2, b2 = confs(LAN, _mirror(LAN))
     a2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
         "site-b": a2.connections["site-b"].model_copy(update=change)})
-    peer_change = {"remote_id": "@gw-a.example", **{
-        k: v for k, v in change.items() if k == "ike_proposals"}}
+    peer_change = {{"local_id": "remote_id"}.get(k, k): v for k, v in change.items()}
     b2 = cf.DaemonConf(delete_rekeyed_delay=LINGER, connections={
         "site-a": b2.connections["site-a"].model_copy(update=peer_change)})
     await apply(gw, a2, b2)
@@ -249,7 +250,8 @@ async def test_an_ike_change_reauthenticates_make_before_break(
     assert peer.spi_i == new.spi_i
     if "ike_proposals" in change:
         assert new.suite is not None and new.suite.encr_bits == 256
-    assert str(peer.remote_id) == "gw-a.example"
+    if "local_id" in change:
+        assert str(peer.remote_id) == "gw-a.example"
     (child,) = gw.a.children.values()
     assert child.event.ike_sa == new.id
     await asyncio.sleep(LINGER + 0.1)

@@ -137,13 +137,16 @@ class XfrmctlDaemon:
 
     def __init__(self, netns: str, workdir: Path | str, conf: Mapping[str, Any], *,
                  api: bool = False, env: Mapping[str, str] | None = None,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", kernel: str = "netlink") -> None:
+        """``kernel="memory"``: the in-memory kernel (IKE against a real peer where the
+        running kernel has no ESP)."""
         self.netns = netns
         self.workdir = Path(workdir).resolve()
         self.conf = dict(conf)
         self.api = api
         self.extra_env = dict(env or {})
         self.log_level = log_level
+        self.kernel = kernel
         self.config_path = self.workdir / "xfrmctl.yaml"
         self.log_path = self.workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -185,6 +188,8 @@ class XfrmctlDaemon:
         """The command line (database-mode tests override it)."""
         argv = [str(PYTHON), "-m", "xfrmctl.cli", "daemon", "-c", str(self.config_path),
                 "--log-json", "--log-level", self.log_level]
+        if self.kernel != "netlink":
+            argv += ["--kernel", self.kernel]
         return [*argv, "--api"] if self.api else argv
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:

@@ -1,6 +1,7 @@
 """Configuration changes applied to running tunnels, make-before-break (what changes is
 decided in confdiff.py): new CHILD_SAs before old ones go, IKE_SA rekeys for new
-proposals, and reauthentication (RFC 7296 2.8.3) for any other IKE-level change."""
+proposals (reauthentication when they drop the running PRF), and reauthentication (RFC
+7296 2.8.3) for any other IKE-level change."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from xfrmctl.ike.config import IkeConfig
 from xfrmctl.ike.errors import LocalError
 from xfrmctl.ike.events import ChildSaNegotiated, ReauthDue
+from xfrmctl.ike.proposals import keeping_prf
 from xfrmctl.ike.sa import IkeSa, IkeState
 from xfrmctl.port import ConnectionState
 
@@ -81,6 +83,10 @@ class Changes:
                         self.reauthenticate(sa, record)
             elif diff.negotiates:
                 for sa in live:
+                    if diff.ike_rekey and self.drives(sa, record) and _drops_prf(sa, record):
+                        sa.config = record.ike
+                        self.reauthenticate(sa, record)
+                        continue
                     self.apply_children(sa, record)
                     if diff.ike_rekey and self.drives(sa, record):  # the CHILD_SAs move
                         self.c.manager.act(sa, functools.partial(IkeSa.rekey, now=self.c.clock()))
@@ -311,6 +317,12 @@ class Changes:
         self.c.manager.act(sa, lambda s: s.delete_child(spi_in, now, "lost in restart"))
         if still_configured:
             self.c.manager.act(sa, lambda s: s.create_child(name, now))
+
+
+def _drops_prf(sa: IkeSa, record: ConnectionRecord) -> bool:
+    """The new IKE proposals lack the SA's PRF: a rekey would change it, which strongSwan
+    and RFC 7296 key differently (ike/tasks/ike_rekey.py), so it is reauthenticated."""
+    return sa.suite is not None and not keeping_prf(record.ike.proposals, sa.suite.prf)
 
 
 def _describe(diff: confdiff.ConnectionDiff) -> str:

@@ -417,6 +417,17 @@ def select(local: Sequence[ProposalSpec], offered: Sequence[Proposal],
     return None
 
 
+def keeping_prf(local: Sequence[ProposalSpec], prf: int | None) -> tuple[ProposalSpec, ...]:
+    """The IKE proposals narrowed to `prf`, the running IKE SA's (those without it left
+    out): an IKE rekey that changes the PRF is keyed differently by strongSwan (its old
+    PRF for prf+ too) and by RFC 7296 2.18 (the new one), so rekeys keep the PRF and a
+    configuration that drops it reauthenticates (daemon/changes.py). Empty: none has it."""
+    return tuple(
+        ProposalSpec(spec.protocol, {**spec.algorithms, TransformType.PRF: (alg,)})
+        for spec in local
+        for alg in spec.get(TransformType.PRF) if alg[0] == prf)
+
+
 def accept_chosen(sent: Sequence[Proposal], chosen: Proposal) -> bool:
     """Initiator check: the responder's choice is one transform per type of a proposal we
     sent under that number (RFC 7296 2.7)."""

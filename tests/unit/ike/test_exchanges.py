@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -230,6 +231,28 @@ def test_ike_rekey_moves_children_to_the_new_sa(pair: Pair) -> None:
     assert not pair.of("a", ChildSaDeleted)  # children survive an IKE rekey
     # The new IKE SA works: rekey the child over it.
     (child_a,) = pair.of("a", ChildSaNegotiated)
+    pair.a.act(new_a, lambda sa: sa.rekey_child(child_a.spi_in, pair.now))
+    pair.pump()
+    assert_child_pair(pair.of("a", ChildSaNegotiated)[1], pair.of("b", ChildSaNegotiated)[1])
+
+
+def test_ike_rekeys_keep_the_prf_where_the_proposals_allow(pair: Pair) -> None:
+    """Both ends come to prefer another PRF: the rekey still keeps the running one (a new
+    PRF is keyed differently by strongSwan and by RFC 7296 2.18)."""
+    up(pair)
+    old, peer = pair.a.all()[0], pair.b.all()[0]
+    assert old.suite is not None and old.config is not None and peer.config is not None
+    running = old.suite.prf
+    sha384_first = parse_proposals("aes256gcm16-prfsha384-ecp384, aes128gcm16-prfsha256-"
+                                   "prfsha384-x25519", ProtocolId.IKE)
+    old.config = dataclasses.replace(old.config, proposals=sha384_first)
+    peer.config = dataclasses.replace(peer.config, proposals=sha384_first)
+    pair.a.act(old, lambda sa: sa.rekey(pair.now))
+    pair.pump()
+    (new_a,), (new_b,) = pair.a.all(), pair.b.all()
+    assert new_a.suite is not None and new_b.suite is not None
+    assert new_a.suite.prf == new_b.suite.prf == running
+    (child_a,) = pair.of("a", ChildSaNegotiated)  # the new IKE SA works
     pair.a.act(new_a, lambda sa: sa.rekey_child(child_a.spi_in, pair.now))
     pair.pump()
     assert_child_pair(pair.of("a", ChildSaNegotiated)[1], pair.of("b", ChildSaNegotiated)[1])

@@ -5,6 +5,10 @@ The new IKE SA is keyed from the old one's SK_d and stays silent until adopted
 the surviving exchange. Simultaneous rekeys are decided in collisions.py. With
 additional key exchanges (RFC 9370) the new IKE SA is made after the IKE_FOLLOWUP_KE
 exchanges (followup_ke.py): SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) ... | SK(n)).
+
+A rekey keeps the IKE SA's PRF wherever the proposals allow (proposals.keeping_prf): with
+a new PRF strongSwan derives the keys with the old one, RFC 7296 2.18 and Libreswan with
+the new one, and the new IKE SA would fail its integrity checks against one of them.
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ class IkeRekey:
     def build(self, sa: IkeSa, now: float) -> Message | None:
         if sa.state is not IkeState.ESTABLISHED or rekey_out(sa):
             return None  # rekeyed or deleted meanwhile
-        conf = sa.conf()
         assert sa.suite is not None
+        specs = proposals.keeping_prf(sa.conf().proposals, sa.suite.prf) \
+            or sa.conf().proposals
         self.spi = new_spi()
         self.wire = tuple(spec.to_wire(i + 1, self.spi, with_addke=True)
-                          for i, spec in enumerate(conf.proposals))
-        groups = [g for spec in conf.proposals for g in spec.dh_groups]
+                          for i, spec in enumerate(specs))
+        groups = [g for spec in specs for g in spec.dh_groups]
         # the current group while configured, else the first of the (changed) proposals
         self.ke = dh.new_key_exchange(self.group or (sa.suite.dh if sa.suite.dh in groups
                                                      else groups[0]))
@@ -126,7 +131,11 @@ def respond(sa: IkeSa, msg: Message, sa_payload: SaPayload, now: float) -> None:
         # Finish our CHILD_SA rekey first; the peer retries (RFC 7296 2.25.2).
         sa.respond(msg, [notify(NotifyType.TEMPORARY_FAILURE)])
         return
-    chosen = proposals.select(sa.conf().proposals, sa_payload.proposals, addke=True)
+    assert sa.suite is not None
+    local = sa.conf().proposals
+    chosen = proposals.select(proposals.keeping_prf(local, sa.suite.prf),
+                              sa_payload.proposals, addke=True) \
+        or proposals.select(local, sa_payload.proposals, addke=True)
     if chosen is None or len(chosen.spi) != 8:
         sa.respond(msg, [notify(NotifyType.NO_PROPOSAL_CHOSEN)])
         return
