@@ -89,6 +89,7 @@ class Gateway:
     def host_vars(self, peer: str) -> dict[str, Any]:
         return {"api_url": f"unix://{self.daemon.socket}", "api_token": self.token,
                 "transit": self.transit, "lan": self.lan, "peer": peer,
+                "api_timeout": 300,  # one API call under TCG while Ansible's forks start
                 "ansible_connection": "local",
                 "ansible_python_interpreter": sys.executable}
 

@@ -16,6 +16,7 @@ __metaclass__ = type
 import ipaddress
 import json
 import os
+import socket
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.six.moves.urllib.parse import quote, urlencode
@@ -110,10 +111,20 @@ class Client(object):
             raw = exc.read() if hasattr(exc, "read") else b""
             raise ApiError(exc.code, _decode(raw) or exc.reason, method, path)
         except URLError as exc:
+            if isinstance(exc.reason, socket.timeout):
+                raise self._timed_out(method, path)
             where = self.unix_socket or self.base
             raise ApiError(None, "cannot reach the xfrmctl API at %s (%s); is the daemon "
                                  "running with --api?" % (where, exc.reason), method, path)
+        except socket.timeout:  # the answer (not the connection) took too long
+            raise self._timed_out(method, path)
         return _decode(raw)
+
+    def _timed_out(self, method, path):
+        return ApiError(None, "the xfrmctl API at %s did not answer within %s seconds; "
+                              "the change may still be applied: check the daemon, then "
+                              "run again or raise the option timeout"
+                        % (self.unix_socket or self.base, self.timeout), method, path)
 
     def list_all(self, path, query=None):
         """Every item of a paged list."""
