@@ -15,7 +15,10 @@ step "mypy"
 step "import contracts (lint-imports: the layers in pyproject's [tool.importlinter])"
 .venv/bin/lint-imports
 step "host tests (unit + netns)"
-"$PY" -m pytest -m "not lab" -p no:cacheprovider
+# Side by side on every core (XFRMCTL_TEST_WORKERS=1: in turn); each module whole on one
+# worker, as its daemons and namespaces are module fixtures.
+workers=${XFRMCTL_TEST_WORKERS:-$(nproc)}
+"$PY" -m pytest -m "not lab" -p no:cacheprovider -n "$workers" --dist loadfile
 if [[ -x deploy/lab/run ]]; then
   step "lab tests (real kernel VM)"
   # Through a pipe: qemu reopens its stdout, and on a regular file it would write from
