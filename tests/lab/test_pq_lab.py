@@ -3,7 +3,8 @@ IKE_SA_INIT plus ML-KEM-768 as ADDKE1 in an IKE_INTERMEDIATE exchange (RFC 9242,
 9370; charon's key and ciphertext come in fragments, RFC 7383), IntAuth bound in AUTH,
 then a CHILD_SA with ping through ESP. Both roles, and rekeys by both sides while
 pinging: the CHILD_SA with PFS (X25519 + ML-KEM-768 over IKE_FOLLOWUP_KE) and the IKE SA
-(the same), losing no packet.
+(the same), losing no packet. The second case adds ML-KEM-512 (kyber-py on our side) as
+ADDKE2.
 
 strongSwan 6.0.6 is unpacked to /opt/strongswan6 by deploy/setup.sh (Debian 12 ships
 5.9.8, which has neither RFC 9370 nor ML-KEM); without it the module skips with the
@@ -46,13 +47,15 @@ from tests.support.strongswan import STRONGSWAN6, Charon, SwanConn, SwanSecret, 
 from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, daemon_conf, wait_installed
 
 HYBRID_IKE = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
+# ML-KEM-512 (kyber-py on our side) as a second additional key exchange
+HYBRID_IKE_512 = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem512"
 HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768"
 
 CASES = [
     Case("hybrid-x25519-mlkem768-we-initiate-peer-rekeys", ike=HYBRID_IKE, esp=HYBRID_ESP,
          peer_rekeys_child=True, peer_rekeys_ike=True, delete_by_us=False),
-    Case("hybrid-x25519-mlkem768-peer-initiates-we-rekey", we_initiate=False,
-         ike=HYBRID_IKE, esp=HYBRID_ESP, we_rekey=True),
+    Case("hybrid-x25519-mlkem768-mlkem512-peer-initiates-we-rekey", we_initiate=False,
+         ike=HYBRID_IKE_512, esp=HYBRID_ESP, we_rekey=True),
 ]
 
 
@@ -131,6 +134,8 @@ def test_pq_hybrid(lab: PqLab, case: Case, keep_logs: None) -> None:
     ike = sas[0].raw
     # charon's side agrees: its IKE_SA has ML-KEM-768 as ADDKE1 (VICI "ke1-group")
     assert "ML_KEM_768" in str(ike), ike
+    if case.ike == HYBRID_IKE_512:  # and ML-KEM-512 as ADDKE2 on both sides
+        assert "KE2_ML_KEM_512" in str(up["suite"]) and "ML_KEM_512" in str(ike), (up, ike)
     assert "IKE_INTERMEDIATE" in charon.log_text(), "no IKE_INTERMEDIATE in charon's log"
     kid = swan_child(sas)
     assert {int(kid["spi-in"], 16), int(kid["spi-out"], 16)} == {

@@ -106,6 +106,7 @@ DH: dict[DhId, DhInfo] = {
     DhId.CURVE448: DhInfo(56),
     # FIPS 203 ML-KEM (draft-ietf-ipsecme-ikev2-mlkem): encapsulation key / ciphertext.
     # ML-KEM-512 is missing: the cryptography library has no ML-KEM-512.
+    DhId.ML_KEM_512: DhInfo(800, responder_size=768),
     DhId.ML_KEM_768: DhInfo(1184, responder_size=1088),
     DhId.ML_KEM_1024: DhInfo(1568, responder_size=1568),
 }

@@ -19,10 +19,12 @@ wrong length.
 
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
+from kyber_py.ml_kem import ML_KEM_512
 
 from .algorithms import DH
 from .constants import DhId, NotifyType
@@ -129,10 +131,53 @@ _CURVES: Final[dict[int, ec.EllipticCurve]] = {
     DhId.ECP_521: ec.SECP521R1(),
 }
 
-_MLKEM: Final[dict[int, tuple[type[mlkem.MLKEM768PrivateKey] | type[mlkem.MLKEM1024PrivateKey],
-                               type[mlkem.MLKEM768PublicKey] | type[mlkem.MLKEM1024PublicKey]]]] = {
-    DhId.ML_KEM_768: (mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey),
-    DhId.ML_KEM_1024: (mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey),
+class _Kem(Protocol):
+    """One ML-KEM parameter set: key generation (from the FIPS 203 seed d || z when
+    given) and encapsulation. ValueError for a bad encapsulation key or ciphertext."""
+
+    def generate(self, seed: bytes | None) -> tuple[bytes, Callable[[bytes], bytes]]:
+        """(the encapsulation key, decapsulate(ciphertext) -> shared secret)."""
+        ...
+
+    def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        """(ciphertext, shared secret) for the encapsulation key `public`."""
+        ...
+
+
+class _CryptographyKem:
+    """ML-KEM-768 and -1024 from cryptography (OpenSSL)."""
+
+    def __init__(self, private_type: type[mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey],
+                 public_type: type[mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey]) -> None:
+        self._private_type, self._public_type = private_type, public_type
+
+    def generate(self, seed: bytes | None) -> tuple[bytes, Callable[[bytes], bytes]]:
+        private = self._private_type.generate() if seed is None \
+            else self._private_type.from_seed_bytes(seed)
+        return private.public_key().public_bytes_raw(), private.decapsulate
+
+    def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        secret, ciphertext = self._public_type.from_public_bytes(public).encapsulate()
+        return ciphertext, secret
+
+
+class _KyberPyKem:
+    """ML-KEM-512, which cryptography does not offer: kyber-py's FIPS 203 implementation
+    (pure Python, ~20 ms an operation; 512 is the least used parameter set)."""
+
+    def generate(self, seed: bytes | None) -> tuple[bytes, Callable[[bytes], bytes]]:
+        public, private = ML_KEM_512.keygen() if seed is None else ML_KEM_512.key_derive(seed)
+        return public, functools.partial(ML_KEM_512.decaps, private)
+
+    def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        secret, ciphertext = ML_KEM_512.encaps(public)  # checks the modulus (FIPS 203 7.2)
+        return ciphertext, secret
+
+
+_MLKEM: Final[dict[int, _Kem]] = {
+    DhId.ML_KEM_512: _KyberPyKem(),
+    DhId.ML_KEM_768: _CryptographyKem(mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey),
+    DhId.ML_KEM_1024: _CryptographyKem(mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey),
 }
 
 SUPPORTED_GROUPS: Final[frozenset[int]] = frozenset(
@@ -263,15 +308,12 @@ class _MlKem:
 
     def __init__(self, group: int, seed: bytes | None = None) -> None:
         self.group = group
-        private_type = _MLKEM[group][0]
-        self._private = private_type.generate() if seed is None \
-            else private_type.from_seed_bytes(seed)
-        self.public_key = self._private.public_key().public_bytes_raw()
+        self.public_key, self._decapsulate = _MLKEM[group].generate(seed)
 
     def shared_secret(self, peer: bytes) -> bytes:
         _check_length(self.group, peer, from_responder=True)
         try:
-            return self._private.decapsulate(peer)
+            return self._decapsulate(peer)
         except ValueError:
             raise _bad_value(self.group, "ciphertext rejected") from None
 
@@ -284,11 +326,9 @@ def respond(group: int, peer: bytes) -> tuple[bytes, bytes]:
         return ours.public_key, ours.shared_secret(peer)
     _check_length(group, peer)
     try:
-        public = _MLKEM[group][1].from_public_bytes(peer)
+        return _MLKEM[group].encapsulate(peer)
     except ValueError:
         raise _bad_value(group, "encapsulation key fails the modulus check") from None
-    secret, ciphertext = public.encapsulate()
-    return ciphertext, secret
 
 
 def new_key_exchange(group: int) -> KeyExchange:

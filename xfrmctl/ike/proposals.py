@@ -94,6 +94,7 @@ KEYWORDS: dict[str, tuple[TransformType, int, int | None]] = {
     "curve25519": (TransformType.DH, DhId.CURVE25519, None),
     "x448": (TransformType.DH, DhId.CURVE448, None),
     "curve448": (TransformType.DH, DhId.CURVE448, None),
+    "mlkem512": (TransformType.DH, DhId.ML_KEM_512, None),
     "mlkem768": (TransformType.DH, DhId.ML_KEM_768, None),
     "mlkem1024": (TransformType.DH, DhId.ML_KEM_1024, None),
     "esn": (TransformType.ESN, EsnId.ESN, None),

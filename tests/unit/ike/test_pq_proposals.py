@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from xfrmctl.ike import dh
 from xfrmctl.ike.constants import DhId, NotifyType, ProtocolId, TransformType
-from xfrmctl.ike.errors import LocalError, ProtocolError
+from xfrmctl.ike.errors import ProtocolError
 from xfrmctl.ike.payloads import Proposal, Transform
 from xfrmctl.ike.proposals import (
     DhRule,
@@ -139,7 +139,8 @@ def test_exchanges_without_addke_do_not_choose_a_proposal_that_insists() -> None
 # --- ML-KEM ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("group", "ek", "ct"), [(DhId.ML_KEM_768, 1184, 1088),
+@pytest.mark.parametrize(("group", "ek", "ct"), [(DhId.ML_KEM_512, 800, 768),
+                                                 (DhId.ML_KEM_768, 1184, 1088),
                                                  (DhId.ML_KEM_1024, 1568, 1568)])
 def test_mlkem_initiator_and_responder_agree(group: DhId, ek: int, ct: int) -> None:
     initiator = dh.new_key_exchange(group)
@@ -167,9 +168,11 @@ def test_mlkem_encapsulation_key_of_wrong_length_is_invalid_syntax(size: int) ->
     assert err.value.notify == NotifyType.INVALID_SYNTAX
 
 
-def test_mlkem_encapsulation_key_failing_the_modulus_check_is_invalid_syntax() -> None:
+@pytest.mark.parametrize(("group", "ek"), [(DhId.ML_KEM_512, 800), (DhId.ML_KEM_768, 1184)])
+def test_mlkem_encapsulation_key_failing_the_modulus_check_is_invalid_syntax(
+        group: DhId, ek: int) -> None:
     with pytest.raises(ProtocolError, match="modulus") as err:
-        dh.respond(DhId.ML_KEM_768, b"\xff" * 1184)
+        dh.respond(group, b"\xff" * ek)
     assert err.value.notify == NotifyType.INVALID_SYNTAX
 
 
@@ -181,9 +184,16 @@ def test_mlkem_ciphertext_of_wrong_length_is_invalid_syntax(size: int) -> None:
     assert err.value.notify == NotifyType.INVALID_SYNTAX
 
 
-def test_mlkem512_is_refused_clearly() -> None:
-    """cryptography has no ML-KEM-512: a clear local error, never a hand-made KEM."""
-    with pytest.raises(LocalError, match="unsupported key exchange method 35"):
-        dh.new_key_exchange(DhId.ML_KEM_512)
-    with pytest.raises(ValueError, match="unknown algorithm keyword 'mlkem512'"):
-        parse_proposals("aes256gcm16-prfsha384-x25519-mlkem512", IKE)
+def test_mlkem512_from_seed_and_in_proposals() -> None:
+    """ML-KEM-512 (kyber-py; cryptography lacks it): the seed form gives the same key
+    pair twice, a tampered ciphertext gives another secret (implicit rejection, FIPS 203),
+    and the proposal keyword is strongSwan's."""
+    seed = bytes(range(64))
+    ours = dh.key_exchange_from_private(DhId.ML_KEM_512, seed)
+    assert ours.public_key == dh.key_exchange_from_private(DhId.ML_KEM_512, seed).public_key
+    ciphertext, secret = dh.respond(DhId.ML_KEM_512, ours.public_key)
+    assert ours.shared_secret(ciphertext) == secret
+    tampered = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+    assert ours.shared_secret(tampered) != secret
+    (spec,) = parse_proposals("aes256gcm16-prfsha384-x25519-ke1_mlkem512", IKE)
+    assert str(spec) == "aes256gcm16-prfsha384-x25519-ke1_mlkem512"
