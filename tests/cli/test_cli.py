@@ -88,7 +88,7 @@ def test_exit_codes(server: Server) -> None:
 def test_events_follow(server: Server) -> None:
     secret = httpx.post(f"{server.url}/api/v1/secrets", json={
         "name": "c1-psk", "kind": "psk", "value": PSK},
-        headers={"authorization": f"Bearer {server.tokens[Scope.ADMIN]}"})
+        headers={"authorization": f"Bearer {server.tokens[Scope.ADMIN]}"}, timeout=30)
     assert secret.status_code == 201  # a psk connection needs its secret first
     env = {**server.env, "XFRMCTL_URL": server.url, "XFRMCTL_TOKEN": server.tokens[Scope.READ]}
     follower = subprocess.Popen(
