@@ -96,6 +96,7 @@ from xfrmctl.ike.config import (
     Retransmit,
 )
 from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
+from xfrmctl.ike.eap import tls as eap_tls
 from xfrmctl.ike.eap.mschapv2 import MschapClient, MschapServer, nt_hash
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
@@ -201,6 +202,7 @@ class ChildConf(_Strict):
 
 class EapMethodName(StrEnum):
     MSCHAPV2 = "eap-mschapv2"
+    TLS = "eap-tls"
 
 
 class ConnectionConf(_Strict):
@@ -319,9 +321,16 @@ class ConnectionConf(_Strict):
         if self.auth is not AuthMethodName.PUBKEY:
             raise ValueError("with EAP the gateway proves itself with a certificate: set "
                              "auth: pubkey")
-        if self.remote_auth and not ((self.certificate or self.certificate_pem)
-                                     and (self.private_key or self.private_key_pem)):
+        own = bool((self.certificate or self.certificate_pem)
+                   and (self.private_key or self.private_key_pem))
+        if self.remote_auth and not own:
             raise ValueError("remote_auth (EAP gateway) needs certificate and private_key")
+        if EapMethodName.TLS in (self.local_auth, self.remote_auth):
+            if not (self.ca or self.ca_pem):
+                raise ValueError("eap-tls needs ca: the CA of the peer's certificate")
+            if not own:
+                raise ValueError("eap-tls needs certificate and private_key: ours for TLS")
+            return self
         if self.local_auth:
             if not (self.ca or self.ca_pem):
                 raise ValueError("local_auth (EAP client) needs ca: the gateway's CA")
@@ -461,19 +470,65 @@ def eap_password(conf: ConnectionConf) -> str:
 
 def _remote_pubkey(conf: ConnectionConf, crls: RevocationStore | None) -> RemoteAuth:
     """The peer proves itself with a certificate from one of our CAs, not revoked."""
-    cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
-           for c in x509.load_pem_x509_certificates(pem.encode())]
-    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas), revocation=conf.revocation,
-                      crls=crls)
+    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf)),
+                      revocation=conf.revocation, crls=crls)
+
+
+def _cas(conf: ConnectionConf) -> list[x509.Certificate]:
+    return [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
+            for c in x509.load_pem_x509_certificates(pem.encode())]
+
+
+def _own(conf: ConnectionConf) -> LocalAuth:
+    """Our certificate (the file may hold our chain: the end entity, then its
+    intermediates) and private key."""
+    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
+    key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
+    key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
+    return LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
+                     intermediates=tuple(chain))
+
+
+def dn_text(name: x509.Name) -> str:
+    """A DN as strongSwan writes it, in DER order ("C=CH, O=Org, CN=carol"): what
+    Identity.parse reads back to the same DER."""
+    return ", ".join(f"{a.rfc4514_attribute_name}={a.value!s}" for rdn in name.rdns
+                     for a in rdn)
+
+
+def _eap_tls_client(conf: ConnectionConf, crls: RevocationStore | None
+                    ) -> tuple[LocalAuth, RemoteAuth]:
+    """EAP-TLS as the client: our certificate in TLS; the EAP identity is eap_id, else
+    local_id, else our certificate's subject (which the gateway finds in it)."""
+    own = _own(conf)
+    assert own.certificate is not None and own.private_key is not None
+    identity = conf.eap_id or conf.local_id or dn_text(own.certificate.subject)
+    context = eap_tls.client_context(own.certificate, own.private_key, own.intermediates)
+    return (replace(own, eap=lambda: eap_tls.EapTlsClient(identity, context)),
+            _remote_pubkey(conf, crls))
 
 
 def _eap_client(conf: ConnectionConf, crls: RevocationStore | None
                 ) -> tuple[LocalAuth, RemoteAuth]:
+    if conf.local_auth is EapMethodName.TLS:
+        return _eap_tls_client(conf, crls)
     identity = conf.eap_id or conf.local_id or ""
     password_hash = nt_hash(eap_password(conf))
     return (LocalAuth(AuthMethodName.PUBKEY,
                       eap=lambda: MschapClient(identity, password_hash)),
             _remote_pubkey(conf, crls))
+
+
+def _eap_tls_gateway(conf: ConnectionConf, local: LocalAuth, crls: RevocationStore | None
+                     ) -> RemoteAuth:
+    """EAP-TLS as the gateway: our certificate in TLS; the clients' certificates are
+    verified by the IKE core against `ca` (and revocation), as for certificate AUTH."""
+    assert local.certificate is not None and local.private_key is not None
+    cas = _cas(conf)
+    context = eap_tls.server_context(local.certificate, local.private_key,
+                                     local.intermediates)
+    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas), revocation=conf.revocation,
+                      crls=crls, eap=lambda sa_id: eap_tls.EapTlsServer(context))
 
 
 def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth, RemoteAuth]:
@@ -483,12 +538,9 @@ def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
                 RemoteAuth(AuthMethodName.PSK, psk=psk))
-    # the certificate file may hold our chain: the end entity, then its intermediates
-    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
-    key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
-    key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
-    local = LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
-                      intermediates=tuple(chain))
+    local = _own(conf)
+    if conf.remote_auth is EapMethodName.TLS:  # the gateway: client certificates
+        return local, _eap_tls_gateway(conf, local, crls)
     if conf.remote_auth is not None:  # the gateway: users from the database
         return local, RemoteAuth(AuthMethodName.PUBKEY,
                                  eap=lambda sa_id: MschapServer(EAP_USERS.lookup))

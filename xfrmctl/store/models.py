@@ -142,6 +142,7 @@ class SecretKind(enum.StrEnum):
 
 class EapMethod(enum.StrEnum):
     MSCHAPV2 = "eap-mschapv2"
+    TLS = "eap-tls"  # certificates inside EAP (RFC 5216); no password
 
 
 class EventKind(enum.StrEnum):

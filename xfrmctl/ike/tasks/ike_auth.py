@@ -356,6 +356,7 @@ class IkeAuth:
             raise ProtocolError("IKE_AUTH response without EAP payload during EAP")
         try:
             self.eap_out = eap.answer(payload)
+            eap.check_chain(sa, self.idr)
         except EapError as exc:
             if error is not None:  # the gateway ended it (EAP-Failure)
                 sa.fail(FailureReason.AUTHENTICATION_FAILED, str(exc))
