@@ -29,7 +29,9 @@ packets still on the wire, default 5, as strongSwan's setting of that name), and
 
 EAP (docs/eap.md): `remote_auth: eap-mschapv2` makes a connection an EAP gateway (users from
 the database), `local_auth: eap-mschapv2` with `eap_id` and `eap_password[_file]` a client;
-`dns` lists DNS servers sent with virtual IPs.
+`eap-tls` on either side logs in with certificates inside EAP (`certificate`,
+`private_key` and `ca` on both sides, no password); `dns` lists DNS servers sent with
+virtual IPs.
 
 Proposals (`ike_proposals`, `esp_proposals`, `ah_proposals`) use strongSwan's keywords,
 joined by `-`, several proposals by `,` (xfrmctl/ike/proposals.py lists them). Post-quantum

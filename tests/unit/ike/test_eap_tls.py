@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -145,14 +146,19 @@ def test_revoked_client_certificate_is_refused(pki: Pki) -> None:
 
 
 def test_client_refuses_a_gateway_tls_certificate_it_does_not_trust(pki: Pki) -> None:
-    """The gateway's IKE certificate verifies, but the TLS one must too: a client that
-    trusts another CA gives up before IKE's AUTH (the gateway's IKE signature fails
-    first here, since both certificates are the same)."""
-    pair = make_pair(client(pki, trust=pki.stranger_ca.cert), gateway(pki), wall_clock=True)
+    """The gateway's IKE certificate verifies, but its TLS certificate (another CA's) does
+    not: the client gives up before it would send its AUTH."""
+    conf = gateway(pki)
+    ctx = et.server_context(pki.stranger.cert, pki.stranger.key)
+    conf = replace(conf, remote_auth=replace(conf.remote_auth,
+                                             eap=lambda sa_id: et.EapTlsServer(ctx)))
+    pair = make_pair(client(pki), conf, wall_clock=True)
     up(pair)
-    assert not pair.of("a", IkeSaUp)
+    assert not pair.of("a", IkeSaUp) and not pair.of("b", IkeSaUp)
     (failed,) = pair.of("a", NegotiationFailed)
     assert failed.reason is FailureReason.AUTHENTICATION_FAILED
+    assert "the gateway's EAP-TLS certificate is refused" in failed.message
+    assert "not issued by a trusted CA" in failed.message
 
 
 # --- the method alone: fragments, limits ---------------------------------------------
