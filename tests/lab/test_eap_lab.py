@@ -11,7 +11,9 @@ no eap-mschapv2 plugin), both roles, with real ESP (issue 13, "EAP for remote-ac
 - we log in to strongSwan's gateway as a road warrior, get its virtual IP, ping;
 - EAP-TLS (TLS 1.2, strongSwan's default): strongSwan logs in to our gateway with its
   certificate (connection "rwtls", chosen by its IKE identity), and we to strongSwan's
-  gateway with ours; each pings through ESP.
+  gateway with ours; each pings through ESP;
+- EAP-RADIUS: strongSwan logs in with EAP-MSCHAPv2 to our gateway, which relays EAP to
+  FreeRADIUS (started by the case in our namespace, on its loopback); pings through ESP.
 One daemon and one charon serve the module; each case loads charon's connections and
 leaves no SA behind.
 """
@@ -40,6 +42,8 @@ from tests.lab.interop_common import (
     wait_clean,
     write_credentials,
 )
+from tests.support.freeradius import available as freeradius_available
+from tests.support.freeradius import freeradius
 from tests.support.strongswan import (
     STRONGSWAN6,
     Charon,
@@ -309,3 +313,49 @@ def test_xfrmctl_eap_tls_client_logs_in_to_strongswan_gateway(lab: Lab,
         mark = lab.daemon.mark()
         lab.daemon.reload(daemon_conf([client.outer], gateways(lab.pair, lab.credentials)))
         lab.daemon.wait_event("IkeSaDown", 60, mark)
+
+
+# --- EAP-RADIUS ------------------------------------------------------------------------
+
+RADIUS_USER, RADIUS_PASSWORD = "frank", "lab test-only password fr4nk"  # in FreeRADIUS
+RADIUS_SECRET = "lab test-only radius secret"
+
+
+def test_strongswan_client_logs_in_through_freeradius(lab: Lab, keep_logs: None,
+                                                      tmp_path: Path) -> None:
+    reason = freeradius_available()
+    if reason is not None:
+        pytest.skip(reason)
+    me, gw = lab.pair.right, lab.pair.left
+    rwradius = connection(
+        gw.outer, None, {"net": child([gw.subnet], [])}, auth="pubkey", local_id=LEFT_ID,
+        remote_id=RADIUS_USER, certificate=str(lab.credentials / "left.pem"),
+        private_key=str(lab.credentials / "left.key"), remote_auth="eap-radius",
+        pool=TLS_POOL)
+    radius = {"server": "127.0.0.1", "port": 1812, "secret": RADIUS_SECRET, "timeout": 5}
+    conn = SwanConn(
+        "home", child_name="net", local_addrs=[me.outer], remote_addrs=[gw.outer],
+        local_id=RADIUS_USER, remote_id=LEFT_ID, auth="pubkey", local_auth="eap-mschapv2",
+        eap_id=RADIUS_USER, remote_cacert="ca.pem", vips=["0.0.0.0"], local_ts=["dynamic"],
+        remote_ts=[gw.subnet], proposals=["aes128gcm16-prfsha256-x25519"],
+        esp_proposals=["aes128gcm16-x25519"])
+    lab.charon.load([conn], [SwanSecret(RADIUS_PASSWORD, ids=[RADIUS_USER], kind="EAP")],
+                    cacerts={"ca.pem": lab.certs["ca.pem"]})
+    with freeradius(tmp_path / "freeradius", {RADIUS_USER: RADIUS_PASSWORD}, RADIUS_SECRET,
+                    netns=gw.netns) as server:
+        lab.daemon.reload(daemon_conf([gw.outer], {"rwradius": rwradius}
+                                      | gateways(lab.pair, lab.credentials), radius=radius))
+        try:
+            mark = lab.daemon.mark()
+            lab.charon.initiate("net", ike="home")
+            up = lab.daemon.wait_event("IkeSaUp", 120, mark)
+            assert up["connection"] == "rwradius" and up["remote_eap_id"] == RADIUS_USER, up
+            vip = up["virtual_ip"]
+            assert vip and ip_in(vip, TLS_POOL), up
+            wait_installed(lab.daemon, mark)
+            ping_done(ping_from(lab.pair.right, vip, lab.pair.left.inner, 5))
+            assert f"Login OK: [{RADIUS_USER}]" in server.log_text()
+        finally:
+            for sa in lab.charon.list_sas():
+                lab.charon.terminate(ike_id=sa.uniqueid, timeout=30)
+            lab.daemon.reload(daemon_conf([gw.outer], gateways(lab.pair, lab.credentials)))

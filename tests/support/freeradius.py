@@ -1,7 +1,7 @@
 """FreeRADIUS (Debian's `freeradius`, 3.2) started by a test: a minimal configuration in
-a temporary directory (one client, a users file, EAP with MSCHAPv2), listening on a
-loopback port the test chose; stopped after. Skips with the reason when not installed.
-Passwords here are test-only."""
+a temporary directory (one client, a users file, EAP with MSCHAPv2), listening on
+loopback (a free port; in a network namespace the test made, 1812); stopped after.
+`available()` says why it cannot run. Passwords here are test-only."""
 
 from __future__ import annotations
 
@@ -126,23 +126,26 @@ def _users(users: Mapping[str, str]) -> str:
 
 
 @contextmanager
-def freeradius(directory: Path, users: Mapping[str, str], secret: str) -> Iterator[FreeRadius]:
-    """FreeRADIUS on 127.0.0.1 with these users (name -> password)."""
+def freeradius(directory: Path, users: Mapping[str, str], secret: str,
+               netns: str | None = None) -> Iterator[FreeRadius]:
+    """FreeRADIUS on 127.0.0.1 (of `netns` if given) with these users (name -> password)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_udp_port()
+    port = 1812 if netns else _free_udp_port()
+    inside = ["ip", "netns", "exec", netns] if netns else []
     (directory / "radiusd.conf").write_text(_CONF.format(dir=directory, port=port,
                                                          secret=secret))
     (directory / "users").write_text(_users(users))
-    check = subprocess.run([FREERADIUS, "-C", "-d", str(directory)], capture_output=True,
+    check = subprocess.run([*inside, FREERADIUS, "-C", "-d", str(directory)],
+                           capture_output=True,
                            text=True, timeout=60, check=False)
     if check.returncode != 0:
         raise RuntimeError(f"FreeRADIUS refused its configuration:\n{check.stdout}\n"
                            f"{check.stderr}")
     out = open(directory / "stdout.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([FREERADIUS, "-f", "-xx", "-l", "stdout", "-d", str(directory)],
-                               stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([*inside, FREERADIUS, "-f", "-xx", "-l", "stdout", "-d",
+                                str(directory)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # minutes under TCG in the lab VM
         while "Ready to process requests" not in (directory / "stdout.log").read_text(
                 errors="replace"):
             if process.poll() is not None or time.monotonic() > deadline:

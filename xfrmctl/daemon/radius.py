@@ -149,7 +149,9 @@ class RadiusServer:
 
 
 def _step(packet: RadiusPacket, request_authenticator: bytes, server: RadiusServer,
-          identity: str) -> EapStep:
+          identity: str, identifier: int) -> EapStep:
+    """The EAP server's answer in a RADIUS answer; `identifier`: of the client's response
+    (for the EAP-Success/Failure we make when the server sent none)."""
     eap = b"".join(packet.get(EAP_MESSAGE))
     if packet.code == ACCESS_CHALLENGE:
         if not eap:
@@ -161,12 +163,12 @@ def _step(packet: RadiusPacket, request_authenticator: bytes, server: RadiusServ
             raise RadiusError("Access-Accept without MS-MPPE keys (no MSK)")
         msk = mppe_key(recv, server.secret, request_authenticator) + \
             mppe_key(send, server.secret, request_authenticator)
-        success = eap or EapPacket(EapCode.SUCCESS, 0).encode()
+        success = eap or EapPacket(EapCode.SUCCESS, identifier).encode()
         return EapStep(Outcome.SUCCESS, success, msk=msk, identity=identity)
     if packet.code == ACCESS_REJECT:
         message = b" ".join(packet.get(REPLY_MESSAGE)).decode("utf-8", "replace").strip()
         reason = "RADIUS Access-Reject" + (f": {message}" if message else "")
-        return EapStep(Outcome.FAILURE, eap or EapPacket(EapCode.FAILURE, 0).encode(),
+        return EapStep(Outcome.FAILURE, eap or EapPacket(EapCode.FAILURE, identifier).encode(),
                        identity=identity, reason=reason)
     raise RadiusError(f"unexpected RADIUS code {packet.code}")
 
@@ -219,14 +221,15 @@ class RadiusClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _ask(self, sa_id: int, identity: str, packet: bytes) -> None:
-        server = self.server
+        server, identifier = self.server, packet[1]  # EAP-Failure answers the response
         if server is None:
-            step = EapStep.failure(0, "EAP-RADIUS: no RADIUS server configured", identity)
+            step = EapStep.failure(identifier, "EAP-RADIUS: no RADIUS server configured",
+                                   identity)
         else:
             try:
                 step = await self._exchange(server, sa_id, identity, packet)
             except (RadiusError, OSError) as exc:
-                step = EapStep.failure(0, f"EAP-RADIUS: {exc}", identity)
+                step = EapStep.failure(identifier, f"EAP-RADIUS: {exc}", identity)
         if step.outcome is not Outcome.CONTINUE:
             self._states.pop(sa_id, None)
         if self.deliver is not None:
@@ -278,7 +281,7 @@ class RadiusClient:
             if len(self._states) >= MAX_SESSIONS:
                 self._states.pop(next(iter(self._states)))
             self._states[sa_id] = state[0]
-        return _step(answer, authenticator, server, identity)
+        return _step(answer, authenticator, server, identity, packet[1])
 
     async def close(self) -> None:
         for task in list(self._tasks):
