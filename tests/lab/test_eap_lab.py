@@ -162,16 +162,17 @@ def keep_logs(request: pytest.FixtureRequest, lab: Lab) -> Iterator[None]:
     wait_clean(lab.pair)
 
 
-def swan_client(lab: Lab, password: str) -> None:
-    """charon as a road warrior logging in to our gateway as USER."""
+def swan_client(lab: Lab, password: str, user: str = USER) -> None:
+    """charon as a road warrior logging in to our gateway as `user` (its IKE identity
+    too) with EAP-MSCHAPv2."""
     me, gw = lab.pair.right, lab.pair.left
     conn = SwanConn(
         "home", child_name="net", local_addrs=[me.outer], remote_addrs=[gw.outer],
-        local_id=USER, remote_id=LEFT_ID, auth="pubkey", local_auth="eap-mschapv2",
-        eap_id=USER, remote_cacert="ca.pem", vips=["0.0.0.0"], local_ts=["dynamic"],
+        local_id=user, remote_id=LEFT_ID, auth="pubkey", local_auth="eap-mschapv2",
+        eap_id=user, remote_cacert="ca.pem", vips=["0.0.0.0"], local_ts=["dynamic"],
         remote_ts=[gw.subnet], proposals=["aes128gcm16-prfsha256-x25519"],
         esp_proposals=["aes128gcm16-x25519"])
-    lab.charon.load([conn], [SwanSecret(password, ids=[USER], kind="EAP")],
+    lab.charon.load([conn], [SwanSecret(password, ids=[user], kind="EAP")],
                     cacerts={"ca.pem": lab.certs["ca.pem"]})
 
 
@@ -221,7 +222,7 @@ def test_wrong_password_is_refused_with_the_reason_in_events(lab: Lab,
 
 
 def test_xfrmctl_client_logs_in_to_strongswan_gateway(lab: Lab, keep_logs: None) -> None:
-    me, client = lab.pair.right, lab.pair.left
+    me = lab.pair.right
     gw = SwanConn(
         "rw", child_name="net", local_addrs=[me.outer], local_id=RIGHT_ID, auth="pubkey",
         local_cert="right.pem", remote_auth="eap-mschapv2", remote_eap_id="%any",
@@ -232,17 +233,23 @@ def test_xfrmctl_client_logs_in_to_strongswan_gateway(lab: Lab, keep_logs: None)
                     [SwanPool("vips", SWAN_POOL, dns=["203.0.113.53"])],
                     certs={"right.pem": lab.certs["right.pem"]},
                     keys={"right.key": lab.certs["right.key"]})
+    our_client_logs_in(lab, client_conf(lab.pair, lab.credentials), OUR_USER)
+
+
+def our_client_logs_in(lab: Lab, home: dict[str, Any], eap_user: str) -> None:
+    """Load our client connection `home` beside the gateways: it comes up with a virtual
+    IP of charon's pool, charon saw `eap_user`, ping through ESP; then it goes again."""
+    me, client = lab.pair.right, lab.pair.left
     mark = lab.daemon.mark()
-    conf = daemon_conf([client.outer], gateways(lab.pair, lab.credentials)
-                       | {"home": client_conf(lab.pair, lab.credentials)})
-    lab.daemon.reload(conf)
+    lab.daemon.reload(daemon_conf([client.outer], gateways(lab.pair, lab.credentials)
+                                  | {"home": home}))
     try:
         up = lab.daemon.wait_event("IkeSaUp", 120, mark, connection="home")
         vip = up["virtual_ip"]
         assert up["initiator"] is True and vip and ip_in(vip, SWAN_POOL), up
         wait_installed(lab.daemon, mark)
         (sa,) = lab.charon.list_sas("rw")
-        assert sa.raw.get("remote-eap-id", sa.raw.get("remote-id")) == OUR_USER, sa.raw
+        assert sa.raw.get("remote-eap-id", sa.raw.get("remote-id")) == eap_user, sa.raw
         ping_done(ping_from(client, vip, me.inner, 5))
     finally:
         mark = lab.daemon.mark()
@@ -298,21 +305,7 @@ def test_xfrmctl_eap_tls_client_logs_in_to_strongswan_gateway(lab: Lab,
         certificate=str(lab.credentials / "left.pem"),
         private_key=str(lab.credentials / "left.key"), ca=[str(lab.credentials / "ca.pem")],
         request_virtual_ip=True, start_action="start")
-    mark = lab.daemon.mark()
-    lab.daemon.reload(daemon_conf([client.outer], gateways(lab.pair, lab.credentials)
-                                  | {"home": home}))
-    try:
-        up = lab.daemon.wait_event("IkeSaUp", 120, mark, connection="home")
-        vip = up["virtual_ip"]
-        assert up["initiator"] is True and vip and ip_in(vip, SWAN_POOL), up
-        wait_installed(lab.daemon, mark)
-        (sa,) = lab.charon.list_sas("rw")
-        assert sa.raw.get("remote-eap-id", sa.raw.get("remote-id")) == LEFT_ID, sa.raw
-        ping_done(ping_from(client, vip, me.inner, 5))
-    finally:
-        mark = lab.daemon.mark()
-        lab.daemon.reload(daemon_conf([client.outer], gateways(lab.pair, lab.credentials)))
-        lab.daemon.wait_event("IkeSaDown", 60, mark)
+    our_client_logs_in(lab, home, LEFT_ID)
 
 
 # --- EAP-RADIUS ------------------------------------------------------------------------
@@ -326,21 +319,14 @@ def test_strongswan_client_logs_in_through_freeradius(lab: Lab, keep_logs: None,
     reason = freeradius_available()
     if reason is not None:
         pytest.skip(reason)
-    me, gw = lab.pair.right, lab.pair.left
+    gw = lab.pair.left
     rwradius = connection(
         gw.outer, None, {"net": child([gw.subnet], [])}, auth="pubkey", local_id=LEFT_ID,
         remote_id=RADIUS_USER, certificate=str(lab.credentials / "left.pem"),
         private_key=str(lab.credentials / "left.key"), remote_auth="eap-radius",
         pool=TLS_POOL)
     radius = {"server": "127.0.0.1", "port": 1812, "secret": RADIUS_SECRET, "timeout": 5}
-    conn = SwanConn(
-        "home", child_name="net", local_addrs=[me.outer], remote_addrs=[gw.outer],
-        local_id=RADIUS_USER, remote_id=LEFT_ID, auth="pubkey", local_auth="eap-mschapv2",
-        eap_id=RADIUS_USER, remote_cacert="ca.pem", vips=["0.0.0.0"], local_ts=["dynamic"],
-        remote_ts=[gw.subnet], proposals=["aes128gcm16-prfsha256-x25519"],
-        esp_proposals=["aes128gcm16-x25519"])
-    lab.charon.load([conn], [SwanSecret(RADIUS_PASSWORD, ids=[RADIUS_USER], kind="EAP")],
-                    cacerts={"ca.pem": lab.certs["ca.pem"]})
+    swan_client(lab, RADIUS_PASSWORD, RADIUS_USER)
     with freeradius(tmp_path / "freeradius", {RADIUS_USER: RADIUS_PASSWORD}, RADIUS_SECRET,
                     netns=gw.netns) as server:
         lab.daemon.reload(daemon_conf([gw.outer], {"rwradius": rwradius}
