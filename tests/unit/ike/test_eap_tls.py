@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -21,10 +22,13 @@ from tests.support.pki import Credential, make_ca, make_cert
 from xfrmctl.daemon.conf import dn_text
 from xfrmctl.daemon.pool import AddressPool
 from xfrmctl.ike.certs import TrustStore
-from xfrmctl.ike.config import AuthMethodName, IkeConfig, LocalAuth, RemoteAuth
+from xfrmctl.ike.config import AuthMethodName, Identity, IkeConfig, LocalAuth, RemoteAuth
+from xfrmctl.ike.constants import IdType
 from xfrmctl.ike.eap import EapCode, EapError, EapPacket, EapType, Outcome
+from xfrmctl.ike.eap import mschapv2 as ms
 from xfrmctl.ike.eap import tls as et
 from xfrmctl.ike.events import ChildSaNegotiated, FailureReason, IkeSaUp, NegotiationFailed
+from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.revocation import RevocationPolicy, RevocationStore
 
 
@@ -252,3 +256,19 @@ def test_client_refuses_oversized_fragments_too(pki: Pki) -> None:
     with pytest.raises(EapError, match="at most"):
         tls_client.process(EapPacket(EapCode.REQUEST, identifier, EapType.TLS, bytes(
             (et.Flags.LENGTH | et.Flags.MORE,)) + struct.pack("!I", 10**9) + b"x"))
+
+
+def test_gateway_picks_the_connection_naming_the_peer_over_a_catch_all(pki: Pki) -> None:
+    """An EAP-MSCHAPv2 connection for anyone listed first, an EAP-TLS one for this peer's
+    IKE identity second: the peer gets the one that names it (as strongSwan's best
+    match), whatever the order."""
+    catch_all = replace(gateway(pki), name="all", remote_auth=RemoteAuth(
+        AuthMethodName.PUBKEY, eap=lambda sa_id: ms.MschapServer(lambda user: None)))
+    carol_id = Identity(IdType.DER_ASN1_DN, pki.carol.cert.subject.public_bytes())
+    for_carol = replace(gateway(pki), name="tls", remote_id=carol_id)
+    for order in ([catch_all, for_carol], [for_carol, catch_all]):
+        pair = Pair(IkeManager([client(pki)]), IkeManager(order))
+        pair.now = time.time()
+        up(pair)
+        (up_b,) = pair.of("b", IkeSaUp)
+        assert up_b.connection == "tls"
