@@ -13,6 +13,7 @@ APT_PACKAGES=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins
   postgresql
+  freeradius  # the RADIUS server EAP pass-through is tested against (host tests start it)
   chromium curl
   ruby  # syntax check of the Vagrantfile (tests/ansible)
 )
@@ -26,9 +27,9 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
-  # strongSwan's and PostgreSQL's services must not run on the host: the tests start
+  # strongSwan's, PostgreSQL's and FreeRADIUS's services must not run on the host: the tests start
   # their own instances inside network namespaces.
-  systemctl disable --now strongswan-starter strongswan postgresql >/dev/null 2>&1 || true
+  systemctl disable --now strongswan-starter strongswan postgresql freeradius >/dev/null 2>&1 || true
 fi
 
 # strongSwan 6.0.6 beside Debian's 5.9.8 (RFC 9370 + ML-KEM interop): the tarball holds

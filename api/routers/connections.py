@@ -21,6 +21,7 @@ from xfrmctl.store.models import (
     AuthMethod,
     Certificate,
     Connection,
+    EapMethod,
     EventKind,
     Secret,
     SecretKind,
@@ -134,16 +135,18 @@ def _secret(session: Session, secret_id: int | None, kind: SecretKind, auth: str
 
 def _check_eap(session: Session, box: SecretBox, values: dict[str, Any]) -> None:
     """EAP (RFC 7296 2.16): the gateway always proves itself with its certificate. As
-    the gateway (remote_auth) we need certificate and key; as the client (local_auth) a
-    CA for the gateway and our password (a secret of kind eap)."""
+    the gateway (remote_auth) we need certificate and key (eap-tls: and the CA of the
+    clients' certificates); as the client (local_auth) a CA for the gateway and our
+    password (a secret of kind eap), or with eap-tls our certificate and key."""
     if values.get("local_auth") and values.get("remote_auth"):
         raise repo.InvalidField("local_auth", "EAP on both sides: set local_auth (we are "
                                 "the client) or remote_auth (we are the gateway), not both")
     if values.get("auth") != AuthMethod.PUBKEY:
         raise repo.InvalidField("auth", "with EAP the gateway proves itself with a "
                                 "certificate: set auth to pubkey")
-    if values.get("remote_auth"):
-        _check_pubkey(session, box, values, need_ca=False)
+    tls = EapMethod.TLS in (values.get("local_auth"), values.get("remote_auth"))
+    if values.get("remote_auth") or tls:
+        _check_pubkey(session, box, values, need_ca=tls)
         return
     if values.get("ca_id") is None:
         raise repo.InvalidField("ca_id", "an EAP client needs the CA of the gateway's "

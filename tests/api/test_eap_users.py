@@ -87,3 +87,25 @@ async def test_connection_chooses_eap_per_side(client: httpx.AsyncClient) -> Non
     r = await client.post("/connections", json={**client_conn, "eap_secret_id": s.json()["id"]})
     assert r.status_code == 201, r.text
     assert PASSWORD not in r.text
+
+
+async def test_connection_chooses_eap_tls(client: httpx.AsyncClient) -> None:
+    """EAP-TLS needs our certificate and key on either side (the TLS handshake) and a CA
+    for the peer's certificate; no password. An EAP-RADIUS gateway needs only its own."""
+    pki = await pubkey_objects(client, "tls")
+    gateway = {"name": "rwtls", "auth": "pubkey", "certificate_id": pki["cert"],
+               "remote_auth": "eap-tls", "pool": "203.0.113.128/25"}
+    r = await client.post("/connections", json=gateway)
+    assert r.status_code == 201, r.text
+    assert r.json()["remote_auth"] == "eap-tls"
+    home = {"name": "hometls", "auth": "pubkey", "ca_id": pki["ca"], "local_auth": "eap-tls"}
+    r = await client.post("/connections", json=home)
+    assert r.status_code == 422 and "certificate_id" in r.text
+    r = await client.post("/connections", json={**home, "certificate_id": pki["cert"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["local_auth"] == "eap-tls" and r.json()["eap_secret_id"] is None
+    r = await client.post("/connections", json={**gateway, "name": "rwradius",
+                                                "remote_auth": "eap-radius"})
+    assert r.status_code == 201 and r.json()["remote_auth"] == "eap-radius", r.text
+    r = await client.post("/connections", json={**home, "name": "md5", "local_auth": "eap-md5"})
+    assert r.status_code == 422 and "local_auth" in r.text

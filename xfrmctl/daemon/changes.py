@@ -244,6 +244,7 @@ class Changes:
     def load(self, conf: cf.DaemonConf) -> list[str]:
         """Take a new configuration; returns the names of connections that changed."""
         self.c.conf = conf
+        self.load_radius(conf)
         changed = []
         for name, conn in sorted(conf.connections.items()):
             old = self.c.connections.get(name)
@@ -259,7 +260,7 @@ class Changes:
             if conn.pool:
                 pool = self.c._pools.setdefault(name, AddressPool(conn.pool))
             try:
-                ike = cf.ike_config(name, conn, pool, self.c.revocation.store)
+                ike = cf.ike_config(name, conn, pool, self.c.revocation.store, self.c.radius)
                 add_configured(self.c.revocation.store, name, ike,
                                configured_crls(conn.crl_pem, conn.crl))
             except (OSError, ValueError) as exc:  # e.g. a psk_file or key that is missing
@@ -296,6 +297,15 @@ class Changes:
                            configured_crls(conn.crl_pem, conn.crl))
         except (OSError, ValueError) as exc:
             log.error("connection %s: CRL not loaded: %s", name, exc)
+
+    def load_radius(self, conf: cf.DaemonConf) -> None:
+        """The RADIUS server eap-radius connections relay to (a secret_file that cannot
+        be read leaves none: their logins fail with that said)."""
+        try:
+            self.c.radius.configure(cf.radius_server(conf.radius))
+        except OSError as exc:
+            log.error("radius: secret_file %s: %s", exc.filename, exc.strerror)
+            self.c.radius.configure(None)
 
     def not_loadable(self, name: str, exc: Exception) -> None:
         """One connection that cannot be loaded is left out (a running one keeps its

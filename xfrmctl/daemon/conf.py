@@ -29,7 +29,10 @@ packets still on the wire, default 5, as strongSwan's setting of that name), and
 
 EAP (docs/eap.md): `remote_auth: eap-mschapv2` makes a connection an EAP gateway (users from
 the database), `local_auth: eap-mschapv2` with `eap_id` and `eap_password[_file]` a client;
-`dns` lists DNS servers sent with virtual IPs.
+`eap-tls` on either side logs in with certificates inside EAP (`certificate`,
+`private_key` and `ca` on both sides, no password); `remote_auth: eap-radius` relays the
+clients' EAP to the RADIUS server of the daemon-level `radius` section; `dns` lists DNS
+servers sent with virtual IPs.
 
 Proposals (`ike_proposals`, `esp_proposals`, `ah_proposals`) use strongSwan's keywords,
 joined by `-`, several proposals by `,` (xfrmctl/ike/proposals.py lists them). Post-quantum
@@ -96,13 +99,16 @@ from xfrmctl.ike.config import (
     Retransmit,
 )
 from xfrmctl.ike.constants import EsnId, ProtocolId, TransformType
+from xfrmctl.ike.eap import tls as eap_tls
 from xfrmctl.ike.eap.mschapv2 import MschapClient, MschapServer, nt_hash
+from xfrmctl.ike.eap.relay import EapBackend, EapRelay
 from xfrmctl.ike.limits import Limits
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec, parse_proposals
 from xfrmctl.ike.revocation import RevocationPolicy, RevocationStore
 
 from .eapusers import EAP_USERS
 from .pool import AddressPool
+from .radius import RadiusClient, RadiusServer
 
 PPK_MIN = 32  # octets of a postquantum preshared key
 MSS_MIN, MSS_MAX = 536, 65495  # IPv4's default MSS (RFC 9293 3.7.1); the largest IPv4 one
@@ -201,6 +207,8 @@ class ChildConf(_Strict):
 
 class EapMethodName(StrEnum):
     MSCHAPV2 = "eap-mschapv2"
+    TLS = "eap-tls"
+    RADIUS = "eap-radius"  # gateway only: EAP relayed to the RADIUS server (`radius`)
 
 
 class ConnectionConf(_Strict):
@@ -319,9 +327,19 @@ class ConnectionConf(_Strict):
         if self.auth is not AuthMethodName.PUBKEY:
             raise ValueError("with EAP the gateway proves itself with a certificate: set "
                              "auth: pubkey")
-        if self.remote_auth and not ((self.certificate or self.certificate_pem)
-                                     and (self.private_key or self.private_key_pem)):
+        own = bool((self.certificate or self.certificate_pem)
+                   and (self.private_key or self.private_key_pem))
+        if self.remote_auth and not own:
             raise ValueError("remote_auth (EAP gateway) needs certificate and private_key")
+        if self.local_auth is EapMethodName.RADIUS:
+            raise ValueError("eap-radius is for gateways (remote_auth): a client logs in "
+                             "with the method the RADIUS server asks for, e.g. eap-mschapv2")
+        if EapMethodName.TLS in (self.local_auth, self.remote_auth):
+            if not (self.ca or self.ca_pem):
+                raise ValueError("eap-tls needs ca: the CA of the peer's certificate")
+            if not own:
+                raise ValueError("eap-tls needs certificate and private_key: ours for TLS")
+            return self
         if self.local_auth:
             if not (self.ca or self.ca_pem):
                 raise ValueError("local_auth (EAP client) needs ca: the gateway's CA")
@@ -362,6 +380,40 @@ class LimitsConf(_Strict):
             ipaddress.ip_network(n, strict=False) for n in self.block_networks), **fields)
 
 
+class RadiusConf(_Strict):
+    """The RADIUS server `remote_auth: eap-radius` connections relay EAP to (RFC 3579)."""
+
+    server: str  # its address
+    port: int = Field(1812, ge=1, le=65535)
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    timeout: float = Field(2.0, gt=0, le=60)  # seconds before a retransmission
+    retries: int = Field(3, ge=0, le=10)
+    nas_identifier: str = Field("xfrmctl", min_length=1, max_length=253)
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        ipaddress.ip_address(value)  # ValueError naming the address
+        return value
+
+    @model_validator(mode="after")
+    def _secret(self) -> RadiusConf:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError("radius needs secret or secret_file (one of them)")
+        return self
+
+
+def radius_server(conf: RadiusConf | None) -> RadiusServer | None:
+    """The RADIUS client's view; reads secret_file (OSError if it cannot)."""
+    if conf is None:
+        return None
+    secret = conf.secret.get_secret_value() if conf.secret is not None else \
+        conf.secret_file.read_text().strip()  # type: ignore[union-attr]
+    return RadiusServer(conf.server, conf.port, secret.encode(), conf.timeout, conf.retries,
+                        conf.nas_identifier)
+
+
 class DaemonConf(_Strict):
     listen: list[str] = Field(default_factory=list, description="empty: every address")
     ike_port: int = 500
@@ -376,6 +428,7 @@ class DaemonConf(_Strict):
     # packets sent on it just before the switch still arrive.
     delete_rekeyed_delay: float = Field(default=5.0, ge=0, le=3600)
     limits: LimitsConf = Field(default_factory=LimitsConf)
+    radius: RadiusConf | None = None  # for `remote_auth: eap-radius` connections
     connections: dict[str, ConnectionConf] = Field(default_factory=dict)
 
 
@@ -461,14 +514,48 @@ def eap_password(conf: ConnectionConf) -> str:
 
 def _remote_pubkey(conf: ConnectionConf, crls: RevocationStore | None) -> RemoteAuth:
     """The peer proves itself with a certificate from one of our CAs, not revoked."""
-    cas = [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
-           for c in x509.load_pem_x509_certificates(pem.encode())]
-    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas), revocation=conf.revocation,
-                      crls=crls)
+    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(_cas(conf)),
+                      revocation=conf.revocation, crls=crls)
+
+
+def _cas(conf: ConnectionConf) -> list[x509.Certificate]:
+    return [c for pem in [*conf.ca_pem, *(p.read_text() for p in conf.ca)]
+            for c in x509.load_pem_x509_certificates(pem.encode())]
+
+
+def _own(conf: ConnectionConf) -> LocalAuth:
+    """Our certificate (the file may hold our chain: the end entity, then its
+    intermediates) and private key."""
+    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
+    key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
+    key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
+    return LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
+                     intermediates=tuple(chain))
+
+
+def dn_text(name: x509.Name) -> str:
+    """A DN as strongSwan writes it, in DER order ("C=CH, O=Org, CN=carol"): what
+    Identity.parse reads back to the same DER."""
+    return ", ".join(f"{a.rfc4514_attribute_name}={a.value!s}" for rdn in name.rdns
+                     for a in rdn)
+
+
+def _eap_tls_client(conf: ConnectionConf, crls: RevocationStore | None
+                    ) -> tuple[LocalAuth, RemoteAuth]:
+    """EAP-TLS as the client: our certificate in TLS; the EAP identity is eap_id, else
+    local_id, else our certificate's subject (which the gateway finds in it)."""
+    own = _own(conf)
+    assert own.certificate is not None and own.private_key is not None
+    identity = conf.eap_id or conf.local_id or dn_text(own.certificate.subject)
+    context = eap_tls.client_context(own.certificate, own.private_key, own.intermediates)
+    return (replace(own, eap=lambda: eap_tls.EapTlsClient(identity, context)),
+            _remote_pubkey(conf, crls))
 
 
 def _eap_client(conf: ConnectionConf, crls: RevocationStore | None
                 ) -> tuple[LocalAuth, RemoteAuth]:
+    if conf.local_auth is EapMethodName.TLS:
+        return _eap_tls_client(conf, crls)
     identity = conf.eap_id or conf.local_id or ""
     password_hash = nt_hash(eap_password(conf))
     return (LocalAuth(AuthMethodName.PUBKEY,
@@ -476,19 +563,36 @@ def _eap_client(conf: ConnectionConf, crls: RevocationStore | None
             _remote_pubkey(conf, crls))
 
 
-def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth, RemoteAuth]:
+def _eap_tls_gateway(conf: ConnectionConf, local: LocalAuth, crls: RevocationStore | None
+                     ) -> RemoteAuth:
+    """EAP-TLS as the gateway: our certificate in TLS; the clients' certificates are
+    verified by the IKE core against `ca` (and revocation), as for certificate AUTH."""
+    assert local.certificate is not None and local.private_key is not None
+    cas = _cas(conf)
+    context = eap_tls.server_context(local.certificate, local.private_key,
+                                     local.intermediates)
+    return RemoteAuth(AuthMethodName.PUBKEY, trust=TrustStore(cas), revocation=conf.revocation,
+                      crls=crls, eap=lambda sa_id: eap_tls.EapTlsServer(context))
+
+
+_NO_RADIUS = RadiusClient()  # answers "no RADIUS server configured"
+
+
+def _auth(conf: ConnectionConf, crls: RevocationStore | None,
+          eap_backend: EapBackend | None = None) -> tuple[LocalAuth, RemoteAuth]:
     if conf.local_auth is not None:
         return _eap_client(conf, crls)
     if conf.auth is AuthMethodName.PSK:
         psk = _psk(conf)
         return (LocalAuth(AuthMethodName.PSK, psk=psk),
                 RemoteAuth(AuthMethodName.PSK, psk=psk))
-    # the certificate file may hold our chain: the end entity, then its intermediates
-    cert, *chain = x509.load_pem_x509_certificates(_pem(conf.certificate_pem, conf.certificate))
-    key_pem = conf.private_key_pem.get_secret_value() if conf.private_key_pem else None
-    key = load_pem_private_key(_pem(key_pem, conf.private_key), password=None)
-    local = LocalAuth(AuthMethodName.PUBKEY, private_key=key, certificate=cert,  # type: ignore[arg-type]
-                      intermediates=tuple(chain))
+    local = _own(conf)
+    if conf.remote_auth is EapMethodName.TLS:  # the gateway: client certificates
+        return local, _eap_tls_gateway(conf, local, crls)
+    if conf.remote_auth is EapMethodName.RADIUS:  # the gateway: the RADIUS server decides
+        backend = eap_backend or _NO_RADIUS
+        return local, RemoteAuth(AuthMethodName.PUBKEY,
+                                 eap=lambda sa_id: EapRelay(sa_id, backend))
     if conf.remote_auth is not None:  # the gateway: users from the database
         return local, RemoteAuth(AuthMethodName.PUBKEY,
                                  eap=lambda sa_id: MschapServer(EAP_USERS.lookup))
@@ -496,9 +600,11 @@ def _auth(conf: ConnectionConf, crls: RevocationStore | None) -> tuple[LocalAuth
 
 
 def ike_config(name: str, conf: ConnectionConf, pool: AddressPool | None = None,
-               crls: RevocationStore | None = None) -> IkeConfig:
-    """The IKE core's view of one connection. `crls`: the daemon's revocation store."""
-    local_auth, remote_auth = _auth(conf, crls)
+               crls: RevocationStore | None = None,
+               eap_backend: EapBackend | None = None) -> IkeConfig:
+    """The IKE core's view of one connection. `crls`: the daemon's revocation store;
+    `eap_backend`: its RADIUS client (eap-radius)."""
+    local_auth, remote_auth = _auth(conf, crls, eap_backend)
     return IkeConfig(
         name=name,
         local_auth=local_auth,

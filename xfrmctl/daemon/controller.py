@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from xfrmctl.ike.eap import EapStep
 from xfrmctl.ike.events import (
     ChildSaDeleted,
     ChildSaNegotiated,
@@ -46,6 +47,7 @@ from xfrmctl.ike.events import (
 from xfrmctl.ike.manager import IkeManager
 from xfrmctl.ike.revocation import RevocationStore
 from xfrmctl.ike.sa import Datagram, Endpoint, IkeSa, IkeState
+from xfrmctl.ike.tasks import ike_eap
 from xfrmctl.kernel.interface import SPI_MAX, SPI_MIN, KernelIPsec
 from xfrmctl.kernel.links import KernelLinks
 from xfrmctl.kernel.nft import Firewall
@@ -83,6 +85,7 @@ from .lifecycle import Lifecycle
 from .mobility import Mobility
 from .mss import MssClamps
 from .pool import AddressPool
+from .radius import RadiusClient
 from .records import (
     ChildRecord,
     ConnectionRecord,
@@ -179,6 +182,8 @@ class Controller:
         # CRLs and OCSP answers (shared by the connections), and the fetches IKE_AUTH asks
         self.revocation = RevocationFetcher(RevocationStore(), self._resume_auth,
                                             wall_clock=wall_clock)
+        self.radius = RadiusClient()  # EAP relayed to a RADIUS server (eap-radius)
+        self.radius.deliver = self._eap_answer
         self.changes.load(conf)
 
     # The installer's state, as the daemon's tests and views read it.
@@ -246,6 +251,7 @@ class Controller:
         is saved (the default with a state file), leave the tunnels to the kernel and save
         what the next process needs to take them back."""
         keep = self.state is not None if keep_tunnels is None else keep_tunnels
+        await self.radius.close()  # logins waiting for the RADIUS server are given up
         if keep and self.state is not None:
             await self.drain()
             await self.installer.complete_pending()  # the saved CHILD_SAs are whole
@@ -325,6 +331,15 @@ class Controller:
                 self.send(datagram)
         self._dirty = True
         self._schedule_timer()
+
+    def _eap_answer(self, sa_id: int, step: EapStep) -> None:
+        """The RADIUS server answered an EAP packet of IKE SA `sa_id`: IKE_AUTH goes on."""
+        sa = self.manager.get(sa_id)
+        if sa is None:
+            return  # the IKE SA went meanwhile
+        now = self.clock()
+        self.manager.act(sa, lambda s: ike_eap.eap_answer(s, step, now))
+        self._flush()
 
     def _resume_auth(self, sa_id: int) -> None:
         """Revocation information came (or the fetch gave up): IKE_AUTH goes on."""

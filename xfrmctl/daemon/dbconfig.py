@@ -158,7 +158,7 @@ def _credentials(session: Session, box: SecretBox, row: m.Connection) -> dict[st
 
 def _auth_credentials(session: Session, box: SecretBox, row: m.Connection
                       ) -> dict[str, Any]:
-    if row.local_auth is not None:  # an EAP client: the gateway's CA and our password
+    if row.local_auth is m.EapMethod.MSCHAPV2:  # an EAP client: the gateway's CA, password
         out: dict[str, Any] = {}
         if row.eap_secret_id is not None:
             out["eap_password"] = _text(repo.reveal_secret(session, box, row.eap_secret_id),
@@ -387,7 +387,7 @@ def _connection_values(session: Session, box: SecretBox, name: str,
             session, box, row.ppk_secret_id if row else None, f"{name}-ppk", m.SecretKind.PPK,
             conn.ppk.get_secret_value().encode(), actor),
     }
-    if conn.local_auth is not None:  # an EAP client: the gateway's CA, our password
+    if conn.local_auth is cf.EapMethodName.MSCHAPV2:  # the gateway's CA, our password
         password = _field(name, "eap_password_file", lambda: cf.eap_password(conn)).encode()
         ca_pem = "".join([*conn.ca_pem, *(_field(name, "ca", p.read_text) for p in conn.ca)])
         values |= {"certificate_id": None, "secret_id": None,
@@ -447,7 +447,7 @@ def _pubkey_rows(session: Session, box: SecretBox, name: str, conn: cf.Connectio
     cert_pem = conn.certificate_pem or (
         _field(name, "certificate", conn.certificate.read_text) if conn.certificate else "")
     ca_pem = "".join([*conn.ca_pem, *(_field(name, "ca", p.read_text) for p in conn.ca)])
-    # an EAP gateway (remote_auth) verifies no peer certificate: no CA needed
+    # an EAP-MSCHAPv2 gateway verifies no peer certificate: no CA needed
     ca_id = _ca(session, f"{name}-ca", ca_pem, actor) if ca_pem else None
     key_id = _put_secret(session, box, row.secret_id if row else None, f"{name}-key",
                          m.SecretKind.PRIVATE_KEY, key, actor)

@@ -142,6 +142,8 @@ class SecretKind(enum.StrEnum):
 
 class EapMethod(enum.StrEnum):
     MSCHAPV2 = "eap-mschapv2"
+    TLS = "eap-tls"  # certificates inside EAP (RFC 5216); no password
+    RADIUS = "eap-radius"  # gateway: EAP relayed to the daemon's RADIUS server
 
 
 class EventKind(enum.StrEnum):

@@ -298,6 +298,7 @@ class RawClient:
     method_type = 26
     identity = "carol"
     msk = b""
+    peer_chain = ()
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer

@@ -19,9 +19,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _HEAD = struct.Struct("!BBH")
 
@@ -36,6 +39,7 @@ class EapCode(IntEnum):
 class EapType(IntEnum):
     IDENTITY = 1
     NAK = 3
+    TLS = 13
     MSCHAPV2 = 26
 
 
@@ -83,6 +87,9 @@ class EapStep:
     msk: bytes = field(default=b"", repr=False)
     identity: str = ""  # the identity the method authenticated
     reason: str = ""  # why it failed: for events and logs, never a secret
+    # the peer's certificate chain (EAP-TLS), end entity first: the IKE core verifies it
+    # against the connection's CAs before it sends this step
+    peer_chain: tuple[x509.Certificate, ...] = ()
 
     @classmethod
     def failure(cls, identifier: int, reason: str, identity: str = "") -> EapStep:
@@ -122,6 +129,11 @@ class EapClient(Protocol):
     @property
     def msk(self) -> bytes:
         """The MSK once the method completed (b"" before)."""
+
+    @property
+    def peer_chain(self) -> tuple[x509.Certificate, ...]:
+        """The gateway's certificate chain the method saw (EAP-TLS), for the IKE core to
+        verify; () for methods without one."""
 
 
 class EapError(Exception):

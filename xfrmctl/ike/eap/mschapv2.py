@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable
 from enum import Enum, IntEnum
 
+from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import constant_time, hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -239,6 +240,10 @@ class MschapClient:
     @property
     def msk(self) -> bytes:
         return self._msk
+
+    @property
+    def peer_chain(self) -> tuple[x509.Certificate, ...]:
+        return ()  # no certificates in MSCHAPv2
 
     def process(self, packet: EapPacket) -> bytes:
         opcode = _opcode(packet)

@@ -356,6 +356,7 @@ class IkeAuth:
             raise ProtocolError("IKE_AUTH response without EAP payload during EAP")
         try:
             self.eap_out = eap.answer(payload)
+            eap.check_chain(sa, self.idr)
         except EapError as exc:
             if error is not None:  # the gateway ended it (EAP-Failure)
                 sa.fail(FailureReason.AUTHENTICATION_FAILED, str(exc))
@@ -393,8 +394,10 @@ class IkeAuth:
 
 def _select_config(sa: IkeSa, idi: Identity, idr: Identity | None,
                    eap: bool) -> IkeConfig | None:
-    """The first candidate for these identities whose peers use EAP (no AUTH in the first
-    request) or not, as the request says."""
+    """The candidate for these identities whose peers use EAP (no AUTH in the first
+    request) or not, as the request says: the first that names the peer's identity, else
+    the first that takes any (as strongSwan, the more specific match wins)."""
+    any_peer: IkeConfig | None = None
     for conf in sa.candidates:
         if (conf.remote_auth.eap is not None) != eap:
             continue
@@ -402,8 +405,10 @@ def _select_config(sa: IkeSa, idi: Identity, idr: Identity | None,
             continue
         if idr is not None and conf.local_id is not None and conf.local_id != idr:
             continue
-        return conf
-    return None
+        if conf.remote_id is not None:
+            return conf
+        any_peer = any_peer or conf
+    return any_peer
 
 
 def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:

@@ -7,6 +7,10 @@ send AUTH computed like a PSK AUTH with the MSK as the key (SK_pi/SK_pr if the m
 no MSK), over the same octets as without EAP. The CHILD_SA and configuration payload of
 the client's first request are answered in the last response.
 
+A method with certificates (EAP-TLS) hands the peer's chain up with the step at which its
+handshake completed; the chain is verified here like a certificate AUTH's (the
+connection's CAs, revocation, the identity in the certificate) before the step goes out.
+
 A method's answer may come later (a RADIUS round trip): the request waits in
 `EapExchange.pending`, unanswered (the peer's retransmissions of it are dropped by the
 window), until the daemon calls `eap_answer`.
@@ -14,18 +18,24 @@ window), until the daemon calls `eap_answer`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives import constant_time
 
 from .. import auth
+from ..certs import identity_matches
+from ..config import Identity, RemoteAuth
 from ..constants import AuthMethod, NotifyType
 from ..eap import EapClient, EapCode, EapError, EapPacket, EapServer, EapStep, EapType, Outcome
 from ..errors import ProtocolError
 from ..events import FailureReason
 from ..message import Message
 from ..payloads import AuthPayload, EapPayload, IdiPayload, IdrPayload, Payload, id_body
+from ..revocation import RevocationStore
 from .base import notify
 from .ike_intermediate import int_auth
 
@@ -66,6 +76,26 @@ def _msk_auth(sa: IkeSa, msk: bytes, initiator_side: bool, id_payload: IdiPayloa
 
 def _eap(packet: bytes) -> EapPayload:
     return EapPayload(packet)
+
+
+def verify_chain(sa: IkeSa, remote: RemoteAuth, chain: Sequence[x509.Certificate],
+                 identity: Identity) -> str | None:
+    """Why the certificate chain an EAP method saw is refused (None: accepted): it must
+    lead to one of the connection's CAs, name `identity` and not be revoked, with what
+    the daemon knows (CRLs and OCSP answers) at the IKE SA's wall time."""
+    if remote.trust is None:
+        return "no CA configured to verify the peer's certificate"
+    now = datetime.fromtimestamp(sa.wall_time, UTC)
+    end_entity = chain[0]
+    try:
+        path = remote.trust.verify(end_entity, chain[1:], now)
+    except ProtocolError as exc:
+        return str(exc)
+    if not identity_matches(end_entity, identity.id_type, identity.data):
+        return f"identity {identity} is not in the certificate of " \
+               f"{end_entity.subject.rfc4514_string()}"
+    store = remote.crls if remote.crls is not None else RevocationStore()
+    return store.check(path, remote.revocation, now, fetched=True).why
 
 
 # --- gateway ---------------------------------------------------------------------------
@@ -126,12 +156,31 @@ def eap_answer(sa: IkeSa, step: EapStep, now: float) -> None:
     if exchange is None or exchange.pending is None:
         return  # the IKE SA gave up meanwhile
     request, exchange.pending = exchange.pending, None
+    if step.peer_chain:
+        step = _judge_chain(sa, exchange, step)
     if step.outcome is Outcome.FAILURE:
         _failed(sa, request, step)
         return
     if step.outcome is Outcome.SUCCESS:
         exchange.msk = step.msk
     sa.respond(request, [_eap(step.packet)])
+
+
+def _judge_chain(sa: IkeSa, exchange: EapExchange, step: EapStep) -> EapStep:
+    """The step, or EAP-Failure if the client's certificate does not pass."""
+    name = exchange.server.method_name if exchange.server is not None else "EAP"
+    try:
+        identity = Identity.parse(exchange.identity or "")
+    except ValueError:
+        why: str | None = f"EAP identity {exchange.identity!r} is no identity a " \
+                          "certificate can hold"
+    else:
+        why = verify_chain(sa, sa.conf().remote_auth, step.peer_chain, identity)
+    if why is None:
+        return step
+    identifier = EapPacket.parse(step.packet).identifier
+    return EapStep.failure(identifier, f"{name}: client certificate refused: {why}",
+                           exchange.identity or "")
 
 
 def _failed(sa: IkeSa, request: Message, step: EapStep) -> None:
@@ -165,13 +214,25 @@ def _final_auth(sa: IkeSa, exchange: EapExchange, msg: Message, now: float) -> N
 class EapPeer:
     """The client's EAP: answers the gateway's requests until EAP-Success."""
 
-    __slots__ = ("auth_mid", "client", "done", "msk")
+    __slots__ = ("auth_mid", "chain_checked", "client", "done", "msk")
 
     def __init__(self, client: EapClient, auth_mid: int) -> None:
         self.client = client
         self.auth_mid = auth_mid  # the first IKE_AUTH request's message ID
         self.done = False
+        self.chain_checked = False
         self.msk = b""
+
+    def check_chain(self, sa: IkeSa, idr: IdrPayload) -> None:
+        """Once the method saw the gateway's certificate chain (EAP-TLS): verify it
+        with the connection's CAs, for the gateway's IKE identity; EapError if refused."""
+        chain = self.client.peer_chain
+        if self.chain_checked or not chain:
+            return
+        self.chain_checked = True
+        why = verify_chain(sa, sa.conf().remote_auth, chain, Identity(idr.id_type, idr.data))
+        if why is not None:
+            raise EapError(f"the gateway's EAP-TLS certificate is refused: {why}")
 
     def answer(self, payload: EapPayload) -> bytes | None:
         """Our EAP response, or None after EAP-Success; raise EapError on failure."""
@@ -180,7 +241,7 @@ class EapPeer:
         except ProtocolError as exc:
             raise EapError(f"malformed EAP packet: {exc}") from None
         if packet.code == EapCode.SUCCESS:
-            if not self.client.msk:
+            if not self.client.msk or (self.client.peer_chain and not self.chain_checked):
                 raise EapError("EAP-Success before the method completed")
             self.done, self.msk = True, self.client.msk
             return None
