@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import hashes, hmac
 
-from tests.support.ike_pair import assert_child_pair, child, make_pair, mirrored, psk_config, up
+from tests.support.ike_pair import (
+    ADDR_A,
+    ADDR_B,
+    assert_child_pair,
+    cert_config,
+    child,
+    make_pair,
+    mirrored,
+    psk_config,
+    up,
+)
+from tests.support.pki import make_ca, make_cert
 from xfrmctl.ike.constants import ExchangeType, NotifyType, PrfId
 from xfrmctl.ike.crypto import IkeKeys, Prf
 from xfrmctl.ike.events import ChildSaNegotiated, FailureReason, IkeSaUp, NegotiationFailed
@@ -87,6 +98,31 @@ def test_optional_ppk_falls_back_to_no_ppk_auth() -> None:
     # a responder with another PPK_ID falls back the same way
     pair = _pair({"ppk": PPK, "ppk_id": b"pq1"}, {"ppk": OTHER, "ppk_id": b"pq2"})
     assert [e.ppk for e in pair.of("a", IkeSaUp) + pair.of("b", IkeSaUp)] == [False, False]
+
+
+def test_optional_ppk_with_certificates_falls_back_to_a_second_signature() -> None:
+    """With certificates NO_PPK_AUTH carries a second signature, made with the original
+    SK_pi: a responder without that PPK checks it; one with the PPK uses the PPK."""
+    root = make_ca()
+    cred_a = make_cert(root, "gw-a.example", sans=["gw-a.example", ADDR_A])
+    cred_b = make_cert(root, "gw-b.example", sans=["gw-b.example", ADDR_B])
+    lan = child()
+
+    def pair(a: dict[str, object], b: dict[str, object]):  # type: ignore[no-untyped-def]
+        made = make_pair(cert_config(cred=cred_a, trust=[root.cert], children=(lan,), **a),
+                         cert_config(cred=cred_b, trust=[root.cert],
+                                     children=(mirrored(lan),), **b), wall_clock=True)
+        up(made)
+        return made
+
+    # the responder uses PPKs (USE_PPK) but not this one: it checks NO_PPK_AUTH
+    without = pair({"ppk": PPK, "ppk_id": b"pq1"}, {"ppk": OTHER, "ppk_id": b"pq2"})
+    assert [e.ppk for e in without.of("a", IkeSaUp) + without.of("b", IkeSaUp)] == [False,
+                                                                                   False]
+    assert_child_pair(without.of("a", ChildSaNegotiated)[0],
+                      without.of("b", ChildSaNegotiated)[0])
+    both = pair({"ppk": PPK, "ppk_id": b"pq1"}, {"ppk": PPK, "ppk_id": b"pq1"})
+    assert [e.ppk for e in both.of("a", IkeSaUp) + both.of("b", IkeSaUp)] == [True, True]
 
 
 def test_a_required_ppk_refuses_peers_without_it() -> None:

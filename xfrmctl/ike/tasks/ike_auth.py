@@ -367,13 +367,14 @@ class IkeAuth:
 
     def _ppk_notifies(self, sa: IkeSa, setup: Setup, conf: IkeConfig,
                       idi: IdiPayload) -> list[Payload]:
-        """PPK_IDENTITY naming our PPK, and with an optional PPK and a PSK, NO_PPK_AUTH:
-        the AUTH data with the original SK_pi, for a responder without the PPK."""
+        """PPK_IDENTITY naming our PPK, and with an optional PPK, NO_PPK_AUTH: the AUTH
+        data with the original SK_pi (a MAC with a PSK, a second signature with a
+        certificate), for a responder without the PPK (RFC 8784 3)."""
         if self.ppk_keys is None:
             return []
         out: list[Payload] = [notify(NotifyType.PPK_IDENTITY,
                                      encode_ppk_identity(conf.ppk_id or b""))]
-        if not conf.ppk_required and conf.local_auth.method is AuthMethodName.PSK:
+        if not conf.ppk_required:
             (plain,) = [p for p in auth_payloads(sa, setup, conf, idi, setup.init_request,
                                                  setup.nonce_r, sa.window.next_request_id)
                         if isinstance(p, AuthPayload)]
@@ -514,7 +515,7 @@ def _responder_ppk(sa: IkeSa, conf: IkeConfig, msg: Message, auth_payload: AuthP
     if conf.ppk_required:
         return f"a PPK is required, but {why}"
     no_ppk = msg.notify(NotifyType.NO_PPK_AUTH)
-    if no_ppk is None or auth_payload.method != AuthMethod.PSK:
+    if no_ppk is None:
         return f"{why}, and there is no NO_PPK_AUTH to fall back on"
     return None, AuthPayload(auth_payload.method, no_ppk.data)
 
