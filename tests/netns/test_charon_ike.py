@@ -16,6 +16,7 @@ lab: tests/lab/test_pq_lab.py.)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 
 from tests.support import strongswan
 from tests.support.netns import Netns, netns, require_root, veth
-from tests.support.strongswan import Build, Charon, SwanConn, SwanSecret
+from tests.support.strongswan import Charon, SwanConn, SwanSecret
 from tests.support.xfrmctl_daemon import Event, XfrmctlDaemon, child, connection, daemon_conf
 
 pytestmark = pytest.mark.netns
@@ -53,14 +54,23 @@ def _conf(proposals: str, *children: str) -> dict[str, Any]:
         ike_proposals=proposals, start_action="start")})
 
 
-def _charon(ns: Netns, work: Path, proposals: tuple[str, ...],
-            build: Build = strongswan.DEBIAN) -> Charon:
-    if (reason := strongswan.available(build)) is not None:
+@contextlib.contextmanager
+def _running(pair: tuple[Netns, Netns], work: Path, theirs: tuple[str, ...], ours: str
+             ) -> Iterator[tuple[XfrmctlDaemon, Charon]]:
+    """charon allowing the proposals `theirs`, then our daemon initiating with `ours`
+    and one child; both stopped at the end. Yields once our IKE_SA is up."""
+    if (reason := strongswan.available()) is not None:
         pytest.skip(reason)
-    charon = Charon(ns.name, work, build=build)
-    charon.start()
-    _load(charon, proposals)
-    return charon
+    charon = Charon(pair[1].name, work / "charon")
+    daemon = XfrmctlDaemon(pair[0].name, work / "ours", _conf(ours, "net"), kernel="memory")
+    try:
+        charon.start()
+        _load(charon, theirs)
+        daemon.start()
+        yield daemon, charon
+    finally:
+        daemon.stop()
+        charon.stop()
 
 
 def _load(charon: Charon, proposals: tuple[str, ...]) -> None:
@@ -90,12 +100,8 @@ def _answered_on_new_sa(daemon: XfrmctlDaemon, charon: Charon, proposals: str,
 
 def test_our_rekey_keeps_the_prf_and_a_dropped_prf_reauthenticates(
         pair: tuple[Netns, Netns], tmp_path: Path) -> None:
-    ours, theirs = pair
-    charon = _charon(theirs, tmp_path / "charon", (SHA256_X25519, SHA256_ECP384, SHA384_ECP384))
-    daemon = XfrmctlDaemon(ours.name, tmp_path / "ours", _conf(SHA256_X25519, "net"),
-                           kernel="memory")
-    try:
-        daemon.start()
+    with _running(pair, tmp_path, (SHA256_X25519, SHA256_ECP384, SHA384_ECP384),
+                  SHA256_X25519) as (daemon, charon):
         first = _event(daemon, "IkeSaUp", 0)
         # a new cipher and group with the same PRF: a rekey
         mark = daemon.mark()
@@ -113,22 +119,15 @@ def test_our_rekey_keeps_the_prf_and_a_dropped_prf_reauthenticates(
                reason="reauthenticated")
         assert not daemon.events("IkeSaRekeyed")[1:], "the PRF change was a rekey"
         _answered_on_new_sa(daemon, charon, SHA384_ECP384, up["ike_sa"])
-    finally:
-        daemon.stop()
-        charon.stop()
 
 
 def test_a_peer_rekey_keeps_the_prf_where_it_offers_it(
         pair: tuple[Netns, Netns], tmp_path: Path) -> None:
     """Both configurations end up preferring SHA-384 while the IKE_SA runs SHA-256:
     charon's rekey offers both and we, the responder, keep SHA-256."""
-    ours, theirs = pair
     preferring_sha384 = f"{SHA384_ECP384}, {SHA256_X25519}"
-    charon = _charon(theirs, tmp_path / "charon", (SHA384_ECP384, SHA256_X25519))
-    daemon = XfrmctlDaemon(ours.name, tmp_path / "ours", _conf(SHA256_X25519, "net"),
-                           kernel="memory")
-    try:
-        daemon.start()
+    with _running(pair, tmp_path, (SHA384_ECP384, SHA256_X25519),
+                  SHA256_X25519) as (daemon, charon):
         first = _event(daemon, "IkeSaUp", 0)
         mark = daemon.mark()
         daemon.reload(_conf(preferring_sha384, "net"))  # our own rekey keeps SHA-256
@@ -139,7 +138,3 @@ def test_a_peer_rekey_keeps_the_prf_where_it_offers_it(
         rekeyed = _event(daemon, "IkeSaRekeyed", mark, ike_sa=ours_done["new_ike_sa"])
         assert "PRF_HMAC_SHA2_256" in rekeyed["suite"], rekeyed
         _answered_on_new_sa(daemon, charon, preferring_sha384, rekeyed["new_ike_sa"])
-    finally:
-        daemon.stop()
-        charon.stop()
-
