@@ -193,3 +193,25 @@ async def test_a_failed_install_leaves_nothing_and_the_old_child_carries_on(
     assert failure.attempts == 1
     assert sends_on(kernel) == 0x2001
     assert host.sent[-1] == (b"CREATE_CHILD_SA response", 2)  # after the attempt
+
+
+async def test_a_second_peer_of_one_connection_sends_at_once(
+        rig: tuple[ChildInstaller, Host, FakeKernel]) -> None:
+    """Remote access: many peers on one connection and child. A CHILD_SA the responder
+    makes for another peer replaces nothing, so both its SAs go in at once; a new one
+    from the same peer (a reauthentication) still waits for the old one's delete."""
+    installer, _, kernel = rig
+    first = installer.add(negotiated(0x1001, 0x2001, initiator=False), CONF, REQID)
+    await installer.drain()
+    other = installer.add(negotiated(0x1002, 0x2002, ike_sa=2, initiator=False,
+                                     remote=("198.51.100.9", 500)), CONF, REQID)
+    await installer.drain()
+    assert not other.outbound_pending and other.predecessor is None
+    assert {0x1001, 0x2001, 0x1002, 0x2002} <= spis(kernel)
+    again = installer.add(negotiated(0x1003, 0x2003, ike_sa=3, initiator=False), CONF, REQID)
+    await installer.drain()
+    assert again.outbound_pending and again.predecessor == first.event.spi_in
+    assert 0x2003 not in spis(kernel)
+    installer.deleted(0x1001)
+    await installer.drain()
+    assert not again.outbound_pending and 0x2003 in spis(kernel)
