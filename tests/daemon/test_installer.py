@@ -5,21 +5,22 @@ make-before-break on either side, and a failed install leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.installer import ChildInstaller, SendAfter
-from xfrmctl.daemon.records import ChildRecord, ChildRecordState
+from xfrmctl.daemon.installer import INSTALL_RETRY_MAX, ChildInstaller, SendAfter
+from xfrmctl.daemon.records import ChildRecord, ChildRecordState, InstallFailure
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import Mode
 from xfrmctl.ike.constants import EncrId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.proposals import Suite
 from xfrmctl.ike.sa import ChildState, Datagram
-from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import REQID_MIN, Direction, PolicySpec
 
@@ -215,3 +216,24 @@ async def test_a_second_peer_of_one_connection_sends_at_once(
     installer.deleted(0x1001)
     await installer.drain()
     assert not again.outbound_pending and 0x2003 in spis(kernel)
+
+
+async def test_the_back_off_stays_at_its_limit_after_a_thousand_failures(
+        rig: tuple[ChildInstaller, Host, FakeKernel]) -> None:
+    """A child failing for days (a kernel without its algorithm) is retried every
+    INSTALL_RETRY_MAX seconds, and its failure is handled like the first: the peer told,
+    the rest of the batch installed."""
+    installer, host, kernel = rig
+    installer.install_failures[("site-b", "lan")] = InstallFailure("ENOSYS", 2000, 0.0)
+    kernel.faults = FaultPlan(at={0: errno.ENOSYS})  # the first write: the first child
+    failing = installer.add(negotiated(0x1001, 0x2001), CONF, REQID)
+    other_conf = CONF.model_copy(update={"local_ts": ["198.51.100.128/25"]})
+    other = installer.add(negotiated(0x1002, 0x2002, child="other",
+                                     local_ts=(ts.parse("198.51.100.128/25"),)),
+                          other_conf, REQID + 1)
+    await installer.drain()
+    assert failing.state is ChildRecordState.FAILED and host.failed[0][0] == 0x1001
+    failure = installer.install_failures[("site-b", "lan")]
+    assert failure.attempts == 2001 and failure.retry_at == pytest.approx(
+        installer.clock() + INSTALL_RETRY_MAX, abs=5)
+    assert other.in_kernel and host.routed == [0x1002]

@@ -118,7 +118,7 @@ class ChildInstaller:
         self.children: dict[int, ChildRecord] = {}  # by inbound SPI, while IKE has them
         # the same, by connection, child and peer address (what a new CHILD_SA replaces),
         # so a setup looks at its peer's CHILD_SAs, not at every one of the connection
-        self._by_peer: dict[PeerKey, list[int]] = {}
+        self._by_peer: dict[PeerKey, dict[int, ChildRecord]] = {}
         # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
         # by IKE whose removal is queued. `resync` keeps exactly these.
         self.installed: dict[int, ChildRecord] = {}
@@ -168,29 +168,37 @@ class ChildInstaller:
     def replaced(self, event: ChildSaNegotiated) -> int | None:
         """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection,
         child and peer address that nothing replaces yet. Another peer's CHILD_SA of the
-        same connection (remote access) is never replaced: it keeps its outbound SA."""
-        key = _peer_key(event)
-        olds = [c for spi in self._by_peer.get(key, ())
-                if (c := self.children.get(spi)) is not None and _peer_key(c.event) == key
-                and spi != event.spi_in and c.state is not ChildRecordState.DELETED
-                and not any(n.event.spi_in in self.children
-                            for n in self.rekeys.get(spi, ()))]
-        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
+        same connection (remote access) is never replaced: it keeps its outbound SA.
+        The newest are looked at first, so a chain of replacements costs O(1) a setup."""
+        found: ChildRecord | None = None
+        for c in reversed(self._by_peer.get(_peer_key(event), {}).values()):
+            if found is not None and c.installed_at < found.installed_at:
+                break  # older than the one found (a tie goes to the first added)
+            if c.event.spi_in != event.spi_in and c.state is not ChildRecordState.DELETED \
+                    and not any(n.event.spi_in in self.children
+                                for n in self.rekeys.get(c.event.spi_in, ())):
+                found = c
+        return found.event.spi_in if found is not None else None
 
     def _keep(self, child: ChildRecord) -> None:
-        """Hold a CHILD_SA IKE has (by inbound SPI, and by its peer)."""
+        """Hold a CHILD_SA IKE has, by inbound SPI and by its peer (oldest first)."""
         self.children[child.event.spi_in] = child
-        self._by_peer.setdefault(_peer_key(child.event), []).append(child.event.spi_in)
+        peers = self._by_peer.setdefault(_peer_key(child.event), {})
+        newest = next(reversed(peers.values()), None)
+        peers[child.event.spi_in] = child
+        if newest is not None and newest.installed_at > child.installed_at:  # adopted, moved
+            ordered = sorted(peers.values(), key=lambda c: c.installed_at)
+            peers.clear()
+            peers.update((c.event.spi_in, c) for c in ordered)
 
     def _drop(self, spi_in: int) -> ChildRecord | None:
         """Forget a CHILD_SA IKE no longer has."""
         child = self.children.pop(spi_in, None)
         if child is not None:
             key = _peer_key(child.event)
-            spis = [s for s in self._by_peer.get(key, ()) if s != spi_in and s in self.children]
-            if spis:
-                self._by_peer[key] = spis
-            else:
+            peers = self._by_peer.get(key, {})
+            peers.pop(spi_in, None)
+            if not peers:
                 self._by_peer.pop(key, None)
         return child
 
@@ -293,7 +301,8 @@ class ChildInstaller:
         key = (event.connection, event.child)
         attempts = self.install_failures[key].attempts + 1 if key in self.install_failures \
             else 1
-        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2 ** (attempts - 1))
+        # the exponent capped: 2.0 ** 1024 overflows after days of failures
+        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2.0 ** min(attempts - 1, 32))
         reason = kernel_reason(exc)
         self.install_failures[key] = InstallFailure(reason, attempts, self.clock() + delay)
         log.error("installing CHILD_SA %s/%s failed (attempt %d, again in %.0f s): %s",
