@@ -7,6 +7,7 @@ strongSwan does: "198.51.100.0/24", "198.51.100.7", "2001:db8::/32[tcp/443]",
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -98,6 +99,14 @@ def format_ts(ts: TrafficSelector) -> str:
     ports = str(ts.start_port) if ts.start_port == ts.end_port else \
         f"{ts.start_port}-{ts.end_port}"
     return f"{addr}[{proto}/{ports}]"
+
+
+@functools.lru_cache(maxsize=4096)
+def address(text: str) -> IPv4Address | IPv6Address:
+    """An address from its text, parsed once: peers' and our own addresses recur in every
+    exchange (NAT detection hashes, dynamic selectors, identities). The objects are
+    immutable, so sharing them is safe."""
+    return ipaddress.ip_address(text)
 
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
