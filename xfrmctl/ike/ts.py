@@ -148,9 +148,17 @@ def all_covered(inner: Iterable[TrafficSelector], outer: Sequence[TrafficSelecto
     return all(any(covers(o, i) for o in outer) for i in inner)
 
 
-def to_networks(ts: TrafficSelector) -> list[Network]:
-    """The address range as CIDR prefixes (what an XFRM selector can hold)."""
-    return list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))
+def to_networks(ts: TrafficSelector) -> tuple[Network, ...]:
+    """The address range as CIDR prefixes (what an XFRM selector can hold). Cached: the
+    same ranges come back with every CHILD_SA of a connection (and its policies, routes
+    and MSS rules share the network objects)."""
+    return _range_networks(ts.start_addr, ts.end_addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _range_networks(start: IPv4Address | IPv6Address, end: IPv4Address | IPv6Address
+                    ) -> tuple[Network, ...]:
+    return tuple(ipaddress.summarize_address_range(start, end))
 
 
 def port_masks(start: int, end: int) -> list[tuple[int, int]]:
