@@ -5,21 +5,22 @@ make-before-break on either side, and a failed install leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from xfrmctl.daemon import conf as cf
-from xfrmctl.daemon.installer import ChildInstaller, SendAfter
-from xfrmctl.daemon.records import ChildRecord, ChildRecordState
+from xfrmctl.daemon.installer import INSTALL_RETRY_MAX, ChildInstaller, SendAfter
+from xfrmctl.daemon.records import ChildRecord, ChildRecordState, InstallFailure
 from xfrmctl.ike import ts
 from xfrmctl.ike.config import Mode
 from xfrmctl.ike.constants import EncrId, ProtocolId
 from xfrmctl.ike.events import ChildSaNegotiated
 from xfrmctl.ike.proposals import Suite
 from xfrmctl.ike.sa import ChildState, Datagram
-from xfrmctl.kernel.fake import FakeKernel
+from xfrmctl.kernel.fake import FakeKernel, FaultPlan
 from xfrmctl.kernel.interface import OpKind
 from xfrmctl.kernel.types import REQID_MIN, Direction, PolicySpec
 
@@ -193,3 +194,46 @@ async def test_a_failed_install_leaves_nothing_and_the_old_child_carries_on(
     assert failure.attempts == 1
     assert sends_on(kernel) == 0x2001
     assert host.sent[-1] == (b"CREATE_CHILD_SA response", 2)  # after the attempt
+
+
+async def test_a_second_peer_of_one_connection_sends_at_once(
+        rig: tuple[ChildInstaller, Host, FakeKernel]) -> None:
+    """Remote access: many peers on one connection and child. A CHILD_SA the responder
+    makes for another peer replaces nothing, so both its SAs go in at once; a new one
+    from the same peer (a reauthentication) still waits for the old one's delete."""
+    installer, _, kernel = rig
+    first = installer.add(negotiated(0x1001, 0x2001, initiator=False), CONF, REQID)
+    await installer.drain()
+    other = installer.add(negotiated(0x1002, 0x2002, ike_sa=2, initiator=False,
+                                     remote=("198.51.100.9", 500)), CONF, REQID)
+    await installer.drain()
+    assert not other.outbound_pending and other.predecessor is None
+    assert {0x1001, 0x2001, 0x1002, 0x2002} <= spis(kernel)
+    again = installer.add(negotiated(0x1003, 0x2003, ike_sa=3, initiator=False), CONF, REQID)
+    await installer.drain()
+    assert again.outbound_pending and again.predecessor == first.event.spi_in
+    assert 0x2003 not in spis(kernel)
+    installer.deleted(0x1001)
+    await installer.drain()
+    assert not again.outbound_pending and 0x2003 in spis(kernel)
+
+
+async def test_the_back_off_stays_at_its_limit_after_a_thousand_failures(
+        rig: tuple[ChildInstaller, Host, FakeKernel]) -> None:
+    """A child failing for days (a kernel without its algorithm) is retried every
+    INSTALL_RETRY_MAX seconds, and its failure is handled like the first: the peer told,
+    the rest of the batch installed."""
+    installer, host, kernel = rig
+    installer.install_failures[("site-b", "lan")] = InstallFailure("ENOSYS", 2000, 0.0)
+    kernel.faults = FaultPlan(at={0: errno.ENOSYS})  # the first write: the first child
+    failing = installer.add(negotiated(0x1001, 0x2001), CONF, REQID)
+    other_conf = CONF.model_copy(update={"local_ts": ["198.51.100.128/25"]})
+    other = installer.add(negotiated(0x1002, 0x2002, child="other",
+                                     local_ts=(ts.parse("198.51.100.128/25"),)),
+                          other_conf, REQID + 1)
+    await installer.drain()
+    assert failing.state is ChildRecordState.FAILED and host.failed[0][0] == 0x1001
+    failure = installer.install_failures[("site-b", "lan")]
+    assert failure.attempts == 2001 and failure.retry_at == pytest.approx(
+        installer.clock() + INSTALL_RETRY_MAX, abs=5)
+    assert other.in_kernel and host.routed == [0x1002]

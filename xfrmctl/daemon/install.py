@@ -93,8 +93,7 @@ def build_child(event: ChildSaNegotiated, conf: ChildConf, reqid: int) -> ChildI
     with no mark when the kernel looks its SA up (a VTI sets its ikey only afterwards,
     for the policy check), as strongSwan does by default.
     """
-    local = ipaddress.ip_address(event.local[0])
-    remote = ipaddress.ip_address(event.remote[0])
+    local, remote = ts.address(event.local[0]), ts.address(event.remote[0])
     mode = Mode.TUNNEL if event.mode is IkeMode.TUNNEL else Mode.TRANSPORT
     proto = Proto.AH if event.protocol is ProtocolId.AH else Proto.ESP
     # Up to 10% earlier soft expiry, so the two ends rarely rekey at the same moment.

@@ -55,6 +55,11 @@ class SendAfter:
 # wait for the installs before them, or any other work (a callable, maybe async).
 Job = ChildRecord | SendAfter | Callable[[], object]
 SaKey = tuple[IPAddress, int, Proto]
+PeerKey = tuple[str, str, str]  # connection, child, the peer's address
+
+
+def _peer_key(event: ChildSaNegotiated) -> PeerKey:
+    return event.connection, event.child, event.remote[0]
 
 
 class InstallerHost(Protocol):
@@ -111,6 +116,9 @@ class ChildInstaller:
         self.clock = clock
         self.delete_rekeyed_delay = delete_rekeyed_delay
         self.children: dict[int, ChildRecord] = {}  # by inbound SPI, while IKE has them
+        # the same, by connection, child and peer address (what a new CHILD_SA replaces),
+        # so a setup looks at its peer's CHILD_SAs, not at every one of the connection
+        self._by_peer: dict[PeerKey, dict[int, ChildRecord]] = {}
         # CHILD_SAs with SAs in the kernel (in_kernel), by inbound SPI: also those deleted
         # by IKE whose removal is queued. `resync` keeps exactly these.
         self.installed: dict[int, ChildRecord] = {}
@@ -151,25 +159,52 @@ class ChildInstaller:
             c.event.spi_in in self.children for c in siblings))
         child = ChildRecord(event, install, install.inbound.reqid, self.clock(),
                             outbound_pending=pending, predecessor=old, conf=conf, link=link)
-        self.children[event.spi_in] = child
+        self._keep(child)
         if siblings is not None:
             siblings.append(child)
         self.queue(child)
         return child
 
     def replaced(self, event: ChildSaNegotiated) -> int | None:
-        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection
-        and child that nothing replaces yet."""
-        olds = [c for c in self.children.values()
-                if c.event.connection == event.connection and c.event.child == event.child
-                and c.event.spi_in != event.spi_in and c.state is not ChildRecordState.DELETED
-                and not any(n.event.spi_in in self.children
-                            for n in self.rekeys.get(c.event.spi_in, ()))]
-        return max(olds, key=lambda c: c.installed_at).event.spi_in if olds else None
+        """The CHILD_SA a new one (not a rekey) replaces: the newest of the same connection,
+        child and peer address that nothing replaces yet. Another peer's CHILD_SA of the
+        same connection (remote access) is never replaced: it keeps its outbound SA.
+        The newest are looked at first, so a chain of replacements costs O(1) a setup."""
+        found: ChildRecord | None = None
+        for c in reversed(self._by_peer.get(_peer_key(event), {}).values()):
+            if found is not None and c.installed_at < found.installed_at:
+                break  # older than the one found (a tie goes to the first added)
+            if c.event.spi_in != event.spi_in and c.state is not ChildRecordState.DELETED \
+                    and not any(n.event.spi_in in self.children
+                                for n in self.rekeys.get(c.event.spi_in, ())):
+                found = c
+        return found.event.spi_in if found is not None else None
+
+    def _keep(self, child: ChildRecord) -> None:
+        """Hold a CHILD_SA IKE has, by inbound SPI and by its peer (oldest first)."""
+        self.children[child.event.spi_in] = child
+        peers = self._by_peer.setdefault(_peer_key(child.event), {})
+        newest = next(reversed(peers.values()), None)
+        peers[child.event.spi_in] = child
+        if newest is not None and newest.installed_at > child.installed_at:  # adopted, moved
+            ordered = sorted(peers.values(), key=lambda c: c.installed_at)
+            peers.clear()
+            peers.update((c.event.spi_in, c) for c in ordered)
+
+    def _drop(self, spi_in: int) -> ChildRecord | None:
+        """Forget a CHILD_SA IKE no longer has."""
+        child = self.children.pop(spi_in, None)
+        if child is not None:
+            key = _peer_key(child.event)
+            peers = self._by_peer.get(key, {})
+            peers.pop(spi_in, None)
+            if not peers:
+                self._by_peer.pop(key, None)
+        return child
 
     def deleted(self, spi_in: int) -> ChildRecord | None:
         """IKE deleted a CHILD_SA: its kernel state goes (after the work queued so far)."""
-        child = self.children.pop(spi_in, None)
+        child = self._drop(spi_in)
         if child is not None:
             child.state = ChildRecordState.DELETED
             self.queue(functools.partial(self._retire, child))
@@ -178,7 +213,7 @@ class ChildInstaller:
     def adopt(self, child: ChildRecord) -> None:
         """A CHILD_SA the previous process installed (restart)."""
         self._set_installed(child)
-        self.children[child.event.spi_in] = child
+        self._keep(child)
 
     def by_sa(self, spi: int) -> ChildRecord | None:
         """The CHILD_SA of an SA, by its inbound or outbound SPI."""
@@ -266,7 +301,8 @@ class ChildInstaller:
         key = (event.connection, event.child)
         attempts = self.install_failures[key].attempts + 1 if key in self.install_failures \
             else 1
-        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2 ** (attempts - 1))
+        # the exponent capped: 2.0 ** 1024 overflows after days of failures
+        delay = min(INSTALL_RETRY_MAX, self.install_retry * 2.0 ** min(attempts - 1, 32))
         reason = kernel_reason(exc)
         self.install_failures[key] = InstallFailure(reason, attempts, self.clock() + delay)
         log.error("installing CHILD_SA %s/%s failed (attempt %d, again in %.0f s): %s",
@@ -276,7 +312,7 @@ class ChildInstaller:
             "spi_in": event.spi_in, "reason": reason, "attempt": attempts,
             "retry_in": delay})
         self.host.failures["KERNEL_INSTALL"] = self.host.failures.get("KERNEL_INSTALL", 0) + 1
-        self.children.pop(event.spi_in, None)
+        self._drop(event.spi_in)
         child.state = ChildRecordState.FAILED
         self.host.install_failed(child, reason, delay)
         self.schedule_resync("a kernel install failed")  # an undo may have failed too
@@ -355,6 +391,7 @@ class ChildInstaller:
         for child in list(self.children.values()):
             await self.remove(child)  # peers that did not answer our deletes in time
         self.children.clear()
+        self._by_peer.clear()
         for sa_id in list(self.lingering):
             await self.delete_lingering(sa_id)
 
@@ -405,7 +442,10 @@ class ChildInstaller:
             log.error("moving CHILD_SA %s to %s:%d - %s:%d: %s", event.child, *event.local,
                       *event.remote, exc)
             return False
+        held = self._drop(child.event.spi_in) is not None
         child.event, child.install = event, install
+        if held:
+            self._keep(child)
         await self.host.in_kernel(child)  # its routes, now via the peer's new address
         return True
 
@@ -462,7 +502,7 @@ class ChildInstaller:
     async def _lost(self, child: ChildRecord) -> None:
         """A CHILD_SA whose SA the kernel lost: remove the rest, replace it with the peer."""
         await self.remove(child)
-        if self.children.pop(child.event.spi_in, None) is None:
+        if self._drop(child.event.spi_in) is None:
             return  # IKE deleted it already
         child.state = ChildRecordState.DELETED
         self.host.lost(child)

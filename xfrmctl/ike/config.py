@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from . import ts
 from .constants import IdType
 from .payloads import TrafficSelector
 from .proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
@@ -58,7 +59,8 @@ class Identity:
 
     @classmethod
     def from_address(cls, addr: str) -> Identity:
-        return cls.parse(str(ipaddress.ip_address(addr)))
+        parsed = ts.address(addr)  # parsed once per address
+        return cls(IdType.IPV4_ADDR if parsed.version == 4 else IdType.IPV6_ADDR, parsed.packed)
 
     def __str__(self) -> str:
         if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR) and len(self.data) in (4, 16):

@@ -7,6 +7,7 @@ strongSwan does: "198.51.100.0/24", "198.51.100.7", "2001:db8::/32[tcp/443]",
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -100,6 +101,14 @@ def format_ts(ts: TrafficSelector) -> str:
     return f"{addr}[{proto}/{ports}]"
 
 
+@functools.lru_cache(maxsize=4096)
+def address(text: str) -> IPv4Address | IPv6Address:
+    """An address from its text, parsed once: peers' and our own addresses recur in every
+    exchange (NAT detection hashes, dynamic selectors, identities). The objects are
+    immutable, so sharing them is safe."""
+    return ipaddress.ip_address(text)
+
+
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     """The selector both allow, or None."""
     if a.ts_type != b.ts_type:
@@ -139,9 +148,17 @@ def all_covered(inner: Iterable[TrafficSelector], outer: Sequence[TrafficSelecto
     return all(any(covers(o, i) for o in outer) for i in inner)
 
 
-def to_networks(ts: TrafficSelector) -> list[Network]:
-    """The address range as CIDR prefixes (what an XFRM selector can hold)."""
-    return list(ipaddress.summarize_address_range(ts.start_addr, ts.end_addr))
+def to_networks(ts: TrafficSelector) -> tuple[Network, ...]:
+    """The address range as CIDR prefixes (what an XFRM selector can hold). Cached: the
+    same ranges come back with every CHILD_SA of a connection (and its policies, routes
+    and MSS rules share the network objects)."""
+    return _range_networks(ts.start_addr, ts.end_addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _range_networks(start: IPv4Address | IPv6Address, end: IPv4Address | IPv6Address
+                    ) -> tuple[Network, ...]:
+    return tuple(ipaddress.summarize_address_range(start, end))
 
 
 def port_masks(start: int, end: int) -> list[tuple[int, int]]:

@@ -465,18 +465,18 @@ class KernelIPsec(ABC):
         if p.templates and not p.owned():
             raise ValueError(f"policy templates must use reqids {REQID_MIN:#x}-{REQID_MAX:#x}")
         key = p.key
-        refs = list(self._policy_refs.get(key, ()))
-        if planned is not None:
-            refs = planned.setdefault(key, refs)
+        # `planned` holds only what this batch adds per key (no copy of the references:
+        # thousands of CHILD_SAs may share one policy)
+        added = planned.setdefault(key, []) if planned is not None else []
+        held = self._policy_refs.get(key)
+        previous = added[-1] if added else held[-1] if held else None
+        added.append(p)
 
         def commit() -> None:
             self._policy_refs.setdefault(key, []).append(p)
 
-        if not refs:
-            refs.append(p)
+        if previous is None:
             return _Step(Op(OpKind.ADD_POLICY, p), Op(OpKind.DELETE_POLICY, key), commit)
-        previous = refs[-1]
-        refs.append(p)
         return _Step(Op(OpKind.UPDATE_POLICY, p), Op(OpKind.UPDATE_POLICY, previous), commit)
 
     def _remove_policy_step(self, p: PolicySpec) -> _Step | None:

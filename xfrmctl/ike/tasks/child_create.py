@@ -10,7 +10,6 @@ key exchanges (RFC 9370), the CHILD_SA is made only after the IKE_FOLLOWUP_KE ex
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,10 +59,10 @@ def _dynamic_ts(sa: IkeSa, local: bool) -> Selectors:
     if local:
         address = sa.virtual_ip if (sa.is_initiator and sa.virtual_ip) else sa.local[0]
         if sa.is_initiator and sa.conf().request_virtual_ip and not sa.virtual_ip:
-            return (ts.any_of(ipaddress.ip_address(sa.local[0]).version),)
+            return (ts.any_of(ts.address(sa.local[0]).version),)
     else:
         address = sa.virtual_ip if (not sa.is_initiator and sa.virtual_ip) else sa.remote[0]
-    return (ts.from_address(ipaddress.ip_address(address)),)
+    return (ts.from_address(ts.address(address)),)
 
 
 def child_ts(sa: IkeSa, child: ChildConfig) -> tuple[Selectors, Selectors]:

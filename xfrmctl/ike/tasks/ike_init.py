@@ -8,14 +8,13 @@ connections. Both derive the keys and hand over to IKE_AUTH (ike_auth.py).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import auth, dh, proposals
+from .. import auth, dh, proposals, ts
 from ..config import ChildConfig
 from ..constants import CertEncoding, ExchangeType, NotifyType
 from ..errors import ProtocolError
@@ -71,7 +70,7 @@ class Setup:
 
 
 def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
-    addr = ipaddress.ip_address(endpoint[0]).packed
+    addr = ts.address(endpoint[0]).packed
     return hashlib.sha1(spi_i + spi_r + addr + struct.pack("!H", endpoint[1])).digest()
 
 
