@@ -220,6 +220,22 @@ class Certificate(Timestamps, Base):
         ForeignKey("secrets.id", ondelete="RESTRICT"))
 
 
+class Gateway(Base):
+    """A daemon of the fleet sharing this database: it registers itself at start and
+    heartbeats every `heartbeat_interval` seconds; one whose heartbeat is older than
+    a few intervals is unreachable (its recorded SAs are then stale, never deleted)."""
+
+    __tablename__ = "gateways"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    heartbeat_interval: Mapped[int] = mapped_column(Integer, default=5)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class Connection(Timestamps, Base):
     """An IKE_SA configuration (strongSwan's `connections.<name>`)."""
 
@@ -276,6 +292,10 @@ class Connection(Timestamps, Base):
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
+    # The fleet gateway that runs it; None: every gateway on this database (a single
+    # gateway's database).
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="RESTRICT"), index=True)
 
 
 class Child(Timestamps, Base):
@@ -334,6 +354,10 @@ class IkeSaRecord(Base):
 
     __tablename__ = "ike_sas"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # the gateway that negotiated it (None: recorded before the fleet, or by a daemon
+    # without a gateway); the id is then "<gateway>:<its own id>", unique in the fleet
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), index=True)
     connection_id: Mapped[int | None] = mapped_column(
         ForeignKey("connections.id", ondelete="SET NULL"), index=True)
     state: Mapped[str] = mapped_column(String(32))
@@ -362,6 +386,8 @@ class ChildSaRecord(Base):
 
     __tablename__ = "child_sas"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), index=True)
     ike_sa_id: Mapped[str] = mapped_column(
         ForeignKey("ike_sas.id", ondelete="CASCADE"), index=True)
     child_id: Mapped[int | None] = mapped_column(

@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL cluster (initdb/pg_ctl as the `postgres` user, unix socket only,
-in a temp dir), never the host's own service. Skipped if the binaries are absent."""
+in a temp dir), never the host's own service, started once per session. Skipped if the
+binaries are absent. `fresh_database` makes a new empty database on it per user."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 
 def _pg_bin() -> Path | None:
@@ -52,3 +56,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         _run_as(user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(url: str, prefix: str = "t") -> str:
+    """A new, empty database on the server of `url`; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    parsed = make_url(url)
+    with psycopg.connect(dbname=parsed.database, user=parsed.username,
+                         host=str(parsed.query["host"]), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return parsed.set(database=name).render_as_string(hide_password=False)
