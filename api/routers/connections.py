@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from xfrmctl.port import Target
-from xfrmctl.store import pki, repo
+from xfrmctl.store import fleet, pki, repo
 from xfrmctl.store.models import (
     AuthMethod,
     Certificate,
@@ -32,8 +32,10 @@ from .. import crud
 from ..deps import (
     AdminDep,
     ControllerDep,
+    GatewayQuery,
     IdQuery,
     OperateDep,
+    Paging,
     PagingDep,
     Principal,
     ReadDep,
@@ -170,10 +172,20 @@ def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any],
                                 "ca_id (POST /cas)")
 
 
+def _page(session: Session, paging: Paging, peer_id: int | None, gateway: str | None
+          ) -> tuple[list[Connection], int]:
+    where = [] if gateway is None else [fleet.runs_here(fleet.gateway_id(session, gateway))]
+    return repo.list_page(session, Connection, offset=paging.offset, limit=paging.limit,
+                          filters={"peer_id": peer_id}, where=where)
+
+
 @router.get("", response_model=ConnectionsPublic)
 async def list_connections(services: ServicesDep, _: ReadDep, paging: PagingDep,
-                           peer_id: IdQuery = None) -> ConnectionsPublic:
-    rows, count = await crud.page(services, Connection, paging, peer_id=peer_id)
+                           peer_id: IdQuery = None, gateway: GatewayQuery = None
+                           ) -> ConnectionsPublic:
+    """Every connection; with `gateway`, those that gateway runs (assigned to it, or
+    to no gateway)."""
+    rows, count = await services.db.run(_page, paging, peer_id, gateway)
     return ConnectionsPublic(data=[ConnectionPublic.model_validate(r) for r in rows],
                              count=count)
 

@@ -87,8 +87,8 @@ def list_gateways(session: Session, now: datetime | None = None) -> list[Gateway
     now = now or m.utcnow()
 
     def counts(column: Any) -> dict[int, int]:
-        return dict(session.execute(select(column, func.count()).where(column.is_not(None))
-                                    .group_by(column)).tuples().all())
+        return {r[0]: r[1] for r in session.execute(
+            select(column, func.count()).where(column.is_not(None)).group_by(column))}
 
     ikes, children = counts(m.IkeSaRecord.gateway_id), counts(m.ChildSaRecord.gateway_id)
     conns = counts(m.Connection.gateway_id)

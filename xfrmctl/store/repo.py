@@ -37,6 +37,7 @@ REFERENCES: dict[str, type[m.Base]] = {
     "certificate_id": m.Certificate,
     "ca_id": m.CertificateAuthority,
     "connection_id": m.Connection,
+    "gateway_id": m.Gateway,
 }
 
 
@@ -91,9 +92,11 @@ def get(session: Session, model: type[ModelT], ident: object) -> ModelT:
 
 def list_page(session: Session, model: type[ModelT], *, offset: int = 0, limit: int = 100,
               filters: Mapping[str, object] | None = None,
-              order: Any = None) -> tuple[list[ModelT], int]:
-    """One page of rows (ordered by id unless `order` is given) and the total count."""
+              order: Any = None, where: Sequence[Any] = ()) -> tuple[list[ModelT], int]:
+    """One page of rows (ordered by id unless `order` is given) and the total count;
+    `filters` are equalities (None: any value), `where` further SQL conditions."""
     conditions = [getattr(model, k) == v for k, v in (filters or {}).items() if v is not None]
+    conditions += where
     total = session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
     query = select(model).where(*conditions).order_by(
         order if order is not None else model.id)  # type: ignore[attr-defined]
