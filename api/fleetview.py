@@ -12,14 +12,17 @@ from xfrmctl.store import models as m
 from .schemas.live import ChildSaPublic, IkeSaPublic, TrafficPublic
 
 
-def _connection_names(session: Session) -> dict[int, str]:
-    return {r.id: r.name for r in session.execute(select(m.Connection.id, m.Connection.name))}
+def _connection_names(session: Session, ids: set[int]) -> dict[int, str]:
+    query = select(m.Connection.id, m.Connection.name).where(m.Connection.id.in_(ids))
+    return {r.id: r.name for r in session.execute(query)}
 
 
 def ike_sas(session: Session, gateway: str | None) -> list[IkeSaPublic]:
-    names = _connection_names(session)
+    rows = fleet.recorded_sas(session, m.IkeSaRecord, gateway)
+    names = _connection_names(session, {r.connection_id for r, _, _ in rows
+                                        if r.connection_id is not None})
     out = []
-    for row, gw, stale in fleet.recorded_sas(session, m.IkeSaRecord, gateway):
+    for row, gw, stale in rows:
         out.append(IkeSaPublic(
             id=row.id, connection_id=row.connection_id,
             connection_name=names.get(row.connection_id) if row.connection_id else None,
@@ -36,10 +39,12 @@ def ike_sas(session: Session, gateway: str | None) -> list[IkeSaPublic]:
 
 
 def child_sas(session: Session, gateway: str | None) -> list[ChildSaPublic]:
+    rows = fleet.recorded_sas(session, m.ChildSaRecord, gateway)
     connections = {r.id: r.connection_id for r in session.execute(
-        select(m.IkeSaRecord.id, m.IkeSaRecord.connection_id))}
+        select(m.IkeSaRecord.id, m.IkeSaRecord.connection_id).where(
+            m.IkeSaRecord.id.in_({r.ike_sa_id for r, _, _ in rows})))}
     out = []
-    for row, gw, stale in fleet.recorded_sas(session, m.ChildSaRecord, gateway):
+    for row, gw, stale in rows:
         out.append(ChildSaPublic(
             id=row.id, ike_sa_id=row.ike_sa_id, connection_id=connections.get(row.ike_sa_id),
             child_id=row.child_id, name=row.name, state=row.state, mode=row.mode,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Header, Path, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -197,27 +197,50 @@ async def create_connection(services: ServicesDep, who: AdminDep,
                              connection_check(services.box))
 
 
+IfMatch = Annotated[str | None, Header(
+    alias="If-Match", max_length=32, description="the version (ETag) read: the write is "
+    "refused with 409 if the connection changed since (another API, another operator)")]
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an If-Match header names ("3", W/"3" or 3); 422 if it names none."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit():
+        raise repo.InvalidField("If-Match", "If-Match is the connection's version (its "
+                                'ETag, e.g. "3")')
+    return int(text)
+
+
 @router.get("/{connection_id}", response_model=ConnectionPublic)
-async def read_connection(services: ServicesDep, _: ReadDep,
-                          connection_id: ConnectionRef) -> Connection:
-    return await services.db.run(find_connection, connection_id)
+async def read_connection(services: ServicesDep, _: ReadDep, connection_id: ConnectionRef,
+                          response: Response) -> Connection:
+    row = await services.db.run(find_connection, connection_id)
+    response.headers["ETag"] = f'"{row.version}"'
+    return row
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic)
 async def update_connection(services: ServicesDep, who: AdminDep, connection_id: ConnectionRef,
-                            body: ConnectionUpdate) -> Connection:
+                            body: ConnectionUpdate, response: Response,
+                            if_match: IfMatch = None) -> Connection:
+    version = expected_version(if_match)
     row = await services.db.run(writable_connection, connection_id)
-    return await crud.update(services, who, Connection, "connection", row.id,
-                             body.model_dump(exclude_unset=True),
-                             connection_check(services.box))
+    updated = await crud.update(services, who, Connection, "connection", row.id,
+                                body.model_dump(exclude_unset=True),
+                                connection_check(services.box), version)
+    response.headers["ETag"] = f'"{updated.version}"'
+    return updated
 
 
 @router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_connection(services: ServicesDep, who: AdminDep,
-                            connection_id: ConnectionRef) -> None:
+                            connection_id: ConnectionRef, if_match: IfMatch = None) -> None:
     """Delete the connection and its children; the daemon tears its SAs down."""
+    version = expected_version(if_match)
     row = await services.db.run(writable_connection, connection_id)
-    await crud.delete(services, who, Connection, "connection", row.id)
+    await crud.delete(services, who, Connection, "connection", row.id, version)
 
 
 @router.post("/{connection_id}/takeover", response_model=ConnectionPublic)

@@ -203,6 +203,8 @@ class ConnectionPublic(ConnectionBase, PublicBase):
     managed_by: str | None = Field(
         None, description='None: managed through the API; "file:<path>": by that '
         "configuration file (writes are refused until taken over)")
+    version: int = Field(description="bumped by every change; send it back as If-Match "
+                         "to have a write refused (409) if someone changed it since")
 
 
 class ConnectionsPublic(Page[ConnectionPublic]):

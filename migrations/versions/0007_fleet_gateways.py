@@ -1,7 +1,8 @@
 """gateways (a fleet of daemons on one database: name, addresses, version, heartbeat);
 connections: the gateway that runs them (NULL: every gateway, as before); ike_sas and
 child_sas: the gateway that recorded them. Existing rows keep NULL: nothing changes for
-a single gateway's database.
+a single gateway's database. connections: a version for optimistic locking (409 on a
+stale If-Match).
 
 Revision ID: 0007
 Revises: 0006
@@ -36,6 +37,9 @@ def upgrade() -> None:
     )
     for table, on_delete in _RECORDED:
         with op.batch_alter_table(table) as batch:
+            if table == 'connections':
+                batch.add_column(sa.Column('version', sa.Integer(), nullable=False,
+                                           server_default='1'))
             batch.add_column(sa.Column('gateway_id', sa.Integer(), nullable=True))
             batch.create_index(op.f(f'ix_{table}_gateway_id'), ['gateway_id'], unique=False)
             batch.create_foreign_key(op.f(f'fk_{table}_gateway_id_gateways'), 'gateways',
@@ -48,4 +52,6 @@ def downgrade() -> None:
             batch.drop_constraint(op.f(f'fk_{table}_gateway_id_gateways'), type_='foreignkey')
             batch.drop_index(op.f(f'ix_{table}_gateway_id'))
             batch.drop_column('gateway_id')
+            if table == 'connections':
+                batch.drop_column('version')
     op.drop_table('gateways')

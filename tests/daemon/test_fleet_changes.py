@@ -129,3 +129,30 @@ def test_a_restart_clears_only_its_own_stale_rows(tmp_path: Path) -> None:
         assert [(r.id, gw, stale) for r, gw, stale in rows] == [("gw-b:1", "gw-b", True)]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_write_racing_another_is_refused_not_lost(backend: str, pg: str,
+                                                    tmp_path: Path) -> None:
+    """Two writers read version 1; the first commits; the second's UPDATE (WHERE version
+    = 1) hits nothing and is refused (409 in the API) instead of overwriting."""
+    url = pg if backend == "postgresql" else f"sqlite:///{tmp_path}/x.db"
+    if backend == "sqlite":
+        prepare_database(url)
+    db = Database(url)
+    try:
+        ident = db.call(repo.create, m.Connection, {"name": f"race-{backend}"},
+                        actor="t").id
+        with db.sessions.begin() as slow:
+            row = slow.get(m.Connection, ident)
+            assert row is not None and row.version == 1
+            repo.check_version(row, 1)  # what the slow writer read still holds here
+            db.call(repo.update, m.Connection, ident, {"dpd_delay": 5}, actor="fast")
+            with pytest.raises(repo.Conflict, match="changed by someone else"):
+                repo.update(slow, m.Connection, ident, {"dpd_delay": 7}, actor="slow")
+        row = db.call(repo.get, m.Connection, ident)
+        assert (row.dpd_delay, row.version) == (5, 2)
+        with pytest.raises(repo.Conflict, match="changed since version 1"):
+            repo.check_version(row, 1)
+    finally:
+        db.dispose()

@@ -3,12 +3,15 @@ test set-up): `xfrmctl daemon --db --gateway NAME --kernel memory --api` in thre
 namespaces. IKE is real (UDP between the namespaces), the kernel is the in-memory one.
 
 The daemons are shared by the module's cases, which run in order: registration, a
-tunnel between two of them declared through the third's API, a gateway killed (shown
-unreachable, its SAs stale, never deleted) and restarted (it reconciles its own rows).
+tunnel between two of them declared through the third's API, concurrent edits through two
+APIs, a gateway killed (shown unreachable, its SAs stale, never deleted) and restarted
+(it reconciles its own rows).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import pytest
 
 from tests.support.netns import Netns, netns, netns_pair, require_root, veth
 from tests.support.postgres import fresh_database
-from tests.support.xfrmctl_daemon import XfrmctlDaemon, wait_until
+from tests.support.xfrmctl_daemon import PYTHON, REPO, XfrmctlDaemon, wait_until
 from xfrmctl.daemon.dbconfig import prepare_database
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
@@ -30,7 +33,7 @@ from xfrmctl.store.tokens import Scope
 pytestmark = pytest.mark.netns
 PSK = "fleet test-only psk 41c9"
 ADDRESSES = {"gw-a": "192.0.2.1", "gw-b": "192.0.2.2", "gw-c": "192.0.2.3"}
-HEARTBEAT = 1  # second: unreachable after 3
+HEARTBEAT = 2  # seconds: unreachable after 3 missed (a loaded CI host stalls starts)
 
 
 class FleetDaemon(XfrmctlDaemon):
@@ -68,6 +71,15 @@ class Fleet:
             r = client.request(method, path, **kw)
         assert r.status_code == status, r.text
         return r.json() if r.content else None
+
+    def cli(self, *args: str, via: str = "gw-c") -> str:
+        """`xfrmctl` against a gateway's API socket."""
+        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+        argv = [str(PYTHON), "-m", "xfrmctl.cli", "--url",
+                f"unix://{self.daemons[via].workdir / 'api.sock'}", "--token", self.token,
+                *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                              check=True).stdout
 
     def gateways(self, via: str = "gw-c") -> dict[str, dict[str, Any]]:
         return {g["name"]: g for g in self.call(via, "GET", "/gateways")["data"]}
@@ -107,6 +119,8 @@ def fleet(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_every_daemon_registers_and_heartbeats(fleet: Fleet) -> None:
+    wait_until(lambda: all(g["reachable"] for g in fleet.gateways().values()), 10,
+               lambda: f"not all reachable: {fleet.gateways()}")
     first = fleet.gateways()
     assert set(first) == set(ADDRESSES)
     for name, gateway in first.items():
@@ -174,6 +188,34 @@ def test_a_tunnel_declared_through_a_third_gateway_comes_up(fleet: Fleet) -> Non
     assert PSK not in str(fleet.call("gw-c", "GET", "/connections"))
 
 
+def test_concurrent_edits_through_two_apis_lose_no_write(fleet: Fleet) -> None:
+    """Two operators read the same version through two gateways' APIs and both write:
+    the second gets 409 (not a silent overwrite), reads again and re-applies."""
+    secret = fleet.call("gw-a", "GET", "/secrets")["data"][0]["id"]
+    conn = fleet.call("gw-a", "POST", "/connections", 201, json={
+        "name": "shared-edit", "enabled": False, "secret_id": secret})
+    path = f"/connections/{conn['id']}"
+    with fleet.daemons["gw-a"].client(fleet.token) as a, \
+            fleet.daemons["gw-b"].client(fleet.token) as b:
+        etag_a, etag_b = a.get(path).headers["ETag"], b.get(path).headers["ETag"]
+        assert etag_a == etag_b == f'"{conn["version"]}"'
+        first = a.patch(path, json={"dpd_delay": 30}, headers={"If-Match": etag_a})
+        assert first.status_code == 200 and first.json()["version"] == conn["version"] + 1
+        second = b.patch(path, json={"rekey_time": 7200}, headers={"If-Match": etag_b})
+        assert second.status_code == 409 and "changed since version" in second.json()["detail"]
+        again = b.get(path)
+        assert again.json()["dpd_delay"] == 30
+        retried = b.patch(path, json={"rekey_time": 7200},
+                          headers={"If-Match": again.headers["ETag"]})
+        assert retried.status_code == 200, retried.text
+        bad = b.patch(path, json={"rekey_time": 1}, headers={"If-Match": "soon"})
+        assert bad.status_code == 422 and "If-Match" in bad.text
+        assert b.delete(path, headers={"If-Match": etag_a}).status_code == 409
+    final = fleet.call("gw-c", "GET", path)
+    assert (final["dpd_delay"], final["rekey_time"]) == (30, 7200)  # both writes kept
+    fleet.call("gw-c", "DELETE", path, 204)
+
+
 def test_a_killed_gateway_is_unreachable_with_stale_sas_then_reconciles(
         fleet: Fleet) -> None:
     gw_b = fleet.daemons["gw-b"]
@@ -186,13 +228,18 @@ def test_a_killed_gateway_is_unreachable_with_stale_sas_then_reconciles(
                lambda: f"gw-b still reachable: {fleet.gateways()['gw-b']}")
     (kept,) = fleet.ike_sas("gw-b")  # shown stale, never deleted
     assert kept["id"] == before["id"] and kept["stale"]
+    listed = fleet.cli("--gateway", "gw-b", "sa", "list")  # the CLI's fleet view
+    assert before["id"] in listed and "ESTABLISHED (stale)" in listed
+    assert "gw-a:" not in listed
+    assert "UNREACHABLE (SAs stale): gw-b" in fleet.cli("status").splitlines()[0]
     assert fleet.gateways()["gw-a"]["reachable"] and not fleet.ike_sas("gw-a")[0]["stale"]
 
     mark_a = fleet.daemons["gw-a"].mark()
     (gw_b.workdir / "api.sock").unlink(missing_ok=True)  # left behind by the kill
     gw_b.start()  # the same name: it takes its row back and replaces its own SA rows
     gw_b.wait_api()
-    assert fleet.gateways()["gw-b"]["reachable"]
+    wait_until(lambda: fleet.gateways()["gw-b"]["reachable"], 10,
+               lambda: f"{fleet.gateways()['gw-b']}\n{gw_b.tail()}")
     wait_until(lambda: before["id"] not in {s["id"] for s in fleet.ike_sas("gw-b")}, 10,
                lambda: f"gw-b's old SA still recorded: {fleet.ike_sas('gw-b')}")
     assert len(fleet.ike_sas("gw-a")) == 1  # another gateway's rows are not its to touch

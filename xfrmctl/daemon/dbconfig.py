@@ -72,7 +72,8 @@ def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = Non
                                                       fleet.runs_here(gateway))
                            .order_by(m.Connection.id)).all()
     children: dict[int, list[m.Child]] = {}
-    for child in session.scalars(select(m.Child).order_by(m.Child.id)):
+    for child in session.scalars(select(m.Child).join(m.Connection).where(
+            m.Connection.enabled, fleet.runs_here(gateway)).order_by(m.Child.id)):
         children.setdefault(child.connection_id, []).append(child)
     loaded: dict[str, cf.ConnectionConf] = {}
     problems: Problems = {}

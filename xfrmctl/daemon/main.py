@@ -135,6 +135,10 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     except (OSError, ValueError, ValidationError) as exc:
         log.error("configuration %s: %s", config_path or "from the database", exc)
         return 2
+    announced: list[str] = list(conf.listen)  # the addresses the heartbeats report
+    # heartbeats from now on: the rest of the start (the API's imports) takes seconds
+    beats = asyncio.get_running_loop().create_task(
+        _heartbeats(source, lambda: announced), name="heartbeats")
     kernel, links = await _open_kernel(kernel_kind)
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
     firewall = FakeFirewall() if kernel_kind == MEMORY else NftFirewall()
@@ -148,6 +152,7 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     endpoints = Endpoints(controller.receive)
     # pyroute2's synchronous API runs its own event loop: not on this one
     addresses = conf.listen or await asyncio.to_thread(local_addresses)
+    announced[:] = addresses
     if not addresses:
         log.warning("no address to listen on (only loopback here): set `listen` in the "
                     "file or --listen")
@@ -181,7 +186,6 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     if recorder is not None:
         await recorder.start()
     watcher = loop.create_task(_watch_database(controller, source), name="db-watch")
-    beats = loop.create_task(_heartbeats(source, lambda: addresses), name="heartbeats")
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")

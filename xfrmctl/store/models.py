@@ -296,6 +296,11 @@ class Connection(Timestamps, Base):
     # gateway's database).
     gateway_id: Mapped[int | None] = mapped_column(
         ForeignKey("gateways.id", ondelete="RESTRICT"), index=True)
+    # Bumped by every update: a client that read version N and writes with If-Match: N
+    # gets 409 if someone else wrote in between (optimistic locking, enforced by the
+    # UPDATE's WHERE version = N even between concurrent transactions).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Child(Timestamps, Base):

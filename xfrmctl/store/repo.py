@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from xfrmctl.ike.eap import mschapv2
 
@@ -116,6 +117,18 @@ def _flush(session: Session, what: str) -> None:
         session.flush()
     except IntegrityError as exc:
         raise Conflict(what) from exc
+    except StaleDataError as exc:  # a versioned row another transaction just updated
+        raise Conflict("it was changed by someone else meanwhile: read it again and "
+                       "re-apply the change") from exc
+
+
+def check_version(obj: m.Base, expected: int | None) -> None:
+    """Conflict unless the row is still at the version the client read (If-Match)."""
+    current = getattr(obj, "version", None)
+    if expected is not None and current != expected:
+        raise Conflict(f"{resource_name(type(obj))} {getattr(obj, 'id', '')} changed since "
+                       f"version {expected} (now {current}): read it again and re-apply "
+                       "the change")
 
 
 def create(session: Session, model: type[ModelT], values: Mapping[str, Any], *,
