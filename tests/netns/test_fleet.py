@@ -233,6 +233,11 @@ def test_a_killed_gateway_is_unreachable_with_stale_sas_then_reconciles(
     assert "gw-a:" not in listed
     assert "UNREACHABLE (SAs stale): gw-b" in fleet.cli("status").splitlines()[0]
     assert fleet.gateways()["gw-a"]["reachable"] and not fleet.ike_sas("gw-a")[0]["stale"]
+    with fleet.daemons["gw-c"].client(fleet.token) as c:  # metrics labelled by gateway
+        metrics = c.get("http://fleet/metrics").text
+    assert 'xfrmctl_gateway_up{gateway="gw-b"} 0.0' in metrics
+    assert 'xfrmctl_gateway_up{gateway="gw-a"} 1.0' in metrics
+    assert 'xfrmctl_gateway_ike_sas{gateway="gw-b"} 1.0' in metrics
 
     mark_a = fleet.daemons["gw-a"].mark()
     (gw_b.workdir / "api.sock").unlink(missing_ok=True)  # left behind by the kill
