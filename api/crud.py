@@ -38,7 +38,8 @@ def _create(session: Session, model: type[ModelT], values: dict[str, Any], actor
 
 
 def _update(session: Session, model: type[ModelT], ident: int, values: dict[str, Any],
-            actor: str, check: Check | None) -> ModelT:
+            actor: str, check: Check | None, version: int | None = None) -> ModelT:
+    repo.check_version(repo.get(session, model, ident), version)
     columns = model.__table__.columns
     for field, value in values.items():
         if value is None and not columns[field].nullable:
@@ -57,15 +58,24 @@ async def create(services: Services, who: Principal, model: type[ModelT], kind: 
 
 
 async def update(services: Services, who: Principal, model: type[ModelT], kind: ConfigKind,
-                 ident: int, values: Mapping[str, Any], check: Check | None = None) -> ModelT:
-    obj = await services.db.run(_update, model, ident, dict(values), who.actor, check)
+                 ident: int, values: Mapping[str, Any], check: Check | None = None,
+                 version: int | None = None) -> ModelT:
+    """Update; with `version` (If-Match) only if the row is still at that version."""
+    obj = await services.db.run(_update, model, ident, dict(values), who.actor, check,
+                                version)
     await notify(services, kind, ident, "updated")
     return obj
 
 
+def _delete(session: Session, model: type[ModelT], ident: int, actor: str,
+            version: int | None) -> None:
+    repo.check_version(repo.get(session, model, ident), version)
+    repo.delete(session, model, ident, actor=actor)
+
+
 async def delete(services: Services, who: Principal, model: type[ModelT], kind: ConfigKind,
-                 ident: int) -> None:
-    await services.db.run(repo.delete, model, ident, actor=who.actor)
+                 ident: int, version: int | None = None) -> None:
+    await services.db.run(_delete, model, ident, who.actor, version)
     await notify(services, kind, ident, "deleted")
 
 

@@ -32,6 +32,7 @@ class Services:
     bus: EventBus
     controller: Controller | None
     throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    gateway: str | None = None  # the daemon's name in the fleet (None: no daemon)
 
 
 @dataclass(frozen=True)
@@ -182,3 +183,6 @@ PagingDep = Annotated[Paging, Depends(get_paging)]
 
 IdPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="numeric id")]
 IdQuery = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
+GatewayQuery = Annotated[str | None, Query(
+    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    description="a gateway of the fleet, by name (GET /gateways)")]

@@ -24,6 +24,7 @@ from .routers import (
     connections,
     eap_users,
     events,
+    gateways,
     peers,
     policies,
     proposals,
@@ -62,13 +63,14 @@ def api_router() -> APIRouter:
                 secrets.router, eap_users.router, certificates.ca_router, certificates.router,
                 certificates.crl_router,
                 sas.ike_router, sas.child_router, policies.router, policies.kernel_router,
-                status.router, events.router, tokens.router):
+                status.router, events.router, tokens.router, gateways.router):
         router.include_router(sub)
     return router
 
 
 def create_app(settings: Settings, controller: Controller | None = None, *,
-               db: Database | None = None, bus: EventBus | None = None) -> FastAPI:
+               db: Database | None = None, bus: EventBus | None = None,
+               gateway: str | None = None) -> FastAPI:
     """Build the app. The daemon passes its own `db` and `bus` so that protocol events it
     records reach the SSE stream; standalone, the app makes its own."""
     own_db = db is None
@@ -87,7 +89,7 @@ def create_app(settings: Settings, controller: Controller | None = None, *,
     app.state.services = Services(
         settings=settings, db=database, box=SecretBox.from_file(settings.secret_key_file),
         bus=event_bus, controller=controller,
-        throttle=AuthThrottle(maximum=settings.auth_backoff_max))
+        throttle=AuthThrottle(maximum=settings.auth_backoff_max), gateway=gateway)
     app.add_middleware(AuthFirst)
     errors.install(app)
     app.include_router(api_router())

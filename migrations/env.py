@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import Connection
 
 from xfrmctl.config import Settings
 from xfrmctl.store.db import make_engine
@@ -35,11 +36,32 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(_url())
     with engine.connect() as conn:
-        _run(conn)
+        if conn.dialect.name == "sqlite":
+            _run_sqlite(conn)
+        else:
+            _run(conn)
     engine.dispose()
 
 
-def _run(connection: object) -> None:
+def _run_sqlite(connection: Connection) -> None:
+    """SQLite alters a table by copying it and dropping the original: with foreign keys
+    enforced, that drop deletes (ON DELETE CASCADE) every row referring to it, e.g. all
+    children when `connections` is altered. So they are off while migrating (the pragma
+    works outside a transaction only), and checked afterwards."""
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()  # SQLAlchemy began a transaction around the pragma
+    try:
+        _run(connection)
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration left dangling references: {broken[:5]}")
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
+
+
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=True, compare_type=True)
     with context.begin_transaction():

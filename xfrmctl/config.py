@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:////var/lib/xfrmctl/xfrmctl.db"
     secret_key_file: Path = Path("/var/lib/xfrmctl/secret.key")
 
+    # A fleet of gateways on one (PostgreSQL) database: this daemon's name (default: the
+    # host name), how often it heartbeats (seconds; unreachable after 3 missed).
+    gateway_name: str | None = Field(default=None, min_length=1, max_length=64,
+                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    heartbeat_interval: int = Field(default=5, ge=1, le=3600)
+
     # API listeners: a unix socket and loopback TCP by default.
     api_socket: Path | None = DEFAULT_SOCKET
     api_host: str = "127.0.0.1"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Header, Path, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from xfrmctl.port import Target
-from xfrmctl.store import pki, repo
+from xfrmctl.store import fleet, pki, repo
 from xfrmctl.store.models import (
     AuthMethod,
     Certificate,
@@ -33,8 +33,10 @@ from .. import crud
 from ..deps import (
     AdminDep,
     ControllerDep,
+    GatewayQuery,
     IdQuery,
     OperateDep,
+    Paging,
     PagingDep,
     Principal,
     ReadDep,
@@ -173,10 +175,20 @@ def _check_pubkey(session: Session, box: SecretBox, values: dict[str, Any],
                                 "ca_id (POST /cas)")
 
 
+def _page(session: Session, paging: Paging, peer_id: int | None, gateway: str | None
+          ) -> tuple[list[Connection], int]:
+    where = [] if gateway is None else [fleet.runs_here(fleet.gateway_id(session, gateway))]
+    return repo.list_page(session, Connection, offset=paging.offset, limit=paging.limit,
+                          filters={"peer_id": peer_id}, where=where)
+
+
 @router.get("", response_model=ConnectionsPublic)
 async def list_connections(services: ServicesDep, _: ReadDep, paging: PagingDep,
-                           peer_id: IdQuery = None) -> ConnectionsPublic:
-    rows, count = await crud.page(services, Connection, paging, peer_id=peer_id)
+                           peer_id: IdQuery = None, gateway: GatewayQuery = None
+                           ) -> ConnectionsPublic:
+    """Every connection; with `gateway`, those that gateway runs (assigned to it, or
+    to no gateway)."""
+    rows, count = await services.db.run(_page, paging, peer_id, gateway)
     return ConnectionsPublic(data=[ConnectionPublic.model_validate(r) for r in rows],
                              count=count)
 
@@ -188,27 +200,50 @@ async def create_connection(services: ServicesDep, who: AdminDep,
                              connection_check(services.box))
 
 
+IfMatch = Annotated[str | None, Header(
+    alias="If-Match", max_length=32, description="the version (ETag) read: the write is "
+    "refused with 409 if the connection changed since (another API, another operator)")]
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an If-Match header names ("3", W/"3" or 3); 422 if it names none."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit():
+        raise repo.InvalidField("If-Match", "If-Match is the connection's version (its "
+                                'ETag, e.g. "3")')
+    return int(text)
+
+
 @router.get("/{connection_id}", response_model=ConnectionPublic)
-async def read_connection(services: ServicesDep, _: ReadDep,
-                          connection_id: ConnectionRef) -> Connection:
-    return await services.db.run(find_connection, connection_id)
+async def read_connection(services: ServicesDep, _: ReadDep, connection_id: ConnectionRef,
+                          response: Response) -> Connection:
+    row = await services.db.run(find_connection, connection_id)
+    response.headers["ETag"] = f'"{row.version}"'
+    return row
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic)
 async def update_connection(services: ServicesDep, who: AdminDep, connection_id: ConnectionRef,
-                            body: ConnectionUpdate) -> Connection:
+                            body: ConnectionUpdate, response: Response,
+                            if_match: IfMatch = None) -> Connection:
+    version = expected_version(if_match)
     row = await services.db.run(writable_connection, connection_id)
-    return await crud.update(services, who, Connection, "connection", row.id,
-                             body.model_dump(exclude_unset=True),
-                             connection_check(services.box))
+    updated = await crud.update(services, who, Connection, "connection", row.id,
+                                body.model_dump(exclude_unset=True),
+                                connection_check(services.box), version)
+    response.headers["ETag"] = f'"{updated.version}"'
+    return updated
 
 
 @router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_connection(services: ServicesDep, who: AdminDep,
-                            connection_id: ConnectionRef) -> None:
+                            connection_id: ConnectionRef, if_match: IfMatch = None) -> None:
     """Delete the connection and its children; the daemon tears its SAs down."""
+    version = expected_version(if_match)
     row = await services.db.run(writable_connection, connection_id)
-    await crud.delete(services, who, Connection, "connection", row.id)
+    await crud.delete(services, who, Connection, "connection", row.id, version)
 
 
 @router.post("/{connection_id}/takeover", response_model=ConnectionPublic)

@@ -7,14 +7,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from xfrmctl.port import ConnectionState, ConnectionStatus, DownReason
+from xfrmctl.store import fleet
 from xfrmctl.store.models import Connection
 
-from ..deps import ReadDep, ServicesDep
+from ..deps import ReadDep, Services, ServicesDep
 from ..schemas.live import (
     ChildStatusPublic,
     ConnectionStatusPublic,
     CountersPublic,
     FailurePublic,
+    GatewayPublic,
     StatusPublic,
 )
 
@@ -29,6 +31,36 @@ def _connections(session: Session) -> list[tuple[int, str, bool]]:
 
 @router.get("", response_model=StatusPublic)
 async def read_status(services: ServicesDep, _: ReadDep) -> StatusPublic:
+    """Desired vs actual of this daemon, and every gateway of the fleet."""
+    status = await _status(services)
+    gateways = await services.db.run(fleet.list_gateways)
+    names = {g.id: g.name for g in gateways}
+    assigned = dict(await services.db.run(_assignments))
+    connections = [_elsewhere(c, names[assigned[c.id]], services.gateway)
+                   if assigned.get(c.id) in names else c for c in status.connections]
+    return status.model_copy(update={
+        "gateway": services.gateway, "connections": connections,
+        "gateways": [GatewayPublic.model_validate(g) for g in gateways]})
+
+
+def _assignments(session: Session) -> list[tuple[int, int]]:
+    rows = session.execute(select(Connection.id, Connection.gateway_id)
+                           .where(Connection.gateway_id.is_not(None)))
+    return [(r.id, r.gateway_id) for r in rows if r.gateway_id is not None]
+
+
+def _elsewhere(status: ConnectionStatusPublic, gateway: str, here: str | None
+               ) -> ConnectionStatusPublic:
+    """A connection assigned to a gateway: this daemon's view if it is this gateway,
+    else where it runs (its SAs: GET /ike-sas?gateway=...)."""
+    if gateway == here:
+        return status.model_copy(update={"gateway": gateway})
+    return status.model_copy(update={
+        "gateway": gateway, "state": None, "reason": None, "children": [],
+        "detail": {"message": f"runs on gateway {gateway}"}})
+
+
+async def _status(services: Services) -> StatusPublic:
     configured = await services.db.run(_connections)
     if services.controller is None:
         return StatusPublic(

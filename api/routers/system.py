@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from xfrmctl.port import ChildSaInfo, DaemonStatus, IkeSaInfo
+from xfrmctl.store import fleet
 
 from ..deps import ReadDep, ServicesDep
 
@@ -52,8 +54,10 @@ class _Snapshot(Collector):
     """Metric families built from one read of the daemon's state."""
 
     def __init__(self, status: DaemonStatus | None, ike: Iterable[IkeSaInfo],
-                 children: Iterable[ChildSaInfo]) -> None:
+                 children: Iterable[ChildSaInfo],
+                 gateways: Iterable[fleet.GatewayState] = ()) -> None:
         self.status, self.ike, self.children = status, list(ike), list(children)
+        self.gateways = list(gateways)
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("xfrmctl_daemon_up", "1 if the daemon is attached to the API")
@@ -64,6 +68,26 @@ class _Snapshot(Collector):
         if self.status is not None:
             yield from _counters(self.status)
         yield from _traffic(self.children)
+        yield from _fleet(self.gateways)
+
+
+def _fleet(gateways: Iterable[fleet.GatewayState]) -> Iterable[Metric]:
+    """Every gateway on the database, labelled by name: reachable, heartbeat age, SAs."""
+    now = datetime.now(UTC)
+    up = GaugeMetricFamily("xfrmctl_gateway_up", "1 if the gateway's heartbeat is recent",
+                           labels=["gateway"])
+    age = GaugeMetricFamily("xfrmctl_gateway_heartbeat_age_seconds",
+                            "seconds since the gateway's last heartbeat", labels=["gateway"])
+    ike = GaugeMetricFamily("xfrmctl_gateway_ike_sas", "IKE_SAs the gateway recorded",
+                            labels=["gateway"])
+    child = GaugeMetricFamily("xfrmctl_gateway_child_sas", "CHILD_SAs the gateway recorded",
+                              labels=["gateway"])
+    for g in gateways:
+        up.add_metric([g.name], 1.0 if g.reachable else 0.0)
+        age.add_metric([g.name], (now - g.heartbeat_at).total_seconds())
+        ike.add_metric([g.name], g.ike_sas)
+        child.add_metric([g.name], g.child_sas)
+    yield from (up, age, ike, child)
 
 
 def _by_state(name: str, doc: str, sas: Iterable[IkeSaInfo | ChildSaInfo]) -> Metric:
@@ -118,11 +142,12 @@ def _traffic(children: Iterable[ChildSaInfo]) -> Iterable[Metric]:
 async def metrics(services: ServicesDep, _: ReadDep) -> Response:
     """Prometheus metrics (needs a read token; scrape with `authorization: bearer`)."""
     controller = services.controller
+    gateways = await services.db.run(fleet.list_gateways)
     if controller is None:
-        snapshot = _Snapshot(None, [], [])
+        snapshot = _Snapshot(None, [], [], gateways)
     else:
         snapshot = _Snapshot(await controller.status(), await controller.list_ike_sas(),
-                             await controller.list_child_sas())
+                             await controller.list_child_sas(), gateways)
     registry = CollectorRegistry()
     registry.register(snapshot)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -150,6 +150,8 @@ class ConnectionBase(BaseModel):
         "RFC 8784 postquantum preshared key: its PPK_ID (with ppk_secret_id)"))
     ppk_secret_id: Id | None = Field(None, description="the PPK: a secret of kind ppk")
     ppk_required: bool = Field(False, description="refuse peers that do not use the PPK")
+    gateway_id: Id | None = Field(None, description="the fleet gateway that runs it "
+                                  "(GET /gateways); none: every gateway on the database")
 
 
 class ConnectionCreate(ConnectionBase):
@@ -193,6 +195,7 @@ class ConnectionUpdate(BaseModel):
     ppk_id: Text | None = Field(None, max_length=255)
     ppk_secret_id: Id | None = None
     ppk_required: bool | None = None
+    gateway_id: Id | None = None
 
 
 class ConnectionPublic(ConnectionBase, PublicBase):
@@ -200,6 +203,8 @@ class ConnectionPublic(ConnectionBase, PublicBase):
     managed_by: str | None = Field(
         None, description='None: managed through the API; "file:<path>": by that '
         "configuration file (writes are refused until taken over)")
+    version: int = Field(description="bumped by every change; send it back as If-Match "
+                         "to have a write refused (409) if someone changed it since")
 
 
 class ConnectionsPublic(Page[ConnectionPublic]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from xfrmctl.port import ConnectionState, DownReason
 
@@ -53,6 +53,10 @@ class IkeSaPublic(BaseModel):
     nat_remote: bool
     remote_eap_id: str | None = None
     virtual_ip: str | None = None
+    gateway: str | None = Field(None, description="the fleet gateway that holds it "
+                                "(listed with ?gateway= or by an API without a daemon)")
+    stale: bool = Field(False, description="its gateway is unreachable: the last state "
+                        "it recorded, kept until it comes back")
 
     @field_validator("spi_i", "spi_r", mode="before")
     @classmethod
@@ -92,6 +96,8 @@ class ChildSaPublic(BaseModel):
     rekey_at: datetime | None
     expire_at: datetime | None
     traffic: TrafficPublic
+    gateway: str | None = None
+    stale: bool = False
 
     @field_validator("spi_in", "spi_out", mode="before")
     @classmethod
@@ -193,6 +199,7 @@ class ConnectionStatusPublic(BaseModel):
     ike_sa_ids: list[str]
     since: datetime | None
     children: list[ChildStatusPublic] = []
+    gateway: str | None = None  # the fleet gateway it is assigned to (None: every one)
 
 
 class FailurePublic(BaseModel):
@@ -216,6 +223,28 @@ class CountersPublic(BaseModel):
     kernel_install_seconds: float
 
 
+class GatewayPublic(BaseModel):
+    """A gateway of the fleet sharing this database."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    addresses: list[str]
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_interval: int
+    reachable: bool = Field(description="heartbeat seen within 3 intervals")
+    ike_sas: int = Field(description="IKE_SAs it recorded")
+    child_sas: int
+    connections: int = Field(description="connections assigned to it (the unassigned "
+                             "ones run on every gateway)")
+
+
+class GatewaysPublic(Page[GatewayPublic]):
+    pass
+
+
 class StatusPublic(BaseModel):
     daemon: bool  # False: the API runs without a daemon (desired state only)
     started_at: datetime | None
@@ -226,9 +255,12 @@ class StatusPublic(BaseModel):
     # "netlink": the Linux kernel; "memory": the in-memory kernel (--kernel memory),
     # nothing is installed and no traffic is protected; None: no daemon
     kernel: str | None = None
+    gateway: str | None = None  # this daemon's name in the fleet
+    gateways: list[GatewayPublic] = []  # every gateway on the database
 
 
 class ActionResult(BaseModel):
     action: str
     target: str
     id: str
+

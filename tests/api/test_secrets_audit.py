@@ -70,6 +70,7 @@ async def _setup(client: httpx.AsyncClient) -> dict[str, Any]:
     created = await post("/tokens", {"name": "ci", "scopes": ["read"]})
     ids["token_id"] = created["id"]
     ids["sa_id"] = "ike-1"
+    ids["name"] = "gw-1"  # /gateways/{name}: none registered (404)
     ids["user_id"] = (await post("/eap-users", {"name": "u", "password": EAP_PASSWORD}))["id"]
     ids["secrets"] = [PSK, PSK2, created["token"], *_key_fingerprints(key_pem(gw)),
                       EAP_PASSWORD, nt_hash(EAP_PASSWORD).hex()]

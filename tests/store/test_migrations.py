@@ -12,7 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from xfrmctl.store import repo
+from tests.support.postgres import fresh_database
+from xfrmctl.store import fleet, repo
 from xfrmctl.store.db import Database, make_engine
 from xfrmctl.store.migrate import HEAD_REVISION, alembic_config, current_tables, downgrade, upgrade
 from xfrmctl.store.models import Base, Child, Connection, EventKind, Peer, Secret
@@ -203,3 +204,73 @@ def test_a_database_at_head_starts_without_alembic(tmp_path: Path) -> None:
     assert behind.stdout.strip() != "[]"  # migrated from 0001, with Alembic
     at_head = subprocess.run(run, capture_output=True, text=True, check=True)
     assert at_head.stdout.strip() == "[]"
+
+
+def _upgrade_populated_0006(url: str) -> None:
+    """A single gateway's database at 0006 with a connection, its child and recorded SAs:
+    after 0007 all of it is there, run by every gateway (gateway_id NULL), and a fleet
+    gateway can be registered and given the connection; the downgrade keeps the rows."""
+    upgrade(url, "0006")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO connections (name, enabled, local_addrs, remote_addrs, local_port,"
+            " remote_port, auth, ike_proposals, start_action, dpd_delay, dpd_action,"
+            " rekey_time, reauth_time, over_time, fragmentation, encap, mobike,"
+            " close_action, request_virtual_ip, dns, revocation, ppk_required, created_at,"
+            " updated_at) VALUES ('old', true, '[]', '[\"203.0.113.5\"]', 500, 500, 'psk',"
+            " 'aes128-sha256-modp2048', 'none', 0, 'clear', 14400, 0, 0, 'yes', false,"
+            " false, 'none', false, '[]', 'relaxed', false, '2026-01-01 00:00:00+00',"
+            " '2026-01-01 00:00:00+00')"))
+        conn_id = conn.execute(text("SELECT id FROM connections")).scalar()
+        conn.execute(text(
+            "INSERT INTO children (connection_id, name, local_ts, remote_ts, mode,"
+            " replay_window, esn, rekey_time, life_time, rekey_bytes, life_bytes,"
+            " rekey_packets, life_packets, tfc_padding, start_action, interface_addresses,"
+            " routes, mss, created_at, updated_at) VALUES (:c, 'net', '[]', '[]', 'tunnel',"
+            " 32, false, 3600, 3960, 0, 0, 0, 0, 0, 'none', '[]', '[]', 'off',"
+            " '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')"), {"c": conn_id})
+        conn.execute(text(
+            "INSERT INTO ike_sas (id, connection_id, state, initiator, spi_i, spi_r,"
+            " local_addr, local_port, remote_addr, remote_port, updated_at) VALUES"
+            " ('7', :c, 'ESTABLISHED', true, '1122334455667788', '99aabbccddeeff00',"
+            " '192.0.2.1', 500, '203.0.113.5', 500, '2026-01-01 00:00:00+00')"),
+            {"c": conn_id})
+        conn.execute(text(
+            "INSERT INTO child_sas (id, ike_sa_id, name, state, mode, protocol, spi_in,"
+            " spi_out, esn, local_ts, remote_ts, bytes_in, bytes_out, packets_in,"
+            " packets_out, updated_at) VALUES ('c0ffee01', '7', 'net', 'INSTALLED',"
+            " 'tunnel', 'esp', 'c0ffee01', 'c0ffee02', false, '[]', '[]', 1, 2, 3, 4,"
+            " '2026-01-01 00:00:00+00')"))
+    upgrade(url)
+    with engine.connect() as conn:
+        # (SQLite copies an altered table: with foreign keys on, dropping the original
+        # deleted every child and CHILD_SA row by cascade before env.py turned them off)
+        assert conn.execute(text("SELECT name FROM children")).scalars().all() == ["net"]
+        for table in ("connections", "ike_sas", "child_sas"):
+            rows = conn.execute(text(f"SELECT gateway_id FROM {table}")).all()
+            assert rows == [(None,)], table
+    db = Database(url)
+    try:
+        gw = db.call(fleet.register_gateway, "gw-a", ["192.0.2.1"], "1.0", interval=5)
+        db.call(repo.update, Connection, conn_id, {"gateway_id": gw.id}, actor="t")
+        assert db.call(repo.get, Connection, conn_id).gateway_id == gw.id
+        with pytest.raises(repo.Conflict):  # a gateway that runs connections stays
+            db.call(fleet.delete_gateway, "gw-a")
+    finally:
+        db.dispose()
+    downgrade(url, "0006")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM connections")).scalars().all() == ["old"]
+        assert conn.execute(text("SELECT bytes_out FROM child_sas")).scalar() == 2
+        assert conn.execute(text("SELECT count(*) FROM children")).scalar() == 1
+        assert "gateways" not in inspect(conn).get_table_names()
+    engine.dispose()
+
+
+def test_0007_keeps_a_single_gateways_data_sqlite(tmp_path: Path) -> None:
+    _upgrade_populated_0006(f"sqlite:///{tmp_path}/old.db")
+
+
+def test_0007_keeps_a_single_gateways_data_postgresql(postgres_url: str) -> None:
+    _upgrade_populated_0006(fresh_database(postgres_url))

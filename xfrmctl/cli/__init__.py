@@ -74,6 +74,7 @@ class State:
     options: ClientOptions
     json: bool
     _api: Api | None = None
+    gateway: str | None = None  # --gateway: the fleet view of one gateway
 
     @property
     def api(self) -> Api:
@@ -97,10 +98,13 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--client-key", type=click.Path(path_type=Path, dir_okay=False),
               help="client key (PEM) for mutual TLS")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output")
+@click.option("--gateway", metavar="NAME", help="a fleet gateway on the same database: "
+              "SAs it recorded and connections it runs (any gateway's API serves them)")
 @click.version_option(package_name="xfrmctl")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, token: str | None, ca_file: Path | None,
-         client_cert: Path | None, client_key: Path | None, as_json: bool) -> None:
+         client_cert: Path | None, client_key: Path | None, as_json: bool,
+         gateway: str | None) -> None:
     """Control the xfrmctl IPsec daemon through its REST API."""
     settings = Settings()  # the config file and defaults fill what flags/env leave out
     options = ClientOptions(
@@ -108,7 +112,7 @@ def main(ctx: click.Context, url: str | None, token: str | None, ca_file: Path |
         ca_file=ca_file or settings.ca_file,
         client_cert=client_cert or settings.client_cert_file,
         client_key=client_key or settings.client_key_file)
-    state = State(options, as_json)
+    state = State(options, as_json, gateway=gateway)
     ctx.obj = state
     ctx.call_on_close(lambda: state._api.close() if state._api else None)
 

@@ -26,7 +26,7 @@ def conn() -> None:
 @pass_state
 def conn_list(state: State) -> None:
     """Connections with their children: selectors and proposals (swanctl --list-conns)."""
-    rows = state.api.all("/connections")
+    rows = state.api.all("/connections", gateway=state.gateway)
     children: dict[int, list[dict[str, Any]]] = {}
     for child in state.api.all("/children"):
         children.setdefault(child["connection_id"], []).append(child)

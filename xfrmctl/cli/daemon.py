@@ -36,12 +36,16 @@ import click
               help="Save IKE SAs here (encrypted) so a restart keeps the tunnels up.")
 @click.option("--clear-on-exit", is_flag=True,
               help="On SIGTERM delete the SAs even with --state-dir.")
+@click.option("--gateway", "gateway", default=None, metavar="NAME",
+              help="This gateway's name in a fleet sharing the database: it runs the "
+              "connections assigned to it and the unassigned ones (default: "
+              "XFRMCTL_GATEWAY_NAME, else the host name).")
 @click.option("--log-json/--log-text", default=False, help="One JSON object per log line.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kernel_kind: str,
            record: bool, api: bool, state_dir: Path | None, clear_on_exit: bool, log_json: bool,
-           log_level: str) -> None:
+           log_level: str, gateway: str | None) -> None:
     """Run the IKEv2 daemon: negotiate SAs and install them into the kernel."""
     if config_path is not None and (use_db or listen):
         raise click.UsageError("--db and --listen are for a daemon without --config "
@@ -51,4 +55,4 @@ def daemon(config_path: Path | None, use_db: bool, listen: tuple[str, ...], kern
     setup_logging(log_json, log_level)
     sys.exit(asyncio.run(run(config_path, api=api, state_dir=state_dir,
                              clear_on_exit=clear_on_exit, listen=listen,
-                             kernel_kind=kernel_kind, record=record)))
+                             kernel_kind=kernel_kind, record=record, gateway=gateway)))

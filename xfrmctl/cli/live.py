@@ -42,8 +42,14 @@ def _remote(sa: dict[str, Any]) -> str:
     return text
 
 
+def _state(sa: dict[str, Any]) -> str:
+    """The state; "(stale)" when its gateway stopped heartbeating (the last known)."""
+    return f"{sa['state']} (stale)" if sa.get("stale") else str(sa["state"])
+
+
 IKE_COLUMNS = [
-    col("IKE_SA", "id"), col("CONN", "connection_name"), col("STATE", "state"),
+    col("IKE_SA", "id"), col("GATEWAY", "gateway"), col("CONN", "connection_name"),
+    ("STATE", _state),
     ("LOCAL", lambda s: f"{s['local_addr']}[{s['local_id'] or ''}]"),
     ("REMOTE", _remote),
     ("SPIS", lambda s: f"{s['spi_i']}_i {s['spi_r']}_r"),
@@ -54,7 +60,7 @@ IKE_COLUMNS = [
 ]
 CHILD_COLUMNS = [
     col("CHILD_SA", "id"), col("IKE_SA", "ike_sa_id"), col("NAME", "name"),
-    col("STATE", "state"), col("MODE", "mode"), col("REQID", "reqid"),
+    ("STATE", _state), col("MODE", "mode"), col("REQID", "reqid"),
     ("SPIS", lambda s: f"{s['spi_in']}_i {s['spi_out']}_o"),
     ("PROPOSAL", lambda s: s.get("proposal") or _algorithms(s, "encryption", "integrity",
                                                              "dh_group")),
@@ -86,8 +92,8 @@ def sa() -> None:
 def sa_list(state: State, conn_ref: str | None) -> None:
     """IKE and CHILD SAs: algorithms, SPIs, selectors, age, rekey/expiry, traffic."""
     conn_id = resolve_connection(state, conn_ref)["id"] if conn_ref else None
-    ike = state.api.all("/ike-sas", connection_id=conn_id)
-    children = state.api.all("/child-sas", connection_id=conn_id)
+    ike = state.api.all("/ike-sas", connection_id=conn_id, gateway=state.gateway)
+    children = state.api.all("/child-sas", connection_id=conn_id, gateway=state.gateway)
     if state.json:
         emit_json({"ike_sas": ike, "child_sas": children})
         return
@@ -128,6 +134,11 @@ def status(state: State) -> None:
     if state.json:
         emit_json(data)
         return
+    if state.gateway is not None:
+        data["connections"] = [c for c in data["connections"]
+                               if c.get("gateway") in (None, state.gateway)]
+    if data.get("gateways"):
+        click.echo(fleet_line(data))
     if not data["daemon"]:
         click.echo("daemon: not running (desired state only)")
     elif data.get("kernel") == "memory":
@@ -150,6 +161,17 @@ def status(state: State) -> None:
         emit_table(data["unmatched"], [
             ("WHEN", lambda f: ago(f["at"])), col("REMOTE", "remote"), col("LOCAL", "local"),
             col("REASON", "reason"), col("MESSAGE", "message")])
+
+
+def fleet_line(data: dict[str, Any]) -> str:
+    """One line on the fleet: gateways, how many reachable, which are not."""
+    gateways = data["gateways"]
+    down = [f"{g['name']} (last heard {ago(g['heartbeat_at'])})" for g in gateways
+            if not g["reachable"]]
+    here = f"this is {data['gateway']}; " if data.get("gateway") else ""
+    line = (f"fleet: {here}{len(gateways)} gateways, {len(gateways) - len(down)} reachable, "
+            f"{sum(g['ike_sas'] for g in gateways)} IKE_SAs")
+    return line + (f"; UNREACHABLE (SAs stale): {', '.join(down)}" if down else "")
 
 
 @click.group()

@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session
 
 from xfrmctl.config import Settings
 from xfrmctl.ike.proposals import DEFAULT_ESP, DEFAULT_IKE, ProposalSpec
+from xfrmctl.store import fleet, pki, repo
 from xfrmctl.store import models as m
-from xfrmctl.store import pki, repo
 from xfrmctl.store.db import Database, make_engine
 from xfrmctl.store.migrate import (
     HEAD_REVISION,
@@ -47,6 +47,7 @@ from xfrmctl.store.secrets import SecretBox, SecretKeyError
 from . import conf as cf
 from . import swanctl
 from .eapusers import EAP_USERS
+from .fleet import Membership
 
 log = logging.getLogger("xfrmctl.daemon")
 DYNAMIC = "dynamic"  # the API's traffic selector for "our/the peer's own address"
@@ -61,15 +62,18 @@ Problems = dict[int, tuple[str, str]]  # connection id -> (name, why it is left 
 
 
 def read_conf(session: Session, box: SecretBox, base: cf.DaemonConf | None = None,
-              usable: dict[str, cf.ConnectionConf] | None = None
-              ) -> tuple[cf.DaemonConf, Problems]:
+              usable: dict[str, cf.ConnectionConf] | None = None,
+              gateway: int | None = None) -> tuple[cf.DaemonConf, Problems]:
     """The enabled connections as a DaemonConf (daemon-level settings from `base`), and
     for each connection left out, why. `usable` caches the connections already tried
-    (by name), so an unchanged one is not parsed again on every change."""
-    rows = session.scalars(select(m.Connection).where(m.Connection.enabled)
+    (by name), so an unchanged one is not parsed again on every change. A fleet
+    `gateway` runs the connections assigned to it and the unassigned ones."""
+    rows = session.scalars(select(m.Connection).where(m.Connection.enabled,
+                                                      fleet.runs_here(gateway))
                            .order_by(m.Connection.id)).all()
     children: dict[int, list[m.Child]] = {}
-    for child in session.scalars(select(m.Child).order_by(m.Child.id)):
+    for child in session.scalars(select(m.Child).join(m.Connection).where(
+            m.Connection.enabled, fleet.runs_here(gateway)).order_by(m.Child.id)):
         children.setdefault(child.connection_id, []).append(child)
     loaded: dict[str, cf.ConnectionConf] = {}
     problems: Problems = {}
@@ -201,11 +205,13 @@ class DbSource:
     base: cf.DaemonConf = field(default_factory=cf.DaemonConf)
     problems: Problems = field(default_factory=dict)
     usable: dict[str, cf.ConnectionConf] = field(default_factory=dict)
+    member: Membership | None = None  # this daemon as a gateway of the fleet
 
     async def load(self) -> cf.DaemonConf:
         """Read the configuration; a newly found problem is logged and recorded as an
         event (so the API shows why a connection is not loaded)."""
-        conf, problems = await self.db.run(read_conf, self.box, self.base, self.usable)
+        conf, problems = await self.db.run(read_conf, self.box, self.base, self.usable,
+                                           self.member.id if self.member else None)
         for ident, (name, why) in problems.items():
             if self.problems.get(ident) != (name, why):
                 log.error("connection %s not loaded: %s", name, why)

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,10 +119,12 @@ WATCH_INTERVAL = 2.0
 
 async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | None = None,
               clear_on_exit: bool = False, listen: Sequence[str] = (),
-              kernel_kind: str = "netlink", record: bool = True) -> int:
-    """The configuration is the database's (settings); `config_path` is applied into it."""
+              kernel_kind: str = "netlink", record: bool = True,
+              gateway: str | None = None) -> int:
+    """The configuration is the database's (settings); `config_path` is applied into it.
+    The daemon is the fleet gateway `gateway` (default: settings, else the host name)."""
     try:
-        opened = await _wait_for_database(listen)
+        opened = await _wait_for_database(listen, gateway)
         if isinstance(opened, int):
             return opened
         source, conf = opened
@@ -133,6 +135,10 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     except (OSError, ValueError, ValidationError) as exc:
         log.error("configuration %s: %s", config_path or "from the database", exc)
         return 2
+    announced: list[str] = list(conf.listen)  # the addresses the heartbeats report
+    # heartbeats from now on: the rest of the start (the API's imports) takes seconds
+    beats = asyncio.get_running_loop().create_task(
+        _heartbeats(source, lambda: announced), name="heartbeats")
     kernel, links = await _open_kernel(kernel_kind)
     state = StateFile(state_dir / "state.bin", state_dir / "state.key") if state_dir else None
     firewall = FakeFirewall() if kernel_kind == MEMORY else NftFirewall()
@@ -142,10 +148,11 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     controller.load_problems = source.not_loaded
     from .recorder import Recorder  # noqa: PLC0415
 
-    recorder = Recorder(controller, source.db) if record else None
+    recorder = Recorder(controller, source.db, member=source.member) if record else None
     endpoints = Endpoints(controller.receive)
     # pyroute2's synchronous API runs its own event loop: not on this one
     addresses = conf.listen or await asyncio.to_thread(local_addresses)
+    announced[:] = addresses
     if not addresses:
         log.warning("no address to listen on (only loopback here): set `listen` in the "
                     "file or --listen")
@@ -183,9 +190,10 @@ async def run(config_path: Path | None, *, api: bool = False, state_dir: Path | 
     await stop.wait()
     notify_systemd("STOPPING=1")
     log.info("stopping")
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    for task in (watcher, beats):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await controller.stop(keep_tunnels=False if clear_on_exit else None)
     endpoints.close()
     if server_task is not None:
@@ -248,10 +256,24 @@ async def _reload(controller: Controller, source: DbSource, path: Path | None) -
     log.info("reloaded %s: %s", path or "the database", summary)
 
 
-async def _watch_database(controller: Controller, source: DbSource) -> None:
-    """Apply configuration changes other processes write (they leave audit records)."""
-    from .dbconfig import last_change  # noqa: PLC0415
+async def _heartbeats(source: DbSource, addresses: Callable[[], Sequence[str]]) -> None:
+    from .fleet import heartbeats  # noqa: PLC0415
 
+    if source.member is not None:
+        await heartbeats(source.db, source.member, addresses)
+
+
+async def _watch_database(controller: Controller, source: DbSource) -> None:
+    """Apply configuration changes other processes write (they leave audit records; on
+    PostgreSQL they also NOTIFY, heard at once)."""
+    from .dbconfig import last_change  # noqa: PLC0415
+    from .fleet import libpq_url, listen_for_changes  # noqa: PLC0415
+
+    url = libpq_url(str(source.db.engine.url.render_as_string(hide_password=False)))
+    if url is not None:
+        await listen_for_changes(
+            url, lambda: controller.config_changed("connection", 0, "updated"))
+        return
     seen = await source.db.run(last_change)
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
@@ -264,7 +286,8 @@ async def _watch_database(controller: Controller, source: DbSource) -> None:
             log.warning("checking the database for changes: %s", exc)
 
 
-async def _wait_for_database(listen: Sequence[str]) -> tuple[DbSource, cf.DaemonConf] | int:
+async def _wait_for_database(listen: Sequence[str], gateway: str | None
+                             ) -> tuple[DbSource, cf.DaemonConf] | int:
     """Open the database and read the configuration. A database that is locked,
     read-only or full is waited for with back-off, saying so (the kernel keeps forwarding
     the tunnels meanwhile; systemd hears the status, not a failure to restart on); a
@@ -274,7 +297,7 @@ async def _wait_for_database(listen: Sequence[str]) -> tuple[DbSource, cf.Daemon
     wait: float | None = None
     while True:
         try:
-            source = await _database_source(listen)
+            source = await _database_source(listen, gateway)
             return source, await source.load()
         except Exception as exc:
             fault = dbfaults.classify_chain(exc)
@@ -291,14 +314,24 @@ async def _wait_for_database(listen: Sequence[str]) -> tuple[DbSource, cf.Daemon
             await asyncio.sleep(wait)
 
 
-async def _database_source(listen: Sequence[str]) -> DbSource:
-    """Database mode: imported only then, so file mode never loads SQLAlchemy/Alembic."""
+async def _database_source(listen: Sequence[str], gateway: str | None) -> DbSource:
+    """Database mode: imported only then, so file mode never loads SQLAlchemy/Alembic.
+    The daemon registers itself as a gateway of the fleet on the database."""
     from .dbconfig import DatabaseUnavailable, open_source  # noqa: PLC0415
+    from .fleet import gateway_name, join  # noqa: PLC0415
 
+    settings = Settings()
     try:
-        return await open_source(Settings(), cf.DaemonConf(listen=list(listen)))
+        source = await open_source(settings, cf.DaemonConf(listen=list(listen)))
     except DatabaseUnavailable as exc:
         raise ValueError(str(exc)) from exc
+    try:
+        source.member = await join(source.db, gateway_name(gateway or settings.gateway_name),
+                                   list(listen), settings.heartbeat_interval)
+    except BaseException:
+        source.db.dispose()
+        raise
+    return source
 
 
 def _api_servers(controller: Controller, source: DbSource) -> list[Any]:
@@ -312,5 +345,5 @@ def _api_servers(controller: Controller, source: DbSource) -> list[Any]:
     settings = Settings()
     # The daemon's own db and bus, so recorded events reach the SSE stream.
     app = create_app(settings, controller=controller, db=source.db,
-                     bus=EventBus())
+                     bus=EventBus(), gateway=source.member.name if source.member else None)
     return [uvicorn.Server(c) for c in server_configs(app, settings)]

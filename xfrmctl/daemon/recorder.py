@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from xfrmctl.port import ChildSaInfo, IkeSaInfo
@@ -29,6 +29,7 @@ from xfrmctl.store.db import Database
 
 from . import dbfaults
 from .controller import Controller
+from .fleet import Membership
 
 log = logging.getLogger("xfrmctl.daemon.recorder")
 Op = tuple[str, Any]  # ("event" | "ike" | "child" | "del_ike" | "del_child", payload)
@@ -36,9 +37,11 @@ Op = tuple[str, Any]  # ("event" | "ike" | "child" | "del_ike" | "del_child", pa
 
 class Recorder:
     def __init__(self, controller: Controller, db: Database, *, interval: float = 10.0,
-                 queue_size: int = 10_000, batch: int = 500) -> None:
+                 queue_size: int = 10_000, batch: int = 500,
+                 member: Membership | None = None) -> None:
         self.controller = controller
         self.db = db
+        self.member = member  # a fleet gateway: its rows carry it, ids are qualified
         self.interval = interval
         self.batch = batch
         self.dropped = 0
@@ -57,7 +60,8 @@ class Recorder:
         self.controller.event_listeners.append(self._on_event)
         known = [sa.id for sa in await self.controller.list_ike_sas()]
         try:
-            await self.db.run(_keep_only, known)
+            await self.db.run(_keep_only, [self._id(k) for k in known],
+                              self.member.id if self.member else None)
         except Exception as exc:  # a database fault must not stop the daemon
             fault = dbfaults.classify(exc)
             if fault is None:
@@ -98,7 +102,8 @@ class Recorder:
             while len(items) < self.batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             try:
-                await self._write([op for item in items for op in self._ops(*item)])
+                await self._write([self._fleet_op(op) for item in items
+                                   for op in self._ops(*item)])
             finally:
                 for _ in items:
                     self._queue.task_done()
@@ -210,7 +215,29 @@ class Recorder:
         self._counters = current
         if not changed:
             return 0
-        return await self.db.run(repo.update_child_counters, changed)
+        return await self.db.run(repo.update_child_counters,
+                                 {self._id(k): v for k, v in changed.items()})
+
+    # ------------------------------------------------------------------ the fleet
+
+    def _id(self, sa_id: str) -> str:
+        return self.member.qualify(sa_id) if self.member else sa_id
+
+    def _fleet_op(self, op: Op) -> Op:
+        """The operation as this gateway of the fleet records it: ids unique in the
+        fleet, rows and events carrying the gateway."""
+        if self.member is None:
+            return op
+        kind, payload = op
+        if kind in ("del_ike", "del_child"):
+            return kind, self._id(payload)
+        if kind == "event":
+            return kind, {**payload, "data": {**(payload["data"] or {}),
+                                              "gateway": self.member.name}}
+        row = {**payload, "id": self._id(payload["id"]), "gateway_id": self.member.id}
+        if kind == "child":
+            row["ike_sa_id"] = self._id(payload["ike_sa_id"])
+        return kind, row
 
 
 # --------------------------------------------------------------------------- rows
@@ -273,10 +300,12 @@ _APPLY: dict[str, Callable[[Session, Any], object]] = {
 }
 
 
-def _keep_only(session: Session, known: list[str]) -> int:
-    """Delete IKE_SA rows (and their CHILD_SAs) the running daemon does not hold."""
+def _keep_only(session: Session, known: list[str], gateway: int | None = None) -> int:
+    """Delete IKE_SA rows (and their CHILD_SAs) the running daemon does not hold: only
+    its own (and those recorded before the fleet), never another gateway's."""
     stale = session.scalars(select(m.IkeSaRecord.id).where(
-        m.IkeSaRecord.id.not_in(known))).all()
+        m.IkeSaRecord.id.not_in(known),
+        or_(m.IkeSaRecord.gateway_id.is_(None), m.IkeSaRecord.gateway_id == gateway))).all()
     for ident in stale:
         repo.delete_ike_sa(session, ident)
     return len(stale)

@@ -17,6 +17,8 @@ import anyio
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from .fleet import notify_changes
+from .models import EventKind
 from .repo import NEW_EVENTS, event_dict
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Database:
             result = fn(session, *args, **kwargs)
             session.flush()
             events = [event_dict(e) for e in session.info.pop(NEW_EVENTS, [])]
+            notify_changes(session, [e for e in events if e["kind"] == EventKind.AUDIT])
         return result, events
 
     async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,

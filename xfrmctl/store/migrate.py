@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 # The newest revision in migrations/versions (tests/store/test_migrations.py checks it
 # against Alembic's own view): bump it with each new migration.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 VERSION_TABLE = "alembic_version"
 
 

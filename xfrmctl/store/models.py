@@ -222,6 +222,22 @@ class Certificate(Timestamps, Base):
         ForeignKey("secrets.id", ondelete="RESTRICT"))
 
 
+class Gateway(Base):
+    """A daemon of the fleet sharing this database: it registers itself at start and
+    heartbeats every `heartbeat_interval` seconds; one whose heartbeat is older than
+    a few intervals is unreachable (its recorded SAs are then stale, never deleted)."""
+
+    __tablename__ = "gateways"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    heartbeat_interval: Mapped[int] = mapped_column(Integer, default=5)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class Connection(Timestamps, Base):
     """An IKE_SA configuration (strongSwan's `connections.<name>`)."""
 
@@ -278,6 +294,15 @@ class Connection(Timestamps, Base):
     # None: created through the API/CLI; "file:<path>": applied from that configuration
     # file, which alone changes it (the API refuses writes until it is taken over).
     managed_by: Mapped[str | None] = mapped_column(String(255), index=True)
+    # The fleet gateway that runs it; None: every gateway on this database (a single
+    # gateway's database).
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="RESTRICT"), index=True)
+    # Bumped by every update: a client that read version N and writes with If-Match: N
+    # gets 409 if someone else wrote in between (optimistic locking, enforced by the
+    # UPDATE's WHERE version = N even between concurrent transactions).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Child(Timestamps, Base):
@@ -336,6 +361,10 @@ class IkeSaRecord(Base):
 
     __tablename__ = "ike_sas"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # the gateway that negotiated it (None: recorded before the fleet, or by a daemon
+    # without a gateway); the id is then "<gateway>:<its own id>", unique in the fleet
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), index=True)
     connection_id: Mapped[int | None] = mapped_column(
         ForeignKey("connections.id", ondelete="SET NULL"), index=True)
     state: Mapped[str] = mapped_column(String(32))
@@ -364,6 +393,8 @@ class ChildSaRecord(Base):
 
     __tablename__ = "child_sas"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), index=True)
     ike_sa_id: Mapped[str] = mapped_column(
         ForeignKey("ike_sas.id", ondelete="CASCADE"), index=True)
     child_id: Mapped[int | None] = mapped_column(

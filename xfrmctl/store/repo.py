@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from xfrmctl.ike.eap import mschapv2
 
@@ -37,6 +38,7 @@ REFERENCES: dict[str, type[m.Base]] = {
     "certificate_id": m.Certificate,
     "ca_id": m.CertificateAuthority,
     "connection_id": m.Connection,
+    "gateway_id": m.Gateway,
 }
 
 
@@ -91,9 +93,11 @@ def get(session: Session, model: type[ModelT], ident: object) -> ModelT:
 
 def list_page(session: Session, model: type[ModelT], *, offset: int = 0, limit: int = 100,
               filters: Mapping[str, object] | None = None,
-              order: Any = None) -> tuple[list[ModelT], int]:
-    """One page of rows (ordered by id unless `order` is given) and the total count."""
+              order: Any = None, where: Sequence[Any] = ()) -> tuple[list[ModelT], int]:
+    """One page of rows (ordered by id unless `order` is given) and the total count;
+    `filters` are equalities (None: any value), `where` further SQL conditions."""
     conditions = [getattr(model, k) == v for k, v in (filters or {}).items() if v is not None]
+    conditions += where
     total = session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
     query = select(model).where(*conditions).order_by(
         order if order is not None else model.id)  # type: ignore[attr-defined]
@@ -113,6 +117,18 @@ def _flush(session: Session, what: str) -> None:
         session.flush()
     except IntegrityError as exc:
         raise Conflict(what) from exc
+    except StaleDataError as exc:  # a versioned row another transaction just updated
+        raise Conflict("it was changed by someone else meanwhile: read it again and "
+                       "re-apply the change") from exc
+
+
+def check_version(obj: m.Base, expected: int | None) -> None:
+    """Conflict unless the row is still at the version the client read (If-Match)."""
+    current = getattr(obj, "version", None)
+    if expected is not None and current != expected:
+        raise Conflict(f"{resource_name(type(obj))} {getattr(obj, 'id', '')} changed since "
+                       f"version {expected} (now {current}): read it again and re-apply "
+                       "the change")
 
 
 def create(session: Session, model: type[ModelT], values: Mapping[str, Any], *,

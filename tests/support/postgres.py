@@ -1,18 +1,23 @@
 """A throwaway PostgreSQL cluster (initdb/pg_ctl as the `postgres` user, unix socket only,
-in a temp dir), never the host's own service. Skipped if the binaries are absent."""
+in a temp dir), never the host's own service, started once per session. Skipped if the
+binaries are absent. `fresh_database` makes a new empty database on it per user."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 
 def _pg_bin() -> Path | None:
@@ -25,18 +30,32 @@ def _run_as(user: str, *argv: str) -> None:
     subprocess.run([*prefix, *argv], check=True, capture_output=True, timeout=60)
 
 
+class Unavailable(Exception):
+    """No throwaway server can be started here (the message says why)."""
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server in a temp dir for as long as the context lasts: its URL."""
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL binaries not installed (apt-get install postgresql)")
+        raise Unavailable("PostgreSQL binaries not installed (apt-get install postgresql)")
     user = "postgres"
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        pytest.skip("no postgres system user to run the throwaway cluster as")
+        raise Unavailable("no postgres system user to run the throwaway cluster as") from None
     if os.getuid() != 0 and os.getuid() != pw.pw_uid:
-        pytest.skip("need root or the postgres user to start a throwaway cluster")
+        raise Unavailable("need root or the postgres user to start a throwaway cluster")
     root = Path(tempfile.mkdtemp(prefix="xfrmctl-pg-"))
     os.chown(root, pw.pw_uid, pw.pw_gid)
     data, sock = root / "data", root / "sock"
@@ -52,3 +71,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         _run_as(user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(url: str, prefix: str = "t") -> str:
+    """A new, empty database on the server of `url`; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    parsed = make_url(url)
+    with psycopg.connect(dbname=parsed.database, user=parsed.username,
+                         host=str(parsed.query["host"]), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return parsed.set(database=name).render_as_string(hide_password=False)
