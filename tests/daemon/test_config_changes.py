@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.support.slow_kernel import SlowKernel, settle_slow, unreachable
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon.controller import Controller
 from xfrmctl.kernel.fake import FakeKernel
-from xfrmctl.kernel.types import Direction
+from xfrmctl.kernel.types import Action, Direction
 
 LINGER = 0.5
 LAN_A, LAN_B = "198.51.100.0/24", "203.0.113.0/24"
@@ -53,18 +54,21 @@ def _mirror(children: dict[str, cf.ChildConf]) -> dict[str, cf.ChildConf]:
 
 
 def carried(src: FakeKernel, dst: FakeKernel, flow: tuple[str, str]) -> str | None:
-    """Why a packet of `flow` sent now by `src` would not reach `dst`'s LAN (None: it
-    would)."""
+    """Why a packet of `flow` (an ICMP echo, say: no ports) sent now by `src` would not
+    reach `dst`'s LAN (None: it would)."""
     s, d = map(ipaddress.ip_address, flow)
 
     def best(kernel: FakeKernel, direction: Direction) -> object:
         matching = [p for p in kernel.policies.values() if p.direction is direction
-                    and s in p.selector.src and d in p.selector.dst]
+                    and s in p.selector.src and d in p.selector.dst
+                    and p.selector.proto in (0, socket.IPPROTO_ICMP)]
         return min(matching, key=lambda p: p.priority) if matching else None
 
     out = best(src, Direction.OUT)
     if out is None or not out.templates:  # type: ignore[attr-defined]
         return f"{flow}: no OUT policy"
+    if out.action is Action.BLOCK:  # type: ignore[attr-defined]
+        return f"{flow}: blocked by {out}"
     t = out.templates[0]  # type: ignore[attr-defined]
     sa = src.outbound_sa(t.src, t.dst, t.reqid)
     if sa is None:
@@ -137,6 +141,29 @@ async def test_a_local_setting_touches_nothing() -> None:
     assert events == [] and losses == []
     (sa,) = gw.a.manager.all()
     assert sa.config is not None and sa.config.dpd_delay == 7  # taken at once
+    await stop(gw)
+
+
+@pytest.mark.parametrize("slow", ["a", "b"])
+async def test_a_protocol_limited_child_beside_a_whole_one_blocks_none_of_its_traffic(
+        slow: str) -> None:
+    """A UDP-only child on the same subnets has a fence (drop, not clear text, for the
+    subnets' other traffic) with the very key of the whole child's OUT policy: the
+    kernel keeps the whole child's policy, the fence only after that child is gone."""
+    a, b = confs(LAN, _mirror(LAN))
+    gw, losses = await watched(a, b, slow, [(HOST_A, HOST_B)])
+    both = {**LAN, "udp": _child(f"{LAN_A}[udp]", f"{LAN_B}[udp]")}
+    await apply(gw, *confs(both, _mirror(both)))
+    assert sorted(c.event.child for c in gw.a.children.values()) == ["lan", "udp"]
+    # (the new child's own first packets may be lost, as in the case below)
+    assert [w for w in losses if str((HOST_A, HOST_B)) in w
+            or str((HOST_B, HOST_A)) in w] == []
+    assert carried(gw.ka, gw.kb, (HOST_A, HOST_B)) is None
+    udp = {"udp": both["udp"]}  # the whole child goes: now the fence holds the key
+    await apply(gw, *confs(udp, _mirror(udp)))
+    await asyncio.sleep(LINGER + 0.1)
+    await settle_slow(gw)
+    assert "blocked" in (carried(gw.ka, gw.kb, (HOST_A, HOST_B)) or "")
     await stop(gw)
 
 

@@ -31,6 +31,7 @@ from .modules import missing_support
 from .types import (
     REQID_MAX,
     REQID_MIN,
+    Action,
     ChildInstall,
     Counters,
     IPAddress,
@@ -350,7 +351,7 @@ class KernelIPsec(ABC):
         (the last holder of its key), the kernel gets `new`'s templates."""
         return [_Step(Op(OpKind.UPDATE_POLICY, after), Op(OpKind.UPDATE_POLICY, before))
                 for before, after in zip(old, new, strict=True)
-                if self._policy_refs.get(before.key, [None])[-1] == before]
+                if _installed(self._policy_refs.get(before.key, [])) == before]
 
     def _swap_policy_refs(self, old: Sequence[PolicySpec], new: Sequence[PolicySpec]) -> None:
         for before, after in zip(old, new, strict=True):
@@ -396,7 +397,8 @@ class KernelIPsec(ABC):
                      policies: Sequence[PolicySpec]) -> Resync:
         """Make the kernel hold exactly what the daemon believes in, after events were lost
         or writes failed: the SAs `keep_sas` ((dst, spi, proto)) and the `policies` (one
-        entry per reference, oldest first: the last of a key is the one installed). Our
+        entry per reference, oldest first: the newest of a key is the one installed, a
+        BLOCK fence only while no allowing one holds it). Our
         other SAs and policies are deleted; held policies that are missing or differ are
         written again. SAs to keep that the kernel lacks are reported, not re-added (their
         sequence numbers are lost: the caller replaces those CHILD_SAs). A failed write
@@ -411,8 +413,10 @@ class KernelIPsec(ABC):
         ops = [Op(OpKind.DELETE_SA, s.id) for s in sas if (s.dst, s.spi, s.proto) not in keep_sas]
         ops += [Op(OpKind.DELETE_POLICY, key) for key, spec in current.items()
                 if spec.owned() and key not in refs]
-        ops += [Op(OpKind.UPDATE_POLICY, held[-1]) for key, held in refs.items()
-                if key not in current or not _same_policy(current[key], held[-1])]
+        installed = {key: _installed(held) for key, held in refs.items()}
+        ops += [Op(OpKind.UPDATE_POLICY, spec) for key, spec in installed.items()
+                if spec is not None
+                and (key not in current or not _same_policy(current[key], spec))]
         results = await self._execute(ops) if ops else []
         errors = [op.error(code, detail) for op, (code, detail) in zip(ops, results, strict=True)
                   if code and not _already_gone(op, code)]
@@ -468,16 +472,19 @@ class KernelIPsec(ABC):
         # `planned` holds only what this batch adds per key (no copy of the references:
         # thousands of CHILD_SAs may share one policy)
         added = planned.setdefault(key, []) if planned is not None else []
-        held = self._policy_refs.get(key)
-        previous = added[-1] if added else held[-1] if held else None
+        held = self._policy_refs.get(key, [])
+        previous = _installed(held, added)
         added.append(p)
+        after = _installed(held, added) or p
 
         def commit() -> None:
             self._policy_refs.setdefault(key, []).append(p)
 
         if previous is None:
             return _Step(Op(OpKind.ADD_POLICY, p), Op(OpKind.DELETE_POLICY, key), commit)
-        return _Step(Op(OpKind.UPDATE_POLICY, p), Op(OpKind.UPDATE_POLICY, previous), commit)
+        if after is previous:  # a fence behind a child's policy: the kernel keeps that
+            return _Step(Op(OpKind.UPDATE_POLICY, previous), None, commit)
+        return _Step(Op(OpKind.UPDATE_POLICY, after), Op(OpKind.UPDATE_POLICY, previous), commit)
 
     def _remove_policy_step(self, p: PolicySpec) -> _Step | None:
         key = p.key
@@ -495,10 +502,12 @@ class KernelIPsec(ABC):
 
         if not remaining:
             return _Step(Op(OpKind.DELETE_POLICY, key), None, commit)
-        if remaining[-1] == refs[-1]:
+        now = _installed(remaining)
+        if now == _installed(refs):
             commit()  # the installed spec stays: only the count drops
             return None
-        return _Step(Op(OpKind.UPDATE_POLICY, remaining[-1]), None, commit)
+        assert now is not None
+        return _Step(Op(OpKind.UPDATE_POLICY, now), None, commit)
 
     async def _undo(self, ops: list[Op]) -> None:
         """Roll back a failed batch's writes; a failed undo is tried again (ENOMEM and
@@ -570,3 +579,16 @@ def _already_gone(op: Op, code: int) -> bool:
 def _check_owned(sa: SaSpec) -> None:
     if not owns_reqid(sa.reqid):
         raise ValueError(f"{sa.id}: reqid {sa.reqid:#x} outside {REQID_MIN:#x}-{REQID_MAX:#x}")
+
+
+def _installed(*parts: Sequence[PolicySpec]) -> PolicySpec | None:
+    """Which of the references to one key the kernel holds (`parts` in order, oldest
+    first): the newest allowing one. A BLOCK fence (a protocol- or port-limited child's
+    "no clear text for the rest", install.fences) shares its key with a sibling child
+    that takes all traffic of those subnets; installed over it, it would drop that
+    child's traffic, so a fence is installed only while no allowing policy holds the key."""
+    for part in reversed(parts):
+        for spec in reversed(part):
+            if spec.action is not Action.BLOCK:
+                return spec
+    return next((part[-1] for part in reversed(parts) if part), None)
