@@ -361,3 +361,35 @@ def test_file_crls_go_to_the_database_and_follow_the_file(env: Settings, tmp_pat
         assert first != conf.connections["gw"].crl_pem[0]
     finally:
         db.dispose()
+
+
+async def test_a_change_through_the_api_is_applied_once_and_others_are_heard(
+        env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own API applies its change at once; the database watcher must not
+    apply it a second time (a full reload that made each API write twice as slow under
+    load). A change written by another process is still heard by the watcher."""
+    monkeypatch.setattr(main, "WATCH_INTERVAL", 0.1)
+    path = tmp_path / "gw.yaml"
+    path.write_text(TWO)
+    async with daemon(env, path, monkeypatch) as d:
+        reloads: list[str] = []
+        reload = d.controller.changes.reload
+
+        async def counted(conf: cf.DaemonConf) -> list[str]:
+            reloads.append("reload")
+            return await reload(conf)
+
+        monkeypatch.setattr(d.controller.changes, "reload", counted)
+        await d.call("POST", "/secrets", 201, json={"name": "s1", "kind": "psk",
+                                                    "value": PSK})
+        await asyncio.sleep(0.5)  # five watcher rounds
+        assert reloads == ["reload"]
+        # another process (no API of this daemon): the watcher applies it
+        secret = d.db.call(repo.create_secret, d.box, name="s2", kind=m.SecretKind.PSK,
+                           value=PSK.encode(), actor="other")
+        assert secret.name == "s2"
+        for _ in range(50):
+            if len(reloads) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert reloads == ["reload", "reload"]

@@ -206,12 +206,14 @@ class DbSource:
     problems: Problems = field(default_factory=dict)
     usable: dict[str, cf.ConnectionConf] = field(default_factory=dict)
     member: Membership | None = None  # this daemon as a gateway of the fleet
+    applied: int | None = None  # last_change as the last load read it
 
     async def load(self) -> cf.DaemonConf:
         """Read the configuration; a newly found problem is logged and recorded as an
         event (so the API shows why a connection is not loaded)."""
-        conf, problems = await self.db.run(read_conf, self.box, self.base, self.usable,
-                                           self.member.id if self.member else None)
+        conf, problems, self.applied = await self.db.run(
+            _read_versioned, self.box, self.base, self.usable,
+            self.member.id if self.member else None)
         for ident, (name, why) in problems.items():
             if self.problems.get(ident) != (name, why):
                 log.error("connection %s not loaded: %s", name, why)
@@ -603,6 +605,14 @@ def import_file(db: Database, box: SecretBox, path: Path) -> list[str]:
     """Validate a daemon file and create its connections in one transaction."""
     conf = load_file(path)
     return db.call(import_conf, box, conf, actor=f"import:{path.name}")
+
+
+def _read_versioned(session: Session, box: SecretBox, base: cf.DaemonConf,
+                    usable: dict[str, cf.ConnectionConf], member: int | None
+                    ) -> tuple[cf.DaemonConf, Problems, int | None]:
+    """read_conf and the last_change it includes (one transaction: one snapshot)."""
+    version = last_change(session)
+    return (*read_conf(session, box, base, usable, member), version)
 
 
 def last_change(session: Session) -> int | None:

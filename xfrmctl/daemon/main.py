@@ -269,19 +269,19 @@ async def _watch_database(controller: Controller, source: DbSource) -> None:
     from .dbconfig import last_change  # noqa: PLC0415
     from .fleet import libpq_url, listen_for_changes  # noqa: PLC0415
 
+    async def reload_if_new() -> None:
+        # a change this daemon's own API made was applied already (no second reload)
+        if await source.db.run(last_change) != source.applied:
+            await controller.config_changed("connection", 0, "updated")
+
     url = libpq_url(str(source.db.engine.url.render_as_string(hide_password=False)))
     if url is not None:
-        await listen_for_changes(
-            url, lambda: controller.config_changed("connection", 0, "updated"))
+        await listen_for_changes(url, reload_if_new)
         return
-    seen = await source.db.run(last_change)
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
         try:
-            latest = await source.db.run(last_change)
-            if latest != seen:
-                seen = latest
-                await controller.config_changed("connection", 0, "updated")
+            await reload_if_new()
         except Exception as exc:  # the database may be away for a moment: try again
             log.warning("checking the database for changes: %s", exc)
 
