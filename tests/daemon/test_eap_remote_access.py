@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.support.db_daemon import file_and_database
 from tests.support.fake_links import FakeLinks
 from tests.support.gateways import start_pair
 from tests.support.pki import make_ca, make_cert
@@ -22,9 +22,6 @@ from xfrmctl.daemon.eapusers import EAP_USERS
 from xfrmctl.ike.eap.mschapv2 import nt_hash
 from xfrmctl.port import ConnectionState, DownReason
 from xfrmctl.store import repo
-from xfrmctl.store.db import Database
-from xfrmctl.store.migrate import upgrade
-from xfrmctl.store.secrets import SecretBox
 
 GW, CLIENT = "192.0.2.1", "192.0.2.2"
 PASSWORD = "test-only password of erin"
@@ -125,11 +122,7 @@ def test_file_round_trip_through_the_database(tmp_path: Path, pems: dict[str, st
         "rw": conf_gateway.connections["roadwarriors"].model_dump(mode="json",
                                                                   exclude_none=True)
         | {"private_key_pem": pems["key"]}}}
-    path = tmp_path / "eap.yaml"
-    path.write_text(yaml.safe_dump(both))
-    url = f"sqlite:///{tmp_path}/db.sqlite"
-    upgrade(url)
-    db, box = Database(url), SecretBox.from_file(tmp_path / "key")
+    path, db, box = file_and_database(tmp_path, both)
     try:
         db.call(repo.create_eap_user, box, name="frank", password="frank's", actor="t")
         dbconfig.apply_file(db, box, path)

@@ -10,18 +10,15 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.support.db_daemon import file_and_database
 from tests.support.fake_links import FakeLinks
 from tests.support.gateways import start_pair
 from tests.support.pki import Credential, make_ca, make_cert
 from xfrmctl.daemon import conf as cf
 from xfrmctl.daemon import dbconfig
 from xfrmctl.port import ConnectionState, DownReason
-from xfrmctl.store.db import Database
-from xfrmctl.store.migrate import upgrade
-from xfrmctl.store.secrets import SecretBox
 
 GW, CLIENT = "192.0.2.1", "192.0.2.2"
 
@@ -119,11 +116,7 @@ def test_eap_tls_connections_round_trip_through_the_database(
         | {"private_key_pem": pems["key"]},
         "rw": gateway_conf(pems).model_dump(mode="json", exclude_none=True)
         | {"private_key_pem": pems["gw_key"]}}}
-    path = tmp_path / "eap.yaml"
-    path.write_text(yaml.safe_dump(both))
-    url = f"sqlite:///{tmp_path}/db.sqlite"
-    upgrade(url)
-    db, box = Database(url), SecretBox.from_file(tmp_path / "key")
+    path, db, box = file_and_database(tmp_path, both)
     try:
         dbconfig.apply_file(db, box, path)
         loaded, problems = db.call(dbconfig.read_conf, box)

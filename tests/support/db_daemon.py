@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import select
 
 from api.main import create_app
@@ -24,6 +25,7 @@ from xfrmctl.kernel.fake import FakeKernel
 from xfrmctl.store import models as m
 from xfrmctl.store import repo
 from xfrmctl.store.db import Database
+from xfrmctl.store.migrate import upgrade
 from xfrmctl.store.secrets import SecretBox
 from xfrmctl.store.tokens import Scope
 
@@ -137,3 +139,13 @@ def watched_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
     monkeypatch.setattr(Controller, "start", start)
     return seen
+
+
+def file_and_database(tmp_path: Path, doc: dict[str, Any]) -> tuple[Path, Database, SecretBox]:
+    """`doc` written as the YAML file eap.yaml, and a fresh migrated SQLite database with
+    its secret box (the caller applies the file and disposes of the database)."""
+    path = tmp_path / "eap.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade(url)
+    return path, Database(url), SecretBox.from_file(tmp_path / "key")
