@@ -19,8 +19,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -34,9 +35,6 @@ from xfrmctl.ike.revocation import (
     crl_issued_by,
     parse_crl,
 )
-
-if TYPE_CHECKING:  # httpx costs ~0.3 s to import: only when a fetch is first made
-    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +70,6 @@ def add_configured(store: RevocationStore, name: str, ike: IkeConfig,
         store.add_crl(crl, ca, source=source)
 
 
-class FetchError(Exception):
-    """An HTTP fetch failed (connection, status, timeout)."""
-
-
-def _direct_client() -> httpx.AsyncClient:
-    """Direct (no proxy from the environment), no redirects: the URL is the CA's."""
-    import httpx  # noqa: PLC0415
-
-    return httpx.AsyncClient(follow_redirects=False, trust_env=False)
-
-
 class RevocationFetcher:
     """Does what RevocationFetch events ask, then resumes the IKE_SA (`resume(sa_id)`)."""
 
@@ -94,7 +81,9 @@ class RevocationFetcher:
         self.resume = resume
         self.timeout = timeout
         self.wall_clock = wall_clock
-        self._client_factory = client or _direct_client
+        # direct (no proxy from the environment), no redirects: the URL is the CA's
+        self._client_factory = client or (
+            lambda: httpx.AsyncClient(follow_redirects=False, trust_env=False))
         self._client: httpx.AsyncClient | None = None
         self._crl_fetches: dict[str, asyncio.Task[None]] = {}  # by URL: shared while running
         self._failed: dict[str, float] = {}  # URL -> when it last failed (monotonic)
@@ -149,7 +138,7 @@ class RevocationFetcher:
             data = await self._request("GET", query.url)
             self.store.add_crl(parse_crl(data), query.issuer, source=query.url)
             log.info("CRL fetched from %s", query.url)
-        except (FetchError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError) as exc:
             self._note_failure(query.url, "CRL", exc)
 
     async def _ocsp(self, query: OcspQuery) -> None:
@@ -165,18 +154,10 @@ class RevocationFetcher:
             now = datetime.fromtimestamp(self.wall_clock(), UTC)
             status = self.store.add_ocsp_response(data, query.cert, query.issuer, nonce, now)
             log.info("OCSP %s: %s", query, status)
-        except (FetchError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError) as exc:
             self._note_failure(query.url, "OCSP", exc)
 
     async def _request(self, method: str, url: str, body: bytes | None = None) -> bytes:
-        import httpx  # noqa: PLC0415 (see the TYPE_CHECKING import)
-
-        try:
-            return await self._answer(method, url, body)
-        except httpx.HTTPError as exc:
-            raise FetchError(str(exc) or type(exc).__name__) from exc
-
-    async def _answer(self, method: str, url: str, body: bytes | None) -> bytes:
         if self._client is None:
             self._client = self._client_factory()
         self.counters["fetches"] += 1
