@@ -39,13 +39,7 @@ from xfrmctl.store.tokens import Scope
 
 __all__ = ["xfrmctl_daemons"]
 
-# Kept out of the CI run (deploy/lab/run tests/lab/test_changes_no_loss.py runs it) until it
-# passes in the VM again: stop 11's run lost 12 of 82 pings (2.4 s) between adding the
-# UDP-only child and narrowing the other: the UDP child's fence (a BLOCK policy for the
-# subnets' other traffic) had the very key of the whole child's OUT policy and replaced it.
-# Fixed in kernel/interface.py (a fence yields to an allowing policy of its key), with
-# host twins in tests/daemon/test_config_changes.py; not yet re-run in the VM.
-pytestmark = pytest.mark.lab_extra
+pytestmark = pytest.mark.lab
 
 PSK = "lab-changes-test-psk-not-secret"
 LEFT_ID, RIGHT_ID = "left.example.org", "right.example.org"
