@@ -83,12 +83,13 @@ class Changes:
                         self.reauthenticate(sa, record)
             elif diff.negotiates:
                 for sa in live:
-                    if diff.ike_rekey and self.drives(sa, record) and _drops_prf(sa, record):
+                    rekey = diff.ike_rekey and self.drives(sa, record)
+                    if rekey and _drops_prf(sa, record):
                         sa.config = record.ike
                         self.reauthenticate(sa, record)
                         continue
                     self.apply_children(sa, record)
-                    if diff.ike_rekey and self.drives(sa, record):  # the CHILD_SAs move
+                    if rekey:  # the CHILD_SAs move
                         self.c.manager.act(sa, functools.partial(IkeSa.rekey, now=self.c.clock()))
             else:
                 for sa in live:
